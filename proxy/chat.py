@@ -1,0 +1,236 @@
+"""Validating a chat-completions body against OpenAI's schema, before anything is routed or sent.
+
+Checks are the ones whose failure would otherwise come back as a confusing upstream error or a 500:
+types of the fields we read or forward, roles, content parts, limits. Every message says which field is
+wrong, with OpenAI's ``param`` path (``messages[2].content``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.errors import BadRequest, PayloadTooLarge
+
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
+
+# Forwarded to LiteLLM as given (after type checks for the ones listed in _CHECKS).
+PASSTHROUGH = {
+    "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens", "presence_penalty",
+    "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "user", "seed", "tools", "tool_choice",
+    "parallel_tool_calls", "response_format", "functions", "function_call", "stream_options", "metadata",
+    "reasoning_effort", "modalities", "audio", "prediction", "service_tier", "store",
+}
+KNOWN = PASSTHROUGH | {"model", "messages", "stream"}
+
+
+def _number(lo: float, hi: float) -> Any:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+            return f"must be a number between {lo:g} and {hi:g}"
+        return None
+    return check
+
+
+def _int(lo: int, hi: int | None = None) -> Any:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            return f"must be an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+        return None
+    return check
+
+
+def _stop(v: Any) -> str | None:
+    if isinstance(v, str) or (isinstance(v, list) and len(v) <= 4 and all(isinstance(s, str) for s in v)):
+        return None
+    return "must be a string or a list of at most 4 strings"
+
+
+def _of(tp: type, what: str) -> Any:
+    def check(v: Any) -> str | None:
+        ok = isinstance(v, bool) if tp is bool else isinstance(v, tp) and not isinstance(v, bool)
+        return None if ok else f"must be {what}"
+    return check
+
+
+def _tools(v: Any) -> str | None:
+    if not isinstance(v, list):
+        return "must be a list of tools"
+    for i, t in enumerate(v):
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(fn, dict) \
+                or not isinstance(fn.get("name"), str) or not fn["name"]:
+            return f"[{i}] must be {{'type': 'function', 'function': {{'name': ..., 'parameters': ...}}}}"
+    return None
+
+
+def _tool_choice(v: Any) -> str | None:
+    if v in ("none", "auto", "required"):
+        return None
+    if isinstance(v, dict) and v.get("type") == "function" and isinstance(v.get("function"), dict):
+        return None
+    return "must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}"
+
+
+def _response_format(v: Any) -> str | None:
+    if isinstance(v, dict) and v.get("type") in ("text", "json_object", "json_schema"):
+        return None
+    return "must be an object with type 'text', 'json_object' or 'json_schema'"
+
+
+_CHECKS: dict[str, Any] = {
+    "temperature": _number(0, 2),
+    "top_p": _number(0, 1),
+    "presence_penalty": _number(-2, 2),
+    "frequency_penalty": _number(-2, 2),
+    "n": _int(1, 128),
+    "max_tokens": _int(1),
+    "max_completion_tokens": _int(1),
+    "seed": _int(-(2**63), 2**63 - 1),
+    "top_logprobs": _int(0, 20),
+    "logprobs": _of(bool, "true or false"),
+    "parallel_tool_calls": _of(bool, "true or false"),
+    "user": _of(str, "a string"),
+    "stop": _stop,
+    "tools": _tools,
+    "tool_choice": _tool_choice,
+    "response_format": _response_format,
+    "stream_options": _of(dict, "an object"),
+    "logit_bias": _of(dict, "an object"),
+    "metadata": _of(dict, "an object"),
+}
+
+
+@dataclass
+class FilePart:
+    """A document attached to a user message, by stored id or inline base64."""
+
+    message_index: int
+    part_index: int
+    file_id: str | None = None
+    filename: str | None = None
+    file_data: str | None = None
+
+
+@dataclass
+class ChatRequest:
+    model: Any
+    messages: list[dict[str, Any]]
+    stream: bool
+    params: dict[str, Any]
+    files: list[FilePart] = field(default_factory=list)
+
+    @property
+    def include_usage(self) -> bool:
+        opts = self.params.get("stream_options") or {}
+        return bool(opts.get("include_usage"))
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text the router judges: the last user message, text parts joined (documents excluded)."""
+    for msg in reversed(messages):
+        if msg.get("role") == "user":
+            content = msg.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "\n".join(p["text"] for p in content if p.get("type") == "text")
+            return ""
+    return ""
+
+
+def _check_content(i: int, msg: dict[str, Any], files: list[FilePart], limit_chars: int | None) -> int:
+    role = msg["role"]
+    content = msg.get("content")
+    where = f"messages[{i}].content"
+    if content is None:
+        if role == "assistant" and (msg.get("tool_calls") or msg.get("function_call")):
+            return 0
+        raise BadRequest(f"{where}: content is required for a {role} message", param=where)
+    if isinstance(content, str):
+        return len(content)
+    if not isinstance(content, list):
+        raise BadRequest(f"{where}: must be a string or a list of content parts", param=where)
+    if not content and role == "user":
+        raise BadRequest(f"{where}: must not be an empty list", param=where)
+    size = 0
+    for j, part in enumerate(content):
+        pwhere = f"{where}[{j}]"
+        if not isinstance(part, dict) or part.get("type") not in PART_TYPES:
+            raise BadRequest(f"{pwhere}: must be an object with type one of {', '.join(sorted(PART_TYPES))}",
+                             param=pwhere)
+        kind = part["type"]
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise BadRequest(f"{pwhere}.text: must be a string", param=f"{pwhere}.text")
+            size += len(part["text"])
+        elif kind == "file":
+            if role != "user":
+                raise BadRequest(f"{pwhere}: file parts are only accepted in user messages", param=pwhere)
+            spec = part.get("file")
+            if not isinstance(spec, dict):
+                raise BadRequest(f"{pwhere}.file: must be an object with file_id, or filename and file_data",
+                                 param=f"{pwhere}.file")
+            fid, data, name = spec.get("file_id"), spec.get("file_data"), spec.get("filename")
+            if isinstance(fid, str) and fid:
+                files.append(FilePart(i, j, file_id=fid))
+            elif isinstance(data, str) and data:
+                if name is not None and not isinstance(name, str):
+                    raise BadRequest(f"{pwhere}.file.filename: must be a string", param=f"{pwhere}.file.filename")
+                files.append(FilePart(i, j, filename=name or "document.pdf", file_data=data))
+                size += len(data)
+            else:
+                raise BadRequest(f"{pwhere}.file: give file_id (from POST /v1/files) or file_data "
+                                 "(data:application/pdf;base64,...)", param=f"{pwhere}.file")
+    return size
+
+
+def parse_chat_request(body: Any, *, limit_messages: int | None, limit_content_chars: int | None) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    unknown = sorted(set(body) - KNOWN)
+    if unknown:
+        raise BadRequest(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
+    if "model" not in body:
+        raise BadRequest("you must provide a model parameter", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("`messages` must be a non-empty list of message objects", param="messages")
+    if limit_messages is not None and len(messages) > limit_messages:
+        raise PayloadTooLarge(f"`messages` has {len(messages)} entries; this proxy accepts at most {limit_messages}",
+                              param="messages")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise BadRequest("`stream` must be true or false", param="stream")
+    files: list[FilePart] = []
+    total = 0
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise BadRequest(f"messages[{i}]: must be an object with role and content", param=f"messages[{i}]")
+        role = msg.get("role")
+        if role not in ROLES:
+            raise BadRequest(f"messages[{i}].role: {role!r} is not one of {', '.join(sorted(ROLES))}",
+                             param=f"messages[{i}].role")
+        if role == "tool" and not isinstance(msg.get("tool_call_id"), str):
+            raise BadRequest(f"messages[{i}].tool_call_id: a tool message needs the id of the call it answers",
+                             param=f"messages[{i}].tool_call_id")
+        if "tool_calls" in msg and (role != "assistant" or not isinstance(msg["tool_calls"], list)):
+            raise BadRequest(f"messages[{i}].tool_calls: only assistant messages carry a list of tool calls",
+                             param=f"messages[{i}].tool_calls")
+        total += _check_content(i, msg, files, limit_content_chars)
+    if limit_content_chars is not None and total > limit_content_chars:
+        raise PayloadTooLarge(f"the messages hold {total} characters; this proxy accepts at most "
+                              f"{limit_content_chars}", param="messages")
+    params = {k: v for k, v in body.items() if k in PASSTHROUGH and v is not None}
+    for key, value in params.items():
+        check = _CHECKS.get(key)
+        problem = check(value) if check else None
+        if problem:
+            raise BadRequest(f"`{key}` {problem}; got {value!r}"[:300], param=key)
+    if "stream_options" in params and not stream:
+        raise BadRequest("`stream_options` is only allowed when `stream` is true", param="stream_options")
+    return ChatRequest(body["model"], messages, stream, params, files)

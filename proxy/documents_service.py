@@ -1,0 +1,175 @@
+"""The Files API and the expansion of file parts in chat messages into document text.
+
+Uploads are extracted once, at upload time, in a killable child process (``proxy.pdf``) and the page text
+is stored with the file (``proxy.files``), so asking about a document costs a database read, not a parse.
+Inline ``file_data`` parts are extracted per request under the same limits.
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from proxy import metrics
+from proxy.chat import ChatRequest
+from proxy.documents import Document, DocumentInputError, decode_file_data, render_documents
+from proxy.errors import BadRequest, NotFound, PayloadTooLarge
+from proxy.files import FileStore
+from proxy.pdf import PdfError, PdfExecutor, PdfLimits, extract_pages_async
+from proxy.settings import Settings
+
+PURPOSES = {"user_data", "assistants", "batch", "fine-tune", "vision", "evals"}
+
+
+class DocumentService:
+    def __init__(self, settings: Settings) -> None:
+        d = settings.documents
+        self.settings = settings
+        self.limits = PdfLimits(limit_bytes=d.limit_bytes, limit_pages=d.limit_pages, limit_chars=d.limit_chars,
+                                limit_decompressed_bytes=d.limit_decompressed_bytes,
+                                timeout_extract=d.timeout_extract)
+        self.store = FileStore(Path(d.storage_dir))
+        self.executor = PdfExecutor(max_workers=2)
+
+    def close(self) -> None:
+        self.store.close()
+
+    async def extract(self, data: bytes, filename: str) -> builtins.list[str]:
+        start = time.perf_counter()
+        try:
+            pages = await extract_pages_async(data, limits=self.limits, executor=self.executor, filename=filename)
+        except PdfError as exc:
+            metrics.DOC_FAILURES.labels(exc.reason).inc()
+            status = 413 if exc.reason == "too_large" else 400
+            raise BadRequest(str(exc), param="file", code=f"pdf_{exc.reason}", status_code=status) from exc
+        metrics.DOC_SECONDS.observe(time.perf_counter() - start)
+        metrics.DOC_PAGES.inc(len(pages))
+        return pages
+
+    async def expand(self, request: Request,
+                     chat: ChatRequest) -> tuple[builtins.list[dict[str, Any]], dict[str, str]]:
+        """Messages with each file part replaced by the document's text, and headers describing it."""
+        owner: str = request.state.owner
+        messages = copy.deepcopy(chat.messages)
+        question = _text_of(messages[chat.files[-1].message_index])
+        by_message: dict[int, builtins.list[tuple[int, Document]]] = {}
+        for part in chat.files:
+            where = f"messages[{part.message_index}].content[{part.part_index}].file"
+            if part.file_id is not None:
+                record = await run_in_threadpool(self.store.get, owner, part.file_id)
+                pages = await run_in_threadpool(self.store.pages, owner, part.file_id) if record else None
+                if record is None or pages is None:
+                    raise NotFound(f"No such file: {part.file_id!r}", param=where, code="file_not_found")
+                doc = Document(record.filename, pages)
+            else:
+                assert part.file_data is not None and part.filename is not None
+                try:
+                    data = decode_file_data(part.file_data)
+                except DocumentInputError as exc:
+                    raise BadRequest(f"{where}.file_data: {exc}", param=f"{where}.file_data") from exc
+                doc = Document(part.filename, await self.extract(data, part.filename))
+            by_message.setdefault(part.message_index, []).append((part.part_index, doc))
+        d = self.settings.documents
+        sent: builtins.list[str] = []
+        cut = False
+        for index, docs in by_message.items():
+            rendered = render_documents([doc for _, doc in docs], question=question, budget_chars=d.budget_chars,
+                                        selection=d.selection)
+            cut = cut or rendered.truncated
+            for name, numbers in rendered.selected.items():
+                # Percent-encoded: header values are Latin-1 only, and ':' ';' ',' separate the fields.
+                sent.append(f"{quote(name, safe=' ')}:{','.join(map(str, numbers))}")
+            file_parts = {j for j, _ in docs}
+            content = messages[index]["content"]
+            kept = [p for j, p in enumerate(content) if j not in file_parts]
+            messages[index]["content"] = [{"type": "text", "text": rendered.text}, *kept]
+        headers = {"x-route-llm-documents": "full" if not cut else f"selected-{d.selection}"}
+        headers["x-route-llm-document-pages"] = ";".join(sent)[:1000]
+        return messages, headers
+
+    # --- Files API -------------------------------------------------------------------------------------
+    async def upload(self, request: Request) -> Response:
+        limit = self.settings.documents.limit_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
+            raise PayloadTooLarge(f"upload of {declared} bytes exceeds the {limit}-byte file limit", param="file")
+        ctype = request.headers.get("content-type", "")
+        if not ctype.startswith("multipart/form-data"):
+            raise BadRequest("POST /v1/files takes multipart/form-data with `file` and `purpose`")
+        try:
+            form = await request.form(max_files=1, max_fields=10, max_part_size=64 * 1024)
+        except Exception as exc:  # malformed multipart bodies
+            raise BadRequest(f"could not parse the multipart body: {exc}") from exc
+        try:
+            upload, purpose = form.get("file"), form.get("purpose")
+            if not isinstance(upload, UploadFile):
+                raise BadRequest("`file` is required: the PDF to upload", param="file")
+            if not isinstance(purpose, str) or purpose not in PURPOSES:
+                raise BadRequest(f"`purpose` must be one of {', '.join(sorted(PURPOSES))}", param="purpose")
+            data = await upload.read(limit + 1)
+            if len(data) > limit:
+                raise PayloadTooLarge(f"the file exceeds the {limit}-byte limit", param="file")
+            filename = (upload.filename or "upload.pdf")[:255]
+        finally:
+            await form.close()
+        pages = await self.extract(data, filename)
+        record = await run_in_threadpool(self.store.add, request.state.owner, filename, purpose, data, pages)
+        metrics.DOC_UPLOADS.inc()
+        return JSONResponse(record.to_openai())
+
+    async def list(self, request: Request) -> Response:
+        purpose = request.query_params.get("purpose")
+        records = await run_in_threadpool(self.store.list, request.state.owner, purpose)
+        return JSONResponse({"object": "list", "data": [r.to_openai() for r in records], "has_more": False})
+
+    async def retrieve(self, request: Request) -> Response:
+        file_id = request.path_params["file_id"]
+        record = await run_in_threadpool(self.store.get, request.state.owner, file_id)
+        if record is None:
+            raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
+        return JSONResponse(record.to_openai())
+
+    async def delete(self, request: Request) -> Response:
+        file_id = request.path_params["file_id"]
+        if not await run_in_threadpool(self.store.delete, request.state.owner, file_id):
+            raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
+        return JSONResponse({"id": file_id, "object": "file", "deleted": True})
+
+    @staticmethod
+    def routes() -> builtins.list[BaseRoute]:
+        """Routes that find the service in request state (it is built in the lifespan)."""
+        async def upload(request: Request) -> Response:
+            return await request.state.documents.upload(request)  # type: ignore[no-any-return]
+
+        async def list_files(request: Request) -> Response:
+            return await request.state.documents.list(request)  # type: ignore[no-any-return]
+
+        async def retrieve(request: Request) -> Response:
+            return await request.state.documents.retrieve(request)  # type: ignore[no-any-return]
+
+        async def delete(request: Request) -> Response:
+            return await request.state.documents.delete(request)  # type: ignore[no-any-return]
+
+        return [
+            Route("/v1/files", upload, methods=["POST"]),
+            Route("/v1/files", list_files, methods=["GET"]),
+            Route("/v1/files/{file_id}", retrieve, methods=["GET"]),
+            Route("/v1/files/{file_id}", delete, methods=["DELETE"]),
+        ]
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return "\n".join(p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text")

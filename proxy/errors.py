@@ -1,0 +1,118 @@
+"""Errors in OpenAI's shape.
+
+Every failure a client can see is a :class:`ProxyError` (or a subclass) rendered by one handler as
+``{"error": {"message", "type", "param", "code"}}``, the body OpenAI's SDKs parse into their exception
+classes. Starlette finds the handler along the exception's MRO, so the subclasses need no entries of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+log = logging.getLogger("route_llm")
+
+
+class ProxyError(Exception):
+    status_code = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 status_code: int | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class BadRequest(ProxyError):
+    status_code = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(ProxyError):
+    status_code = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(ProxyError):
+    status_code = 404
+    type = "invalid_request_error"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class PayloadTooLarge(ProxyError):
+    status_code = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(ProxyError):
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class Overloaded(ProxyError):
+    status_code = 503
+    type = "server_error"
+    code = "overloaded"
+
+
+class UpstreamError(ProxyError):
+    """The upstream model failed after retries and fallback; status 502, 503 or 504."""
+
+    status_code = 502
+    type = "upstream_error"
+
+    def __init__(self, message: str, *, reason: str, status_code: int = 502,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, code=reason, status_code=status_code, headers=headers)
+        self.reason = reason
+
+
+class UpstreamNotConfigured(ProxyError):
+    """The upstream key is missing: a set-up problem, not a transient fault."""
+
+    status_code = 503
+    type = "upstream_error"
+    code = "upstream_not_configured"
+
+
+def error_response(exc: ProxyError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def handle_proxy_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProxyError)
+    return error_response(exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (unknown path or method) in OpenAI's shape."""
+    assert isinstance(exc, HTTPException)
+    err = ProxyError(str(exc.detail), status_code=exc.status_code,
+                     code="not_found" if exc.status_code == 404 else "method_not_allowed")
+    err.type = "invalid_request_error"
+    return JSONResponse(err.body(), status_code=exc.status_code, headers=dict(exc.headers or {}))
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    # Same shape, never a traceback; Starlette re-raises after this so the error is still logged.
+    return JSONResponse(ProxyError("internal error in route-llm; see the server log").body(), status_code=500)

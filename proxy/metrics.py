@@ -1,0 +1,73 @@
+"""Prometheus metrics, declared once.
+
+The one place with module-level objects: constructing a metric registers it, and a second registration of
+the same name raises, so they cannot live in ``create_app``. Label values come from closed sets only
+(configured model names, tiers, statuses, error reasons) — never prompt text, user ids or keys.
+
+With ``route-llm serve --workers N`` the CLI points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh private
+directory before any worker imports this module; ``/metrics`` then aggregates every worker's files.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as _multiprocess
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+REQUESTS = Counter("route_llm_requests_total", "Chat completion requests by outcome",
+                   ["requested_model", "routed_model", "tier", "status"])
+ROUTER_SCORE = Histogram("route_llm_router_score", "Classifier score p(strong model needed)",
+                         buckets=[round(0.1 * i, 1) for i in range(1, 11)])
+ROUTER_SECONDS = Histogram("route_llm_router_decision_seconds", "Time to a routing decision",
+                           buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+ROUTER_FAILURES = Counter("route_llm_router_failures_total", "Classifier failures routed to the fail-open tier")
+UPSTREAM_TTFT = Histogram("route_llm_upstream_first_token_seconds", "Time to the first streamed chunk",
+                          ["routed_model"], buckets=_LATENCY)
+UPSTREAM_SECONDS = Histogram("route_llm_upstream_seconds", "Upstream time until the whole answer",
+                             ["routed_model"], buckets=_LATENCY)
+TOKENS = Counter("route_llm_tokens_total", "Tokens by direction", ["routed_model", "direction"])
+COST = Counter("route_llm_cost_usd_total", "Estimated upstream cost in USD", ["routed_model"])
+SAVINGS = Counter("route_llm_savings_usd_total",
+                  "Estimated USD saved against sending the same tokens to the strong model")
+UPSTREAM_ERRORS = Counter("route_llm_upstream_errors_total", "Failed upstream attempts by reason",
+                          ["routed_model", "reason"])
+FALLBACKS = Counter("route_llm_fallbacks_total", "Requests served by the other tier after failures",
+                    ["from_tier", "to_tier"])
+IN_FLIGHT = Gauge("route_llm_requests_in_flight", "Requests being handled", multiprocess_mode="livesum")
+INFO = Gauge("route_llm_info", "Build and router model information (value is always 1)",
+             ["version", "router_model", "threshold_default", "strong_share_default"],
+             multiprocess_mode="max")
+DOC_UPLOADS = Counter("route_llm_documents_uploaded_total", "Documents stored through /v1/files")
+DOC_PAGES = Counter("route_llm_document_pages_extracted_total", "PDF pages whose text was extracted")
+DOC_FAILURES = Counter("route_llm_document_failures_total", "PDF extraction failures by reason", ["reason"])
+DOC_SECONDS = Histogram("route_llm_document_extraction_seconds", "PDF text extraction time",
+                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+
+STATUSES = ("ok", "client_error", "upstream_error", "rate_limited", "overloaded", "error")
+TIERS = ("weak", "strong")
+
+
+def precreate(requested: list[str], routed: list[str]) -> None:
+    """Create the expected label sets at zero so rates and ratios exist before the first request."""
+    for req in requested:
+        for model, tier in zip(routed, TIERS):
+            for status in ("ok", "upstream_error"):
+                REQUESTS.labels(req, model, tier, status)
+    for model in routed:
+        UPSTREAM_SECONDS.labels(model)
+        UPSTREAM_TTFT.labels(model)
+        COST.labels(model)
+        for direction in ("in", "out"):
+            TOKENS.labels(model, direction)
+
+
+def exposition() -> bytes:
+    """The text format; a fresh multiprocess registry per scrape when workers share a directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()

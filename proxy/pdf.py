@@ -1,0 +1,245 @@
+"""PDF text extraction, page by page, with limits that make hostile files cheap to reject.
+
+Uploaded PDFs are untrusted input to a long-running server. pypdf is a pure-Python parser, so the threats are
+CPU time (pathological content streams), memory (decompression bombs) and plain garbage. Three layers:
+
+1. Cheap checks on the raw bytes before parsing: size, the ``%PDF-`` header, the ``%%EOF`` trailer marker.
+2. pypdf's own limits (``pypdf.Configuration``, applied with ``apply_configuration`` for this call only), so a
+   stream that inflates past ``limit_decompressed_bytes`` raises instead of allocating.
+3. A wall-time limit enforced from outside: :func:`extract_pages_async` runs the parse in a child process and
+   kills it when ``timeout_extract`` passes. A thread could not be stopped, and a timed-out
+   ``ProcessPoolExecutor`` task would keep its worker busy; a process of our own can be killed outright.
+
+Every failure is a :class:`PdfError` whose ``reason`` comes from a closed set, so the HTTP layer can map it
+to a 400 and metrics can label failures by reason without unbounded label values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import multiprocessing
+import multiprocessing.connection
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pypdf import Configuration, PasswordType, PdfReader, apply_configuration
+from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError
+
+PdfErrorReason = Literal[
+    "not_pdf", "too_large", "truncated", "corrupt", "encrypted", "too_many_pages", "bomb", "no_text", "timeout"
+]
+
+# Acrobat accepts the header anywhere in the first 1024 bytes and the end-of-file marker anywhere in the
+# last 1024; we use the same tolerance so files that real viewers open are not refused here.
+_HEADER_WINDOW = 1024
+_EOF_WINDOW = 1024
+
+
+class _WarningCounter(logging.Handler):
+    """Counts pypdf's repair warnings, to tell a damaged file from a scan when no text comes out."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+class PdfError(Exception):
+    """A PDF could not be turned into text; ``reason`` says why, the message says it for humans."""
+
+    def __init__(self, reason: PdfErrorReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: PdfErrorReason = reason
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Default exception pickling passes only ``args`` (the message) back to __init__; errors cross the
+        # process boundary, so both fields must survive the trip.
+        return (PdfError, (self.reason, self.message))
+
+
+@dataclass(frozen=True)
+class PdfLimits:
+    """Limits for one extraction. ``None`` means unlimited, except the timeout, which is always set."""
+
+    limit_bytes: int | None = 25_000_000
+    limit_pages: int | None = 1000
+    limit_chars: int | None = 3_000_000  # total extracted characters across all pages
+    limit_decompressed_bytes: int | None = 200_000_000  # per stream, after decoding
+    timeout_extract: float = 30.0  # seconds of wall time for the whole extraction
+
+
+def _pypdf_configuration(limits: PdfLimits) -> Configuration:
+    """pypdf's limits on decoded sizes, all set to ``limit_decompressed_bytes`` (pypdf reads 0 as 'none').
+
+    Built from pypdf's defaults, not the process's current configuration, so the same limits hold wherever
+    this runs. The other defaults (array sizes, page-tree depth, parsing work) already guard against
+    structural abuse and are kept.
+    """
+    cap = limits.limit_decompressed_bytes or 0
+    return Configuration(
+        zlib_maximum_output_length=cap,
+        lzw_maximum_output_length=cap,
+        run_length_maximum_output_length=cap,
+        brotli_maximum_output_length=cap,
+        jbig2_maximum_output_length=cap,
+        array_based_stream_maximum_output_length=cap,
+        image_maximum_buffer_size=cap,
+    )
+
+
+def _check_raw(data: bytes, limits: PdfLimits, filename: str) -> None:
+    if limits.limit_bytes is not None and len(data) > limits.limit_bytes:
+        raise PdfError("too_large", f"{filename} is {len(data)} bytes; the limit is {limits.limit_bytes} bytes")
+    if b"%PDF-" not in data[:_HEADER_WINDOW]:
+        raise PdfError("not_pdf", f"{filename} is not a PDF (no %PDF- header)")
+    # A file cut off in transit loses its trailer. pypdf would try to "recover" it and may return a subset of
+    # the pages without complaint; answering questions over half a document is worse than refusing it.
+    if b"%%EOF" not in data[-_EOF_WINDOW:]:
+        raise PdfError("truncated", f"{filename} is truncated (no %%EOF marker at the end of the file)")
+
+
+def extract_pages(data: bytes, *, limits: PdfLimits, filename: str = "the file") -> list[str]:
+    """Return the text of each page, in order. Blocking and CPU-bound: call it through
+    :func:`extract_pages_async` in a server, which adds the wall-time limit.
+
+    ``filename`` only goes into error messages, so users learn which attachment failed.
+    """
+    _check_raw(data, limits, filename)
+    bomb = f"{filename} looks like a decompression bomb: a stream inflates past {limits.limit_decompressed_bytes} bytes"
+    repairs = _WarningCounter()
+    pypdf_logger = logging.getLogger("pypdf")
+    pypdf_logger.addHandler(repairs)
+    try:
+        with apply_configuration(_pypdf_configuration(limits)):
+            reader = PdfReader(io.BytesIO(data), strict=False)
+            if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
+                raise PdfError("encrypted", f"{filename} is encrypted and no password was given")
+            count = len(reader.pages)
+            if limits.limit_pages is not None and count > limits.limit_pages:
+                raise PdfError("too_many_pages", f"{filename} has {count} pages; the limit is {limits.limit_pages}")
+            pages: list[str] = []
+            total = 0
+            for page in reader.pages:
+                text = page.extract_text()
+                total += len(text)
+                if limits.limit_chars is not None and total > limits.limit_chars:
+                    raise PdfError(
+                        "too_large",
+                        f"{filename} has more than {limits.limit_chars} characters of text (the limit)",
+                    )
+                pages.append(text)
+    except PdfError:
+        raise
+    except LimitReachedError as exc:
+        # Decoded sizes are the usual culprit; the other limits (nesting, element counts, parsing work) are
+        # the same kind of attack, a small file built to exhaust the reader, so they share the reason.
+        if "decompress" in str(exc).lower():
+            raise PdfError("bomb", bomb) from exc
+        raise PdfError("bomb", f"{filename} exceeds a safety limit of the PDF reader ({exc})") from exc
+    except (FileNotDecryptedError, DependencyError) as exc:
+        # DependencyError: AES needs the optional `cryptography` package even to try the empty password.
+        raise PdfError("encrypted", f"{filename} is encrypted and no password was given") from exc
+    except MemoryError as exc:
+        raise PdfError("bomb", f"{filename} needs more memory to read than this server allows") from exc
+    except RecursionError as exc:
+        raise PdfError("corrupt", f"{filename} is corrupt (its object structure nests without end)") from exc
+    except Exception as exc:  # noqa: BLE001 - pypdf raises many types on broken input; all mean "corrupt"
+        raise PdfError("corrupt", f"{filename} is corrupt and could not be read ({type(exc).__name__})") from exc
+    finally:
+        pypdf_logger.removeHandler(repairs)
+    if not any(text.strip() for text in pages):
+        if repairs.count:
+            # pypdf "recovered" a structure with no text in it: the file is broken, not a scan.
+            raise PdfError("corrupt", f"{filename} is corrupt: no readable text could be recovered from it")
+        raise PdfError(
+            "no_text", f"{filename} has no extractable text (scanned or image-only pages are not supported)"
+        )
+    return pages
+
+
+def _child(conn: multiprocessing.connection.Connection, data: bytes, limits: PdfLimits, filename: str) -> None:
+    """Child-process entry point: one extraction, one message back, exit."""
+    # A broken file can make pypdf log a line per damaged object; the child has no log configuration, so
+    # these would go to the server's stderr unfiltered. The outcome is reported through PdfError instead.
+    logging.getLogger("pypdf").propagate = False
+    try:
+        result: tuple[str, Any] = ("ok", extract_pages(data, limits=limits, filename=filename))
+    except PdfError as exc:
+        result = ("error", exc)
+    except BaseException as exc:  # noqa: BLE001 - anything else still has to reach the parent as an answer
+        result = ("error", PdfError("corrupt", f"{filename} could not be read ({type(exc).__name__})"))
+    conn.send(result)
+    conn.close()
+
+
+class PdfExecutor:
+    """Runs extractions in short-lived child processes, at most ``max_workers`` at a time.
+
+    Why a process per extraction rather than a ``ProcessPoolExecutor``: a pool cannot cancel a running task,
+    and terminating its workers breaks the whole pool for every other caller. A child of our own can be killed
+    on timeout with nothing else to repair. Children are forked from a ``forkserver`` that has already
+    imported this module and pypdf, so each start costs a fork (milliseconds), not an interpreter start, and
+    the server process itself is never forked while it has threads (uvicorn's threadpool, onnxruntime).
+
+    Create one in the app's lifespan; it holds no processes between calls, so there is nothing to close.
+    """
+
+    def __init__(self, max_workers: int = 2) -> None:
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload([__name__])
+        # Public so extract_pages_async can hold a slot while it waits; bounds CPU and memory use.
+        self.slots = asyncio.Semaphore(max_workers)
+
+    def run(self, data: bytes, limits: PdfLimits, filename: str) -> list[str]:
+        """Blocking: extract in a child process, killing it after ``limits.timeout_extract`` seconds."""
+        receiver, sender = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_child, args=(sender, data, limits, filename), name="route-llm-pdf", daemon=True
+        )
+        try:
+            process.start()
+        except BaseException:
+            receiver.close()
+            raise
+        finally:
+            # Our copy of the sending end must go, or a crashed child would leave poll() waiting forever
+            # instead of reporting EOF.
+            sender.close()
+        try:
+            if not receiver.poll(limits.timeout_extract):
+                raise PdfError(
+                    "timeout", f"{filename} took longer than {limits.timeout_extract:g} s to read and was abandoned"
+                )
+            try:
+                status, payload = receiver.recv()
+            except EOFError:
+                raise PdfError("corrupt", f"{filename} crashed the PDF reader") from None
+        finally:
+            receiver.close()
+            if process.is_alive():
+                process.kill()
+            process.join()
+            process.close()
+        if status == "ok":
+            return list(payload)
+        raise payload
+
+
+async def extract_pages_async(
+    data: bytes, *, limits: PdfLimits, executor: PdfExecutor, filename: str = "the file"
+) -> list[str]:
+    """Extract off the event loop with a wall-time limit; raises :class:`PdfError` (reason ``timeout`` too).
+
+    The semaphore bounds concurrent child processes; the waiting itself happens in a thread because
+    ``Connection.poll`` blocks. If the awaiting request is cancelled, its slot is freed at once but the
+    thread still finishes (or times out and kills the child), so no child outlives ``timeout_extract``.
+    """
+    async with executor.slots:
+        return await asyncio.to_thread(executor.run, data, limits, filename)

@@ -1,0 +1,292 @@
+"""HTTP handlers: chat completions (routed), the dry-run decision, models, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import litellm
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from proxy import metrics
+from proxy.chat import ChatRequest, last_user_text, parse_chat_request
+from proxy.decider import Decision, Target
+from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, RateLimited, UpstreamError
+from proxy.settings import ModelSettings, Settings, Tier
+from proxy.upstream import Attempts
+
+log = logging.getLogger("route_llm")
+access_log = logging.getLogger("route_llm.access")
+
+
+async def read_json(request: Request, limit: int | None) -> Any:
+    """Read the body up to ``limit`` bytes and parse it; refuse bigger bodies without reading them all."""
+    declared = request.headers.get("content-length")
+    if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds this proxy's limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise PayloadTooLarge(f"request body exceeds this proxy's limit of {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise BadRequest("The request body is empty; send a JSON object.")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from exc
+
+
+def _price(m: ModelSettings) -> tuple[float, float]:
+    """USD per token (in, out): config first, LiteLLM's price map where it knows the model, else 0."""
+    known = litellm.model_cost.get(m.model) or litellm.model_cost.get(m.model.split("/", 1)[-1]) or {}
+    p_in = m.input_cost_per_million / 1e6 if m.input_cost_per_million is not None else \
+        float(known.get("input_cost_per_token") or 0.0)
+    p_out = m.output_cost_per_million / 1e6 if m.output_cost_per_million is not None else \
+        float(known.get("output_cost_per_token") or 0.0)
+    return p_in, p_out
+
+
+@dataclass
+class Outcome:
+    """Everything recorded about one chat request, written to metrics and the access log once, at the end."""
+
+    request_id: str
+    requested: str = "unknown"
+    target: Target | None = None
+    decision: Decision | None = None
+    attempts: Attempts | None = None
+    status: str = "error"
+    http_status: int = 500
+    upstream_seconds: float | None = None
+    first_token_seconds: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    prompt: str | None = None
+
+
+class ChatHandler:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.prices = {t: _price(settings.models.by_tier(t)) for t in ("weak", "strong")}  # type: ignore[misc]
+
+    # --- helpers ----------------------------------------------------------------------------------------
+    def _served_model(self, tier: Tier) -> ModelSettings:
+        return self.settings.models.by_tier(tier)
+
+    def _headers(self, o: Outcome) -> dict[str, str]:
+        h = {"x-request-id": o.request_id}
+        d = o.decision
+        if d is None:
+            return h
+        tier = o.attempts.served_tier if o.attempts and o.attempts.served_tier else d.tier
+        h["x-route-llm-tier"] = tier
+        h["x-route-llm-model"] = self._served_model(tier).name
+        h["x-route-llm-score"] = "none" if d.score is None else f"{d.score:.4f}"
+        h["x-route-llm-threshold"] = "none" if d.threshold is None else f"{d.threshold:.4f}"
+        if d.tier != tier:
+            h["x-route-llm-fallback"] = f"{d.tier}->{tier}"
+        if d.failed:
+            h["x-route-llm-router-error"] = "1"
+        return h
+
+    def record(self, o: Outcome) -> None:
+        d, a = o.decision, o.attempts
+        routed_tier: Tier | None = (a.served_tier if a and a.served_tier else (d.tier if d else None))
+        routed_model = self._served_model(routed_tier).name if routed_tier else "none"
+        metrics.REQUESTS.labels(o.requested, routed_model, routed_tier or "none", o.status).inc()
+        if d is not None and d.score is not None:
+            metrics.ROUTER_SCORE.observe(d.score)
+            metrics.ROUTER_SECONDS.observe(d.seconds)
+        if d is not None and d.failed:
+            metrics.ROUTER_FAILURES.inc()
+        if a is not None:
+            for reason in a.errors:
+                metrics.UPSTREAM_ERRORS.labels(self._served_model(a.requested_tier).name, reason).inc()
+            if a.fallback and a.served_tier:
+                metrics.FALLBACKS.labels(a.requested_tier, a.served_tier).inc()
+        if routed_tier and o.upstream_seconds is not None:
+            metrics.UPSTREAM_SECONDS.labels(routed_model).observe(o.upstream_seconds)
+            if o.first_token_seconds is not None:
+                metrics.UPSTREAM_TTFT.labels(routed_model).observe(o.first_token_seconds)
+            metrics.TOKENS.labels(routed_model, "in").inc(o.prompt_tokens)
+            metrics.TOKENS.labels(routed_model, "out").inc(o.completion_tokens)
+            p_in, p_out = self.prices[routed_tier]
+            cost = o.prompt_tokens * p_in + o.completion_tokens * p_out
+            s_in, s_out = self.prices["strong"]
+            metrics.COST.labels(routed_model).inc(cost)
+            metrics.SAVINGS.inc(max(0.0, o.prompt_tokens * s_in + o.completion_tokens * s_out - cost))
+        line: dict[str, Any] = {
+            "request_id": o.request_id, "requested_model": o.requested, "routed_model": routed_model,
+            "tier": routed_tier, "score": None if d is None or d.score is None else round(d.score, 4),
+            "threshold": None if d is None or d.threshold is None else round(d.threshold, 4),
+            "router_ms": None if d is None else round(d.seconds * 1000, 2),
+            "upstream_ms": None if o.upstream_seconds is None else round(o.upstream_seconds * 1000, 1),
+            "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
+            "status": o.status, "http_status": o.http_status,
+            "retries": a.retries if a else 0, "fallback": bool(a and a.fallback),
+            "total_ms": round((time.perf_counter() - o.started) * 1000, 1),
+        }
+        if o.prompt is not None:
+            line["prompt"] = o.prompt
+        access_log.info(json.dumps(line))
+
+    @staticmethod
+    def _status_of(exc: ProxyError) -> str:
+        if isinstance(exc, RateLimited):
+            return "rate_limited"
+        if isinstance(exc, UpstreamError) or exc.status_code in (502, 503, 504):
+            return "upstream_error"
+        return "client_error" if exc.status_code < 500 else "error"
+
+    # --- endpoints --------------------------------------------------------------------------------------
+    async def chat(self, request: Request) -> Response:
+        state = request.state
+        o = Outcome(request_id=request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex[:16]}")
+        streaming = False  # a stream records its outcome when it ends, not here
+        try:
+            body = await read_json(request, self.settings.server.limit_body_bytes)
+            if isinstance(body, dict) and isinstance(body.get("model"), str):
+                o.requested = self._requested_label(state, body["model"])
+            chat = parse_chat_request(body, limit_messages=self.settings.server.limit_messages,
+                                      limit_content_chars=self.settings.server.limit_content_chars)
+            o.target = target = state.decider.resolve(chat.model)
+            o.requested = target.requested
+            messages = chat.messages
+            extra_headers: dict[str, str] = {}
+            if chat.files:
+                messages, extra_headers = await state.documents.expand(request, chat)
+            text = last_user_text(chat.messages)
+            if self.settings.server.log_prompts:
+                o.prompt = text
+            o.decision = decision = await state.decider.decide(target, text)
+            o.attempts = attempts = Attempts(requested_tier=decision.tier)
+            if chat.stream:
+                response = await self._stream(state, chat, messages, o, extra_headers)
+                streaming = True
+                return response
+            start = time.perf_counter()
+            answer = await state.upstream.complete(decision.tier, messages, chat.params, attempts)
+            o.upstream_seconds = time.perf_counter() - start
+            payload = answer.model_dump(exclude_none=False)
+            served = self._served_model(attempts.served_tier or decision.tier)
+            payload["model"] = served.name
+            usage = payload.get("usage") or {}
+            o.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            o.completion_tokens = int(usage.get("completion_tokens") or 0)
+            o.status, o.http_status = "ok", 200
+            return JSONResponse(payload, headers={**self._headers(o), **extra_headers})
+        except ProxyError as exc:
+            o.status, o.http_status = self._status_of(exc), exc.status_code
+            exc.headers = {**self._headers(o), **exc.headers}
+            raise
+        finally:
+            if not streaming:
+                self.record(o)
+
+    def _requested_label(self, state: Any, name: str) -> str:
+        """A bounded metrics label for what the client asked for, even if the name turns out invalid."""
+        try:
+            return str(state.decider.resolve(name).requested)
+        except ProxyError:
+            return "invalid"
+
+    async def _stream(self, state: Any, chat: ChatRequest, messages: list[dict[str, Any]], o: Outcome,
+                      extra_headers: dict[str, str]) -> Response:
+        assert o.decision is not None and o.attempts is not None
+        start = time.perf_counter()
+        first, iterator = await state.upstream.stream(o.decision.tier, messages, chat.params, o.attempts)
+        o.first_token_seconds = time.perf_counter() - start
+        served = self._served_model(o.attempts.served_tier or o.decision.tier)
+        o.status, o.http_status = "ok", 200
+        headers = {**self._headers(o), **extra_headers}
+        return StreamingResponse(self._sse(first, iterator, served.name, o, start), media_type="text/event-stream",
+                                 headers={**headers, "cache-control": "no-cache"})
+
+    async def _sse(self, first: Any, iterator: AsyncIterator[Any], model_name: str, o: Outcome,
+                   start: float) -> AsyncIterator[bytes]:
+        def event(chunk: Any) -> bytes:
+            data = chunk.model_dump(exclude_none=True)
+            data["model"] = model_name
+            usage = data.get("usage")
+            if usage:
+                o.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                o.completion_tokens = int(usage.get("completion_tokens") or 0)
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        try:
+            if first is not None:
+                yield event(first)
+            async for chunk in iterator:
+                yield event(chunk)
+        except Exception as exc:  # after the first byte the status is sent: report in-band, then end
+            o.status = "upstream_error"
+            log.warning("stream from %s broke after the first chunk: %s", model_name, exc)
+            err = UpstreamError(f"upstream {model_name} failed mid-stream: {str(exc)[:300]}", reason="stream_broken")
+            yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+            if o.attempts is not None:
+                o.attempts.errors.append("stream_broken")
+        finally:
+            o.upstream_seconds = time.perf_counter() - start
+            self.record(o)
+        yield b"data: [DONE]\n\n"
+
+
+async def route_only(request: Request) -> Response:
+    """POST /v1/route: the decision the proxy would take, with no upstream call."""
+    settings: Settings = request.state.settings
+    body = await read_json(request, settings.server.limit_body_bytes)
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    model = body.get("model", next(iter(settings.aliases)))
+    target = request.state.decider.resolve(model)
+    if "messages" in body:
+        chat = parse_chat_request({"model": model, "messages": body["messages"]},
+                                  limit_messages=settings.server.limit_messages,
+                                  limit_content_chars=settings.server.limit_content_chars)
+        text = last_user_text(chat.messages)
+    elif isinstance(body.get("prompt"), str):
+        text = body["prompt"]
+    else:
+        raise BadRequest("send `prompt` (a string) or `messages` (a chat conversation)", param="prompt")
+    d: Decision = await request.state.decider.decide(target, text)
+    m = settings.models.by_tier(d.tier)
+    return JSONResponse({
+        "object": "route.decision", "requested_model": model, "tier": d.tier, "model": m.name,
+        "score": d.score, "threshold": d.threshold, "router_error": d.failed,
+        "router_model": request.state.router.version,
+    })
+
+
+async def list_models(request: Request) -> Response:
+    settings: Settings = request.state.settings
+    created = int(request.state.started_at)
+    data = [{"id": name, "object": "model", "created": created, "owned_by": "route-llm"}
+            for name in settings.aliases]
+    data += [{"id": m.name, "object": "model", "created": created, "owned_by": m.model.split("/", 1)[0]}
+             for m in (settings.models.weak, settings.models.strong)]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def health_live(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def health_ready(request: Request) -> Response:
+    if request.state.ready.is_set():
+        return JSONResponse({"status": "ready", "router_model": request.state.router.version})
+    return JSONResponse({"status": "starting"}, status_code=503)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,207 @@
+"""Calling the upstream models through LiteLLM: retries, fallback to the other tier, deadlines.
+
+LiteLLM's own retry machinery is switched off (``num_retries=0``): this module owns the policy so that
+retries, the fallback and the total deadline are one loop that the metrics and headers can describe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import litellm
+
+from proxy.errors import BadRequest, ProxyError, RateLimited, UpstreamError, UpstreamNotConfigured
+from proxy.settings import ModelSettings, Settings, Tier
+
+log = logging.getLogger("route_llm")
+
+_OTHER: dict[Tier, Tier] = {"weak": "strong", "strong": "weak"}
+
+
+@dataclass
+class Attempts:
+    """What happened on the way to an answer: reported in headers, logs and metrics."""
+
+    requested_tier: Tier
+    served_tier: Tier | None = None
+    retries: int = 0
+    fallback: bool = False
+    errors: list[str] = field(default_factory=list)  # reasons, from a closed set (see _classify)
+
+
+@dataclass
+class _Failure:
+    reason: str  # rate_limited | timeout | connection | unavailable | server_error | bad_request | auth | ...
+    retryable: bool
+    status: int
+    message: str
+    retry_after: float | None = None
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    raw = headers.get("retry-after")
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _classify(exc: BaseException) -> _Failure:
+    msg = str(getattr(exc, "message", "") or exc)[:500]
+    if isinstance(exc, (litellm.Timeout, asyncio.TimeoutError, httpx.TimeoutException)):
+        return _Failure("timeout", True, 504, msg or "upstream timed out")
+    if isinstance(exc, litellm.RateLimitError):
+        return _Failure("rate_limited", True, 429, msg, _retry_after(exc))
+    if isinstance(exc, (litellm.APIConnectionError, httpx.TransportError, ConnectionError)):
+        return _Failure("connection", True, 502, msg)
+    if isinstance(exc, litellm.ServiceUnavailableError):
+        return _Failure("unavailable", True, 503, msg, _retry_after(exc))
+    if isinstance(exc, litellm.ContextWindowExceededError):
+        return _Failure("context_window", False, 400, msg)
+    if isinstance(exc, litellm.BadRequestError):
+        return _Failure("bad_request", False, 400, msg)
+    if isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
+        return _Failure("auth", False, 502, msg)
+    if isinstance(exc, litellm.NotFoundError):
+        return _Failure("not_found", False, 502, msg)
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and status >= 500:
+        return _Failure("server_error", True, 502, msg)
+    return _Failure("error", False, 502, msg or type(exc).__name__)
+
+
+def _to_proxy_error(f: _Failure, model: str) -> ProxyError:
+    text = f"upstream {model} failed ({f.reason}): {f.message}"
+    if f.status == 400:
+        return BadRequest(text, code=f"upstream_{f.reason}")
+    if f.status == 429:
+        headers = {"retry-after": str(max(1, round(f.retry_after or 1)))}
+        return RateLimited(text, code="upstream_rate_limited", headers=headers)
+    return UpstreamError(text, reason=f.reason, status_code=f.status)
+
+
+class Upstream:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.up = settings.upstream
+        self._missing_keys: dict[Tier, list[str]] = {}
+        for tier in ("weak", "strong"):
+            m = settings.models.by_tier(tier)  # type: ignore[arg-type]
+            if m.resolved_api_key() is None:
+                check = litellm.validate_environment(model=m.model, api_base=m.api_base)
+                if not check.get("keys_in_environment", True):
+                    self._missing_keys[tier] = list(check.get("missing_keys") or [])  # type: ignore[index]
+                    if m.api_key_env_name():
+                        self._missing_keys[tier].insert(0, m.api_key_env_name())  # type: ignore[arg-type]
+
+    def missing_keys(self, tier: Tier) -> list[str]:
+        return self._missing_keys.get(tier, [])
+
+    def _kwargs(self, m: ModelSettings, timeout: float) -> dict[str, Any]:
+        kw: dict[str, Any] = {"model": m.model, "timeout": timeout, "num_retries": 0}
+        if m.api_base:
+            kw["api_base"] = m.api_base
+        key = m.resolved_api_key()
+        if key:
+            kw["api_key"] = key
+        return kw
+
+    def _order(self, tier: Tier) -> list[Tier]:
+        fb = self.up.fallback
+        allowed = fb == "both" or (fb == "strong_to_weak" and tier == "strong") or (
+            fb == "weak_to_strong" and tier == "weak")
+        tiers = [tier, _OTHER[tier]] if allowed else [tier]
+        return [t for t in tiers if not self.missing_keys(t)] or [tier]
+
+    def _check_configured(self, tier: Tier) -> None:
+        missing = self.missing_keys(tier)
+        if missing:
+            m = self.settings.models.by_tier(tier)
+            raise UpstreamNotConfigured(
+                f"cannot call {m.name}: the upstream API key is not set (set {' or '.join(missing)} "
+                "in the proxy's environment, or models.*.api_key in its config)")
+
+    async def _attempts(self, tier: Tier, attempts: Attempts, call: Any) -> Any:
+        """Run ``call(model_settings, timeout)`` with retries per tier, then the fallback tier."""
+        deadline = time.monotonic() + self.up.timeout_total
+        last: _Failure | None = None
+        last_model = self.settings.models.by_tier(tier).name
+        self._check_configured(tier)
+        for i, t in enumerate(self._order(tier)):
+            m = self.settings.models.by_tier(t)
+            if i > 0:
+                attempts.fallback = True
+                log.warning("falling back from %s to %s after: %s", last_model, m.name, last and last.reason)
+            for n in range(self.up.retries + 1):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    result = await asyncio.wait_for(call(m, min(m.timeout, remaining)), min(m.timeout, remaining))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # classified below; unknown errors are not retried
+                    last, last_model = _classify(exc), m.name
+                    attempts.errors.append(last.reason)
+                    if not last.retryable:
+                        if last.status == 400:  # the request itself is wrong: another model won't help
+                            raise _to_proxy_error(last, m.name) from exc
+                        break
+                    if n < self.up.retries:
+                        attempts.retries += 1
+                        pause = min(self.up.backoff_max, self.up.backoff_base * (2 ** n) * (0.5 + random.random()))
+                        if last.retry_after is not None:
+                            pause = min(self.up.backoff_max, last.retry_after)
+                        await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+                    continue
+                attempts.served_tier = t
+                return result
+        if last is None:
+            last = _Failure("timeout", False, 504, f"no attempt finished within {self.up.timeout_total:g}s")
+        raise _to_proxy_error(last, last_model)
+
+    async def complete(self, tier: Tier, messages: list[dict[str, Any]], params: dict[str, Any],
+                       attempts: Attempts) -> Any:
+        async def call(m: ModelSettings, timeout: float) -> Any:
+            return await litellm.acompletion(messages=messages, **params, **self._kwargs(m, timeout))
+
+        return await self._attempts(tier, attempts, call)
+
+    async def stream(self, tier: Tier, messages: list[dict[str, Any]], params: dict[str, Any],
+                     attempts: Attempts) -> tuple[Any, AsyncIterator[Any]]:
+        """Open a stream and read its first chunk inside the retry loop.
+
+        Failing before the first chunk is the same as failing a plain call (retry, fall back, right
+        status code); after it the status line has gone out, so the caller reports errors in-band.
+        """
+
+        async def call(m: ModelSettings, timeout: float) -> tuple[Any, AsyncIterator[Any]]:
+            response = await litellm.acompletion(messages=messages, stream=True, **params,
+                                                 **self._kwargs(m, timeout))
+            iterator = response.__aiter__()
+            try:
+                first = await iterator.__anext__()
+            except StopAsyncIteration:
+                first = None
+            return first, iterator
+
+        result: tuple[Any, AsyncIterator[Any]] = await self._attempts(tier, attempts, call)
+        return result
+
+    async def warm_up(self) -> None:
+        """Exercise LiteLLM's code path once with a local mock answer (no network), so the first real
+        request doesn't pay for its lazy imports and set-up."""
+        m = self.settings.models.weak
+        await litellm.acompletion(model=m.model, messages=[{"role": "user", "content": "warm-up"}],
+                                  mock_response="ok")

@@ -1,0 +1,358 @@
+"""ONNX routing classifier: prompt texts → probability that the strong model is needed.
+
+Everything that touches the model files lives here: reading router.json, loading the tokenizer and the
+ONNX session, truncating inputs, and turning logits into probabilities. The decision rule is
+in :mod:`router.policy`; this module never decides a tier.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from router.policy import Quantiles, check_quantiles
+
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+META_FILE = "router.json"
+
+#: Characters kept from each end of a very long prompt before tokenizing. Tokenizing 100k characters costs
+#: far more than the model run, yet at most ``max_length`` tokens survive truncation. A WordPiece token
+#: covers well under 12 characters of ordinary text in any script, so ``max_length * 12`` characters per end
+#: hold more tokens than the head or the tail can keep, and truncation on the cut text gives the same ids as
+#: on the full text. Only text with extremely long "words" (e.g. a base64 blob, which WordPiece turns into a
+#: single [UNK]) can differ, and there the middle is noise anyway.
+CHARS_PER_TOKEN_BOUND = 12
+
+_TRUNCATIONS = ("head_tail", "head")
+_ALLOWED_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
+_NUMPY_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+class RouterError(Exception):
+    """Base class of every error the router package raises on purpose."""
+
+
+class ModelLoadError(RouterError):
+    """A model directory or one of its files is missing or unusable; the message names the path."""
+
+
+class InferenceError(RouterError):
+    """Tokenizing or running the model failed, or the model returned unusable logits."""
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """The runtime-relevant part of router.json; informational keys (metrics, data, ...) are ignored."""
+
+    format: int
+    labels: tuple[str, ...]
+    strong_label: str
+    max_length: int
+    truncation: str
+    head_fraction: float
+    pad_token_id: int  # the format's padding id; the runtime runs unpadded, but a bad value means a bad directory
+    quantiles: Quantiles
+    version: str
+
+    @property
+    def strong_index(self) -> int:
+        """Index of the strong label in the model's logits."""
+        return self.labels.index(self.strong_label)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelMeta:
+        """Validate a parsed router.json; raises ValueError naming the first bad key."""
+        if not isinstance(data, dict):
+            raise ValueError("top level must be a JSON object")
+        required = (
+            "format",
+            "labels",
+            "strong_label",
+            "max_length",
+            "truncation",
+            "head_fraction",
+            "pad_token_id",
+            "quantiles",
+            "version",
+        )
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise ValueError(f"missing key(s): {', '.join(missing)}")
+        if data["format"] != 1 or isinstance(data["format"], bool):
+            raise ValueError(f"unsupported format {data['format']!r} (this runtime reads format 1)")
+        labels = data["labels"]
+        if (
+            not isinstance(labels, list)
+            or len(labels) < 2
+            or len(set(labels)) != len(labels)
+            or not all(isinstance(label, str) for label in labels)
+        ):
+            raise ValueError(f"'labels' must be a list of at least two distinct strings, got {labels!r}")
+        if data["strong_label"] not in labels:
+            raise ValueError(f"'strong_label' {data['strong_label']!r} is not one of the labels {labels!r}")
+        max_length = data["max_length"]
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
+            raise ValueError(f"'max_length' must be an integer >= 3, got {max_length!r}")
+        if data["truncation"] not in _TRUNCATIONS:
+            raise ValueError(f"'truncation' must be one of {_TRUNCATIONS}, got {data['truncation']!r}")
+        head_fraction = data["head_fraction"]
+        if (
+            isinstance(head_fraction, bool)
+            or not isinstance(head_fraction, (int, float))
+            or not 0.0 <= head_fraction <= 1.0
+        ):
+            raise ValueError(f"'head_fraction' must be a number in [0, 1], got {head_fraction!r}")
+        pad = data["pad_token_id"]
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+            raise ValueError(f"'pad_token_id' must be a non-negative integer, got {pad!r}")
+        if not isinstance(data["version"], str) or not data["version"]:
+            raise ValueError(f"'version' must be a non-empty string, got {data['version']!r}")
+        try:
+            quantiles = check_quantiles(data["quantiles"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"'quantiles': {exc}") from None
+        return cls(
+            format=1,
+            labels=tuple(labels),
+            strong_label=data["strong_label"],
+            max_length=max_length,
+            truncation=data["truncation"],
+            head_fraction=float(head_fraction),
+            pad_token_id=pad,
+            quantiles=quantiles,
+            version=data["version"],
+        )
+
+
+def _require_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: {what} not found")
+
+
+def load_meta(path: Path) -> ModelMeta:
+    """Read and validate router.json, turning every failure into a ModelLoadError naming the file."""
+    _require_file(path, "router metadata file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not valid JSON ({exc})") from exc
+    try:
+        return ModelMeta.from_dict(data)
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: bad router metadata: {exc}") from exc
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """Load a fast tokenizer from tokenizer.json, as a ModelLoadError naming the file if it is unusable."""
+    _require_file(path, "tokenizer file")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # the Rust side raises a bare Exception for every kind of bad file
+        raise ModelLoadError(f"{path}: not a valid tokenizer.json ({exc})") from exc
+
+
+def load_session(path: Path, *, threads: int = 1) -> ort.InferenceSession:
+    """Create the ONNX session the way serving needs it: CPU only, a fixed thread count, sequential.
+
+    The provider is named explicitly so a machine with a GPU build of onnxruntime does not silently change
+    numerics or latency. One inter-op thread and sequential execution suit a BERT graph (a chain of ops)
+    and keep several proxy workers from oversubscribing the cores.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    _require_file(path, "ONNX model file")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: load-time optimiser chatter is noise in a server log
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises several unrelated pybind classes for bad files
+        raise ModelLoadError(f"{path}: not a valid ONNX model or corrupt ({exc})") from exc
+
+
+def _special_ids(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """Return the ids to put before and after every sequence.
+
+    BERT vocabularies have [CLS]/[SEP]; those are used directly, since it is cheaper than running the
+    post-processor per text. Otherwise the post-processor is probed once: encode a word with and without
+    special tokens and read off what it adds on each side (nothing, if it has no post-processor).
+    """
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    if cls_id is not None and sep_id is not None:
+        return [cls_id], [sep_id]
+    plain = tokenizer.encode("a", add_special_tokens=False).ids
+    full = tokenizer.encode("a", add_special_tokens=True).ids
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    raise ValueError("cannot tell which special tokens the tokenizer's post-processor adds")
+
+
+class Classifier:
+    """Scores texts with a ready ONNX session and tokenizer (built by the loaders above or by a test)."""
+
+    def __init__(self, *, session: ort.InferenceSession, tokenizer: Tokenizer, meta: ModelMeta) -> None:
+        inputs = {node.name: node.type for node in session.get_inputs()}
+        unknown = sorted(set(inputs) - _ALLOWED_INPUTS)
+        if unknown or "input_ids" not in inputs or "attention_mask" not in inputs:
+            raise ValueError(
+                f"model inputs must be input_ids, attention_mask and optionally token_type_ids; got {sorted(inputs)}"
+            )
+        bad_types = {name: kind for name, kind in inputs.items() if kind not in _NUMPY_TYPES}
+        if bad_types:
+            raise ValueError(f"model inputs must be int64 or int32 tensors, got {bad_types}")
+        outputs = [node.name for node in session.get_outputs()]
+        if len(outputs) != 1 and "logits" not in outputs:
+            raise ValueError(f"model has several outputs and none is named 'logits': {outputs}")
+        self._output = outputs[0] if len(outputs) == 1 else "logits"
+        self._input_types = {name: _NUMPY_TYPES[kind] for name, kind in inputs.items()}
+        if meta.pad_token_id >= tokenizer.get_vocab_size():
+            raise ValueError(f"pad_token_id {meta.pad_token_id} is outside the tokenizer's vocabulary")
+        # The runtime truncates and pads itself (head + tail, per-chunk padding); a tokenizer.json saved with
+        # its own truncation or padding settings would otherwise cut or pad first.
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self._session = session
+        self._tokenizer = tokenizer
+        self._meta = meta
+        self._prefix, self._suffix = _special_ids(tokenizer)
+        budget = meta.max_length - len(self._prefix) - len(self._suffix)
+        if budget < 1:
+            raise ValueError(f"max_length {meta.max_length} leaves no room for text tokens")
+        head_fraction = 1.0 if meta.truncation == "head" else meta.head_fraction
+        self._budget = budget
+        self._head = round(head_fraction * budget)
+        self._char_limit = meta.max_length * CHARS_PER_TOKEN_BOUND
+
+    @property
+    def meta(self) -> ModelMeta:
+        """The metadata the classifier was built with."""
+        return self._meta
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Return the exact ids the model sees for each text: truncated to head + tail, then wrapped.
+
+        Truncation keeps the first ``round(head_fraction * budget)`` tokens and fills the rest of the budget
+        from the end, because a long prompt usually states its task at the start (instructions) or at the
+        end (the question after a pasted document); the middle is the least informative part.
+        """
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"texts must be strings, got {type(text).__name__}")
+        limit = self._char_limit
+        cut = [t if len(t) <= 2 * limit else f"{t[:limit]} {t[-limit:]}" for t in texts]
+        try:
+            encodings = self._tokenizer.encode_batch(cut, add_special_tokens=False)
+        except Exception as exc:
+            raise InferenceError(f"tokenizer failed: {exc}") from exc
+        result = []
+        for encoding in encodings:
+            ids = encoding.ids
+            if len(ids) > self._budget:
+                tail = self._budget - self._head
+                ids = ids[: self._head] + (ids[len(ids) - tail :] if tail else [])
+            result.append(self._prefix + ids + self._suffix)
+        return result
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        """Return p(strong label) for each text, in input order.
+
+        Tokenization is batched (one Rust call), but the model runs one sequence at a time. A dynamically
+        quantised int8 model computes one activation scale per tensor, so in a padded batch every row's score
+        shifts with its neighbours (by ~1e-3 measured on MiniLM int8): the same prompt would score differently
+        in ``route-llm score`` and in the proxy, and could flip tier near the threshold. Single runs cost little:
+        on MiniLM int8 with one thread (CPU time, mixed train.jsonl prompts) batch 1 matched sorted, padded
+        batches of 32 (104 vs 88 prompts/s); only uniformly short prompts gain from batching (about 1.6x).
+        """
+        return [self._run(ids) for ids in self.token_ids(texts)]
+
+    def _run(self, ids: list[int]) -> float:
+        input_ids = np.array([ids], dtype=np.int64)
+        mask = np.ones_like(input_ids)
+        arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+        feed = {name: arrays[name].astype(dtype, copy=False) for name, dtype in self._input_types.items()}
+        try:
+            (logits,) = self._session.run([self._output], feed)
+        except Exception as exc:
+            raise InferenceError(f"onnxruntime failed on a sequence of {len(ids)} tokens: {exc}") from exc
+        n_labels = len(self._meta.labels)
+        if getattr(logits, "shape", None) != (1, n_labels):
+            raise InferenceError(f"model output has shape {getattr(logits, 'shape', None)}, expected (1, {n_labels})")
+        row = [float(value) for value in logits[0]]
+        if not all(math.isfinite(value) for value in row):
+            raise InferenceError("model produced non-finite logits")
+        # Softmax of the strong column, shifted by the row maximum so large logits cannot overflow.
+        top = max(row)
+        exp = [math.exp(value - top) for value in row]
+        return min(1.0, max(0.0, exp[self._meta.strong_index] / sum(exp)))
+
+
+class Router:
+    """A loaded model directory: the classifier plus where it came from and which version it is."""
+
+    def __init__(self, *, classifier: Classifier, path: Path) -> None:
+        self._classifier = classifier
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, threads: int = 1) -> Router:
+        """Load a model directory (default: the model shipped inside this package).
+
+        Every problem with the directory becomes a ModelLoadError whose message starts with the offending
+        path, so a misconfigured ``--model-dir`` is diagnosable from the message alone.
+        """
+        directory = Path(__file__).parent / "model" if path is None else Path(path)
+        if not directory.is_dir():
+            raise ModelLoadError(f"{directory}: model directory not found")
+        meta = load_meta(directory / META_FILE)
+        tokenizer = load_tokenizer(directory / TOKENIZER_FILE)
+        model_path = directory / MODEL_FILE
+        session = load_session(model_path, threads=threads)
+        try:
+            classifier = Classifier(session=session, tokenizer=tokenizer, meta=meta)
+        except ValueError as exc:
+            raise ModelLoadError(f"{model_path}: does not match {META_FILE}/{TOKENIZER_FILE}: {exc}") from exc
+        return cls(classifier=classifier, path=directory)
+
+    @property
+    def meta(self) -> ModelMeta:
+        """The model's router.json metadata (labels, truncation, quantile table, version)."""
+        return self._classifier.meta
+
+    @property
+    def version(self) -> str:
+        """The model version string from router.json, for headers, logs and metrics."""
+        return self._classifier.meta.version
+
+    @property
+    def classifier(self) -> Classifier:
+        """The underlying classifier, for callers that need token ids (benchmarks, debugging)."""
+        return self._classifier
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        """Return p(strong model needed) in [0, 1] for each text, in order."""
+        return self._classifier.score(texts)
+
+
+__all__ = [
+    "Classifier",
+    "InferenceError",
+    "ModelLoadError",
+    "ModelMeta",
+    "Router",
+    "RouterError",
+    "load_meta",
+    "load_session",
+    "load_tokenizer",
+]

@@ -1,0 +1,171 @@
+"""Benchmark the router on CPU: load time, memory, per-decision latency and batch throughput.
+
+Each latency is reported twice: through the runtime wrapper (``router.Router``: tokenize, truncate, pad, run,
+softmax) and as a bare ``session.run`` on the same pre-tokenised inputs, so the wrapper's overhead is visible.
+Load time and RSS are measured in a fresh subprocess, because this process has already imported numpy and
+may hold other sessions, which would hide what loading the router alone costs.
+
+Example:
+    python scripts/bench_router.py --model-dir router/model --threads 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import OnnxScorer, pad_batch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SHORT = "What is the capital of France?"
+# A paragraph of ordinary prose repeated: the 128- and 512-token cases are cut from it by token count.
+FILLER = (
+    "Explain step by step how a distributed database keeps replicas consistent when the network partitions, "
+    "compare leader-based replication with quorum writes, and give an example where each one fails. "
+)
+
+LOAD_PROBE = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[2])
+t0 = time.perf_counter()
+mode = sys.argv[3]
+if mode == "router":
+    from router import Router
+    r = Router.load(sys.argv[1])
+else:
+    sys.path.insert(0, sys.argv[2] + "/scripts")
+    from _common import OnnxScorer
+    r = OnnxScorer(sys.argv[1], threads=1)
+r.score(["warm up"])
+dt = time.perf_counter() - t0
+print(json.dumps({"load_s": dt, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "torch_imported": "torch" in sys.modules}))
+"""
+
+
+def prompt_of_tokens(scorer: OnnxScorer, n_tokens: int) -> str:
+    """A prompt whose tokenisation has at least ``n_tokens`` tokens (before truncation)."""
+    text = FILLER
+    while len(scorer.tokenizer.encode(text, add_special_tokens=False).ids) < n_tokens:
+        text += FILLER
+    ids = scorer.tokenizer.encode(text, add_special_tokens=False).ids[:n_tokens]
+    return str(scorer.tokenizer.decode(ids))
+
+
+def timed(fn: Callable[[], Any], repeats: int, min_seconds: float = 0.0) -> np.ndarray:
+    """Wall-clock seconds of each call, after two warm-up calls (first runs allocate arenas)."""
+    fn()
+    fn()
+    out = []
+    start = time.perf_counter()
+    while len(out) < repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return np.array(out)
+
+
+def load_wrapper(model_dir: Path, threads: int) -> tuple[Any, str]:
+    """The runtime wrapper if it is importable and takes a thread count, else the scripts' ONNX scorer."""
+    try:
+        from router import Router
+    except ImportError:
+        return OnnxScorer(model_dir, threads=threads), "scripts._common.OnnxScorer (router package not importable)"
+    for kwargs in ({"threads": threads}, {"intra_op_num_threads": threads}, {"num_threads": threads}):
+        try:
+            return Router.load(model_dir, **kwargs), f"router.Router.load(..., {next(iter(kwargs))}={threads})"
+        except TypeError:
+            continue
+    return Router.load(model_dir), "router.Router.load (default threads)"
+
+
+def bench(model_dir: Path, threads: int, repeats: int) -> dict[str, Any]:
+    """Latency and throughput with ``threads`` intra-op threads, wrapper beside raw session.run."""
+    raw = OnnxScorer(model_dir, threads=threads)
+    wrapper, wrapper_name = load_wrapper(model_dir, threads)
+    cases = {"short": SHORT, "128 tokens": prompt_of_tokens(raw, 126), "512 tokens": prompt_of_tokens(raw, 510)}
+    result: dict[str, Any] = {"threads": threads, "wrapper": wrapper_name, "latency_ms": {}, "throughput": {}}
+    for name, prompt in cases.items():
+        seq = raw.encode([prompt])
+        w = timed(lambda p=prompt: wrapper.score([p]), repeats) * 1000
+        r = timed(lambda s=seq: raw.run_ids(s), repeats) * 1000
+        result["latency_ms"][name] = {
+            "tokens": len(seq[0]),
+            "wrapper_p50": round(float(np.percentile(w, 50)), 2),
+            "wrapper_p99": round(float(np.percentile(w, 99)), 2),
+            "raw_p50": round(float(np.percentile(r, 50)), 2),
+            "raw_p99": round(float(np.percentile(r, 99)), 2),
+        }
+    # throughput on 128-token prompts: a realistic mid-length request
+    prompt = cases["128 tokens"]
+    for bs in (1, 8, 32):
+        batch = [prompt] * bs
+        seqs = raw.encode(batch)
+        ids, mask = pad_batch(seqs, raw.pad_id)
+        w = timed(lambda b=batch: wrapper.score(b), 3, min_seconds=1.5)
+        r = timed(lambda s=seqs: raw.run_ids(s), 3, min_seconds=1.5)
+        result["throughput"][f"batch {bs}"] = {
+            "wrapper_per_s": round(bs / float(np.median(w)), 1),
+            "raw_per_s": round(bs / float(np.median(r)), 1),
+            "shape": list(ids.shape),
+        }
+    return result
+
+
+def load_cost(model_dir: Path, mode: str) -> dict[str, Any]:
+    """Load time and peak RSS of a fresh interpreter that loads the router and scores one prompt."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_PROBE, str(model_dir), str(ROOT), mode],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark for each thread count and print a table (and optionally JSON)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", default=str(ROOT / "router" / "model"))
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--repeats", type=int, default=200)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    model_dir = Path(args.model_dir)
+
+    report: dict[str, Any] = {"model_mb": round((model_dir / "model.onnx").stat().st_size / 1e6, 2)}
+    report["load"] = {"router": load_cost(model_dir, "router"), "onnx_only": load_cost(model_dir, "raw")}
+    report["runs"] = [bench(model_dir, t, args.repeats) for t in args.threads]
+
+    print(f"model.onnx {report['model_mb']} MB")
+    for mode, res in report["load"].items():
+        if "error" in res:
+            print(f"load ({mode}): {res['error']}")
+        else:
+            print(f"load ({mode}): {res['load_s']:.3f} s, peak RSS {res['rss_mb']:.0f} MB, torch imported: "
+                  f"{res['torch_imported']}")
+    for run in report["runs"]:
+        print(f"\n== {run['threads']} thread(s); wrapper = {run['wrapper']}")
+        print(f"{'case':12} {'tokens':>6} {'wrap p50':>9} {'wrap p99':>9} {'raw p50':>8} {'raw p99':>8}  (ms)")
+        for name, m in run["latency_ms"].items():
+            print(f"{name:12} {m['tokens']:>6} {m['wrapper_p50']:>9} {m['wrapper_p99']:>9} {m['raw_p50']:>8} "
+                  f"{m['raw_p99']:>8}")
+        print(f"{'batch (128 tok)':16} {'wrapper/s':>10} {'raw/s':>8}")
+        for name, m in run["throughput"].items():
+            print(f"{name:16} {m['wrapper_per_s']:>10} {m['raw_per_s']:>8}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Shared fixtures: the Gemini stand-in, the shipped router, and proxies on real sockets.
+
+Environment set here, before LiteLLM is imported anywhere: the local price map (no download) and the
+stand-in as LiteLLM's Gemini endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+os.environ.pop("ROUTE_LLM_API_KEYS", None)
+
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+import uvicorn  # noqa: E402
+
+from tests.standin import StandInServer, free_port  # noqa: E402
+
+STANDIN = StandInServer().start()
+os.environ["GEMINI_API_BASE"] = STANDIN.base_url
+os.environ["GEMINI_API_KEY"] = "test-upstream-key"
+
+from proxy.app import create_app  # noqa: E402
+from proxy.settings import Settings, settings_from_dict  # noqa: E402
+from router import Router  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def base_config(tmp: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """The test configuration: both tiers on the stand-in, fast retries, files under ``tmp``."""
+    cfg: dict[str, Any] = {
+        "models": {
+            "weak": {"name": "gemini-1.5-flash", "model": "gemini/gemini-1.5-flash", "timeout": 5,
+                     "input_cost_per_million": 0.075, "output_cost_per_million": 0.30},
+            "strong": {"name": "gemini-1.5-pro", "model": "gemini/gemini-1.5-pro", "timeout": 5,
+                       "input_cost_per_million": 1.25, "output_cost_per_million": 5.0},
+        },
+        "router": {"threshold": 0.5},
+        "aliases": {"auto": {}, "auto-cheap": {"threshold": 0.99}, "auto-quality": {"threshold": 0.01}},
+        "upstream": {"retries": 1, "backoff_base": 0.01, "backoff_max": 0.05, "timeout_total": 10},
+        "documents": {"storage_dir": str(tmp / "files"), "timeout_extract": 10},
+    }
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def router() -> Router:
+    return Router.load()
+
+
+@pytest.fixture()
+def standin() -> Iterator[StandInServer]:
+    STANDIN.state.reset()
+    yield STANDIN
+    STANDIN.state.reset()
+
+
+@dataclass
+class RunningProxy:
+    settings: Settings
+    port: int
+    server: uvicorn.Server
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, api_key: str = "unused", **kw: Any) -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=api_key, max_retries=0, **kw)
+
+    def async_client(self, api_key: str = "unused") -> Any:
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.base_url + "/v1", api_key=api_key, max_retries=0)
+
+    def http(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30, **kw)
+
+
+def start_proxy(settings: Settings, router: Router) -> RunningProxy:
+    port = free_port()
+    config = uvicorn.Config(create_app(settings, router=router), host="127.0.0.1", port=port, log_level="warning",
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("proxy did not start")
+        time.sleep(0.01)
+    return RunningProxy(settings, port, server)
+
+
+def stop_proxy(proxy: RunningProxy) -> None:
+    proxy.server.should_exit = True
+
+
+@pytest.fixture(scope="session")
+def proxy(router: Router, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
+    """One proxy with the default test configuration, shared by the tests that don't change it."""
+    tmp = tmp_path_factory.mktemp("proxy")
+    running = start_proxy(settings_from_dict(base_config(tmp)), router)
+    yield running
+    stop_proxy(running)
+
+
+@pytest.fixture()
+def make_proxy(router: Router, tmp_path: Path) -> Iterator[Callable[..., RunningProxy]]:
+    """Start a proxy with sections of the configuration replaced, e.g. ``make_proxy(server={...})``."""
+    started: list[RunningProxy] = []
+
+    def make(**sections: dict[str, Any]) -> RunningProxy:
+        running = start_proxy(settings_from_dict(base_config(tmp_path, **sections)), router)
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        stop_proxy(running)

@@ -1,0 +1,121 @@
+"""Upstream faults: retries, fallback to the other tier, clean errors, streams that break."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+
+from tests.conftest import RunningProxy
+from tests.standin import Fault, StandInServer
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def test_transient_503_is_retried_on_the_same_model(proxy: RunningProxy, standin: StandInServer) -> None:
+    standin.state.faults.append(Fault("status", status=503, model="gemini-1.5-pro"))
+    raw = proxy.client().chat.completions.with_raw_response.create(model="gemini-1.5-pro", messages=MSG)
+    assert raw.parse().model == "gemini-1.5-pro"
+    assert standin.state.models_called() == ["gemini-1.5-pro", "gemini-1.5-pro"]
+    assert "x-route-llm-fallback" not in raw.headers
+
+
+def test_persistent_failure_falls_back_to_the_other_tier(proxy: RunningProxy, standin: StandInServer) -> None:
+    standin.state.faults.extend([Fault("status", status=500, model="gemini-1.5-pro")] * 2)
+    raw = proxy.client().chat.completions.with_raw_response.create(model="auto-quality", messages=MSG)
+    assert raw.parse().model == "gemini-1.5-flash"
+    assert raw.headers["x-route-llm-fallback"] == "strong->weak"
+    assert raw.headers["x-route-llm-tier"] == "weak"
+    assert standin.state.models_called() == ["gemini-1.5-pro", "gemini-1.5-pro", "gemini-1.5-flash"]
+
+
+def test_429_honours_retry_after_then_succeeds(proxy: RunningProxy, standin: StandInServer) -> None:
+    standin.state.faults.append(Fault("status", status=429, retry_after=0.01, model="gemini-1.5-flash"))
+    out = proxy.client().chat.completions.create(model="gemini-1.5-flash", messages=MSG)
+    assert out.model == "gemini-1.5-flash"
+    assert standin.state.models_called() == ["gemini-1.5-flash", "gemini-1.5-flash"]
+
+
+def test_connection_reset_is_retried(proxy: RunningProxy, standin: StandInServer) -> None:
+    standin.state.faults.append(Fault("reset", model="gemini-1.5-flash"))
+    out = proxy.client().chat.completions.create(model="gemini-1.5-flash", messages=MSG)
+    assert out.model == "gemini-1.5-flash"
+    assert len(standin.state.requests) == 2
+
+
+def test_all_upstreams_down_returns_openai_error_quickly(proxy: RunningProxy, standin: StandInServer) -> None:
+    standin.state.fault_rate = 1.0
+    with pytest.raises(openai.APIStatusError) as err:
+        proxy.client().chat.completions.create(model="auto-quality", messages=MSG)
+    assert err.value.status_code in (502, 503)
+    body = err.value.response.json()["error"]
+    assert body["type"] == "upstream_error"
+    assert "gemini-1.5-flash" in body["message"] and "unavailable" in body["message"]
+    assert len(standin.state.requests) == 4  # 2 attempts per tier, both tiers
+    standin.state.fault_rate = 0.0
+    assert proxy.client().chat.completions.create(model="auto-cheap", messages=MSG).choices[0].message.content
+
+
+def test_upstream_timeout_returns_504(make_proxy: Any, standin: StandInServer) -> None:
+    proxy = make_proxy(models={
+        "weak": {"name": "gemini-1.5-flash", "model": "gemini/gemini-1.5-flash", "timeout": 0.3},
+        "strong": {"name": "gemini-1.5-pro", "model": "gemini/gemini-1.5-pro", "timeout": 0.3}},
+        upstream={"retries": 0, "fallback": "none", "timeout_total": 5})
+    standin.state.faults.append(Fault("delay", seconds=2.0))
+    with pytest.raises(openai.APIStatusError) as err:
+        proxy.client().chat.completions.create(model="gemini-1.5-flash", messages=MSG)
+    assert err.value.status_code == 504
+    assert err.value.response.json()["error"]["code"] == "timeout"
+
+
+def test_fallback_none_reports_the_upstream_reason(make_proxy: Any, standin: StandInServer) -> None:
+    proxy = make_proxy(upstream={"retries": 0, "fallback": "none"})
+    standin.state.faults.append(Fault("status", status=503))
+    with pytest.raises(openai.APIStatusError) as err:
+        proxy.client().chat.completions.create(model="gemini-1.5-pro", messages=MSG)
+    assert err.value.status_code == 503
+    assert standin.state.models_called() == ["gemini-1.5-pro"]
+
+
+def test_upstream_400_is_not_retried_and_is_a_client_error(proxy: RunningProxy, standin: StandInServer) -> None:
+    standin.state.faults.append(Fault("status", status=400))
+    with pytest.raises(openai.BadRequestError):
+        proxy.client().chat.completions.create(model="gemini-1.5-pro", messages=MSG)
+    assert len(standin.state.requests) == 1
+
+
+def test_stream_failure_before_first_chunk_falls_back(proxy: RunningProxy, standin: StandInServer) -> None:
+    standin.state.faults.extend([Fault("status", status=503, model="gemini-1.5-pro")] * 2)
+    with proxy.http() as http, http.stream("POST", "/v1/chat/completions", json={
+            "model": "auto-quality", "stream": True, "messages": MSG}) as r:
+        assert r.status_code == 200
+        assert r.headers["x-route-llm-fallback"] == "strong->weak"
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[0][6:])["model"] == "gemini-1.5-flash"
+
+
+def test_stream_broken_midway_ends_with_error_event_and_done(proxy: RunningProxy, standin: StandInServer) -> None:
+    standin.state.faults.append(Fault("midstream"))
+    with proxy.http() as http, http.stream("POST", "/v1/chat/completions", json={
+            "model": "gemini-1.5-flash", "stream": True, "messages": MSG}) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2][6:])
+    assert error["error"]["code"] == "stream_broken"
+    assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
+
+
+def test_missing_upstream_key_gives_clear_error_but_routing_works(make_proxy: Any, standin: StandInServer,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GEMINI_API_KEY")
+    proxy = make_proxy()
+    with pytest.raises(openai.APIStatusError) as err:
+        proxy.client().chat.completions.create(model="auto", messages=MSG)
+    assert err.value.status_code == 503
+    assert "GEMINI_API_KEY" in err.value.response.json()["error"]["message"]
+    assert proxy.http().post("/v1/route", json={"prompt": "hi"}).status_code == 200
+    assert standin.state.requests == []

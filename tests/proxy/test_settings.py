@@ -1,0 +1,83 @@
+"""Configuration is validated at start-up, and errors name the key at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.settings import ConfigError, load_settings, settings_from_dict
+from tests.conftest import ROOT, base_config
+
+
+def test_shipped_config_loads() -> None:
+    s = load_settings(ROOT / "config.yaml")
+    assert s.models.weak.model == "gemini/gemini-1.5-flash"
+    assert s.models.strong.model == "gemini/gemini-1.5-pro"
+    assert "auto" in s.aliases and s.server.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"server": {"prot": 1}}, "unknown key server.prot"),
+    ({"server": {"port": "eighty"}}, "server.port: expected an integer"),
+    ({"server": {"port": 70000}}, "server.port"),
+    ({"server": {"limit_in_flight": 0}}, "server.limit_in_flight"),
+    ({"router": {"threshold": 1.5}}, "router.threshold"),
+    ({"router": {"strong_share": -0.1}}, "router.strong_share"),
+    ({"router": {"fail_open_tier": "medium"}}, "router.fail_open_tier: must be one of weak, strong"),
+    ({"router": {"threads": 0}}, "router.threads"),
+    ({"upstream": {"fallback": "sideways"}}, "upstream.fallback"),
+    ({"upstream": {"retries": True}}, "upstream.retries: expected an integer"),
+    ({"aliases": {"gemini-1.5-pro": {}}}, "aliases.gemini-1.5-pro"),
+    ({"aliases": {"auto": {"strong_share": 2}}}, "aliases.auto.strong_share"),
+    ({"server": {"api_keys": "secret"}}, "server.api_keys: expected a list"),
+    ({"documents": {"selection": "random"}}, "documents.selection"),
+    ({"bogus": {}}, "unknown key bogus"),
+])
+def test_bad_values_are_rejected_with_the_key_name(tmp_path: Path, change: dict[str, Any], needle: str) -> None:
+    cfg = base_config(tmp_path)
+    for section, values in change.items():
+        if isinstance(cfg.get(section), dict) and section != "aliases":
+            cfg[section].update(values)
+        else:
+            cfg[section] = values
+    with pytest.raises(ConfigError) as err:
+        settings_from_dict(cfg)
+    assert needle in str(err.value)
+
+
+def test_missing_model_name_is_reported(tmp_path: Path) -> None:
+    cfg = base_config(tmp_path)
+    del cfg["models"]["weak"]["model"]
+    with pytest.raises(ConfigError, match="missing key models.weak.model"):
+        settings_from_dict(cfg)
+
+
+def test_unreadable_or_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_settings(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_settings(scalar)
+
+
+def test_api_key_from_environment_is_resolved_per_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = base_config(tmp_path)
+    cfg["models"]["weak"]["api_key"] = "os.environ/MY_WEAK_KEY"
+    s = settings_from_dict(cfg)
+    monkeypatch.delenv("MY_WEAK_KEY", raising=False)
+    assert s.models.weak.resolved_api_key() is None
+    monkeypatch.setenv("MY_WEAK_KEY", "abc")
+    assert s.models.weak.resolved_api_key() == "abc"
+
+
+def test_proxy_keys_merge_config_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = settings_from_dict(base_config(tmp_path, server={"api_keys": ["k1"]}))
+    monkeypatch.setenv("ROUTE_LLM_API_KEYS", " k2, k1 ,,k3")
+    assert s.all_api_keys() == ("k1", "k2", "k3")
