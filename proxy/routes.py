@@ -154,10 +154,9 @@ class ChatHandler:
         state = request.state
         o = Outcome(request_id=request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex[:16]}")
         streaming = False  # a stream records its outcome when it ends, not here
+        body: Any = None
         try:
             body = await read_json(request, self.settings.server.limit_body_bytes)
-            if isinstance(body, dict) and isinstance(body.get("model"), str):
-                o.requested = self._requested_label(state, body["model"])
             chat = parse_chat_request(body, limit_messages=self.settings.server.limit_messages,
                                       limit_content_chars=self.settings.server.limit_content_chars)
             o.target = target = state.decider.resolve(chat.model)
@@ -187,6 +186,8 @@ class ChatHandler:
             o.status, o.http_status = "ok", 200
             return JSONResponse(payload, headers={**self._headers(o), **extra_headers})
         except ProxyError as exc:
+            if o.target is None and isinstance(body, dict):
+                o.requested = self._requested_label(state, body.get("model"))
             o.status, o.http_status = self._status_of(exc), exc.status_code
             exc.headers = {**self._headers(o), **exc.headers}
             raise
@@ -194,8 +195,9 @@ class ChatHandler:
             if not streaming:
                 self.record(o)
 
-    def _requested_label(self, state: Any, name: str) -> str:
-        """A bounded metrics label for what the client asked for, even if the name turns out invalid."""
+    @staticmethod
+    def _requested_label(state: Any, name: Any) -> str:
+        """A bounded metrics label for what the client asked for, when the request failed before routing."""
         try:
             return str(state.decider.resolve(name).requested)
         except ProxyError:
@@ -237,6 +239,9 @@ class ChatHandler:
             if o.attempts is not None:
                 o.attempts.errors.append("stream_broken")
         finally:
+            # Also reached when the client goes away (the generator is closed): closing the upstream
+            # stream cancels the model call instead of letting it run to the end unread.
+            await iterator.aclose()  # type: ignore[attr-defined]
             o.upstream_seconds = time.perf_counter() - start
             self.record(o)
         yield b"data: [DONE]\n\n"

@@ -189,12 +189,14 @@ class Upstream:
         async def call(m: ModelSettings, timeout: float) -> tuple[Any, AsyncIterator[Any]]:
             response = await litellm.acompletion(messages=messages, stream=True, **params,
                                                  **self._kwargs(m, timeout))
-            iterator = response.__aiter__()
             try:
-                first = await iterator.__anext__()
+                first = await response.__anext__()
             except StopAsyncIteration:
                 first = None
-            return first, iterator
+            except BaseException:
+                await response.aclose()  # a failed attempt must not leave its connection open
+                raise
+            return first, response
 
         result: tuple[Any, AsyncIterator[Any]] = await self._attempts(tier, attempts, call)
         return result

@@ -39,7 +39,7 @@ class Fault:
     send one chunk, then break the connection).
     """
 
-    kind: str
+    kind: str  # "status" | "delay" | "reset" | "midstream" | "slow_stream" (``seconds`` between chunks)
     status: int = 503
     seconds: float = 0.0
     retry_after: float | None = None
@@ -63,6 +63,7 @@ class StandIn:
     fault_rate: float = 0.0
     fault_status: int = 503
     reply_words: int = 8
+    streams_closed_early: int = 0  # streams whose reader went away before the last chunk
     stream_chunks: int = 3
     _rng: random.Random = field(default_factory=lambda: random.Random(1234))
 
@@ -70,6 +71,7 @@ class StandIn:
         self.requests.clear()
         self.faults.clear()
         self.fault_rate = 0.0
+        self.streams_closed_early = 0
 
     def models_called(self) -> list[str]:
         return [r.model for r in self.requests]
@@ -151,7 +153,8 @@ def build_app(state: StandIn) -> Starlette:
                 "modelVersion": model,
             })
         midstream = fault is not None and fault.kind == "midstream"
-        return StreamingResponse(_sse(state, model, parts, usage, midstream), media_type="text/event-stream")
+        pause = fault.seconds if fault is not None and fault.kind == "slow_stream" else 0.0
+        return StreamingResponse(_sse(state, model, parts, usage, midstream, pause), media_type="text/event-stream")
 
     async def control(request: Request) -> Response:
         body = await request.json()
@@ -180,7 +183,8 @@ async def _reset_handler(request: Request, exc: Exception) -> Response:
     raise ConnectionResetError("stand-in dropped the connection")
 
 
-async def _sse(state: StandIn, model: str, parts: list[dict[str, Any]], usage: dict[str, int], midstream: bool):  # type: ignore[no-untyped-def]
+async def _sse(state: StandIn, model: str, parts: list[dict[str, Any]], usage: dict[str, int], midstream: bool,
+               pause: float):  # type: ignore[no-untyped-def]
     if "functionCall" in parts[0]:
         pieces: list[list[dict[str, Any]]] = [parts]
     else:
@@ -189,18 +193,24 @@ async def _sse(state: StandIn, model: str, parts: list[dict[str, Any]], usage: d
         size = max(1, -(-len(words) // n))
         pieces = [[{"text": " ".join(words[i:i + size]) + (" " if i + size < len(words) else "")}]
                   for i in range(0, len(words), size)]
-    for i, piece in enumerate(pieces):
-        last = i == len(pieces) - 1
-        chunk: dict[str, Any] = {"candidates": [{"content": {"role": "model", "parts": piece}, "index": 0}],
-                                 "modelVersion": model}
-        if last:
-            chunk["candidates"][0]["finishReason"] = "STOP"
-            chunk["usageMetadata"] = usage
-        yield f"data: {json.dumps(chunk)}\r\n\r\n"
-        if midstream and i == 0:
-            await asyncio.sleep(0.01)
-            raise ConnectionResetError("stand-in broke the stream")
-        await asyncio.sleep(0)
+    finished = False
+    try:
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            chunk: dict[str, Any] = {"candidates": [{"content": {"role": "model", "parts": piece}, "index": 0}],
+                                     "modelVersion": model}
+            if last:
+                chunk["candidates"][0]["finishReason"] = "STOP"
+                chunk["usageMetadata"] = usage
+            yield f"data: {json.dumps(chunk)}\r\n\r\n"
+            if midstream and i == 0:
+                await asyncio.sleep(0.01)
+                raise ConnectionResetError("stand-in broke the stream")
+            await asyncio.sleep(pause)
+        finished = True
+    finally:
+        if not finished and not midstream:
+            state.streams_closed_early += 1
 
 
 def free_port() -> int:

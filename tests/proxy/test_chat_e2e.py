@@ -184,3 +184,24 @@ def test_route_endpoint_reports_decision_without_upstream(proxy: RunningProxy, s
     assert d["tier"] == ("strong" if d["score"] >= 0.25 else "weak")
     assert d["model"] == {"strong": "gemini-1.5-pro", "weak": "gemini-1.5-flash"}[d["tier"]]
     assert standin.state.requests == []
+
+
+def test_client_disconnect_mid_stream_cancels_the_upstream_call(proxy: RunningProxy, standin: StandInServer) -> None:
+    import time
+
+    from tests.standin import Fault
+
+    standin.state.reply_words = 40
+    standin.state.stream_chunks = 20
+    standin.state.faults.append(Fault("slow_stream", seconds=0.2))
+    try:
+        with proxy.http() as http, http.stream("POST", "/v1/chat/completions", json={
+                "model": "gemini-1.5-flash", "stream": True, "messages": [{"role": "user", "content": EASY}]}) as r:
+            first = next(r.iter_lines())
+            assert first.startswith("data: ")
+        deadline = time.monotonic() + 5
+        while standin.state.streams_closed_early == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert standin.state.streams_closed_early == 1
+    finally:
+        standin.state.reply_words, standin.state.stream_chunks = 8, 3

@@ -1,0 +1,173 @@
+"""Property-based fuzzing of every body a client controls, over a real socket.
+
+The upstream stand-in is healthy throughout, so no answer may be a 5xx: whatever a client sends, the proxy
+either serves it or says what is wrong in OpenAI's error shape, and keeps serving afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from proxy.chat import PASSTHROUGH, PART_TYPES, ROLES
+from tests.conftest import RunningProxy
+from tests.standin import StandInServer
+
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+# Strings that have broken parsers before: NaN-like, numeric-looking, control and non-BMP characters,
+# lone surrogates (valid as JSON escapes, invalid as UTF-8), and long ones.
+SPECIAL_STRINGS = ["", "NaN", "nan", "Infinity", "-Infinity", "1e999", "-0", "0x10", "null", "true", "\x00",
+                   "\ud800", "a\udfffb", "\u202e", "💥" * 10, "é" * 50, "x" * 5000, "router-bert-0.5",
+                   "router-bert-nan", "router-bert-1e999", "auto ", "AUTO", "data:application/pdf;base64,!!"]
+
+text = st.one_of(st.text(max_size=40), st.sampled_from(SPECIAL_STRINGS))
+number = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, 1, -1, 2**63, 2**64, 10**30, 1e308, -1e308, 5e-324]),
+)
+leaf = st.one_of(st.none(), st.booleans(), number, text)
+junk = st.recursive(leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+                    max_leaves=12)
+
+part = st.one_of(
+    st.fixed_dictionaries({"type": st.just("text"), "text": st.one_of(text, junk)}),
+    st.fixed_dictionaries({"type": st.one_of(st.sampled_from(sorted(PART_TYPES)), junk)},
+                          optional={"text": junk, "file": st.one_of(junk, st.fixed_dictionaries(
+                              {}, optional={"file_id": st.one_of(text, junk), "file_data": st.one_of(text, junk),
+                                            "filename": st.one_of(text, junk)})),
+                                    "image_url": junk}),
+    junk,
+)
+message = st.one_of(
+    st.fixed_dictionaries(
+        {"role": st.one_of(st.sampled_from(sorted(ROLES)), junk)},
+        optional={"content": st.one_of(text, st.lists(part, max_size=3), junk), "name": junk,
+                  "tool_call_id": st.one_of(text, junk), "tool_calls": junk}),
+    junk,
+)
+model = st.one_of(st.sampled_from(["auto", "auto-cheap", "gemini-1.5-flash", "gemini-1.5-pro", "router-bert-0.5",
+                                   "router-bert-2", "gpt-4"]), junk)
+chat_body = st.one_of(
+    st.fixed_dictionaries(
+        {"model": model, "messages": st.one_of(st.lists(message, min_size=1, max_size=4), junk)},
+        optional={"stream": st.one_of(st.booleans(), junk),
+                  **{k: st.one_of(junk, number) for k in ("temperature", "top_p", "n", "max_tokens", "stop",
+                                                          "seed", "logprobs", "tools", "tool_choice",
+                                                          "response_format", "stream_options", "user")}}),
+    st.dictionaries(st.one_of(st.sampled_from(sorted(PASSTHROUGH | {"model", "messages"})), text), junk,
+                    max_size=6),
+    junk,
+)
+route_body = st.one_of(
+    st.fixed_dictionaries({}, optional={"model": model, "prompt": st.one_of(text, junk),
+                                        "messages": st.one_of(st.lists(message, max_size=3), junk)}),
+    junk,
+)
+# Bodies that are not JSON, or JSON that stresses the parser (depth, digit count, exotic number forms).
+raw_body = st.one_of(
+    st.binary(max_size=300),
+    st.sampled_from([b"[" * 100_000, b'{"a":' * 50_000, b"1" * 5000, b'{"model": 1' + b"0" * 5000 + b"}",
+                     b"NaN", b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], '
+                     b'"temperature": NaN}', b"\xef\xbb\xbf{}", b'"\\ud800"', b"{\"model\": \"\\ud800\"}"]),
+    st.builds(lambda a, b: a + b, st.sampled_from([b"{", b"[", b'{"model":"auto","messages":']), st.binary(max_size=50)),
+)
+
+
+def _dumps(body: Any) -> bytes:
+    # allow_nan: Python's json (and so the proxy) accepts NaN/Infinity literals, so they are fair input.
+    return json.dumps(body, allow_nan=True).encode()
+
+
+def _check(r: httpx.Response) -> None:
+    """The property: never a 5xx with a healthy upstream; every error in OpenAI's shape."""
+    assert r.status_code < 500, (r.status_code, r.text[:500])
+    if r.status_code >= 400:
+        body = r.json()
+        assert set(body) == {"error"}, body
+        assert set(body["error"]) == {"message", "type", "param", "code"}, body
+        assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+@pytest.fixture()
+def http(proxy: RunningProxy, standin: StandInServer) -> Iterator[httpx.Client]:
+    with proxy.http() as client:
+        yield client
+    # Still healthy: liveness and a normal routed request.
+    with proxy.http() as client:
+        assert client.get("/health/live").status_code == 200
+        ok = client.post("/v1/chat/completions",
+                         json={"model": "auto", "messages": [{"role": "user", "content": "still there?"}]})
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["choices"][0]["message"]["content"]
+
+
+def _post_json(http: httpx.Client, path: str, body: bytes) -> httpx.Response:
+    return http.post(path, content=body, headers={"content-type": "application/json"})
+
+
+@FUZZ
+@given(body=chat_body)
+@example(body={"model": "auto", "messages": [{"role": ["user"], "content": "x"}]})
+@example(body={"model": "auto", "messages": [{"role": "user", "content": [{"type": {"t": 1}}]}]})
+@example(body={"model": "auto", "messages": [{"role": "user", "content": "hi"}], "\ud800": 1})
+@example(body={"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**30})
+@example(body={"model": "auto", "messages": [{"role": "user", "content": "hi"}], "temperature": math.nan})
+def test_chat_completions_never_5xx_on_arbitrary_json(http: httpx.Client, body: Any) -> None:
+    _check(_post_json(http, "/v1/chat/completions", _dumps(body)))
+
+
+@FUZZ
+@given(raw=raw_body)
+def test_chat_completions_never_5xx_on_raw_bytes(http: httpx.Client, raw: bytes) -> None:
+    _check(_post_json(http, "/v1/chat/completions", raw))
+    _check(_post_json(http, "/v1/route", raw))
+
+
+@FUZZ
+@given(body=route_body)
+@example(body={"model": "auto", "prompt": "\ud800"})
+@example(body={"model": "auto", "messages": [{"role": {}, "content": "x"}]})
+def test_route_never_5xx_on_arbitrary_json(http: httpx.Client, body: Any) -> None:
+    _check(_post_json(http, "/v1/route", _dumps(body)))
+
+
+field_value = st.one_of(st.binary(max_size=200), st.just(b"%PDF-1.4\n%\xe2\xe3\n1 0 obj\n<<>>\nendobj\n"),
+                        text.map(lambda s: s.encode("utf-8", "surrogatepass")))
+multipart_part = st.tuples(st.sampled_from(["file", "purpose", "other", "", "file\"; x=\"y", "\u00e9"]),
+                           st.one_of(st.none(), text), field_value)
+
+
+def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str) -> bytes:
+    out = b""
+    for name, filename, value in parts:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disp}\r\n\r\n".encode("utf-8", "surrogatepass")
+        out += value + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+@FUZZ
+@given(parts=st.lists(multipart_part, max_size=4), boundary=st.sampled_from(["b0undary", "x" * 70, "a b", ""]),
+       truncate=st.one_of(st.none(), st.integers(min_value=0, max_value=400)),
+       purpose=st.one_of(st.none(), st.sampled_from(["user_data", "assistants"]), text))
+@example(parts=[("file", "a.pdf", b"not a pdf")], boundary="b0undary", truncate=None, purpose="user_data")
+@example(parts=[("file", "\ud800.pdf", b"%PDF-1.4")], boundary="b0undary", truncate=None, purpose="user_data")
+def test_files_upload_never_5xx_on_multipart_junk(http: httpx.Client, parts: list[tuple[str, str | None, bytes]],
+                                                  boundary: str, truncate: int | None, purpose: str | None) -> None:
+    if purpose is not None:
+        parts = [*parts, ("purpose", None, purpose.encode("utf-8", "surrogatepass"))]
+    raw = _multipart(parts, boundary)
+    if truncate is not None:
+        raw = raw[:truncate]
+    r = http.post("/v1/files", content=raw, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    _check(r)
