@@ -23,7 +23,6 @@ import router
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 WORDS = [f"w{i}" for i in range(500)]
 SHIPPED_MODEL_DIR = Path(router.__file__).parent / "model"
-HAS_SHIPPED_MODEL = (SHIPPED_MODEL_DIR / "model.onnx").is_file()
 
 MakeModelDir = Callable[..., Path]
 Specials = Literal["bert", "template", "none"]

@@ -16,7 +16,6 @@ from tokenizers import Tokenizer
 from router import Classifier, InferenceError, ModelLoadError, ModelMeta, Router
 from router.classifier import load_meta, load_session, load_tokenizer
 from tests.router.conftest import (
-    HAS_SHIPPED_MODEL,
     SHIPPED_MODEL_DIR,
     MakeModelDir,
     build_onnx,
@@ -385,10 +384,6 @@ def test_router_package_imports_no_web_or_training_libraries() -> None:
 
 # --- the model shipped inside the package -------------------------------------------------------------------
 
-shipped = pytest.mark.skipif(not HAS_SHIPPED_MODEL, reason="router/model/model.onnx has not been shipped yet")
-
-
-@shipped
 def test_shipped_model_loads_by_default_and_scores() -> None:
     loaded = Router.load()
     assert loaded.path == SHIPPED_MODEL_DIR
@@ -400,7 +395,6 @@ def test_shipped_model_loads_by_default_and_scores() -> None:
     assert loaded.score(texts) == scores
 
 
-@shipped
 def test_shipped_model_batch_scores_equal_one_by_one() -> None:
     loaded = Router.load()
     texts = [
