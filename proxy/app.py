@@ -117,6 +117,9 @@ class GuardMiddleware:
         except ProxyError as exc:
             await error_response(exc)(scope, receive, send)
             return
+        if not path.startswith("/v1/"):  # health probes and scrapes: neither limited nor counted in flight
+            await self.app(scope, receive, send)
+            return
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()
         try:
@@ -140,13 +143,14 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         upstream = Upstream(settings)
         documents = DocumentService(settings)
         metrics.precreate(list(settings.aliases), [settings.models.weak.name, settings.models.strong.name])
-        metrics.INFO.labels(__version__, the_router.version, f"{decider.default_threshold:.4f}",
-                            str(settings.router.strong_share)).set(1)
+        # A fixed threshold wins over strong_share, which then is no target: say so rather than show a stale one.
+        share = "none" if settings.router.threshold is not None else str(settings.router.strong_share)
+        metrics.INFO.labels(__version__, the_router.version, f"{decider.default_threshold:.4f}", share).set(1)
         for tier in ("weak", "strong"):
-            missing = upstream.missing_keys(tier)  # type: ignore[arg-type]
+            missing = upstream.missing_keys(tier)
             if missing:
                 log.warning("no API key for the %s model (%s): set %s; routing and /v1/route still work",
-                            tier, settings.models.by_tier(tier).name, " or ".join(missing))  # type: ignore[arg-type]
+                            tier, settings.models.by_tier(tier).name, " or ".join(missing))
         await decider.score_many(["warm-up"])  # the first ONNX run allocates; pay it before ready
         if settings.upstream.warmup:
             await upstream.warm_up()

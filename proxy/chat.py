@@ -158,7 +158,7 @@ def _check_content(i: int, msg: dict[str, Any], files: list[FilePart], limit_cha
     size = 0
     for j, part in enumerate(content):
         pwhere = f"{where}[{j}]"
-        if not isinstance(part, dict) or part.get("type") not in PART_TYPES:
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str) or part["type"] not in PART_TYPES:
             raise BadRequest(f"{pwhere}: must be an object with type one of {', '.join(sorted(PART_TYPES))}",
                              param=pwhere)
         kind = part["type"]
@@ -212,7 +212,7 @@ def parse_chat_request(body: Any, *, limit_messages: int | None, limit_content_c
         if not isinstance(msg, dict):
             raise BadRequest(f"messages[{i}]: must be an object with role and content", param=f"messages[{i}]")
         role = msg.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # str first: a list or dict role is unhashable
             raise BadRequest(f"messages[{i}].role: {role!r} is not one of {', '.join(sorted(ROLES))}",
                              param=f"messages[{i}].role")
         if role == "tool" and not isinstance(msg.get("tool_call_id"), str):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
-import logging
 import os
 import shutil
 import socket
@@ -66,16 +66,31 @@ def _nodelay_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging plus ours (JSON access lines, warnings) as plain lines on stderr.
+
+    Handed to uvicorn rather than applied here, because uvicorn applies it again in every worker it
+    spawns: a spawned worker starts with a bare interpreter and would otherwise drop INFO records.
+    """
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["route_llm"] = {"format": "%(message)s"}
+    config["handlers"]["route_llm"] = {"class": "logging.StreamHandler", "formatter": "route_llm",
+                                       "stream": "ext://sys.stderr"}
+    config["root"] = {"handlers": ["route_llm"], "level": "INFO"}
+    return config
+
+
 def serve(settings: Settings, *, workers: int = 1, config_path: str | None = None) -> None:
     """Run the proxy with uvicorn; with several workers, metrics go through a private multiprocess dir."""
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     host, port = settings.server.host, settings.server.port
     if workers <= 1:
         from proxy.app import create_app
 
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", log_config=_log_config(),
                     timeout_graceful_shutdown=int(settings.server.timeout_shutdown), access_log=False)
         return
     # Workers rebuild the app from the config file (uvicorn needs an import string); the socket is ours.
@@ -83,15 +98,18 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     if config_path:
         os.environ["ROUTE_LLM_CONFIG"] = str(Path(config_path).resolve())
-    sock = _nodelay_socket(host, port)
-    try:
+    sock: socket.socket | None = None
+    try:  # the directory goes away however this ends, a failed bind included
+        sock = _nodelay_socket(host, port)
         config = uvicorn.Config("proxy.app:app_from_env", factory=True, workers=workers, log_level="warning",
-                                timeout_graceful_shutdown=int(settings.server.timeout_shutdown), access_log=False)
+                                log_config=_log_config(), access_log=False,
+                                timeout_graceful_shutdown=int(settings.server.timeout_shutdown))
         from uvicorn.supervisors import Multiprocess
 
         Multiprocess(config, sockets=[sock]).run()
     finally:
-        sock.close()
+        if sock is not None:
+            sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 

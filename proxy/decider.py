@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
@@ -65,7 +66,7 @@ class Decider:
                                       limit=settings.router.limit_batch)
 
     @staticmethod
-    def _threshold(a: AliasSettings, quantiles: list[tuple[float, float]]) -> float:
+    def _threshold(a: AliasSettings, quantiles: Sequence[tuple[float, float]]) -> float:
         if a.threshold is not None:
             return a.threshold
         assert a.strong_share is not None

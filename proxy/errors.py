@@ -34,7 +34,14 @@ class ProxyError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {"error": {"message": _utf8(self.message), "type": self.type, "param": _utf8(self.param),
+                          "code": _utf8(self.code)}}
+
+
+def _utf8(text: str | None) -> str | None:
+    """Messages quote client input, which may hold lone surrogates (legal JSON escapes, not UTF-8): escape
+    them, or rendering the error would itself fail with a 500."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if text is not None else None
 
 
 class BadRequest(ProxyError):

@@ -56,6 +56,8 @@ def precreate(requested: list[str], routed: list[str]) -> None:
         for model, tier in zip(routed, TIERS):
             for status in ("ok", "upstream_error"):
                 REQUESTS.labels(req, model, tier, status)
+    for a, b in zip(TIERS, reversed(TIERS)):
+        FALLBACKS.labels(a, b)
     for model in routed:
         UPSTREAM_SECONDS.labels(model)
         UPSTREAM_TTFT.labels(model)
@@ -68,6 +70,6 @@ def exposition() -> bytes:
     """The text format; a fresh multiprocess registry per scrape when workers share a directory."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        _multiprocess.MultiProcessCollector(registry)
+        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()

@@ -42,8 +42,8 @@ async def read_json(request: Request, limit: int | None) -> Any:
         raise BadRequest("The request body is empty; send a JSON object.")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # ValueError: also bad UTF-8 and ints over 4300 digits
+        raise BadRequest(f"We could not parse the JSON body of your request: {str(exc)[:200]}") from exc
 
 
 def _price(m: ModelSettings) -> tuple[float, float]:
@@ -78,7 +78,7 @@ class Outcome:
 class ChatHandler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.prices = {t: _price(settings.models.by_tier(t)) for t in ("weak", "strong")}  # type: ignore[misc]
+        self.prices = {t: _price(settings.models.by_tier(t)) for t in ("weak", "strong")}
 
     # --- helpers ----------------------------------------------------------------------------------------
     def _served_model(self, tier: Tier) -> ModelSettings:
@@ -111,8 +111,8 @@ class ChatHandler:
         if d is not None and d.failed:
             metrics.ROUTER_FAILURES.inc()
         if a is not None:
-            for reason in a.errors:
-                metrics.UPSTREAM_ERRORS.labels(self._served_model(a.requested_tier).name, reason).inc()
+            for tier, reason in a.errors:
+                metrics.UPSTREAM_ERRORS.labels(self._served_model(tier).name, reason).inc()
             if a.fallback and a.served_tier:
                 metrics.FALLBACKS.labels(a.requested_tier, a.served_tier).inc()
         if routed_tier and o.upstream_seconds is not None:
@@ -237,7 +237,7 @@ class ChatHandler:
             err = UpstreamError(f"upstream {model_name} failed mid-stream: {str(exc)[:300]}", reason="stream_broken")
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
             if o.attempts is not None:
-                o.attempts.errors.append("stream_broken")
+                o.attempts.errors.append((o.attempts.served_tier or o.attempts.requested_tier, "stream_broken"))
         finally:
             # Also reached when the client goes away (the generator is closed): closing the upstream
             # stream cancels the model call instead of letting it run to the end unread.

@@ -233,7 +233,7 @@ def _validate(s: Settings) -> None:
         if alias in names or alias.startswith("router-"):
             raise ConfigError(f"aliases.{alias}: clashes with a model name or the router-bert-<threshold> form")
     for tier in ("weak", "strong"):
-        m = s.models.by_tier(tier)  # type: ignore[arg-type]
+        m = s.models.by_tier(tier)
         if m.timeout <= 0:
             raise ConfigError(f"models.{tier}.timeout: must be positive")
     if s.upstream.retries < 0 or s.upstream.timeout_total <= 0:

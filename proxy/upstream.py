@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import litellm
+from litellm import exceptions as llm_errors
 
 from proxy.errors import BadRequest, ProxyError, RateLimited, UpstreamError, UpstreamNotConfigured
 from proxy.settings import ModelSettings, Settings, Tier
@@ -33,7 +34,7 @@ class Attempts:
     served_tier: Tier | None = None
     retries: int = 0
     fallback: bool = False
-    errors: list[str] = field(default_factory=list)  # reasons, from a closed set (see _classify)
+    errors: list[tuple[Tier, str]] = field(default_factory=list)  # (tier tried, reason from a closed set: _classify)
 
 
 @dataclass
@@ -59,21 +60,21 @@ def _retry_after(exc: BaseException) -> float | None:
 
 def _classify(exc: BaseException) -> _Failure:
     msg = str(getattr(exc, "message", "") or exc)[:500]
-    if isinstance(exc, (litellm.Timeout, asyncio.TimeoutError, httpx.TimeoutException)):
+    if isinstance(exc, (llm_errors.Timeout, asyncio.TimeoutError, httpx.TimeoutException)):
         return _Failure("timeout", True, 504, msg or "upstream timed out")
-    if isinstance(exc, litellm.RateLimitError):
+    if isinstance(exc, llm_errors.RateLimitError):
         return _Failure("rate_limited", True, 429, msg, _retry_after(exc))
-    if isinstance(exc, (litellm.APIConnectionError, httpx.TransportError, ConnectionError)):
+    if isinstance(exc, (llm_errors.APIConnectionError, httpx.TransportError, ConnectionError)):
         return _Failure("connection", True, 502, msg)
-    if isinstance(exc, litellm.ServiceUnavailableError):
+    if isinstance(exc, llm_errors.ServiceUnavailableError):
         return _Failure("unavailable", True, 503, msg, _retry_after(exc))
-    if isinstance(exc, litellm.ContextWindowExceededError):
+    if isinstance(exc, llm_errors.ContextWindowExceededError):
         return _Failure("context_window", False, 400, msg)
-    if isinstance(exc, litellm.BadRequestError):
+    if isinstance(exc, llm_errors.BadRequestError):
         return _Failure("bad_request", False, 400, msg)
-    if isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
+    if isinstance(exc, (llm_errors.AuthenticationError, llm_errors.PermissionDeniedError)):
         return _Failure("auth", False, 502, msg)
-    if isinstance(exc, litellm.NotFoundError):
+    if isinstance(exc, llm_errors.NotFoundError):
         return _Failure("not_found", False, 502, msg)
     status = getattr(exc, "status_code", None)
     if isinstance(status, int) and status >= 500:
@@ -97,11 +98,11 @@ class Upstream:
         self.up = settings.upstream
         self._missing_keys: dict[Tier, list[str]] = {}
         for tier in ("weak", "strong"):
-            m = settings.models.by_tier(tier)  # type: ignore[arg-type]
+            m = settings.models.by_tier(tier)
             if m.resolved_api_key() is None:
                 check = litellm.validate_environment(model=m.model, api_base=m.api_base)
                 if not check.get("keys_in_environment", True):
-                    self._missing_keys[tier] = list(check.get("missing_keys") or [])  # type: ignore[index]
+                    self._missing_keys[tier] = list(check.get("missing_keys") or [])
                     if m.api_key_env_name():
                         self._missing_keys[tier].insert(0, m.api_key_env_name())  # type: ignore[arg-type]
 
@@ -153,7 +154,7 @@ class Upstream:
                     raise
                 except Exception as exc:  # classified below; unknown errors are not retried
                     last, last_model = _classify(exc), m.name
-                    attempts.errors.append(last.reason)
+                    attempts.errors.append((t, last.reason))
                     if not last.retryable:
                         if last.status == 400:  # the request itself is wrong: another model won't help
                             raise _to_proxy_error(last, m.name) from exc
