@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy import __version__, metrics
 from proxy.decider import Decider
@@ -122,8 +122,22 @@ class GuardMiddleware:
             return
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_noting_start)
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs at the shutdown deadline (server.timeout_shutdown) and would
+            # answer a bare text 500; a 503 in OpenAI's shape tells the client to retry elsewhere.
+            if not started:
+                await error_response(Overloaded("the proxy is shutting down; retry", code="shutting_down",
+                                                headers={"retry-after": "1"}))(scope, receive, send)
+            raise
         finally:
             self.in_flight -= 1
             metrics.IN_FLIGHT.dec()
@@ -142,6 +156,7 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         decider = Decider(settings, the_router)
         upstream = Upstream(settings)
         documents = DocumentService(settings)
+        metrics.forget_dead_workers()
         metrics.precreate(list(settings.aliases), [settings.models.weak.name, settings.models.strong.name])
         # A fixed threshold wins over strong_share, which then is no target: say so rather than show a stale one.
         share = "none" if settings.router.threshold is not None else str(settings.router.strong_share)

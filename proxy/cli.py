@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -78,7 +79,8 @@ def _log_config() -> dict[str, Any]:
     config["formatters"]["route_llm"] = {"format": "%(message)s"}
     config["handlers"]["route_llm"] = {"class": "logging.StreamHandler", "formatter": "route_llm",
                                        "stream": "ext://sys.stderr"}
-    config["root"] = {"handlers": ["route_llm"], "level": "INFO"}
+    config["root"] = {"handlers": ["route_llm"], "level": "WARNING"}  # libraries: warnings and up
+    config["loggers"]["route_llm"] = {"level": "INFO"}
     return config
 
 
@@ -87,12 +89,20 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
     import uvicorn
 
     host, port = settings.server.host, settings.server.port
+    # Load the model before uvicorn: a bad model dir then stops start-up with a message naming the path
+    # and EXIT_MODEL, not as a traceback from the lifespan. Workers load their own copy.
+    router = _router(settings.router.model_dir, settings.router.threads)
     if workers <= 1:
         from proxy.app import create_app
 
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", log_config=_log_config(),
-                    timeout_graceful_shutdown=int(settings.server.timeout_shutdown), access_log=False)
+        # After a graceful shutdown uvicorn re-raises SIGTERM under the handler it found; with the default
+        # one the process then dies by the signal (status -15). A no-op handler makes it exit 0 instead.
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        uvicorn.run(create_app(settings, router=router), host=host, port=port, log_level="warning",
+                    log_config=_log_config(), timeout_graceful_shutdown=int(settings.server.timeout_shutdown),
+                    access_log=False)
         return
+    del router
     # Workers rebuild the app from the config file (uvicorn needs an import string); the socket is ours.
     metrics_dir = tempfile.mkdtemp(prefix="route-llm-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

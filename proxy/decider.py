@@ -101,6 +101,9 @@ class Decider:
             return Decision(target.tier, None, None, 0.0)
         assert target.threshold is not None
         start = time.perf_counter()
+        # Lone surrogates (legal JSON escapes, not text) make the tokenizer raise; client input must not be
+        # able to force the fail-open tier, so they are scored as replacement characters.
+        text = text.encode("utf-8", "replace").decode("utf-8")
         try:
             score = await self._batcher.score(text)
         except Exception:
@@ -146,11 +149,25 @@ class _MicroBatcher:
             texts = [t for t, _ in batch]
             try:
                 scores = await run_in_threadpool(self.router.score, texts)
-            except Exception as exc:  # every waiter sees the failure and applies the fail-open tier
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+            except Exception as exc:
+                if len(batch) == 1:  # its waiter applies the fail-open tier
+                    _settle(batch[0][1], exc=exc)
+                    continue
+                # One bad prompt must not fail the others that happened to share its run: retry one by one.
+                for text, fut in batch:
+                    try:
+                        _settle(fut, value=(await run_in_threadpool(self.router.score, [text]))[0])
+                    except Exception as one:
+                        _settle(fut, exc=one)
                 continue
             for (_, fut), value in zip(batch, scores):
-                if not fut.done():
-                    fut.set_result(value)
+                _settle(fut, value=value)
+
+
+def _settle(fut: asyncio.Future[float], *, value: float = 0.0, exc: BaseException | None = None) -> None:
+    if fut.done():  # the waiter went away (client disconnected)
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)

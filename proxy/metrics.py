@@ -11,6 +11,8 @@ directory before any worker imports this module; ``/metrics`` then aggregates ev
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as _multiprocess
@@ -73,3 +75,25 @@ def exposition() -> bytes:
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()
+
+
+def forget_dead_workers(directory: str | None = None) -> None:
+    """Drop the live-gauge files of worker processes that no longer exist.
+
+    uvicorn restarts a worker that dies, but a dead worker's ``livesum`` file keeps counting its last
+    in-flight value until someone calls ``mark_process_dead``; each worker does it for the dead at start-up.
+    """
+    directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        match = re.search(r"_(\d+)\.db$", path.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            _multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        except PermissionError:  # alive, owned by someone else
+            pass

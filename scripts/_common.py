@@ -116,14 +116,20 @@ class OnnxScorer:
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
-        logits = self.session.run(["logits"], feeds)[0].astype(np.float64)
+        logits: np.ndarray = np.asarray(self.session.run(["logits"], feeds)[0], dtype=np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         probs /= probs.sum(axis=1, keepdims=True)
         return probs[:, self.strong_index]
 
-    def score(self, prompts: Sequence[str], batch_size: int = 32) -> list[float]:
-        """Score in length-sorted batches so padding stays small, then restore the input order."""
+    def score(self, prompts: Sequence[str], batch_size: int = 1) -> list[float]:
+        """Score prompts, one sequence per run unless ``batch_size`` says otherwise.
+
+        One at a time is the default because the runtime does the same: a dynamically quantised model picks
+        one activation scale per tensor, so in a padded batch a row's score moves with its neighbours. The
+        quantiles written to router.json must be the scores the proxy will compute. Larger batches are
+        sorted by length to keep padding small, then put back in input order.
+        """
         seqs = self.encode(prompts)
         order = np.argsort([len(s) for s in seqs], kind="stable")
         out = np.empty(len(seqs), dtype=np.float64)
@@ -142,12 +148,9 @@ def load_scorer(model_dir: str | Path | None, threads: int = 2) -> Any:
     try:
         from router import Router
     except ImportError:
-        Router = None  # noqa: N806
-    if Router is not None:
-        try:
-            return Router.load(model_dir) if model_dir is not None else Router.load()
-        except TypeError:
-            pass
+        pass
+    else:
+        return Router.load(model_dir, threads=threads)
     if model_dir is None:
         model_dir = Path(__file__).resolve().parent.parent / "router" / "model"
     return OnnxScorer(model_dir, threads=threads)
@@ -175,7 +178,7 @@ class RoutingCurve:
     @property
     def apgr(self) -> float:
         """Area under PGR(share) on [0, 1]; a random router scores 0.5 in expectation."""
-        return float(np.trapezoid(self.pgr, self.share))
+        return float(np.sum(np.diff(self.share) * (self.pgr[1:] + self.pgr[:-1]) / 2.0))
 
     def cpt(self, target: float) -> float:
         """Smallest strong share whose PGR reaches ``target`` (linear interpolation between points)."""

@@ -346,19 +346,16 @@ async def amain(args: argparse.Namespace) -> int:
             await bench(session, base, args)
             print(f"measured {base.name}", file=sys.stderr)
 
-            models = {
-                "weak": {"name": "gemini-1.5-flash", "model": "gemini/gemini-1.5-flash"},
-                "strong": {"name": "gemini-1.5-pro", "model": "gemini/gemini-1.5-pro"},
-            }
+            shipped = yaml.safe_load((ROOT / "config.yaml").read_text())["models"]
+            models = {tier: {"name": shipped[tier]["name"], "model": shipped[tier]["model"]} for tier in ("weak", "strong")}
             for workers in args.workers:
                 port = free_port()
-                cfg = {
-                    "models": {tier: {**m, "api_base": standin_url, "api_key": "bench-upstream-key",
-                                      "input_cost_per_million": 0.1, "output_cost_per_million": 0.4}
-                               for tier, m in models.items()},
-                    "server": {"host": "127.0.0.1", "port": port},
-                    "documents": {"storage_dir": str(tmp / "files")},
-                }
+                # the shipped config.yaml (its timeouts, prices, router and upstream settings), pointed at the stand-in
+                cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+                for tier in models:
+                    cfg["models"][tier].update(api_base=standin_url, api_key="bench-upstream-key")
+                cfg["server"].update(host="127.0.0.1", port=port, api_keys=[])
+                cfg["documents"]["storage_dir"] = str(tmp / "files")
                 path = tmp / f"route-llm-{workers}.yaml"
                 path.write_text(yaml.safe_dump(cfg))
                 url = f"http://127.0.0.1:{port}"
@@ -396,6 +393,7 @@ async def amain(args: argparse.Namespace) -> int:
                     log = tmp / f"litellm-{workers}.log"
                     started = time.perf_counter()
                     lenv = {k: v for k, v in env.items() if not k.startswith("GEMINI_")}
+                    lenv["LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY"] = "true"  # no auth, like ours here
                     t.proc = start([args.litellm, "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
                                     "--num_workers", str(workers)], lenv, log)
                     procs.append(t.proc)

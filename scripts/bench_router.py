@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ def timed(fn: Callable[[], Any], repeats: int, min_seconds: float = 0.0) -> np.n
     """Wall-clock seconds of each call, after two warm-up calls (first runs allocate arenas)."""
     fn()
     fn()
-    out = []
+    out: list[float] = []
     start = time.perf_counter()
     while len(out) < repeats or time.perf_counter() - start < min_seconds:
         t0 = time.perf_counter()
@@ -97,8 +98,8 @@ def bench(model_dir: Path, threads: int, repeats: int) -> dict[str, Any]:
     result: dict[str, Any] = {"threads": threads, "wrapper": wrapper_name, "latency_ms": {}, "throughput": {}}
     for name, prompt in cases.items():
         seq = raw.encode([prompt])
-        w = timed(lambda p=prompt: wrapper.score([p]), repeats) * 1000
-        r = timed(lambda s=seq: raw.run_ids(s), repeats) * 1000
+        w = timed(partial(wrapper.score, [prompt]), repeats) * 1000
+        r = timed(partial(raw.run_ids, seq), repeats) * 1000
         result["latency_ms"][name] = {
             "tokens": len(seq[0]),
             "wrapper_p50": round(float(np.percentile(w, 50)), 2),
@@ -112,8 +113,8 @@ def bench(model_dir: Path, threads: int, repeats: int) -> dict[str, Any]:
         batch = [prompt] * bs
         seqs = raw.encode(batch)
         ids, mask = pad_batch(seqs, raw.pad_id)
-        w = timed(lambda b=batch: wrapper.score(b), 3, min_seconds=1.5)
-        r = timed(lambda s=seqs: raw.run_ids(s), 3, min_seconds=1.5)
+        w = timed(partial(wrapper.score, batch), 3, min_seconds=1.5)
+        r = timed(partial(raw.run_ids, seqs), 3, min_seconds=1.5)
         result["throughput"][f"batch {bs}"] = {
             "wrapper_per_s": round(bs / float(np.median(w)), 1),
             "raw_per_s": round(bs / float(np.median(r)), 1),
@@ -126,7 +127,9 @@ def load_cost(model_dir: Path, mode: str) -> dict[str, Any]:
     """Load time and peak RSS of a fresh interpreter that loads the router and scores one prompt."""
     proc = subprocess.run(
         [sys.executable, "-c", LOAD_PROBE, str(model_dir), str(ROOT), mode],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
@@ -152,14 +155,18 @@ def main(argv: list[str] | None = None) -> None:
         if "error" in res:
             print(f"load ({mode}): {res['error']}")
         else:
-            print(f"load ({mode}): {res['load_s']:.3f} s, peak RSS {res['rss_mb']:.0f} MB, torch imported: "
-                  f"{res['torch_imported']}")
+            print(
+                f"load ({mode}): {res['load_s']:.3f} s, peak RSS {res['rss_mb']:.0f} MB, torch imported: "
+                f"{res['torch_imported']}"
+            )
     for run in report["runs"]:
         print(f"\n== {run['threads']} thread(s); wrapper = {run['wrapper']}")
         print(f"{'case':12} {'tokens':>6} {'wrap p50':>9} {'wrap p99':>9} {'raw p50':>8} {'raw p99':>8}  (ms)")
         for name, m in run["latency_ms"].items():
-            print(f"{name:12} {m['tokens']:>6} {m['wrapper_p50']:>9} {m['wrapper_p99']:>9} {m['raw_p50']:>8} "
-                  f"{m['raw_p99']:>8}")
+            print(
+                f"{name:12} {m['tokens']:>6} {m['wrapper_p50']:>9} {m['wrapper_p99']:>9} {m['raw_p50']:>8} "
+                f"{m['raw_p99']:>8}"
+            )
         print(f"{'batch (128 tok)':16} {'wrapper/s':>10} {'raw/s':>8}")
         for name, m in run["throughput"].items():
             print(f"{name:16} {m['wrapper_per_s']:>10} {m['raw_per_s']:>8}")

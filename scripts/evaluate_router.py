@@ -120,8 +120,10 @@ def main(argv: list[str] | None = None) -> None:
         "random": random_baseline(),
     }
     curve = routing_curve(scores, weak, strong)
-    print(f"{len(rows)} prompts; weak perf {curve.weak_perf:.4f}, strong perf {curve.strong_perf:.4f}, "
-          f"strong needed on {np.mean(strong > weak):.1%}")
+    print(
+        f"{len(rows)} prompts; weak perf {curve.weak_perf:.4f}, strong perf {curve.strong_perf:.4f}, "
+        f"strong needed on {np.mean(strong > weak):.1%}"
+    )
     print(f"{'':8} {'APGR':>7} {'CPT50':>7} {'CPT80':>7} {'AUROC':>7}")
     for name, m in results.items():
         print(f"{name:8} {m['apgr']:>7.4f} {100 * m['cpt50']:>6.1f}% {100 * m['cpt80']:>6.1f}% {m['auroc']:>7.4f}")

@@ -1,0 +1,180 @@
+"""``route-llm serve`` as a real process: graceful shutdown on SIGTERM, and refusing to start on a bad model.
+
+These run the console script in a subprocess (signals, exit codes and stderr are what operators see), with
+the in-process Gemini stand-in as the upstream.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import base_config
+from tests.standin import Fault, StandInServer, free_port
+
+ROUTE_LLM = Path(sys.executable).with_name("route-llm")
+MSG = [{"role": "user", "content": "take your time"}]
+
+
+def _write_config(tmp_path: Path, standin: StandInServer, **sections: dict[str, Any]) -> Path:
+    cfg = base_config(tmp_path, **sections)
+    for tier in ("weak", "strong"):
+        cfg["models"][tier].update(api_base=standin.base_url, api_key="literal-upstream-key")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def _serve(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env.pop("GEMINI_API_BASE", None)  # the config's api_base must be enough
+    env.pop("ROUTE_LLM_API_KEYS", None)
+    with log.open("wb") as out:
+        return subprocess.Popen([str(ROUTE_LLM), "serve", "--config", str(config), "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode} during start-up:\n{log.read_text()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"server not ready after {timeout}s:\n{log.read_text()}")
+
+
+def _refuses_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path: Path, standin: StandInServer) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = _serve(_write_config(tmp_path, standin, server={"timeout_shutdown": 15}), port, log)
+    try:
+        _wait_ready(proc, port, log)
+        standin.state.faults.extend([Fault("delay", seconds=1.5), Fault("delay", seconds=1.5)])
+        results: dict[str, Any] = {}
+
+        def plain() -> None:
+            results["plain"] = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
+                                          json={"model": "gemini-1.5-flash", "messages": MSG})
+
+        def streamed() -> None:
+            with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
+                              json={"model": "gemini-1.5-pro", "messages": MSG, "stream": True}) as r:
+                results["stream"] = (r.status_code, r.read().decode())
+
+        threads = [threading.Thread(target=plain), threading.Thread(target=streamed)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while len(standin.state.requests) < 2:  # both are now waiting on the slow upstream
+            assert time.monotonic() < deadline, "requests never reached the upstream"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert any(t.is_alive() for t in threads), "the slow requests finished before the test could check"
+        assert _refuses_connections(port), "still accepting new connections after SIGTERM"
+        for t in threads:
+            t.join(timeout=30)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    plain_response = results["plain"]
+    assert plain_response.status_code == 200, plain_response.text
+    assert plain_response.json()["choices"][0]["message"]["content"].startswith("answer from gemini-1.5-flash")
+    status, body = results["stream"]
+    assert status == 200 and "answer from" in body and body.rstrip().endswith("data: [DONE]")
+    assert '"error"' not in body
+    assert _refuses_connections(port)
+    assert "Traceback" not in log.read_text()
+
+
+def test_requests_past_the_shutdown_deadline_get_a_503_and_the_process_still_exits_0(
+        tmp_path: Path, standin: StandInServer) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = _serve(_write_config(tmp_path, standin, server={"timeout_shutdown": 1}), port, log)
+    try:
+        _wait_ready(proc, port, log)
+        standin.state.faults.append(Fault("delay", seconds=20))
+        results: dict[str, Any] = {}
+
+        def slow() -> None:
+            results["r"] = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
+                                      json={"model": "gemini-1.5-flash", "messages": MSG})
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not standin.state.requests:
+            assert time.monotonic() < deadline, "the request never reached the upstream"
+            time.sleep(0.02)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        assert time.monotonic() - sent < 12  # the deadline, not the 20 s upstream delay
+        thread.join(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    r = results["r"]
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["code"] == "shutting_down"
+
+
+def _corrupt_model(tmp_path: Path) -> Path:
+    """A model dir with valid metadata and tokenizer but an ONNX file that is not one."""
+    from router.classifier import Router
+
+    shipped = Router.load().path
+    broken = tmp_path / "corrupt-model"
+    shutil.copytree(shipped, broken)
+    (broken / "model.onnx").write_bytes(b"this is not an onnx model")
+    return broken
+
+
+@pytest.mark.parametrize("kind", ["empty", "corrupt"])
+def test_unreadable_router_model_stops_start_up_naming_the_path(tmp_path: Path, standin: StandInServer,
+                                                                 kind: str) -> None:
+    model_dir = tmp_path / "empty-model-dir" if kind == "empty" else _corrupt_model(tmp_path)
+    model_dir.mkdir(exist_ok=True)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = _serve(_write_config(tmp_path, standin, router={"model_dir": str(model_dir)}), port, log)
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = log.read_text()
+    assert code == 3, output  # EXIT_MODEL
+    assert str(model_dir) in output and "cannot load the router model" in output
+    assert "Traceback" not in output
+    assert _refuses_connections(port)
