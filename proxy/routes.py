@@ -207,30 +207,40 @@ class ChatHandler:
                       extra_headers: dict[str, str]) -> Response:
         assert o.decision is not None and o.attempts is not None
         start = time.perf_counter()
-        first, iterator = await state.upstream.stream(o.decision.tier, messages, chat.params, o.attempts)
+        # Usage is always asked of the upstream, so token and cost metrics count streams too; the usage
+        # chunk is passed on only to clients that asked for it (stream_options.include_usage).
+        params = {**chat.params, "stream_options": {**(chat.params.get("stream_options") or {}),
+                                                    "include_usage": True}}
+        first, iterator = await state.upstream.stream(o.decision.tier, messages, params, o.attempts)
         o.first_token_seconds = time.perf_counter() - start
         served = self._served_model(o.attempts.served_tier or o.decision.tier)
         o.status, o.http_status = "ok", 200
         headers = {**self._headers(o), **extra_headers}
-        return StreamingResponse(self._sse(first, iterator, served.name, o, start), media_type="text/event-stream",
-                                 headers={**headers, "cache-control": "no-cache"})
+        sse = self._sse(first, iterator, served.name, o, start, client_wants_usage=chat.include_usage)
+        return StreamingResponse(sse, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
     async def _sse(self, first: Any, iterator: AsyncIterator[Any], model_name: str, o: Outcome,
-                   start: float) -> AsyncIterator[bytes]:
-        def event(chunk: Any) -> bytes:
+                   start: float, *, client_wants_usage: bool) -> AsyncIterator[bytes]:
+        def event(chunk: Any) -> bytes | None:
             data = chunk.model_dump(exclude_none=True)
             data["model"] = model_name
             usage = data.get("usage")
             if usage:
                 o.prompt_tokens = int(usage.get("prompt_tokens") or 0)
                 o.completion_tokens = int(usage.get("completion_tokens") or 0)
+                if not client_wants_usage:
+                    if not data.get("choices"):
+                        return None  # the usage-only chunk the client did not ask for
+                    del data["usage"]
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         try:
-            if first is not None:
-                yield event(first)
+            for chunk in ([first] if first is not None else []):
+                if (line := event(chunk)) is not None:
+                    yield line
             async for chunk in iterator:
-                yield event(chunk)
+                if (line := event(chunk)) is not None:
+                    yield line
         except Exception as exc:  # after the first byte the status is sent: report in-band, then end
             o.status = "upstream_error"
             log.warning("stream from %s broke after the first chunk: %s", model_name, exc)

@@ -205,3 +205,19 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_call(proxy: RunningPr
         assert standin.state.streams_closed_early == 1
     finally:
         standin.state.reply_words, standin.state.stream_chunks = 8, 3
+
+
+def test_stream_without_include_usage_has_no_usage_chunk_but_counts_tokens(proxy: RunningProxy,
+                                                                           standin: StandInServer) -> None:
+    from prometheus_client import REGISTRY
+
+    def tokens_out() -> float:
+        return REGISTRY.get_sample_value("route_llm_tokens_total",
+                                         {"routed_model": "gemini-1.5-flash", "direction": "out"}) or 0.0
+
+    before = tokens_out()
+    chunks = list(proxy.client().chat.completions.create(
+        model="gemini-1.5-flash", messages=[{"role": "user", "content": EASY}], stream=True))
+    assert chunks and all(c.usage is None for c in chunks)
+    assert all(c.choices for c in chunks)
+    assert tokens_out() - before > 0

@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -194,3 +195,15 @@ def test_files_upload_never_5xx_on_multipart_junk(http: httpx.Client, parts: lis
         raw = raw[:truncate]
     r = http.post("/v1/files", content=raw, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
     _check(r)
+
+
+@FUZZ
+@given(file_id=st.one_of(text, st.binary(max_size=40).map(lambda b: b.decode("latin-1"))), purpose=text)
+@example(file_id="file-" + "9" * 5000, purpose="\ud800")
+def test_files_lookup_never_5xx_on_junk_ids(http: httpx.Client, file_id: str, purpose: str) -> None:
+    quoted = quote(file_id.encode("utf-8", "surrogatepass"), safe="")
+    for method in ("GET", "DELETE"):
+        r = http.request(method, f"/v1/files/{quoted}")
+        _check(r)
+        assert r.status_code in (307, 404), r.text  # 307: the empty id is /v1/files/ -> /v1/files
+    _check(http.get("/v1/files", params={"purpose": purpose.encode("utf-8", "surrogatepass")}))

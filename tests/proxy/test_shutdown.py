@@ -72,18 +72,20 @@ def _refuses_connections(port: int) -> bool:
 def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path: Path, standin: StandInServer) -> None:
     port = free_port()
     log = tmp_path / "serve.log"
-    proc = _serve(_write_config(tmp_path, standin, server={"timeout_shutdown": 15}), port, log)
+    key = "sk-proxy-must-not-be-logged"
+    proc = _serve(_write_config(tmp_path, standin, server={"timeout_shutdown": 15, "api_keys": [key]}), port, log)
+    auth = {"authorization": f"Bearer {key}"}
     try:
         _wait_ready(proc, port, log)
         standin.state.faults.extend([Fault("delay", seconds=1.5), Fault("delay", seconds=1.5)])
         results: dict[str, Any] = {}
 
         def plain() -> None:
-            results["plain"] = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
+            results["plain"] = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30, headers=auth,
                                           json={"model": "gemini-1.5-flash", "messages": MSG})
 
         def streamed() -> None:
-            with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
+            with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30, headers=auth,
                               json={"model": "gemini-1.5-pro", "messages": MSG, "stream": True}) as r:
                 results["stream"] = (r.status_code, r.read().decode())
 
@@ -113,6 +115,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path: Path, standi
     assert '"error"' not in body
     assert _refuses_connections(port)
     assert "Traceback" not in log.read_text()
+    assert key not in log.read_text() and all(key not in str(r.headers) for r in standin.state.requests)
 
 
 def test_requests_past_the_shutdown_deadline_get_a_503_and_the_process_still_exits_0(
