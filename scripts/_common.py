@@ -120,7 +120,8 @@ class OnnxScorer:
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         probs /= probs.sum(axis=1, keepdims=True)
-        return probs[:, self.strong_index]
+        strong: np.ndarray = probs[:, self.strong_index]
+        return strong
 
     def score(self, prompts: Sequence[str], batch_size: int = 1) -> list[float]:
         """Score prompts, one sequence per run unless ``batch_size`` says otherwise.

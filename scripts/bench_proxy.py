@@ -24,7 +24,6 @@ import os
 import shlex
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -347,7 +346,8 @@ async def amain(args: argparse.Namespace) -> int:
             print(f"measured {base.name}", file=sys.stderr)
 
             shipped = yaml.safe_load((ROOT / "config.yaml").read_text())["models"]
-            models = {tier: {"name": shipped[tier]["name"], "model": shipped[tier]["model"]} for tier in ("weak", "strong")}
+            models = {tier: {"name": shipped[tier]["name"], "model": shipped[tier]["model"]}
+                      for tier in ("weak", "strong")}
             for workers in args.workers:
                 port = free_port()
                 # the shipped config.yaml (its timeouts, prices, router and upstream settings), pointed at the stand-in
