@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -44,6 +45,16 @@ async def read_json(request: Request, limit: int | None) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # ValueError: also bad UTF-8 and ints over 4300 digits
         raise BadRequest(f"We could not parse the JSON body of your request: {str(exc)[:200]}") from exc
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(sent: str | None) -> str:
+    """The client's x-request-id when it is a plain token (it is echoed and logged), else a new one."""
+    if sent is not None and _REQUEST_ID.fullmatch(sent):
+        return sent
+    return f"req-{uuid.uuid4().hex[:16]}"
 
 
 def _price(m: ModelSettings) -> tuple[float, float]:
@@ -152,7 +163,7 @@ class ChatHandler:
     # --- endpoints --------------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
         state = request.state
-        o = Outcome(request_id=request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex[:16]}")
+        o = Outcome(request_id=request_id(request.headers.get("x-request-id")))
         streaming = False  # a stream records its outcome when it ends, not here
         body: Any = None
         try:

@@ -137,3 +137,13 @@ def test_server_keeps_serving_after_bad_requests(proxy: RunningProxy, standin: S
     for raw in (b"{", b"[]", b'{"model": 1}', b"\x00" * 10):
         http.post("/v1/chat/completions", content=raw)
     assert proxy.client().chat.completions.create(model="auto-cheap", messages=OK_MESSAGES).model == "gemini-1.5-flash"
+
+
+@pytest.mark.parametrize("sent", ["x" * 129, "has space", "semi;colon", "quote\"d", ""])
+def test_unusable_request_id_is_replaced_not_echoed(proxy: RunningProxy, sent: str) -> None:
+    raw = proxy.client().chat.completions.with_raw_response.create(
+        model="auto-cheap", messages=OK_MESSAGES, extra_headers={"x-request-id": sent})
+    assert raw.headers["x-request-id"].startswith("req-") and raw.headers["x-request-id"] != sent
+    kept = proxy.client().chat.completions.with_raw_response.create(
+        model="auto-cheap", messages=OK_MESSAGES, extra_headers={"x-request-id": "trace-42.a:b_c"})
+    assert kept.headers["x-request-id"] == "trace-42.a:b_c"
