@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -40,6 +41,27 @@ def _router(model_dir: str | None, threads: int = 1) -> Any:
         return Router.load(model_dir, threads=threads)
     except ModelLoadError as exc:
         click.echo(f"route-llm: cannot load the router model: {exc}", err=True)
+        sys.exit(EXIT_MODEL)
+
+
+_CHECK_MODEL = """
+import sys
+from router import ModelLoadError, Router
+try:
+    Router.load(sys.argv[1] or None)
+except ModelLoadError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def _check_model_in_subprocess(model_dir: str | None) -> None:
+    """Multi-worker mode: each worker loads its own model, so the supervisor only checks that it loads,
+    in a throwaway process; loaded here it would hold ~100 MB for the server's lifetime."""
+    done = subprocess.run([sys.executable, "-c", _CHECK_MODEL, model_dir or ""], capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        click.echo(f"route-llm: cannot load the router model: {reason}", err=True)
         sys.exit(EXIT_MODEL)
 
 
@@ -90,9 +112,9 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
 
     host, port = settings.server.host, settings.server.port
     # Load the model before uvicorn: a bad model dir then stops start-up with a message naming the path
-    # and EXIT_MODEL, not as a traceback from the lifespan. Workers load their own copy.
-    router = _router(settings.router.model_dir, settings.router.threads)
+    # and EXIT_MODEL, not as a traceback from the lifespan.
     if workers <= 1:
+        router = _router(settings.router.model_dir, settings.router.threads)
         from proxy.app import create_app
 
         # After a graceful shutdown uvicorn re-raises SIGTERM under the handler it found; with the default
@@ -102,7 +124,7 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
                     log_config=_log_config(), timeout_graceful_shutdown=int(settings.server.timeout_shutdown),
                     access_log=False)
         return
-    del router
+    _check_model_in_subprocess(settings.router.model_dir)
     # Workers rebuild the app from the config file (uvicorn needs an import string); the socket is ours.
     metrics_dir = tempfile.mkdtemp(prefix="route-llm-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -37,12 +37,13 @@ def _write_config(tmp_path: Path, standin: StandInServer, **sections: dict[str, 
     return path
 
 
-def _serve(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def _serve(config: Path, port: int, log: Path, *, workers: int = 1) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     env.pop("GEMINI_API_BASE", None)  # the config's api_base must be enough
     env.pop("ROUTE_LLM_API_KEYS", None)
     with log.open("wb") as out:
-        return subprocess.Popen([str(ROUTE_LLM), "serve", "--config", str(config), "--port", str(port)],
+        return subprocess.Popen([str(ROUTE_LLM), "serve", "--config", str(config), "--port", str(port),
+                                 "--workers", str(workers)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
@@ -163,14 +164,15 @@ def _corrupt_model(tmp_path: Path) -> Path:
     return broken
 
 
-@pytest.mark.parametrize("kind", ["empty", "corrupt"])
+@pytest.mark.parametrize(("kind", "workers"), [("empty", 1), ("corrupt", 1), ("corrupt", 2)])
 def test_unreadable_router_model_stops_start_up_naming_the_path(tmp_path: Path, standin: StandInServer,
-                                                                 kind: str) -> None:
+                                                                 kind: str, workers: int) -> None:
     model_dir = tmp_path / "empty-model-dir" if kind == "empty" else _corrupt_model(tmp_path)
     model_dir.mkdir(exist_ok=True)
     port = free_port()
     log = tmp_path / "serve.log"
-    proc = _serve(_write_config(tmp_path, standin, router={"model_dir": str(model_dir)}), port, log)
+    proc = _serve(_write_config(tmp_path, standin, router={"model_dir": str(model_dir)}), port, log,
+                  workers=workers)
     try:
         code = proc.wait(timeout=60)
     finally:
