@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -221,3 +222,18 @@ def test_stream_without_include_usage_has_no_usage_chunk_but_counts_tokens(proxy
     assert chunks and all(c.usage is None for c in chunks)
     assert all(c.choices for c in chunks)
     assert tokens_out() - before > 0
+
+
+def test_shipped_operating_point_sends_simple_to_flash_and_hard_to_pro(make_proxy: Any,
+                                                                       standin: StandInServer) -> None:
+    """The default `auto` (strong_share 0.3 through the model's quantile table), as a new user gets it."""
+    proxy = make_proxy(router={"threshold": None, "strong_share": 0.3})
+    client = proxy.client()
+    simple = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": EASY}])
+    hard_prompt = ("Write a Python function that checks whether a string is a palindrome, ignoring case and "
+                   "punctuation, with unit tests.")
+    hard = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": hard_prompt}],
+                                          stream=True)
+    assert simple.model == "gemini-1.5-flash"
+    assert {c.model for c in hard} == {"gemini-1.5-pro"}
+    assert standin.state.models_called() == ["gemini-1.5-flash", "gemini-1.5-pro"]
