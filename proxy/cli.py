@@ -157,7 +157,7 @@ def main() -> None:
 @main.command("serve")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config.yaml to use")
 @click.option("--host", help="bind address (default from config: 127.0.0.1)")
-@click.option("--port", type=int, help="port (default from config: 8000)")
+@click.option("--port", type=click.IntRange(1, 65535), help="port (default from config: 8000)")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option("--allow-unauthenticated", is_flag=True,
               help="allow a non-loopback bind without proxy keys (anyone who reaches it spends your quota)")
@@ -175,25 +175,27 @@ def serve_cmd(config_path: str | None, host: str | None, port: int | None, worke
 @main.command("route")
 @click.argument("text")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
-@click.option("--model", "model_name", default=None, help="alias or router-bert-<threshold> (default: first alias)")
+@click.option("--model", "model_name", default=None,
+              help="alias, router-bert-<threshold> or a configured model name (default: first alias)")
 def route_cmd(text: str, config_path: str | None, model_name: str | None) -> None:
     """Print the routing decision for one prompt (no upstream call)."""
-    from router.policy import decide, threshold_for_strong_share
+    from proxy.decider import Decider
+    from proxy.errors import ProxyError
+    from router.policy import decide
 
     settings = _load(config_path)
     router = _router(settings.router.model_dir, settings.router.threads)
-    alias = settings.aliases.get(model_name or "auto") or next(iter(settings.aliases.values()))
-    threshold = alias.threshold if alias.threshold is not None else settings.router.threshold
-    share = alias.strong_share if alias.strong_share is not None else settings.router.strong_share
-    if model_name and model_name.startswith("router-bert-"):
-        threshold = float(model_name[len("router-bert-"):])
-    if threshold is None:
-        assert share is not None
-        threshold = threshold_for_strong_share(router.meta.quantiles, share)
+    # The proxy's own name resolution, so the command reports the threshold a request would get.
+    try:
+        target = Decider(settings, router).resolve(model_name or next(iter(settings.aliases)))
+    except ProxyError as exc:
+        click.echo(f"route-llm route: {exc.message}", err=True)
+        sys.exit(EXIT_INPUT)
     score = router.score([text])[0]
-    tier = decide(score, threshold)
+    tier = target.tier or decide(score, target.threshold if target.threshold is not None else 0.0)
+    threshold = None if target.threshold is None else round(target.threshold, 6)
     click.echo(json.dumps({"score": round(score, 6), "tier": tier, "model": settings.models.by_tier(tier).name,
-                           "threshold": round(threshold, 6), "router_model": router.version}))
+                           "threshold": threshold, "router_model": router.version}))
 
 
 @main.command("score")

@@ -122,7 +122,9 @@ def _unique_names(docs: list[Document]) -> list[str]:
     seen: Counter[str] = Counter()
     names = []
     for doc in docs:
-        name = " ".join(doc.name.split()) or "document"
+        # An inline file's name comes from JSON, where lone surrogates are legal escapes but not text: as is,
+        # they would fail the UTF-8 header and the request upstream.
+        name = " ".join(doc.name.encode("utf-8", "replace").decode("utf-8").split()) or "document"
         seen[name] += 1
         names.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
     return names

@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Message
 
 from proxy import metrics
 from proxy.chat import ChatRequest
@@ -106,8 +107,22 @@ class DocumentService:
         ctype = request.headers.get("content-type", "")
         if not ctype.startswith("multipart/form-data"):
             raise BadRequest("POST /v1/files takes multipart/form-data with `file` and `purpose`")
+        # A chunked body has no Content-Length to refuse up front, and Starlette spools the file part to disk
+        # as it arrives: count the bytes instead, so an endless upload stops near the limit.
+        received = 0
+
+        async def receive() -> Message:
+            nonlocal received
+            message = await request.receive()
+            received += len(message.get("body", b""))
+            if received > limit + 64 * 1024:
+                raise PayloadTooLarge(f"the upload exceeds the {limit}-byte file limit", param="file")
+            return message
+
         try:
-            form = await request.form(max_files=1, max_fields=10, max_part_size=64 * 1024)
+            form = await Request(request.scope, receive).form(max_files=1, max_fields=10, max_part_size=64 * 1024)
+        except PayloadTooLarge:
+            raise
         except Exception as exc:  # malformed multipart bodies
             raise BadRequest(f"could not parse the multipart body: {exc}") from exc
         try:

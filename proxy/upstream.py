@@ -44,6 +44,7 @@ class _Failure:
     status: int
     message: str
     retry_after: float | None = None
+    local: bool = False  # LiteLLM failed in its own code, with no transport error behind it (_built_nothing)
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -58,12 +59,30 @@ def _retry_after(exc: BaseException) -> float | None:
         return None
 
 
+def _built_nothing(exc: BaseException) -> bool:
+    """LiteLLM reports its own failures to build a request (a content part or tool call it cannot convert,
+    text that is not valid UTF-8) as APIConnectionError, and also its failures to read an answer of an
+    unexpected shape. With no transport error behind it, a retry on the same model repeats the failure, and
+    the client is told 400: in the first case, by far the common one, nothing was sent."""
+    cause = exc.__cause__ or exc.__context__
+    if cause is None:
+        return False
+    while cause is not None:
+        if isinstance(cause, (httpx.TransportError, OSError)) or type(cause).__module__.startswith("aiohttp"):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return True
+
+
 def _classify(exc: BaseException) -> _Failure:
-    msg = str(getattr(exc, "message", "") or exc)[:500]
+    # LiteLLM appends a traceback (server paths included) to some messages; the client gets the first part.
+    msg = str(getattr(exc, "message", "") or exc).split("\nTraceback (most recent call last)", 1)[0][:500]
     if isinstance(exc, (llm_errors.Timeout, asyncio.TimeoutError, httpx.TimeoutException)):
         return _Failure("timeout", True, 504, msg or "upstream timed out")
     if isinstance(exc, llm_errors.RateLimitError):
         return _Failure("rate_limited", True, 429, msg, _retry_after(exc))
+    if isinstance(exc, llm_errors.APIConnectionError) and _built_nothing(exc):
+        return _Failure("bad_request", False, 400, msg, local=True)
     if isinstance(exc, (llm_errors.APIConnectionError, httpx.TransportError, ConnectionError)):
         return _Failure("connection", True, 502, msg)
     if isinstance(exc, llm_errors.ServiceUnavailableError):
@@ -180,7 +199,9 @@ class Upstream:
                     last, last_model = _classify(exc), m.name
                     attempts.errors.append((t, last.reason))
                     if not last.retryable:
-                        if last.status == 400:  # the request itself is wrong: another model won't help
+                        # The request itself is wrong: another model won't help. A local failure may also be an
+                        # answer LiteLLM could not read, so the other tier is still tried (free if nothing was sent).
+                        if last.status == 400 and not last.local:
                             raise _to_proxy_error(last, m.name) from exc
                         break
                     if n < self.up.retries:

@@ -252,6 +252,9 @@ class Classifier:
                 raise TypeError(f"texts must be strings, got {type(text).__name__}")
         limit = self._char_limit
         cut = [t if len(t) <= 2 * limit else f"{t[:limit]} {t[-limit:]}" for t in texts]
+        # Lone surrogates (legal JSON escapes, not text) make the tokenizer raise; read them as "?" here, so
+        # `route-llm score`, calibration and the proxy all score such input, and score it the same.
+        cut = [t.encode("utf-8", "replace").decode("utf-8") for t in cut]
         try:
             encodings = self._tokenizer.encode_batch(cut, add_special_tokens=False)
         except Exception as exc:

@@ -73,6 +73,14 @@ def test_serve_binds_a_public_host_when_allowed_or_keyed(config_file: Path, serv
     assert kw["workers"] == 1 and kw["config_path"] == str(config_file)
 
 
+@pytest.mark.parametrize("port", ["0", "70000", "-1"])
+def test_serve_refuses_a_port_outside_1_to_65535(config_file: Path, served: list[Any], port: str) -> None:
+    # The flag overrides server.port after the config is validated, so click has to check it.
+    result = CliRunner().invoke(cli.main, ["serve", "--config", str(config_file), "--port", port])
+    assert result.exit_code == cli.EXIT_CONFIG and "--port" in result.stderr
+    assert served == []
+
+
 def test_serve_on_loopback_needs_no_keys(config_file: Path, served: list[Any]) -> None:
     assert run("serve", "--config", str(config_file)).exit_code == 0
     assert served[0][0].server.host == "127.0.0.1"
@@ -102,6 +110,27 @@ def test_route_prints_the_decision_as_json(config_file: Path, router: Router) ->
     assert out["model"] == {"weak": "gemini-1.5-flash", "strong": "gemini-1.5-pro"}[out["tier"]]
     pinned = json.loads(run("route", "--config", str(config_file), "--model", "router-bert-0", text).stdout)
     assert (pinned["threshold"], pinned["tier"]) == (0.0, "strong")
+
+
+def test_route_uses_the_thresholds_the_proxy_would(tmp_path: Path, router: Router) -> None:
+    # An alias's own strong_share wins over a fixed router.threshold, as in the proxy (proxy.decider).
+    from router.policy import threshold_for_strong_share
+
+    cfg = base_config(tmp_path)
+    cfg["aliases"]["auto-share"] = {"strong_share": 0.9}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    out = json.loads(run("route", "--config", str(path), "--model", "auto-share", "hi").stdout)
+    assert out["threshold"] == round(threshold_for_strong_share(router.meta.quantiles, 0.9), 6) != 0.5
+    pinned = json.loads(run("route", "--config", str(path), "--model", "gemini-1.5-pro", "hi").stdout)
+    assert (pinned["tier"], pinned["threshold"]) == ("strong", None)
+
+
+@pytest.mark.parametrize("model", ["router-bert-abc", "router-bert-5", "no-such-alias"])
+def test_route_rejects_an_unknown_model_name_with_exit_4(config_file: Path, model: str) -> None:
+    result = CliRunner().invoke(cli.main, ["route", "--config", str(config_file), "--model", model, "hi"])
+    assert result.exit_code == cli.EXIT_INPUT and result.exception is not None
+    assert model in result.stderr and "Traceback" not in result.stderr
 
 
 def test_score_round_trips_jsonl_in_order(router: Router) -> None:

@@ -86,6 +86,28 @@ def test_upstream_400_is_not_retried_and_is_a_client_error(proxy: RunningProxy, 
     assert len(standin.state.requests) == 1
 
 
+@pytest.mark.parametrize(("body", "stream"), [
+    ({"messages": [{"role": "user", "content": "half a pair: \ud800"}]}, False),  # streams encode it as \\ud800
+    *[(body, stream) for stream in (False, True) for body in [
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "x"},
+                                                   {"type": "image_url", "image_url": 5}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "refusal"}]}]},
+        {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": 5}},
+    ]],
+])
+def test_request_litellm_cannot_build_is_a_400_without_retry_fallback_or_traceback(
+        proxy: RunningProxy, standin: StandInServer, body: dict[str, Any], stream: bool) -> None:
+    # LiteLLM reports these as APIConnectionError; nothing reached the network, so it is the request that is wrong.
+    raw = json.dumps({"model": "gemini-1.5-pro", "stream": stream, **body})  # ensure_ascii keeps "\\ud800" as sent
+    with proxy.http() as http:
+        r = http.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "upstream_bad_request" and "Traceback" not in err["message"]
+    assert "x-route-llm-fallback" not in r.headers
+    assert standin.state.requests == []
+
+
 def test_stream_failure_before_first_chunk_falls_back(proxy: RunningProxy, standin: StandInServer) -> None:
     standin.state.faults.extend([Fault("status", status=503, model="gemini-1.5-pro")] * 2)
     with proxy.http() as http, http.stream("POST", "/v1/chat/completions", json={

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -270,6 +271,18 @@ def test_any_filename_is_usable_in_chat_and_percent_encoded_in_the_header(proxy:
     assert unquote(encoded) == name and pages == "1,2" and not set(encoded) & set(";:,")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_inline_filename_with_a_lone_surrogate_is_served_not_a_500(proxy: RunningProxy, standin: StandInServer,
+                                                                   stream: bool) -> None:
+    body = {"model": "auto", "stream": stream, "messages": [{"role": "user", "content": [
+        file_part_inline(REPORT, "\ud800report.pdf"), {"type": "text", "text": QUESTION}]}]}
+    with proxy.http() as http:  # json.dumps escapes the surrogate as "\\ud800", as a client would send it
+        r = http.post("/v1/chat/completions", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert unquote(r.headers["x-route-llm-document-pages"]) == "?report.pdf:1,2"
+    assert '<document name="?report.pdf" pages="2">' in sent_text(standin)
+
+
 # --- bad files -----------------------------------------------------------------------------------------
 
 _REPORT_CUT = REPORT[: len(REPORT) // 2]
@@ -331,6 +344,39 @@ def test_upload_over_the_byte_limit_is_413(make_proxy: MakeProxy, standin: Stand
     assert standin.state.requests == []
     upload(client, pdf_with_pages(["ok"]), "small.pdf")  # a file under the limit is still accepted
     assert_still_serving(proxy, standin)
+
+
+def test_chunked_upload_over_the_byte_limit_is_refused_without_reading_it_all(tmp_path: Any) -> None:
+    # No Content-Length to refuse up front: the service must stop reading (Starlette spools file parts to
+    # disk) near the limit, not after the whole body. Driven in-process to count what it read.
+    import asyncio
+
+    from starlette.requests import Request
+
+    from proxy.documents_service import DocumentService
+    from proxy.errors import PayloadTooLarge
+    from proxy.settings import settings_from_dict
+    from tests.conftest import base_config
+
+    service = DocumentService(settings_from_dict(base_config(tmp_path, documents={"limit_bytes": 1000})))
+    head = (b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.pdf"\r\n\r\n%PDF-1.7\n')
+    chunks = [head, *[b"0" * 65536] * 400, b"\r\n--b--\r\n"]  # 25 MB, chunked
+    read = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        read += 1
+        return {"type": "http.request", "body": chunks[read - 1], "more_body": read < len(chunks)}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/files", "headers": [
+        (b"content-type", b"multipart/form-data; boundary=b")], "state": {"owner": ""}}
+    try:
+        with pytest.raises(PayloadTooLarge, match="1000-byte"):
+            asyncio.run(service.upload(Request(scope, receive)))
+    finally:
+        service.close()
+    assert read < 5
 
 
 def test_bad_purpose_is_400(proxy: RunningProxy, standin: StandInServer) -> None:

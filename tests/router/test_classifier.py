@@ -104,6 +104,11 @@ def test_non_string_text_raises_type_error(fixture_router: Router) -> None:
         fixture_router.score(["ok", None])  # type: ignore[list-item]
 
 
+def test_lone_surrogates_are_scored_as_question_marks(fixture_router: Router) -> None:
+    # json.loads('"\\ud800"') gives one: `route-llm score` read it from a JSONL line and crashed.
+    assert fixture_router.score(["half a pair: \ud800!", "ok"]) == fixture_router.score(["half a pair: ?!", "ok"])
+
+
 def test_non_latin_prompts_are_scored(fixture_router: Router) -> None:
     scores = fixture_router.score(NON_LATIN)
     assert len(scores) == len(NON_LATIN)
