@@ -115,6 +115,9 @@ class GuardMiddleware:
                 raise Overloaded(f"the proxy is at its limit of {self.limit_in_flight} requests in flight; retry",
                                  headers={"retry-after": "1"})
         except ProxyError as exc:
+            # Refused before any handler ran, so route_llm_requests_total never sees these.
+            reason = {Unauthorized: "unauthorized", RateLimited: "rate_limited"}.get(type(exc), "overloaded")
+            metrics.REJECTED.labels(reason).inc()
             await error_response(exc)(scope, receive, send)
             return
         if not path.startswith("/v1/"):  # health probes and scrapes: neither limited nor counted in flight

@@ -141,7 +141,7 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-def _check_content(i: int, msg: dict[str, Any], files: list[FilePart], limit_chars: int | None) -> int:
+def _check_content(i: int, msg: dict[str, Any], files: list[FilePart]) -> int:
     role = msg["role"]
     content = msg.get("content")
     where = f"messages[{i}].content"
@@ -221,7 +221,7 @@ def parse_chat_request(body: Any, *, limit_messages: int | None, limit_content_c
         if "tool_calls" in msg and (role != "assistant" or not isinstance(msg["tool_calls"], list)):
             raise BadRequest(f"messages[{i}].tool_calls: only assistant messages carry a list of tool calls",
                              param=f"messages[{i}].tool_calls")
-        total += _check_content(i, msg, files, limit_content_chars)
+        total += _check_content(i, msg, files)
     if limit_content_chars is not None and total > limit_content_chars:
         raise PayloadTooLarge(f"the messages hold {total} characters; this proxy accepts at most "
                               f"{limit_content_chars}", param="messages")

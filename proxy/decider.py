@@ -101,9 +101,6 @@ class Decider:
             return Decision(target.tier, None, None, 0.0)
         assert target.threshold is not None
         start = time.perf_counter()
-        # Lone surrogates (legal JSON escapes, not text) make the tokenizer raise; client input must not be
-        # able to force the fail-open tier, so they are scored as replacement characters.
-        text = text.encode("utf-8", "replace").decode("utf-8")
         try:
             score = await self._batcher.score(text)
         except Exception:

@@ -255,7 +255,8 @@ class ChatHandler:
         except Exception as exc:  # after the first byte the status is sent: report in-band, then end
             o.status = "upstream_error"
             log.warning("stream from %s broke after the first chunk: %s", model_name, exc)
-            err = UpstreamError(f"upstream {model_name} failed mid-stream: {str(exc)[:300]}", reason="stream_broken")
+            reason = str(exc).split("\nTraceback (most recent call last)", 1)[0][:300]  # no server paths
+            err = UpstreamError(f"upstream {model_name} failed mid-stream: {reason}", reason="stream_broken")
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
             if o.attempts is not None:
                 o.attempts.errors.append((o.attempts.served_tier or o.attempts.requested_tier, "stream_broken"))

@@ -245,6 +245,13 @@ def _validate(s: Settings) -> None:
         v = getattr(s.server, key)
         if v is not None and v < 1:
             raise ConfigError(f"server.{key}: must be at least 1 (or null for unlimited)")
+    d = s.documents
+    for key in ("limit_bytes", "limit_pages", "limit_chars", "limit_decompressed_bytes", "budget_chars"):
+        v = getattr(d, key)
+        if v is not None and v < 1:
+            raise ConfigError(f"documents.{key}: must be at least 1")
+    if d.timeout_extract <= 0 or s.server.timeout_shutdown < 0:
+        raise ConfigError("documents.timeout_extract must be positive and server.timeout_shutdown >= 0")
 
 
 def settings_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Settings:

@@ -13,8 +13,15 @@ from tests.standin import Fault, StandInServer
 MSG = [{"role": "user", "content": "hi"}]
 
 
+def _rejected(reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("route_llm_rejected_total", {"reason": reason}) or 0.0
+
+
 def test_keys_required_on_every_v1_endpoint(make_proxy: Any, standin: StandInServer) -> None:
     proxy = make_proxy(server={"api_keys": ["sk-proxy-1", "sk-proxy-2"]})
+    before = _rejected("unauthorized")
     http = proxy.http()
     for method, path in [("POST", "/v1/chat/completions"), ("POST", "/v1/route"), ("GET", "/v1/models"),
                          ("GET", "/v1/files"), ("POST", "/v1/files"), ("GET", "/v1/files/file-x"),
@@ -27,6 +34,7 @@ def test_keys_required_on_every_v1_endpoint(make_proxy: Any, standin: StandInSer
     basic = http.get("/v1/models", headers={"authorization": "Basic c2stcHJveHktMQ=="})
     assert basic.status_code == 401
     assert standin.state.requests == []
+    assert _rejected("unauthorized") - before == 9  # 7 endpoints without a key, a wrong key, a Basic header
     # Health and metrics stay open by default.
     assert http.get("/health/live").status_code == 200
     assert http.get("/metrics").status_code == 200
@@ -60,17 +68,20 @@ def test_closed_metrics_need_a_key(make_proxy: Any) -> None:
 def test_requests_per_minute_limit_returns_429_with_retry_after(make_proxy: Any) -> None:
     proxy = make_proxy(server={"api_keys": ["k1", "k2"], "limit_requests_per_minute": 2})
     http = proxy.http()
+    before = _rejected("rate_limited")
     for _ in range(2):
         assert http.get("/v1/models", headers={"authorization": "Bearer k1"}).status_code == 200
     r = http.get("/v1/models", headers={"authorization": "Bearer k1"})
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
     assert r.json()["error"]["type"] == "rate_limit_error"
+    assert _rejected("rate_limited") - before == 1
     # Another key has its own budget.
     assert http.get("/v1/models", headers={"authorization": "Bearer k2"}).status_code == 200
 
 
 def test_in_flight_limit_answers_503_at_once(make_proxy: Any, standin: StandInServer) -> None:
     proxy = make_proxy(server={"limit_in_flight": 2})
+    before = _rejected("overloaded")
     standin.state.faults.extend([Fault("delay", seconds=1.0), Fault("delay", seconds=1.0)])
 
     async def go() -> list[Any]:
@@ -90,4 +101,5 @@ def test_in_flight_limit_answers_503_at_once(make_proxy: Any, standin: StandInSe
     third, *done = asyncio.run(go())
     assert third is not None and third.status_code == 503
     assert third.response.headers["retry-after"] == "1"
+    assert _rejected("overloaded") - before == 1
     assert all(d.choices[0].message.content for d in done)

@@ -34,6 +34,8 @@ def test_shipped_config_loads() -> None:
     ({"server": {"api_keys": "secret"}}, "server.api_keys: expected a list"),
     ({"documents": {"selection": "random"}}, "documents.selection"),
     ({"bogus": {}}, "unknown key bogus"),
+    ({"documents": {"limit_pages": 0}}, "documents.limit_pages"),
+    ({"documents": {"timeout_extract": 0}}, "documents.timeout_extract"),
 ])
 def test_bad_values_are_rejected_with_the_key_name(tmp_path: Path, change: dict[str, Any], needle: str) -> None:
     cfg = base_config(tmp_path)
