@@ -250,7 +250,8 @@ def start_stack(args: argparse.Namespace, work: Path) -> tuple[str, list[subproc
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     env.pop("ROUTE_LLM_API_KEYS", None)
     standin = subprocess.Popen([sys.executable, str(ROOT / "tests" / "standin.py"), "--port", str(standin_port),
-                                "--fault-rate", str(args.fault_rate)], env=env,
+                                "--fault-rate", str(args.fault_rate), *(["--fault-mix"] if args.fault_mix else [])],
+                               env=env,
                                stdout=subprocess.DEVNULL, stderr=(work / "standin.log").open("wb"))
     procs = [standin]
     base = f"http://127.0.0.1:{standin_port}"
@@ -311,6 +312,8 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=60.0, help="client timeout per request; beyond it: hung")
     p.add_argument("--stream-share", type=float, default=0.5)
     p.add_argument("--fault-rate", type=float, default=0.05, help="share of upstream calls the stand-in fails")
+    p.add_argument("--fault-mix", action="store_true",
+                   help="faults of every kind (503, 500, 429, reset, broken stream, delay), not only 503")
     p.add_argument("--port", type=int, help="port for the proxy this script starts")
     p.add_argument("--rss-every", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=1)

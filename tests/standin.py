@@ -46,6 +46,12 @@ class Fault:
     model: str | None = None  # None matches any model
 
 
+# A "midstream" fault breaks a stream after its first chunk; a plain request given one answers normally.
+_MIXED_FAULTS = (Fault("status", status=503), Fault("status", status=500),
+                 Fault("status", status=429, retry_after=0.05), Fault("reset"), Fault("midstream"),
+                 Fault("delay", seconds=0.5))
+
+
 @dataclass
 class Recorded:
     model: str
@@ -62,6 +68,7 @@ class StandIn:
     faults: deque[Fault] = field(default_factory=deque)
     fault_rate: float = 0.0
     fault_status: int = 503
+    fault_mix: bool = False  # random faults of every kind instead of ``fault_status`` only
     reply_words: int = 8
     streams_closed_early: int = 0  # streams whose reader went away before the last chunk
     stream_chunks: int = 3
@@ -82,6 +89,8 @@ class StandIn:
                 self.faults.remove(fault)
                 return fault
         if self.fault_rate and self._rng.random() < self.fault_rate:
+            if self.fault_mix:
+                return self._rng.choice(_MIXED_FAULTS)
             return Fault("status", status=self.fault_status)
         return None
 
@@ -162,6 +171,8 @@ def build_app(state: StandIn) -> Starlette:
             state.reset()
         if "fault_rate" in body:
             state.fault_rate = float(body["fault_rate"])
+        if "fault_mix" in body:
+            state.fault_mix = bool(body["fault_mix"])
         if "fault_status" in body:
             state.fault_status = int(body["fault_status"])
         for f in body.get("faults", []):
@@ -252,8 +263,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--fault-mix", action="store_true",
+                        help="random faults of every kind (503, 500, 429, dropped connection, broken stream, delay)")
     args = parser.parse_args()
-    state = StandIn(fault_rate=args.fault_rate)
+    state = StandIn(fault_rate=args.fault_rate, fault_mix=args.fault_mix)
     uvicorn.run(build_app(state), host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
 
 
