@@ -192,8 +192,11 @@ def route_cmd(text: str, config_path: str | None, model_name: str | None) -> Non
         click.echo(f"route-llm route: {exc.message}", err=True)
         sys.exit(EXIT_INPUT)
     score = router.score([text])[0]
-    tier = target.tier or decide(score, target.threshold if target.threshold is not None else 0.0)
-    threshold = None if target.threshold is None else round(target.threshold, 6)
+    if target.tier is not None:  # a concrete model name: no threshold applies
+        tier, threshold = target.tier, None
+    else:
+        assert target.threshold is not None
+        tier, threshold = decide(score, target.threshold), round(target.threshold, 6)
     click.echo(json.dumps({"score": round(score, 6), "tier": tier, "model": settings.models.by_tier(tier).name,
                            "threshold": threshold, "router_model": router.version}))
 

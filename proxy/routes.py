@@ -20,7 +20,7 @@ from proxy.chat import ChatRequest, last_user_text, parse_chat_request
 from proxy.decider import Decision, Target
 from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, RateLimited, UpstreamError
 from proxy.settings import ModelSettings, Settings, Tier
-from proxy.upstream import Attempts
+from proxy.upstream import Attempts, client_message
 
 log = logging.getLogger("route_llm")
 access_log = logging.getLogger("route_llm.access")
@@ -255,8 +255,8 @@ class ChatHandler:
         except Exception as exc:  # after the first byte the status is sent: report in-band, then end
             o.status = "upstream_error"
             log.warning("stream from %s broke after the first chunk: %s", model_name, exc)
-            reason = str(exc).split("\nTraceback (most recent call last)", 1)[0][:300]  # no server paths
-            err = UpstreamError(f"upstream {model_name} failed mid-stream: {reason}", reason="stream_broken")
+            err = UpstreamError(f"upstream {model_name} failed mid-stream: {client_message(exc, 300)}",
+                                reason="stream_broken")
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
             if o.attempts is not None:
                 o.attempts.errors.append((o.attempts.served_tier or o.attempts.requested_tier, "stream_broken"))

@@ -74,9 +74,15 @@ def _built_nothing(exc: BaseException) -> bool:
     return True
 
 
+def client_message(exc: BaseException, limit: int = 500) -> str:
+    """An upstream error's text as clients may see it: LiteLLM appends a traceback (server paths included)
+    to some messages, so only the part before it is kept."""
+    text = str(getattr(exc, "message", "") or exc)
+    return text.split("\nTraceback (most recent call last)", 1)[0][:limit]
+
+
 def _classify(exc: BaseException) -> _Failure:
-    # LiteLLM appends a traceback (server paths included) to some messages; the client gets the first part.
-    msg = str(getattr(exc, "message", "") or exc).split("\nTraceback (most recent call last)", 1)[0][:500]
+    msg = client_message(exc)
     if isinstance(exc, (llm_errors.Timeout, asyncio.TimeoutError, httpx.TimeoutException)):
         return _Failure("timeout", True, 504, msg or "upstream timed out")
     if isinstance(exc, llm_errors.RateLimitError):
