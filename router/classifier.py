@@ -18,11 +18,16 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from router import features as prompt_features
+from router.head import Head
 from router.policy import Quantiles, check_quantiles
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "router.json"
+#: Format 1: the ONNX graph is a classifier with logits. Format 2: it is a sentence encoder, and a numpy head
+#: (:mod:`router.head`) scores its mean-pooled embedding together with :mod:`router.features`.
+FORMATS = (1, 2)
 
 #: Characters kept from each end of a very long prompt before tokenizing. Tokenizing 100k characters costs
 #: far more than the model run, yet at most ``max_length`` tokens survive truncation. A WordPiece token
@@ -62,6 +67,8 @@ class ModelMeta:
     pad_token_id: int  # the format's padding id; the runtime runs unpadded, but a bad value means a bad directory
     quantiles: Quantiles
     version: str
+    features: tuple[str, ...] = ()
+    head_file: str | None = None
 
     @property
     def strong_index(self) -> int:
@@ -73,10 +80,13 @@ class ModelMeta:
         """Validate a parsed router.json; raises ValueError naming the first bad key."""
         if not isinstance(data, dict):
             raise ValueError("top level must be a JSON object")
+        fmt = data.get("format", 1)
+        if fmt not in FORMATS or isinstance(fmt, bool):
+            raise ValueError(f"unsupported format {fmt!r} (this runtime reads formats {', '.join(map(str, FORMATS))})")
+        per_format = ("labels", "strong_label") if fmt == 1 else ("features", "head")
         required = (
             "format",
-            "labels",
-            "strong_label",
+            *per_format,
             "max_length",
             "truncation",
             "head_fraction",
@@ -87,9 +97,7 @@ class ModelMeta:
         missing = [key for key in required if key not in data]
         if missing:
             raise ValueError(f"missing key(s): {', '.join(missing)}")
-        if data["format"] != 1 or isinstance(data["format"], bool):
-            raise ValueError(f"unsupported format {data['format']!r} (this runtime reads format 1)")
-        labels = data["labels"]
+        labels = data.get("labels", ["weak_ok", "strong_needed"])
         if (
             not isinstance(labels, list)
             or len(labels) < 2
@@ -97,8 +105,22 @@ class ModelMeta:
             or not all(isinstance(label, str) for label in labels)
         ):
             raise ValueError(f"'labels' must be a list of at least two distinct strings, got {labels!r}")
-        if data["strong_label"] not in labels:
-            raise ValueError(f"'strong_label' {data['strong_label']!r} is not one of the labels {labels!r}")
+        strong_label = data.get("strong_label", "strong_needed")
+        if strong_label not in labels:
+            raise ValueError(f"'strong_label' {strong_label!r} is not one of the labels {labels!r}")
+        names: list[str] = []
+        head_file = None
+        if fmt == 2:
+            names = data["features"]
+            if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+                raise ValueError(f"'features' must be a list of feature names, got {names!r}")
+            try:
+                prompt_features.check_names(names)
+            except ValueError as exc:
+                raise ValueError(f"'features': {exc}") from None
+            head_file = data["head"]
+            if not isinstance(head_file, str) or not head_file or Path(head_file).name != head_file:
+                raise ValueError(f"'head' must be a file name inside the model directory, got {head_file!r}")
         max_length = data["max_length"]
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
             raise ValueError(f"'max_length' must be an integer >= 3, got {max_length!r}")
@@ -121,15 +143,17 @@ class ModelMeta:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"'quantiles': {exc}") from None
         return cls(
-            format=1,
+            format=fmt,
             labels=tuple(labels),
-            strong_label=data["strong_label"],
+            strong_label=strong_label,
             max_length=max_length,
             truncation=data["truncation"],
             head_fraction=float(head_fraction),
             pad_token_id=pad,
             quantiles=quantiles,
             version=data["version"],
+            features=tuple(names),
+            head_file=head_file,
         )
 
 
@@ -202,7 +226,9 @@ def _special_ids(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
 class Classifier:
     """Scores texts with a ready ONNX session and tokenizer (built by the loaders above or by a test)."""
 
-    def __init__(self, *, session: ort.InferenceSession, tokenizer: Tokenizer, meta: ModelMeta) -> None:
+    def __init__(
+        self, *, session: ort.InferenceSession, tokenizer: Tokenizer, meta: ModelMeta, head: Head | None = None
+    ) -> None:
         inputs = {node.name: node.type for node in session.get_inputs()}
         unknown = sorted(set(inputs) - _ALLOWED_INPUTS)
         if unknown or "input_ids" not in inputs or "attention_mask" not in inputs:
@@ -213,9 +239,20 @@ class Classifier:
         if bad_types:
             raise ValueError(f"model inputs must be int64 or int32 tensors, got {bad_types}")
         outputs = [node.name for node in session.get_outputs()]
-        if len(outputs) != 1 and "logits" not in outputs:
-            raise ValueError(f"model has several outputs and none is named 'logits': {outputs}")
-        self._output = outputs[0] if len(outputs) == 1 else "logits"
+        wanted = "logits" if meta.format == 1 else "last_hidden_state"
+        if len(outputs) != 1 and wanted not in outputs:
+            raise ValueError(f"model has several outputs and none is named {wanted!r}: {outputs}")
+        self._output = outputs[0] if len(outputs) == 1 else wanted
+        if meta.format == 1 and head is not None:
+            raise ValueError("only a format-2 model (a sentence encoder) takes a routing head")
+        if head is not None:
+            hidden = session.get_outputs()[outputs.index(self._output)].shape[-1]
+            if isinstance(hidden, int) and head.input_size != hidden + len(meta.features):
+                raise ValueError(
+                    f"head takes {head.input_size} inputs, but the encoder gives {hidden} and there are "
+                    f"{len(meta.features)} features"
+                )
+        self._routing_head = head
         self._input_types = {name: _NUMPY_TYPES[kind] for name, kind in inputs.items()}
         if meta.pad_token_id >= tokenizer.get_vocab_size():
             raise ValueError(f"pad_token_id {meta.pad_token_id} is outside the tokenizer's vocabulary")
@@ -278,17 +315,53 @@ class Classifier:
         on MiniLM int8 with one thread (CPU time, mixed train.jsonl prompts) batch 1 matched sorted, padded
         batches of 32 (104 vs 88 prompts/s); only uniformly short prompts gain from batching (about 1.6x).
         """
-        return [self._run(ids) for ids in self.token_ids(texts)]
+        if self._meta.format == 1:
+            return [self._run(row) for row in self.token_ids(texts)]
+        if self._routing_head is None:
+            raise InferenceError("this format-2 classifier was built without a routing head")
+        logits = self._routing_head.logits(self.head_inputs(texts))
+        if not np.all(np.isfinite(logits)):
+            raise InferenceError("routing head produced non-finite logits")
+        # a logistic of a clipped logit: exp cannot overflow, and 1e-300 steps are irrelevant to a routing score
+        return [float(1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z))))) for z in logits]
 
-    def _run(self, ids: list[int]) -> float:
+    def head_inputs(self, texts: Sequence[str]) -> np.ndarray:
+        """The head's input rows for a format-2 model: the embedding, then the named prompt features.
+
+        Training builds its inputs with this same method, so a prompt reaches the head identically there and
+        in serving.
+        """
+        if self._meta.format != 2:
+            raise InferenceError("only a format-2 model has head inputs")
+        embeddings = np.stack([self._embed(row) for row in self.token_ids(texts)]) if texts else np.zeros((0, 0))
+        clean = [text.encode("utf-8", "replace").decode("utf-8") for text in texts]
+        extra = np.asarray(prompt_features.compute(clean, list(self._meta.features)), dtype=np.float64)
+        return np.concatenate([embeddings, extra.reshape(len(texts), -1)], axis=1)
+
+    def _embed(self, ids: list[int]) -> np.ndarray:
+        """The encoder's mean-pooled, L2-normalised token states for one unpadded sequence."""
+        hidden = self._forward(ids)
+        if hidden.ndim != 3 or hidden.shape[:2] != (1, len(ids)):
+            raise InferenceError(f"encoder output has shape {hidden.shape}, expected (1, {len(ids)}, hidden)")
+        vector = hidden[0].astype(np.float64).mean(axis=0)
+        norm = float(np.linalg.norm(vector))
+        if not math.isfinite(norm) or norm == 0.0:
+            raise InferenceError("encoder produced an unusable embedding")
+        return np.asarray(vector / norm)
+
+    def _forward(self, ids: list[int]) -> np.ndarray:
         input_ids = np.array([ids], dtype=np.int64)
         mask = np.ones_like(input_ids)
         arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
         feed = {name: arrays[name].astype(dtype, copy=False) for name, dtype in self._input_types.items()}
         try:
-            (logits,) = self._session.run([self._output], feed)
+            (output,) = self._session.run([self._output], feed)
         except Exception as exc:
             raise InferenceError(f"onnxruntime failed on a sequence of {len(ids)} tokens: {exc}") from exc
+        return np.asarray(output)
+
+    def _run(self, ids: list[int]) -> float:
+        logits = self._forward(ids)
         n_labels = len(self._meta.labels)
         if getattr(logits, "shape", None) != (1, n_labels):
             raise InferenceError(f"model output has shape {getattr(logits, 'shape', None)}, expected (1, {n_labels})")
@@ -322,8 +395,16 @@ class Router:
         tokenizer = load_tokenizer(directory / TOKENIZER_FILE)
         model_path = directory / MODEL_FILE
         session = load_session(model_path, threads=threads)
+        head = None
+        if meta.head_file is not None:
+            head_path = directory / meta.head_file
+            _require_file(head_path, "routing head file")
+            try:
+                head = Head.load(head_path)
+            except Exception as exc:  # numpy raises OSError, EOFError, BadZipFile, pickle and value errors here
+                raise ModelLoadError(f"{head_path}: not a valid routing head ({exc})") from exc
         try:
-            classifier = Classifier(session=session, tokenizer=tokenizer, meta=meta)
+            classifier = Classifier(session=session, tokenizer=tokenizer, meta=meta, head=head)
         except ValueError as exc:
             raise ModelLoadError(f"{model_path}: does not match {META_FILE}/{TOKENIZER_FILE}: {exc}") from exc
         return cls(classifier=classifier, path=directory)

@@ -311,7 +311,8 @@ def test_unparsable_router_json_raises_model_load_error(model_dir: Path, content
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"format": 2}, "unsupported format"),
+        ({"format": 3}, "unsupported format"),
+        ({"format": 2}, "missing key\\(s\\): features, head"),
         ({"labels": ["only_one"]}, "'labels'"),
         ({"labels": ["a", "a"]}, "'labels'"),
         ({"strong_label": "missing_label"}, "not one of the labels"),
