@@ -38,7 +38,15 @@ from proxy.errors import (
     handle_proxy_error,
     handle_unexpected,
 )
-from proxy.routes import ChatHandler, health_live, health_ready, list_models, metrics_endpoint, route_only
+from proxy.routes import (
+    ChatHandler,
+    health_live,
+    health_ready,
+    list_models,
+    metrics_endpoint,
+    retrieve_model,
+    route_only,
+)
 from proxy.settings import Settings, load_settings
 from proxy.upstream import Upstream
 from router import Router
@@ -185,6 +193,7 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         Route("/v1/chat/completions", chat.chat, methods=["POST"]),
         Route("/v1/route", route_only, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),
         *DocumentService.routes(),
         Route("/health/live", health_live, methods=["GET"]),
         Route("/health/ready", health_ready, methods=["GET"]),

@@ -7,100 +7,18 @@ wrong, with OpenAI's ``param`` path (``messages[2].content``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.errors import BadRequest, PayloadTooLarge
+from proxy.params import CHECKS, check
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
 
-# Forwarded to LiteLLM as given (after type checks for the ones listed in _CHECKS).
-PASSTHROUGH = {
-    "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens", "presence_penalty",
-    "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "user", "seed", "tools", "tool_choice",
-    "parallel_tool_calls", "response_format", "functions", "function_call", "stream_options", "metadata",
-    "reasoning_effort", "modalities", "audio", "prediction", "service_tier", "store",
-}
+# Every OpenAI chat parameter is accepted and type-checked; proxy.params decides which reach the model.
+PASSTHROUGH = frozenset(CHECKS)
 KNOWN = PASSTHROUGH | {"model", "messages", "stream"}
-
-
-def _number(lo: float, hi: float) -> Any:
-    def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-            return f"must be a number between {lo:g} and {hi:g}"
-        return None
-    return check
-
-
-def _int(lo: int, hi: int | None = None) -> Any:
-    def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-            return f"must be an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
-        return None
-    return check
-
-
-def _stop(v: Any) -> str | None:
-    if isinstance(v, str) or (isinstance(v, list) and len(v) <= 4 and all(isinstance(s, str) for s in v)):
-        return None
-    return "must be a string or a list of at most 4 strings"
-
-
-def _of(tp: type, what: str) -> Any:
-    def check(v: Any) -> str | None:
-        ok = isinstance(v, bool) if tp is bool else isinstance(v, tp) and not isinstance(v, bool)
-        return None if ok else f"must be {what}"
-    return check
-
-
-def _tools(v: Any) -> str | None:
-    if not isinstance(v, list):
-        return "must be a list of tools"
-    for i, t in enumerate(v):
-        fn = t.get("function") if isinstance(t, dict) else None
-        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(fn, dict) \
-                or not isinstance(fn.get("name"), str) or not fn["name"]:
-            return f"[{i}] must be {{'type': 'function', 'function': {{'name': ..., 'parameters': ...}}}}"
-    return None
-
-
-def _tool_choice(v: Any) -> str | None:
-    if v in ("none", "auto", "required"):
-        return None
-    if isinstance(v, dict) and v.get("type") == "function" and isinstance(v.get("function"), dict):
-        return None
-    return "must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}"
-
-
-def _response_format(v: Any) -> str | None:
-    if isinstance(v, dict) and v.get("type") in ("text", "json_object", "json_schema"):
-        return None
-    return "must be an object with type 'text', 'json_object' or 'json_schema'"
-
-
-_CHECKS: dict[str, Any] = {
-    "temperature": _number(0, 2),
-    "top_p": _number(0, 1),
-    "presence_penalty": _number(-2, 2),
-    "frequency_penalty": _number(-2, 2),
-    "n": _int(1, 128),
-    "max_tokens": _int(1),
-    "max_completion_tokens": _int(1),
-    "seed": _int(-(2**63), 2**63 - 1),
-    "top_logprobs": _int(0, 20),
-    "logprobs": _of(bool, "true or false"),
-    "parallel_tool_calls": _of(bool, "true or false"),
-    "user": _of(str, "a string"),
-    "stop": _stop,
-    "tools": _tools,
-    "tool_choice": _tool_choice,
-    "response_format": _response_format,
-    "stream_options": _of(dict, "an object"),
-    "logit_bias": _of(dict, "an object"),
-    "metadata": _of(dict, "an object"),
-}
 
 
 @dataclass
@@ -226,11 +144,10 @@ def parse_chat_request(body: Any, *, limit_messages: int | None, limit_content_c
         raise PayloadTooLarge(f"the messages hold {total} characters; this proxy accepts at most "
                               f"{limit_content_chars}", param="messages")
     params = {k: v for k, v in body.items() if k in PASSTHROUGH and v is not None}
-    for key, value in params.items():
-        check = _CHECKS.get(key)
-        problem = check(value) if check else None
-        if problem:
-            raise BadRequest(f"`{key}` {problem}; got {value!r}"[:300], param=key)
+    wrong = check(params)
+    if wrong:
+        key, problem = wrong
+        raise BadRequest(f"`{key}` {problem}; got {params[key]!r}"[:300], param=key)
     if "stream_options" in params and not stream:
         raise BadRequest("`stream_options` is only allowed when `stream` is true", param="stream_options")
     return ChatRequest(body["model"], messages, stream, params, files)

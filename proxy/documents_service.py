@@ -154,6 +154,14 @@ class DocumentService:
             raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
         return JSONResponse(record.to_openai())
 
+    async def content(self, request: Request) -> Response:
+        """GET /v1/files/{id}/content: the bytes as uploaded (``client.files.content(id)``)."""
+        file_id = request.path_params["file_id"]
+        data = await run_in_threadpool(self.store.content, request.state.owner, file_id)
+        if data is None:
+            raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
+        return Response(data, media_type="application/octet-stream")
+
     async def delete(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]
         if not await run_in_threadpool(self.store.delete, request.state.owner, file_id):
@@ -175,11 +183,15 @@ class DocumentService:
         async def delete(request: Request) -> Response:
             return await request.state.documents.delete(request)  # type: ignore[no-any-return]
 
+        async def content(request: Request) -> Response:
+            return await request.state.documents.content(request)  # type: ignore[no-any-return]
+
         return [
             Route("/v1/files", upload, methods=["POST"]),
             Route("/v1/files", list_files, methods=["GET"]),
             Route("/v1/files/{file_id}", retrieve, methods=["GET"]),
             Route("/v1/files/{file_id}", delete, methods=["DELETE"]),
+            Route("/v1/files/{file_id}/content", content, methods=["GET"]),
         ]
 
 

@@ -153,6 +153,15 @@ class FileStore:
             row = self._db.execute("SELECT pages FROM files WHERE id = ? AND owner = ?", (file_id, owner)).fetchone()
         return list(json.loads(row[0])) if row else None
 
+    def content(self, owner: str, file_id: str) -> bytes | None:
+        """The uploaded bytes, or None when ``owner`` has no such file (or it was deleted meanwhile)."""
+        if self.get(owner, file_id) is None:  # the row says whose it is; ids of other owners read as missing
+            return None
+        try:
+            return self._blob(file_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def delete(self, owner: str, file_id: str) -> bool:
         """Row first, then bytes: once the row is gone the file is gone for every reader."""
         with self._lock:

@@ -15,7 +15,7 @@ import litellm
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from proxy import metrics
+from proxy import metrics, shape
 from proxy.chat import ChatRequest, last_user_text, parse_chat_request
 from proxy.decider import Decision, Target
 from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, RateLimited, UpstreamError
@@ -109,6 +109,8 @@ class ChatHandler:
             h["x-route-llm-fallback"] = f"{d.tier}->{tier}"
         if d.failed:
             h["x-route-llm-router-error"] = "1"
+        if o.attempts is not None and o.attempts.dropped:
+            h["x-route-llm-dropped-params"] = ",".join(o.attempts.dropped)
         return h
 
     def record(self, o: Outcome) -> None:
@@ -148,6 +150,8 @@ class ChatHandler:
             "retries": a.retries if a else 0, "fallback": bool(a and a.fallback),
             "total_ms": round((time.perf_counter() - o.started) * 1000, 1),
         }
+        if a is not None and a.dropped:
+            line["dropped_params"] = a.dropped
         if o.prompt is not None:
             line["prompt"] = o.prompt
         access_log.info(json.dumps(line))
@@ -188,9 +192,8 @@ class ChatHandler:
             start = time.perf_counter()
             answer = await state.upstream.complete(decision.tier, messages, chat.params, attempts)
             o.upstream_seconds = time.perf_counter() - start
-            payload = answer.model_dump(exclude_none=False)
             served = self._served_model(attempts.served_tier or decision.tier)
-            payload["model"] = served.name
+            payload = shape.completion(answer.model_dump(exclude_none=False), served.name)
             usage = payload.get("usage") or {}
             o.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             o.completion_tokens = int(usage.get("completion_tokens") or 0)
@@ -232,9 +235,10 @@ class ChatHandler:
 
     async def _sse(self, first: Any, iterator: AsyncIterator[Any], model_name: str, o: Outcome,
                    start: float, *, client_wants_usage: bool) -> AsyncIterator[bytes]:
+        ids = shape.ChunkIds()
+
         def event(chunk: Any) -> bytes | None:
-            data = chunk.model_dump(exclude_none=True)
-            data["model"] = model_name
+            data = ids.apply(shape.completion(chunk.model_dump(exclude_none=True), model_name))
             usage = data.get("usage")
             if usage:
                 o.prompt_tokens = int(usage.get("prompt_tokens") or 0)
@@ -295,14 +299,25 @@ async def route_only(request: Request) -> Response:
     })
 
 
+def _model_object(settings: Settings, name: str, tier: Tier | None, created: int) -> dict[str, Any]:
+    owner = "route-llm" if tier is None else settings.models.by_tier(tier).model.split("/", 1)[0]
+    return {"id": name, "object": "model", "created": created, "owned_by": owner}
+
+
 async def list_models(request: Request) -> Response:
     settings: Settings = request.state.settings
     created = int(request.state.started_at)
-    data = [{"id": name, "object": "model", "created": created, "owned_by": "route-llm"}
-            for name in settings.aliases]
-    data += [{"id": m.name, "object": "model", "created": created, "owned_by": m.model.split("/", 1)[0]}
-             for m in (settings.models.weak, settings.models.strong)]
+    data = [_model_object(settings, name, None, created) for name in settings.aliases]
+    data += [_model_object(settings, settings.models.by_tier(t).name, t, created) for t in ("weak", "strong")]
     return JSONResponse({"object": "list", "data": data})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """GET /v1/models/{id}: any name a request may send, ``router-bert-<threshold>`` included (those are
+    not listed, there being one per threshold); an unknown name is OpenAI's 404 ``model_not_found``."""
+    name: str = request.path_params["model_id"]
+    target: Target = request.state.decider.resolve(name)
+    return JSONResponse(_model_object(request.state.settings, name, target.tier, int(request.state.started_at)))
 
 
 async def health_live(request: Request) -> Response:

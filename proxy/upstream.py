@@ -7,8 +7,10 @@ retries, the fallback and the total deadline are one loop that the metrics and h
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ import litellm
 from litellm import exceptions as llm_errors
 
 from proxy.errors import BadRequest, ProxyError, RateLimited, UpstreamError, UpstreamNotConfigured
+from proxy.params import for_model
 from proxy.settings import ModelSettings, Settings, Tier
 
 log = logging.getLogger("route_llm")
@@ -32,6 +35,7 @@ class Attempts:
 
     requested_tier: Tier
     served_tier: Tier | None = None
+    dropped: list[str] = field(default_factory=list)  # parameters the serving model does not take (proxy.params)
     retries: int = 0
     fallback: bool = False
     errors: list[tuple[Tier, str]] = field(default_factory=list)  # (tier tried, reason from a closed set: _classify)
@@ -74,11 +78,33 @@ def _built_nothing(exc: BaseException) -> bool:
     return True
 
 
+# LiteLLM's wrapping, possibly nested: "litellm.MidStreamFallbackError: litellm.APIConnectionError: ",
+# "GeminiException BadRequestError - ", "Vertex_ai_betaException - ".
+_LITELLM_PREFIX = re.compile(r"(?:litellm\.\w+:\s*|\w+Exception(?:\s+\w+Error)?\s*-\s*)")
+
+
 def client_message(exc: BaseException, limit: int = 500) -> str:
-    """An upstream error's text as clients may see it: LiteLLM appends a traceback (server paths included)
-    to some messages, so only the part before it is kept."""
-    text = str(getattr(exc, "message", "") or exc)
-    return text.split("\nTraceback (most recent call last)", 1)[0][:limit]
+    """An upstream error's text as clients may see it.
+
+    LiteLLM prefixes its class names and the provider's exception name, wraps the provider's JSON error
+    body as a string (sometimes as a bytes repr), and appends a traceback with server paths to some
+    messages. The client gets the provider's own message and status (``stand-in injected 503
+    (UNAVAILABLE)``) or, when there is no such body, LiteLLM's text without the prefixes.
+    """
+    text = str(getattr(exc, "message", "") or exc).split("\nTraceback (most recent call last)", 1)[0].strip()
+    while match := _LITELLM_PREFIX.match(text):
+        text = text[match.end():]
+    if len(text) > 2 and text[0] == "b" and text[1] in "'\"" and text[-1] == text[1]:
+        text = text[2:-1]
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        status = error.get("status")
+        text = error["message"] + (f" ({status})" if isinstance(status, str) and status != "UNKNOWN" else "")
+    return text[:limit] or "no details given"
 
 
 def _classify(exc: BaseException) -> _Failure:
@@ -117,16 +143,26 @@ def _to_proxy_error(f: _Failure, model: str) -> ProxyError:
     return UpstreamError(text, reason=f.reason, status_code=f.status)
 
 
-def _register_prices(m: ModelSettings) -> None:
-    """Give LiteLLM the configured prices for ``m``.
+_SYSTEM_INSTRUCTION_PROVIDERS = ("gemini", "vertex_ai", "vertex_ai_beta")
+
+
+def _register_model(m: ModelSettings) -> None:
+    """Give LiteLLM the configured prices for ``m``, and what it must know about a model missing from its map.
 
     LiteLLM prices every response before returning it; for a model missing from its price map
     (gemini-1.5-* among them) that search walks its fallback tables several times per call, about 2 ms
     of CPU per request here. With the model registered, the lookup is a dictionary hit.
+
+    For such a model LiteLLM also assumes no system-message support and folds system messages into the
+    first user turn. Every model of the Gemini API takes a ``systemInstruction``, so that is said here.
     """
     prices = {"input_cost_per_token": None if m.input_cost_per_million is None else m.input_cost_per_million / 1e6,
               "output_cost_per_token": None if m.output_cost_per_million is None else m.output_cost_per_million / 1e6}
     entry: dict[str, Any] = {k: v for k, v in prices.items() if v is not None}
+    provider = m.model.split("/", 1)[0] if "/" in m.model else ""
+    if provider in _SYSTEM_INSTRUCTION_PROVIDERS and \
+            not (litellm.model_cost.get(m.model) or {}).get("supports_system_messages"):
+        entry["supports_system_messages"] = True
     if not entry:
         return
     entry["mode"] = "chat"
@@ -144,7 +180,7 @@ class Upstream:
         self._missing_keys: dict[Tier, list[str]] = {}
         for tier in ("weak", "strong"):
             m = settings.models.by_tier(tier)
-            _register_prices(m)
+            _register_model(m)
             if m.resolved_api_key() is None:
                 check = litellm.validate_environment(model=m.model, api_base=m.api_base)
                 if not check.get("keys_in_environment", True):
@@ -226,7 +262,8 @@ class Upstream:
     async def complete(self, tier: Tier, messages: list[dict[str, Any]], params: dict[str, Any],
                        attempts: Attempts) -> Any:
         async def call(m: ModelSettings, timeout: float) -> Any:
-            return await litellm.acompletion(messages=messages, **params, **self._kwargs(m, timeout))
+            forwarded, attempts.dropped = for_model(params, m.model)
+            return await litellm.acompletion(messages=messages, **forwarded, **self._kwargs(m, timeout))
 
         return await self._attempts(tier, attempts, call)
 
@@ -239,7 +276,8 @@ class Upstream:
         """
 
         async def call(m: ModelSettings, timeout: float) -> tuple[Any, AsyncIterator[Any]]:
-            response = await litellm.acompletion(messages=messages, stream=True, **params,
+            forwarded, attempts.dropped = for_model(params, m.model)
+            response = await litellm.acompletion(messages=messages, stream=True, **forwarded,
                                                  **self._kwargs(m, timeout))
             try:
                 first = await response.__anext__()

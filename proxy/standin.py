@@ -1,0 +1,285 @@
+"""A Gemini-API-compatible stand-in for the upstream model service.
+
+The upstream API is the one component that cannot run everywhere: tests, benchmarks and ``route-llm serve
+--demo`` point LiteLLM's real Gemini provider at this server (``GEMINI_API_BASE`` or a model's
+``api_base``). It speaks just enough of ``generativelanguage.googleapis.com`` for chat:
+``POST /models/{model}:generateContent`` and ``POST /models/{model}:streamGenerateContent?alt=sse``, and
+answers with a fixed, deterministic text (it is not a model). It records every request so tests can assert
+what was forwarded, and it can be told to misbehave (status codes, delays, dropped connections, a stream
+that breaks half-way) through ``POST /_control`` or, in-process, through :class:`StandIn` directly.
+
+It ships in the package, not only under tests/, so that a user without a Gemini key can see a whole
+round trip: ``route-llm standin --port 8765`` (or ``python tests/standin.py``, as the scripts do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class Fault:
+    """One injected misbehaviour, consumed by the next matching request.
+
+    kind: "status" (answer ``status`` with a Google-style error body), "delay" (sleep ``seconds`` then
+    answer normally), "reset" (close the connection without answering), "midstream" (streaming only:
+    send one chunk, then break the connection).
+    """
+
+    kind: str  # "status" | "delay" | "reset" | "midstream" | "slow_stream" (``seconds`` between chunks)
+    status: int = 503
+    seconds: float = 0.0
+    retry_after: float | None = None
+    model: str | None = None  # None matches any model
+
+
+# A "midstream" fault breaks a stream after its first chunk; a plain request given one answers normally.
+_MIXED_FAULTS = (Fault("status", status=503), Fault("status", status=500),
+                 Fault("status", status=429, retry_after=0.05), Fault("reset"), Fault("midstream"),
+                 Fault("delay", seconds=0.5))
+
+
+@dataclass
+class Recorded:
+    model: str
+    stream: bool
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    @property
+    def system_instruction(self) -> str | None:
+        """The text of the request's system instruction (the REST API takes either spelling), or None."""
+        instruction = self.body.get("systemInstruction", self.body.get("system_instruction"))
+        if not isinstance(instruction, dict):
+            return None
+        return "".join(p.get("text", "") for p in instruction.get("parts", []) if isinstance(p, dict))
+
+
+@dataclass
+class StandIn:
+    """State shared by the stand-in's handlers: the request log, queued faults and a random fault rate."""
+
+    requests: list[Recorded] = field(default_factory=list)
+    faults: deque[Fault] = field(default_factory=deque)
+    fault_rate: float = 0.0
+    fault_status: int = 503
+    fault_mix: bool = False  # random faults of every kind instead of ``fault_status`` only
+    reply_words: int = 8
+    streams_closed_early: int = 0  # streams whose reader went away before the last chunk
+    stream_chunks: int = 3
+    _rng: random.Random = field(default_factory=lambda: random.Random(1234))
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.faults.clear()
+        self.fault_rate = 0.0
+        self.streams_closed_early = 0
+
+    def models_called(self) -> list[str]:
+        return [r.model for r in self.requests]
+
+    def _take_fault(self, model: str) -> Fault | None:
+        for fault in list(self.faults):
+            if fault.model is None or fault.model == model:
+                self.faults.remove(fault)
+                return fault
+        if self.fault_rate and self._rng.random() < self.fault_rate:
+            if self.fault_mix:
+                return self._rng.choice(_MIXED_FAULTS)
+            return Fault("status", status=self.fault_status)
+        return None
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    texts: list[str] = []
+    for content in body.get("contents", []):
+        for part in content.get("parts", []):
+            if "text" in part:
+                texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _usage(body: dict[str, Any], reply: str) -> dict[str, int]:
+    prompt_tokens = max(1, len(_prompt_text(body).split()))
+    reply_tokens = max(1, len(reply.split()))
+    return {
+        "promptTokenCount": prompt_tokens,
+        "candidatesTokenCount": reply_tokens,
+        "totalTokenCount": prompt_tokens + reply_tokens,
+    }
+
+
+def _reply_parts(state: StandIn, model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A deterministic answer; a function call when the request offers tools and forces one."""
+    tools = body.get("tools") or []
+    mode = ((body.get("toolConfig") or {}).get("functionCallingConfig") or {}).get("mode")
+    declarations = [d for t in tools for d in t.get("functionDeclarations", t.get("function_declarations", []))]
+    if declarations and mode == "ANY":
+        return [{"functionCall": {"name": declarations[0]["name"], "args": {"city": "Paris"}}}]
+    words = " ".join(f"w{i}" for i in range(state.reply_words))
+    return [{"text": f"answer from {model}: {words}"}]
+
+
+def _google_error(status: int, retry_after: float | None) -> JSONResponse:
+    names = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+             503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+    body = {"error": {"code": status, "message": f"stand-in injected {status}", "status": names.get(status, "UNKNOWN")}}
+    headers = {"retry-after": str(retry_after)} if retry_after is not None else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _Reset(Exception):
+    """Raised inside a handler to drop the connection without a response."""
+
+
+def build_app(state: StandIn) -> Starlette:
+    async def generate(request: Request) -> Response:
+        target = request.path_params["target"]
+        model, _, action = target.partition(":")
+        body = await request.json()
+        stream = action == "streamGenerateContent"
+        state.requests.append(Recorded(model, stream, body, {k.lower(): v for k, v in request.headers.items()}))
+        fault = state._take_fault(model)
+        if fault is not None:
+            if fault.kind == "status":
+                return _google_error(fault.status, fault.retry_after)
+            if fault.kind == "delay":
+                await asyncio.sleep(fault.seconds)
+            if fault.kind == "reset":
+                raise _Reset()
+        parts = _reply_parts(state, model, body)
+        reply_text = " ".join(p.get("text", "") for p in parts)
+        usage = _usage(body, reply_text)
+        if not stream:
+            return JSONResponse({
+                "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+                "usageMetadata": usage,
+                "modelVersion": model,
+            })
+        midstream = fault is not None and fault.kind == "midstream"
+        pause = fault.seconds if fault is not None and fault.kind == "slow_stream" else 0.0
+        return StreamingResponse(_sse(state, model, parts, usage, midstream, pause), media_type="text/event-stream")
+
+    async def control(request: Request) -> Response:
+        body = await request.json()
+        if body.get("reset"):
+            state.reset()
+        if "fault_rate" in body:
+            state.fault_rate = float(body["fault_rate"])
+        if "fault_mix" in body:
+            state.fault_mix = bool(body["fault_mix"])
+        if "fault_status" in body:
+            state.fault_status = int(body["fault_status"])
+        for f in body.get("faults", []):
+            state.faults.append(Fault(**f))
+        return JSONResponse({"requests": len(state.requests), "queued_faults": len(state.faults)})
+
+    return Starlette(routes=[
+        Route("/models/{target:path}", generate, methods=["POST"]),
+        Route("/v1beta/models/{target:path}", generate, methods=["POST"]),
+        Route("/_control", control, methods=["POST"]),
+    ], exception_handlers={_Reset: _reset_handler})
+
+
+async def _reset_handler(request: Request, exc: Exception) -> Response:
+    # Abort the transport so the client sees a dropped connection, as with a crashed upstream.
+    transport = request.scope.get("transport")
+    if transport is not None:
+        transport.abort()
+    raise ConnectionResetError("stand-in dropped the connection")
+
+
+async def _sse(state: StandIn, model: str, parts: list[dict[str, Any]], usage: dict[str, int], midstream: bool,
+               pause: float) -> AsyncIterator[str]:
+    if "functionCall" in parts[0]:
+        pieces: list[list[dict[str, Any]]] = [parts]
+    else:
+        words = parts[0]["text"].split(" ")
+        n = max(1, state.stream_chunks)
+        size = max(1, -(-len(words) // n))
+        pieces = [[{"text": " ".join(words[i:i + size]) + (" " if i + size < len(words) else "")}]
+                  for i in range(0, len(words), size)]
+    finished = False
+    try:
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            chunk: dict[str, Any] = {"candidates": [{"content": {"role": "model", "parts": piece}, "index": 0}],
+                                     "modelVersion": model}
+            if last:
+                chunk["candidates"][0]["finishReason"] = "STOP"
+                chunk["usageMetadata"] = usage
+            yield f"data: {json.dumps(chunk)}\r\n\r\n"
+            if midstream and i == 0:
+                await asyncio.sleep(0.01)
+                raise ConnectionResetError("stand-in broke the stream")
+            await asyncio.sleep(pause)
+        finished = True
+    finally:
+        if not finished and not midstream:
+            state.streams_closed_early += 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class StandInServer:
+    """Runs the stand-in in a background thread of the current process (for tests)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.state = StandIn()
+        self.port = port or free_port()
+        config = uvicorn.Config(build_app(self.state), host="127.0.0.1", port=self.port, log_level="error",
+                                lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> StandInServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("stand-in did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--fault-mix", action="store_true",
+                        help="random faults of every kind (503, 500, 429, dropped connection, broken stream, delay)")
+    args = parser.parse_args()
+    state = StandIn(fault_rate=args.fault_rate, fault_mix=args.fault_mix)
+    uvicorn.run(build_app(state), host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
+
+
+if __name__ == "__main__":
+    main()
