@@ -38,6 +38,7 @@ from proxy.errors import (
     handle_proxy_error,
     handle_unexpected,
 )
+from proxy.responses import ResponsesHandler
 from proxy.routes import (
     ChatHandler,
     health_live,
@@ -157,6 +158,7 @@ class GuardMiddleware:
 def create_app(settings: Settings, *, router: Router | None = None) -> Starlette:
     """Build the proxy. ``router`` may be passed in (tests share one); otherwise it is loaded at start-up."""
     chat = ChatHandler(settings)
+    responses = ResponsesHandler(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -191,6 +193,7 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
 
     routes = [
         Route("/v1/chat/completions", chat.chat, methods=["POST"]),
+        Route("/v1/responses", responses.chat, methods=["POST"]),
         Route("/v1/route", route_only, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),

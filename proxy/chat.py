@@ -39,6 +39,7 @@ class ChatRequest:
     stream: bool
     params: dict[str, Any]
     files: list[FilePart] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # accepted, not forwarded (Responses-only parameters)
 
     @property
     def include_usage(self) -> bool:

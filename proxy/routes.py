@@ -84,12 +84,68 @@ class Outcome:
     completion_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
     prompt: str | None = None
+    dropped: list[str] = field(default_factory=list)  # parameters the endpoint accepts but has no use for
+
+
+class StreamFormat:
+    """How a stream of (OpenAI-shaped) chat chunks goes out on the wire: as chat-completion chunks here, as
+    Responses events in ``proxy.responses``. Each method returns the bytes to send (possibly none)."""
+
+    def start(self) -> bytes:
+        return b""
+
+    def chunk(self, data: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def error(self, err: ProxyError) -> bytes:
+        raise NotImplementedError
+
+    def end(self) -> bytes:
+        raise NotImplementedError
+
+
+class ChatStream(StreamFormat):
+    def __init__(self, include_usage: bool) -> None:
+        self.include_usage = include_usage
+
+    def chunk(self, data: dict[str, Any]) -> bytes:
+        if data.get("usage") and not self.include_usage:
+            if not data.get("choices"):
+                return b""  # the usage-only chunk the client did not ask for
+            del data["usage"]
+        return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+    def error(self, err: ProxyError) -> bytes:
+        return b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+
+    def end(self) -> bytes:
+        return b"data: [DONE]\n\n"
 
 
 class ChatHandler:
+    """POST /v1/chat/completions; the Responses API (``proxy.responses``) reuses it through the three hooks
+    ``parse``, ``render`` and ``stream_format``, so both endpoints route, retry, count and log alike."""
+
+    endpoint = "chat.completions"
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.prices = {t: _price(settings.models.by_tier(t)) for t in ("weak", "strong")}
+
+    # --- the endpoint's dialect -------------------------------------------------------------------------
+    def parse(self, body: Any) -> ChatRequest:
+        return parse_chat_request(body, limit_messages=self.settings.server.limit_messages,
+                                  limit_content_chars=self.settings.server.limit_content_chars)
+
+    def render(self, chat: ChatRequest, completion: dict[str, Any]) -> dict[str, Any]:
+        return completion
+
+    def stream_format(self, chat: ChatRequest, model_name: str) -> StreamFormat:
+        return ChatStream(chat.include_usage)
+
+    def param_name(self, name: str) -> str:
+        """How the endpoint's clients spell a chat parameter (for the dropped-parameters header)."""
+        return name
 
     # --- helpers ----------------------------------------------------------------------------------------
     def _served_model(self, tier: Tier) -> ModelSettings:
@@ -109,9 +165,14 @@ class ChatHandler:
             h["x-route-llm-fallback"] = f"{d.tier}->{tier}"
         if d.failed:
             h["x-route-llm-router-error"] = "1"
-        if o.attempts is not None and o.attempts.dropped:
-            h["x-route-llm-dropped-params"] = ",".join(o.attempts.dropped)
+        if dropped := self._dropped(o):
+            h["x-route-llm-dropped-params"] = ",".join(dropped)
         return h
+
+    def _dropped(self, o: Outcome) -> list[str]:
+        """Parameters accepted but not sent: by the endpoint's translation, or for the serving model."""
+        by_model = o.attempts.dropped if o.attempts is not None else []
+        return sorted({*o.dropped, *(self.param_name(name) for name in by_model)})
 
     def record(self, o: Outcome) -> None:
         d, a = o.decision, o.attempts
@@ -150,8 +211,9 @@ class ChatHandler:
             "retries": a.retries if a else 0, "fallback": bool(a and a.fallback),
             "total_ms": round((time.perf_counter() - o.started) * 1000, 1),
         }
-        if a is not None and a.dropped:
-            line["dropped_params"] = a.dropped
+        line["endpoint"] = self.endpoint
+        if dropped := self._dropped(o):
+            line["dropped_params"] = dropped
         if o.prompt is not None:
             line["prompt"] = o.prompt
         access_log.info(json.dumps(line))
@@ -172,8 +234,8 @@ class ChatHandler:
         body: Any = None
         try:
             body = await read_json(request, self.settings.server.limit_body_bytes)
-            chat = parse_chat_request(body, limit_messages=self.settings.server.limit_messages,
-                                      limit_content_chars=self.settings.server.limit_content_chars)
+            chat = self.parse(body)
+            o.dropped = chat.dropped
             o.target = target = state.decider.resolve(chat.model)
             o.requested = target.requested
             messages = chat.messages
@@ -198,7 +260,7 @@ class ChatHandler:
             o.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             o.completion_tokens = int(usage.get("completion_tokens") or 0)
             o.status, o.http_status = "ok", 200
-            return JSONResponse(payload, headers={**self._headers(o), **extra_headers})
+            return JSONResponse(self.render(chat, payload), headers={**self._headers(o), **extra_headers})
         except ProxyError as exc:
             if o.target is None and isinstance(body, dict):
                 o.requested = self._requested_label(state, body.get("model"))
@@ -230,38 +292,36 @@ class ChatHandler:
         served = self._served_model(o.attempts.served_tier or o.decision.tier)
         o.status, o.http_status = "ok", 200
         headers = {**self._headers(o), **extra_headers}
-        sse = self._sse(first, iterator, served.name, o, start, client_wants_usage=chat.include_usage)
+        sse = self._sse(first, iterator, served.name, o, start, self.stream_format(chat, served.name))
         return StreamingResponse(sse, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
     async def _sse(self, first: Any, iterator: AsyncIterator[Any], model_name: str, o: Outcome,
-                   start: float, *, client_wants_usage: bool) -> AsyncIterator[bytes]:
+                   start: float, fmt: StreamFormat) -> AsyncIterator[bytes]:
         ids = shape.ChunkIds()
 
-        def event(chunk: Any) -> bytes | None:
+        def event(chunk: Any) -> bytes:
             data = ids.apply(shape.completion(chunk.model_dump(exclude_none=True), model_name))
             usage = data.get("usage")
             if usage:
                 o.prompt_tokens = int(usage.get("prompt_tokens") or 0)
                 o.completion_tokens = int(usage.get("completion_tokens") or 0)
-                if not client_wants_usage:
-                    if not data.get("choices"):
-                        return None  # the usage-only chunk the client did not ask for
-                    del data["usage"]
-            return b"data: " + json.dumps(data).encode() + b"\n\n"
+            return fmt.chunk(data)
 
         try:
+            if head := fmt.start():
+                yield head
             for chunk in ([first] if first is not None else []):
-                if (line := event(chunk)) is not None:
+                if line := event(chunk):  # a format may have nothing to send for a chunk
                     yield line
             async for chunk in iterator:
-                if (line := event(chunk)) is not None:
+                if line := event(chunk):
                     yield line
         except Exception as exc:  # after the first byte the status is sent: report in-band, then end
             o.status = "upstream_error"
             log.warning("stream from %s broke after the first chunk: %s", model_name, exc)
             err = UpstreamError(f"upstream {model_name} failed mid-stream: {client_message(exc, 300)}",
                                 reason="stream_broken")
-            yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+            yield fmt.error(err)
             if o.attempts is not None:
                 o.attempts.errors.append((o.attempts.served_tier or o.attempts.requested_tier, "stream_broken"))
         finally:
@@ -270,7 +330,7 @@ class ChatHandler:
             await iterator.aclose()  # type: ignore[attr-defined]
             o.upstream_seconds = time.perf_counter() - start
             self.record(o)
-        yield b"data: [DONE]\n\n"
+        yield fmt.end()
 
 
 async def route_only(request: Request) -> Response:

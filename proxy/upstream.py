@@ -143,7 +143,7 @@ def _to_proxy_error(f: _Failure, model: str) -> ProxyError:
     return UpstreamError(text, reason=f.reason, status_code=f.status)
 
 
-_SYSTEM_INSTRUCTION_PROVIDERS = ("gemini", "vertex_ai", "vertex_ai_beta")
+_GEMINI_API_PROVIDERS = ("gemini", "vertex_ai", "vertex_ai_beta")
 
 
 def _register_model(m: ModelSettings) -> None:
@@ -153,16 +153,17 @@ def _register_model(m: ModelSettings) -> None:
     (gemini-1.5-* among them) that search walks its fallback tables several times per call, about 2 ms
     of CPU per request here. With the model registered, the lookup is a dictionary hit.
 
-    For such a model LiteLLM also assumes no system-message support and folds system messages into the
-    first user turn. Every model of the Gemini API takes a ``systemInstruction``, so that is said here.
+    For such a model LiteLLM also assumes no system-message and no response-schema support: it folds
+    system messages into the first user turn and drops a ``json_schema`` response format's schema. Every
+    model of the Gemini API takes a ``systemInstruction`` and a response schema, so that is said here.
     """
     prices = {"input_cost_per_token": None if m.input_cost_per_million is None else m.input_cost_per_million / 1e6,
               "output_cost_per_token": None if m.output_cost_per_million is None else m.output_cost_per_million / 1e6}
     entry: dict[str, Any] = {k: v for k, v in prices.items() if v is not None}
     provider = m.model.split("/", 1)[0] if "/" in m.model else ""
-    if provider in _SYSTEM_INSTRUCTION_PROVIDERS and \
-            not (litellm.model_cost.get(m.model) or {}).get("supports_system_messages"):
-        entry["supports_system_messages"] = True
+    if provider in _GEMINI_API_PROVIDERS:
+        known = litellm.model_cost.get(m.model) or {}
+        entry.update({k: True for k in ("supports_system_messages", "supports_response_schema") if not known.get(k)})
     if not entry:
         return
     entry["mode"] = "chat"

@@ -202,3 +202,13 @@ def test_midstream_error_event_has_no_litellm_internals(proxy: RunningProxy, sta
     message = events[-1]["error"]["message"]
     assert message.startswith(f"upstream {FLASH} failed mid-stream")
     assert not [word for word in INTERNALS if word in message], message
+
+
+def test_json_schema_response_format_reaches_gemini_as_a_schema(proxy: RunningProxy, standin: StandInServer) -> None:
+    schema = {"type": "object", "properties": {"city_name": {"type": "string"}}, "required": ["city_name"]}
+    proxy.client().chat.completions.create(model=FLASH, messages=HI, response_format={
+        "type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})
+    config = standin.state.requests[-1].body["generationConfig"]
+    assert config["response_mime_type"] == "application/json"
+    assert "city_name" in json.dumps(config.get("response_json_schema") or config.get("response_schema"))
+    assert "city_name" not in json.dumps(standin.state.requests[-1].body["contents"])  # not folded into the prompt
