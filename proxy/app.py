@@ -177,13 +177,16 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         for tier in ("weak", "strong"):
             missing = upstream.missing_keys(tier)
             if missing:
-                log.warning("no API key for the %s model (%s): set %s; routing and /v1/route still work",
-                            tier, settings.models.by_tier(tier).name, " or ".join(missing))
+                log.warning("no API key for the %s model (%s): set %s; routing and /v1/route still work, and "
+                            "`route-llm serve --demo` answers from a built-in stand-in", tier,
+                            settings.models.by_tier(tier).name, " or ".join(missing))
         await decider.score_many(["warm-up"])  # the first ONNX run allocates; pay it before ready
         if settings.upstream.warmup:
             await upstream.warm_up()
         ready.set()
-        log.info("route-llm ready in %.2fs (router %s, default threshold %.4f)", time.time() - started,
+        # Not "ready": uvicorn binds after the lifespan (one worker). `route-llm serve` says "ready" with the
+        # URL once /health/ready answers on the socket (cli.announce_when_ready).
+        log.info("route-llm worker loaded in %.2fs (router %s, default threshold %.4f)", time.time() - started,
                  the_router.version, decider.default_threshold)
         try:
             yield {"settings": settings, "router": the_router, "decider": decider, "upstream": upstream,

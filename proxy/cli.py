@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import signal
@@ -12,12 +13,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import click
 
 from proxy.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("route_llm")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -106,11 +112,50 @@ def _log_config() -> dict[str, Any]:
     return config
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def public_url(host: str, port: int) -> str:
+    """The base URL clients should use: a wildcard bind is reached on loopback from this machine."""
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1" if host != "::" else "::1"
+    return f"http://{_url_host(host)}:{port}/v1"
+
+
+def announce_when_ready(host: str, port: int, started: float) -> threading.Thread:
+    """Log "ready" with the URL once ``/health/ready`` answers 200 on the listening socket.
+
+    The app's lifespan finishes before uvicorn binds (one worker) and each worker has its own (several), so
+    only asking the server itself tells when a client would be served. A daemon thread: it dies with the
+    process if start-up fails.
+    """
+    base = public_url(host, port)
+    probe = base.removesuffix("/v1") + "/health/ready"
+
+    def poll() -> None:
+        while True:
+            try:
+                with urllib.request.urlopen(probe, timeout=2) as answer:
+                    info = json.loads(answer.read())
+                    log.info("route-llm ready at %s (router %s, %.1fs after start)", base,
+                             info.get("router_model"), time.monotonic() - started)
+                    return
+            except (OSError, ValueError):  # not listening yet, or 503 "starting" (HTTPError is an OSError)
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=poll, name="route-llm-ready", daemon=True)
+    thread.start()
+    return thread
+
+
 def serve(settings: Settings, *, workers: int = 1, config_path: str | None = None) -> None:
     """Run the proxy with uvicorn; with several workers, metrics go through a private multiprocess dir."""
     import uvicorn
 
+    started = time.monotonic()
     host, port = settings.server.host, settings.server.port
+    announce_when_ready(host, port, started)
     # Load the model before uvicorn: a bad model dir then stops start-up with a message naming the path
     # and EXIT_MODEL, not as a traceback from the lifespan.
     if workers <= 1:
@@ -161,15 +206,62 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option("--allow-unauthenticated", is_flag=True,
               help="allow a non-loopback bind without proxy keys (anyone who reaches it spends your quota)")
+@click.option("--demo", is_flag=True,
+              help="no Gemini key needed: both models answer from a built-in Gemini stand-in (fixed text, not a "
+                   "model); routing, headers and metrics are real")
 def serve_cmd(config_path: str | None, host: str | None, port: int | None, workers: int,
-              allow_unauthenticated: bool) -> None:
+              allow_unauthenticated: bool, demo: bool) -> None:
     """Run the proxy."""
     settings = _load(config_path).with_overrides(host=host, port=port)
     if not is_loopback(settings.server.host) and not settings.all_api_keys() and not allow_unauthenticated:
         click.echo(f"route-llm: refusing to listen on {settings.server.host} without proxy keys: set "
                    "server.api_keys or ROUTE_LLM_API_KEYS, or pass --allow-unauthenticated", err=True)
         sys.exit(EXIT_CONFIG)
+    if demo:
+        try:
+            url = start_demo_upstream(settings)
+        except ConfigError as exc:
+            click.echo(f"route-llm: --demo: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+        click.echo(f"route-llm: demo mode: both models answer from the built-in Gemini stand-in at {url} "
+                   "(a fixed text, not a model); routing decisions, headers and metrics are real", err=True)
     serve(settings, workers=workers, config_path=config_path or settings.source)
+
+
+def start_demo_upstream(settings: Settings) -> str:
+    """Start the Gemini stand-in in this process and point LiteLLM's Gemini provider at it.
+
+    Through the environment (``GEMINI_API_BASE``, ``GEMINI_API_KEY``) rather than the settings, because
+    ``--workers`` processes rebuild their settings from the config file but inherit the environment. A real
+    key in the environment is replaced, so it is not sent anywhere in demo mode.
+    """
+    for tier in ("weak", "strong"):
+        m = settings.models.by_tier(tier)
+        if not m.model.startswith("gemini/") or m.api_base is not None:
+            raise ConfigError(f"models.{tier} is {m.model!r}{' with an api_base' if m.api_base else ''}; the "
+                              "stand-in speaks the Gemini API, so the demo needs gemini/ models without api_base")
+    from proxy.standin import StandInServer
+
+    standin = StandInServer().start()
+    os.environ["GEMINI_API_BASE"] = standin.base_url
+    os.environ["GEMINI_API_KEY"] = "route-llm-demo"
+    return standin.base_url
+
+
+@main.command("standin")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+@click.option("--fault-rate", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="share of calls that fail (503 unless --fault-mix)")
+@click.option("--fault-mix", is_flag=True,
+              help="random faults of every kind (503, 500, 429, dropped connection, broken stream, delay)")
+def standin_cmd(host: str, port: int, fault_rate: float, fault_mix: bool) -> None:
+    """Run the Gemini-API stand-in (fixed answers) to try route-llm, or test it, without a Gemini key."""
+    from proxy.standin import serve as serve_standin
+
+    click.echo(f"route-llm standin: Gemini API stand-in on http://{_url_host(host)}:{port}; point route-llm at "
+               f"it with GEMINI_API_BASE=http://{_url_host(host)}:{port} GEMINI_API_KEY=any", err=True)
+    serve_standin(host=host, port=port, fault_rate=fault_rate, fault_mix=fault_mix)
 
 
 @main.command("route")

@@ -261,7 +261,8 @@ def settings_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Setti
     return settings
 
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+# Inside the package, so that a wheel install has it too (in the source tree, a link to ../config.yaml).
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
@@ -279,8 +280,9 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
 
 def _default_config_path() -> Path:
-    # The working directory's config.yaml first (how operators run it), then the checkout's default.
+    # The working directory's config.yaml first (how operators run it), then the bundled default.
     for candidate in (Path.cwd() / "config.yaml", DEFAULT_CONFIG):
         if candidate.is_file():
             return candidate
-    raise ConfigError("no config file given and none found (pass --config PATH)")
+    raise ConfigError(f"no config file given and none found (pass --config PATH); the bundled default "
+                      f"{DEFAULT_CONFIG} is missing from this installation")

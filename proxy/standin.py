@@ -277,8 +277,13 @@ def main() -> None:
     parser.add_argument("--fault-mix", action="store_true",
                         help="random faults of every kind (503, 500, 429, dropped connection, broken stream, delay)")
     args = parser.parse_args()
-    state = StandIn(fault_rate=args.fault_rate, fault_mix=args.fault_mix)
-    uvicorn.run(build_app(state), host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
+    serve(port=args.port, fault_rate=args.fault_rate, fault_mix=args.fault_mix)
+
+
+def serve(*, host: str = "127.0.0.1", port: int = 8765, fault_rate: float = 0.0, fault_mix: bool = False) -> None:
+    """Run the stand-in in the foreground (``route-llm standin``, ``python tests/standin.py``)."""
+    state = StandIn(fault_rate=fault_rate, fault_mix=fault_mix)
+    uvicorn.run(build_app(state), host=host, port=port, log_level="warning", lifespan="off")
 
 
 if __name__ == "__main__":

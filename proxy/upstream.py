@@ -185,9 +185,9 @@ class Upstream:
             if m.resolved_api_key() is None:
                 check = litellm.validate_environment(model=m.model, api_base=m.api_base)
                 if not check.get("keys_in_environment", True):
-                    self._missing_keys[tier] = list(check.get("missing_keys") or [])
-                    if m.api_key_env_name():
-                        self._missing_keys[tier].insert(0, m.api_key_env_name())  # type: ignore[arg-type]
+                    # The configured variable first; LiteLLM's list may name the same one again.
+                    names = [m.api_key_env_name(), *(check.get("missing_keys") or [])]
+                    self._missing_keys[tier] = list(dict.fromkeys(n for n in names if n))
 
     def missing_keys(self, tier: Tier) -> list[str]:
         return self._missing_keys.get(tier, [])

@@ -3,9 +3,9 @@ for the tests and scripts that import it or run it as ``python tests/standin.py`
 
 from __future__ import annotations
 
-from proxy.standin import Fault, Recorded, StandIn, StandInServer, build_app, free_port, main
+from proxy.standin import Fault, Recorded, StandIn, StandInServer, build_app, free_port, main, serve
 
-__all__ = ["Fault", "Recorded", "StandIn", "StandInServer", "build_app", "free_port", "main"]
+__all__ = ["Fault", "Recorded", "StandIn", "StandInServer", "build_app", "free_port", "main", "serve"]
 
 if __name__ == "__main__":
     main()

@@ -41,7 +41,7 @@ def _write_config(tmp: Path, standin: StandInServer) -> Path:
 def _wait_for_workers(proc: subprocess.Popen[bytes], log: Path, workers: int, timeout: float = 180) -> None:
     """Every worker logs once when its lifespan is done; wait for all, so each can take connections."""
     deadline = time.monotonic() + timeout
-    while log.read_text(errors="replace").count("route-llm ready") < workers:
+    while log.read_text(errors="replace").count("route-llm worker loaded") < workers:
         if proc.poll() is not None:
             pytest.fail(f"route-llm serve exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
         if time.monotonic() > deadline:
