@@ -165,9 +165,11 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
         # After a graceful shutdown uvicorn re-raises SIGTERM under the handler it found; with the default
         # one the process then dies by the signal (status -15). A no-op handler makes it exit 0 instead.
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
-        uvicorn.run(create_app(settings, router=router), host=host, port=port, log_level="warning",
-                    log_config=_log_config(), timeout_graceful_shutdown=int(settings.server.timeout_shutdown),
-                    access_log=False)
+        from proxy.protocol import uvicorn_config
+
+        config = uvicorn_config(create_app(settings, router=router), settings, host=host, port=port,
+                                log_level="warning", log_config=_log_config(), access_log=False)
+        uvicorn.Server(config).run()
         return
     _check_model_in_subprocess(settings.router.model_dir)
     # Workers rebuild the app from the config file (uvicorn needs an import string); the socket is ours.
@@ -178,9 +180,10 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
     sock: socket.socket | None = None
     try:  # the directory goes away however this ends, a failed bind included
         sock = _nodelay_socket(host, port)
-        config = uvicorn.Config("proxy.app:app_from_env", factory=True, workers=workers, log_level="warning",
-                                log_config=_log_config(), access_log=False,
-                                timeout_graceful_shutdown=int(settings.server.timeout_shutdown))
+        from proxy.protocol import uvicorn_config
+
+        config = uvicorn_config("proxy.app:app_from_env", settings, factory=True, workers=workers,
+                                log_level="warning", log_config=_log_config(), access_log=False)
         from uvicorn.supervisors import Multiprocess
 
         Multiprocess(config, sockets=[sock]).run()

@@ -64,6 +64,14 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class RequestTimeout(ProxyError):
+    """The request (its body) did not arrive in time; the connection is closed after this answer."""
+
+    status_code = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLarge(ProxyError):
     status_code = 413
     type = "invalid_request_error"

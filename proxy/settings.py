@@ -91,8 +91,15 @@ class ServerSettings:
     limit_body_bytes: int | None = 20_000_000
     limit_messages: int | None = 1000
     limit_content_chars: int | None = 2_000_000
-    limit_in_flight: int | None = 512
+    limit_in_flight: int | None = 512  # requests whose body has arrived, being handled
+    limit_in_flight_per_key: int | None = 128  # one key's share of limit_in_flight
+    limit_bodies_arriving: int | None = 256  # requests still sending their body (a separate, smaller budget)
+    limit_bodies_arriving_per_key: int | None = 32
+    limit_json_depth: int | None = 64  # nesting of objects and arrays in a JSON body
     limit_requests_per_minute: int | None = None  # per proxy key
+    timeout_header: float = 10.0  # from connection (or the end of the last response) to complete headers
+    timeout_body: float = 30.0  # from complete headers to the last byte of the body
+    timeout_keep_alive: float = 5.0  # an idle connection between requests
     timeout_shutdown: float = 30.0
     log_prompts: bool = False
 
@@ -116,6 +123,10 @@ class DocumentsSettings:
     limit_decompressed_bytes: int = 200_000_000
     timeout_extract: float = 30.0
     budget_chars: int | None = 60_000  # document text sent upstream per request; None = everything
+    limit_documents_per_request: int | None = 20  # distinct documents (repeats of one count once)
+    limit_inline_per_request: int | None = 4  # distinct inline file_data PDFs, each extracted per request
+    limit_request_chars: int | None = 6_000_000  # page text of all of a request's documents, before selection
+    limit_storage_bytes: int | None = 1_000_000_000  # stored file bytes per proxy key
     selection: Selection = "bm25"
 
 
@@ -241,17 +252,23 @@ def _validate(s: Settings) -> None:
     if not 0 < s.server.port < 65536:
         raise ConfigError(f"server.port: {s.server.port} is not a TCP port")
     for key in ("limit_body_bytes", "limit_messages", "limit_content_chars", "limit_in_flight",
-                "limit_requests_per_minute"):
+                "limit_in_flight_per_key", "limit_bodies_arriving", "limit_bodies_arriving_per_key",
+                "limit_json_depth", "limit_requests_per_minute"):
         v = getattr(s.server, key)
         if v is not None and v < 1:
             raise ConfigError(f"server.{key}: must be at least 1 (or null for unlimited)")
     d = s.documents
-    for key in ("limit_bytes", "limit_pages", "limit_chars", "limit_decompressed_bytes", "budget_chars"):
+    for key in ("limit_bytes", "limit_pages", "limit_chars", "limit_decompressed_bytes", "budget_chars",
+                "limit_documents_per_request", "limit_inline_per_request", "limit_request_chars",
+                "limit_storage_bytes"):
         v = getattr(d, key)
         if v is not None and v < 1:
             raise ConfigError(f"documents.{key}: must be at least 1")
     if d.timeout_extract <= 0 or s.server.timeout_shutdown < 0:
         raise ConfigError("documents.timeout_extract must be positive and server.timeout_shutdown >= 0")
+    for key in ("timeout_header", "timeout_body", "timeout_keep_alive"):
+        if getattr(s.server, key) <= 0:
+            raise ConfigError(f"server.{key}: must be positive (seconds)")
 
 
 def settings_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Settings:

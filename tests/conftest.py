@@ -29,6 +29,7 @@ os.environ["GEMINI_API_BASE"] = STANDIN.base_url
 os.environ["GEMINI_API_KEY"] = "test-upstream-key"
 
 from proxy.app import create_app  # noqa: E402
+from proxy.protocol import uvicorn_config  # noqa: E402
 from proxy.settings import Settings, settings_from_dict  # noqa: E402
 from router import Router  # noqa: E402
 
@@ -92,8 +93,8 @@ class RunningProxy:
 
 def start_proxy(settings: Settings, router: Router) -> RunningProxy:
     port = free_port()
-    config = uvicorn.Config(create_app(settings, router=router), host="127.0.0.1", port=port, log_level="warning",
-                            timeout_graceful_shutdown=5)
+    config = uvicorn_config(create_app(settings, router=router), settings, host="127.0.0.1", port=port,
+                            log_level="warning", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
