@@ -19,11 +19,7 @@ from typing import Any
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
-
-try:  # uvicorn[standard] brings httptools, and uvicorn prefers it when installed
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:  # pragma: no cover - without httptools only the h11 flavour is used
-    HttpToolsProtocol = None
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # uvicorn[standard] is a dependency
 
 from proxy.settings import Settings
 
@@ -53,27 +49,30 @@ class _HeaderDeadline:
             self.transport.close()
 
 
-if HttpToolsProtocol is not None:
-    class HttpToolsWithDeadline(_HeaderDeadline, HttpToolsProtocol):  # type: ignore[misc,valid-type]
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+class HttpToolsWithDeadline(_HeaderDeadline, HttpToolsProtocol):
+    """The protocol uvicorn picks by default (httptools), as the CLI runs it."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline(self.config)
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_deadline()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
             self._arm_header_deadline(self.config)
 
-        def on_headers_complete(self) -> None:
-            self._disarm_header_deadline()
-            super().on_headers_complete()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing() and not self.pipeline:
-                self._arm_header_deadline(self.config)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm_header_deadline()
-            super().connection_lost(exc)
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
 
 
 class H11WithDeadline(_HeaderDeadline, H11Protocol):
+    """The same for uvicorn's pure-Python protocol (``uvicorn_config(..., http="h11")``)."""
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_header_deadline(self.config)
@@ -94,17 +93,16 @@ class H11WithDeadline(_HeaderDeadline, H11Protocol):
         super().connection_lost(exc)
 
 
-def protocol_path() -> str:
-    """The protocol class as an import string: multi-worker mode hands the config to spawned processes."""
-    name = "HttpToolsWithDeadline" if HttpToolsProtocol is not None else "H11WithDeadline"
-    return f"{__name__}:{name}"
+def uvicorn_config(app: Any, settings: Settings, *, http: str = "httptools", **kwargs: Any) -> uvicorn.Config:
+    """uvicorn's Config with route-llm's connection deadlines (keep-alive, headers, shutdown).
 
-
-def uvicorn_config(app: Any, settings: Settings, **kwargs: Any) -> uvicorn.Config:
-    """uvicorn's Config with route-llm's connection deadlines (keep-alive, headers, shutdown)."""
+    The protocol is named by import string: multi-worker mode hands the config to spawned processes.
+    """
     server = settings.server
     kwargs.setdefault("timeout_graceful_shutdown", int(server.timeout_shutdown))
-    config = uvicorn.Config(app, http=protocol_path(), timeout_keep_alive=server.timeout_keep_alive,  # type: ignore[arg-type]
+    name = "H11WithDeadline" if http == "h11" else "HttpToolsWithDeadline"
+    config = uvicorn.Config(app, http=f"{__name__}:{name}",
+                            timeout_keep_alive=server.timeout_keep_alive,  # type: ignore[arg-type]
                             **kwargs)
     config.route_llm_timeout_header = server.timeout_header  # type: ignore[attr-defined]
     return config

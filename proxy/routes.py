@@ -19,6 +19,7 @@ from proxy import metrics, shape
 from proxy.chat import ChatRequest, last_user_text, parse_chat_request
 from proxy.decider import Decision, Target
 from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, RateLimited, UpstreamError
+from proxy.jsonbody import parse_json
 from proxy.settings import ModelSettings, Settings, Tier
 from proxy.upstream import Attempts, client_message
 
@@ -27,7 +28,8 @@ access_log = logging.getLogger("route_llm.access")
 
 
 async def read_json(request: Request, limit: int | None) -> Any:
-    """Read the body up to ``limit`` bytes and parse it; refuse bigger bodies without reading them all."""
+    """Read the body up to ``limit`` bytes, parse and check it (``proxy.jsonbody``); refuse bigger bodies
+    without reading them all."""
     declared = request.headers.get("content-length")
     if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds this proxy's limit of {limit} bytes")
@@ -38,13 +40,8 @@ async def read_json(request: Request, limit: int | None) -> Any:
         if limit is not None and size > limit:
             raise PayloadTooLarge(f"request body exceeds this proxy's limit of {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        raise BadRequest("The request body is empty; send a JSON object.")
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # ValueError: also bad UTF-8 and ints over 4300 digits
-        raise BadRequest(f"We could not parse the JSON body of your request: {str(exc)[:200]}") from exc
+    settings: Settings = request.state.settings
+    return await parse_json(b"".join(chunks), limit_depth=settings.server.limit_json_depth)
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -87,7 +87,6 @@ def test_upstream_400_is_not_retried_and_is_a_client_error(proxy: RunningProxy, 
 
 
 @pytest.mark.parametrize(("body", "stream"), [
-    ({"messages": [{"role": "user", "content": "half a pair: \ud800"}]}, False),  # streams encode it as \\ud800
     *[(body, stream) for stream in (False, True) for body in [
         {"messages": [{"role": "user", "content": [{"type": "text", "text": "x"},
                                                    {"type": "image_url", "image_url": 5}]}]},
@@ -98,7 +97,7 @@ def test_upstream_400_is_not_retried_and_is_a_client_error(proxy: RunningProxy, 
 def test_request_litellm_cannot_build_is_a_400_without_retry_fallback_or_traceback(
         proxy: RunningProxy, standin: StandInServer, body: dict[str, Any], stream: bool) -> None:
     # LiteLLM reports these as APIConnectionError; nothing reached the network, so it is the request that is wrong.
-    raw = json.dumps({"model": "gemini-1.5-pro", "stream": stream, **body})  # ensure_ascii keeps "\\ud800" as sent
+    raw = json.dumps({"model": "gemini-1.5-pro", "stream": stream, **body})
     with proxy.http() as http:
         r = http.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 400, r.text

@@ -272,15 +272,16 @@ def test_any_filename_is_usable_in_chat_and_percent_encoded_in_the_header(proxy:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_inline_filename_with_a_lone_surrogate_is_served_not_a_500(proxy: RunningProxy, standin: StandInServer,
-                                                                   stream: bool) -> None:
+def test_inline_filename_with_a_lone_surrogate_is_a_400_in_both_modes(proxy: RunningProxy, standin: StandInServer,
+                                                                      stream: bool) -> None:
     body = {"model": "auto", "stream": stream, "messages": [{"role": "user", "content": [
         file_part_inline(REPORT, "\ud800report.pdf"), {"type": "text", "text": QUESTION}]}]}
     with proxy.http() as http:  # json.dumps escapes the surrogate as "\\ud800", as a client would send it
         r = http.post("/v1/chat/completions", content=json.dumps(body), headers={"content-type": "application/json"})
-    assert r.status_code == 200, r.text
-    assert unquote(r.headers["x-route-llm-document-pages"]) == "?report.pdf:1,2"
-    assert '<document name="?report.pdf" pages="2">' in sent_text(standin)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "messages[0].content[0].file.filename"
+    assert r.json()["error"]["code"] == "invalid_unicode"
+    assert standin.state.requests == []
 
 
 # --- bad files -----------------------------------------------------------------------------------------

@@ -114,11 +114,11 @@ def test_one_failing_prompt_does_not_fail_its_batch_neighbours(router: Router) -
 
 
 @pytest.mark.parametrize("prompt", ["\ud800", "half a pair: \udfff!"])
-def test_prompt_the_tokenizer_cannot_encode_is_scored_not_failed(proxy: RunningProxy, prompt: str) -> None:
+def test_prompt_the_tokenizer_cannot_encode_is_a_400_not_a_router_failure(proxy: RunningProxy, prompt: str) -> None:
     """Lone surrogates are valid JSON escapes but not text: client input must not trigger the fail-open path."""
     before = _failures()
     body = json.dumps({"model": "auto", "prompt": prompt})  # ensure_ascii: "\\ud800", as a client sends it
     r = proxy.http().post("/v1/route", content=body, headers={"content-type": "application/json"})
-    assert r.status_code == 200, r.text
-    assert r.json()["router_error"] is False and isinstance(r.json()["score"], float)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "prompt" and r.json()["error"]["code"] == "invalid_unicode"
     assert _failures() == before

@@ -36,6 +36,17 @@ def test_shipped_config_loads() -> None:
     ({"bogus": {}}, "unknown key bogus"),
     ({"documents": {"limit_pages": 0}}, "documents.limit_pages"),
     ({"documents": {"timeout_extract": 0}}, "documents.timeout_extract"),
+    ({"server": {"timeout_body": 0}}, "server.timeout_body"),
+    ({"server": {"timeout_header": -1}}, "server.timeout_header"),
+    ({"server": {"timeout_keep_alive": 0}}, "server.timeout_keep_alive"),
+    ({"server": {"limit_in_flight_per_key": 0}}, "server.limit_in_flight_per_key"),
+    ({"server": {"limit_bodies_arriving": 0}}, "server.limit_bodies_arriving"),
+    ({"server": {"limit_bodies_arriving_per_key": "many"}}, "server.limit_bodies_arriving_per_key: expected"),
+    ({"server": {"limit_json_depth": 0}}, "server.limit_json_depth"),
+    ({"documents": {"limit_documents_per_request": 0}}, "documents.limit_documents_per_request"),
+    ({"documents": {"limit_inline_per_request": -2}}, "documents.limit_inline_per_request"),
+    ({"documents": {"limit_request_chars": 0}}, "documents.limit_request_chars"),
+    ({"documents": {"limit_storage_bytes": 0}}, "documents.limit_storage_bytes"),
 ])
 def test_bad_values_are_rejected_with_the_key_name(tmp_path: Path, change: dict[str, Any], needle: str) -> None:
     cfg = base_config(tmp_path)
