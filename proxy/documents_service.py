@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Message
 
 from proxy import metrics
-from proxy.chat import ChatRequest
+from proxy.chat import ChatRequest, FilePart
 from proxy.documents import Document, DocumentInputError, decode_file_data, render_documents
 from proxy.errors import BadRequest, NotFound, PayloadTooLarge
 from proxy.files import FileStore
@@ -59,41 +60,85 @@ class DocumentService:
 
     async def expand(self, request: Request,
                      chat: ChatRequest) -> tuple[builtins.list[dict[str, Any]], dict[str, str]]:
-        """Messages with each file part replaced by the document's text, and headers describing it."""
-        owner: str = request.state.owner
+        """Messages with each file part replaced by the document's text, and headers describing it.
+
+        Work per request is bounded before it is done: a document named twice (the same ``file_id``, or the
+        same inline data) is loaded and rendered once, at its first mention; the distinct documents, the
+        inline ones among them (each is a PDF parse) and their total page text are capped. Ranking and
+        rendering run in a thread, never on the event loop.
+        """
+        d = self.settings.documents
+        first: dict[tuple[str, str], FilePart] = {}  # distinct documents in order of first mention
+        for part in chat.files:
+            key = ("id", part.file_id) if part.file_id is not None else \
+                ("data", hashlib.sha256((part.file_data or "").encode("utf-8", "surrogatepass")).hexdigest())
+            first.setdefault(key, part)
+        parts = builtins.list(first.values())
+        inline = [p for p in parts if p.file_id is None]
+        if d.limit_documents_per_request is not None and len(parts) > d.limit_documents_per_request:
+            raise BadRequest(f"this request attaches {len(parts)} different documents; this proxy accepts at most "
+                             f"{d.limit_documents_per_request} per request", param=_where(parts[-1]),
+                             code="too_many_documents")
+        if d.limit_inline_per_request is not None and len(inline) > d.limit_inline_per_request:
+            raise BadRequest(f"this request sends {len(inline)} different inline PDFs (file_data); this proxy reads at "
+                             f"most {d.limit_inline_per_request} per request: upload them with POST /v1/files and "
+                             "refer to them by file_id", param=_where(inline[-1]), code="too_many_inline_documents")
+        docs: dict[tuple[int, int], Document] = {}
+        total = 0
+        for part in parts:
+            doc = await self._load(request.state.owner, part)
+            total += sum(map(len, doc.pages))
+            if d.limit_request_chars is not None and total > d.limit_request_chars:
+                raise PayloadTooLarge(f"the documents of this request hold more than {d.limit_request_chars} "
+                                      "characters of text together, this proxy's limit per request",
+                                      param=_where(part), code="documents_too_large")
+            docs[(part.message_index, part.part_index)] = doc
+        dropped = {(p.message_index, p.part_index) for p in chat.files} - set(docs)
+        return await run_in_threadpool(self._render, chat, docs, dropped)
+
+    async def _load(self, owner: str, part: FilePart) -> Document:
+        where = _where(part)
+        if part.file_id is not None:
+            record = await run_in_threadpool(self.store.get, owner, part.file_id)
+            pages = await run_in_threadpool(self.store.pages, owner, part.file_id) if record else None
+            if record is None or pages is None:
+                raise NotFound(f"No such file: {part.file_id!r}", param=where, code="file_not_found")
+            return Document(record.filename, pages)
+        assert part.file_data is not None and part.filename is not None
+        try:
+            data = await run_in_threadpool(decode_file_data, part.file_data)
+        except DocumentInputError as exc:
+            raise BadRequest(f"{where}.file_data: {exc}", param=f"{where}.file_data") from exc
+        return Document(part.filename, await self.extract(data, part.filename))
+
+    def _render(self, chat: ChatRequest, docs: dict[tuple[int, int], Document],
+                dropped: set[tuple[int, int]]) -> tuple[builtins.list[dict[str, Any]], dict[str, str]]:
+        """Blocking: BM25 ranking and rendering, with the messages copied (they can be megabytes)."""
+        d = self.settings.documents
         messages = copy.deepcopy(chat.messages)
         question = _text_of(messages[chat.files[-1].message_index])
         by_message: dict[int, builtins.list[tuple[int, Document]]] = {}
-        for part in chat.files:
-            where = f"messages[{part.message_index}].content[{part.part_index}].file"
-            if part.file_id is not None:
-                record = await run_in_threadpool(self.store.get, owner, part.file_id)
-                pages = await run_in_threadpool(self.store.pages, owner, part.file_id) if record else None
-                if record is None or pages is None:
-                    raise NotFound(f"No such file: {part.file_id!r}", param=where, code="file_not_found")
-                doc = Document(record.filename, pages)
-            else:
-                assert part.file_data is not None and part.filename is not None
-                try:
-                    data = decode_file_data(part.file_data)
-                except DocumentInputError as exc:
-                    raise BadRequest(f"{where}.file_data: {exc}", param=f"{where}.file_data") from exc
-                doc = Document(part.filename, await self.extract(data, part.filename))
-            by_message.setdefault(part.message_index, []).append((part.part_index, doc))
-        d = self.settings.documents
+        for (i, j), doc in docs.items():
+            by_message.setdefault(i, []).append((j, doc))
         sent: builtins.list[str] = []
         cut = False
-        for index, docs in by_message.items():
-            rendered = render_documents([doc for _, doc in docs], question=question, budget_chars=d.budget_chars,
+        texts: dict[int, str] = {}
+        for index, found in by_message.items():
+            rendered = render_documents([doc for _, doc in found], question=question, budget_chars=d.budget_chars,
                                         selection=d.selection)
+            texts[index] = rendered.text
             cut = cut or rendered.truncated
             for name, numbers in rendered.selected.items():
                 # Percent-encoded: header values are Latin-1 only, and ':' ';' ',' separate the fields.
                 sent.append(f"{quote(name, safe=' ')}:{','.join(map(str, numbers))}")
-            file_parts = {j for j, _ in docs}
-            content = messages[index]["content"]
-            kept = [p for j, p in enumerate(content) if j not in file_parts]
-            messages[index]["content"] = [{"type": "text", "text": rendered.text}, *kept]
+        # File parts leave their messages; a message with documents starts with their text. A repeat of a
+        # document already rendered earlier simply goes.
+        for index in {i for i, _ in (*docs, *dropped)}:
+            gone = {j for i, j in (*docs, *dropped) if i == index}
+            kept = [p for j, p in enumerate(messages[index]["content"]) if j not in gone]
+            if index in texts:
+                kept.insert(0, {"type": "text", "text": texts[index]})
+            messages[index]["content"] = kept or [{"type": "text", "text": "(the document attached above)"}]
         headers = {"x-route-llm-documents": "full" if not cut else f"selected-{d.selection}"}
         headers["x-route-llm-document-pages"] = ";".join(sent)[:1000]
         return messages, headers
@@ -193,6 +238,10 @@ class DocumentService:
             Route("/v1/files/{file_id}", delete, methods=["DELETE"]),
             Route("/v1/files/{file_id}/content", content, methods=["GET"]),
         ]
+
+
+def _where(part: FilePart) -> str:
+    return f"messages[{part.message_index}].content[{part.part_index}].file"
 
 
 def _text_of(message: dict[str, Any]) -> str:
