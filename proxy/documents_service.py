@@ -27,7 +27,7 @@ from proxy.chat import ChatRequest, FilePart
 from proxy.documents import Document, DocumentInputError, decode_file_data, render_documents
 from proxy.errors import BadRequest, NotFound, PayloadTooLarge
 from proxy.files import FileStore
-from proxy.pdf import PdfError, PdfExecutor, PdfLimits, extract_pages_async
+from proxy.pdf import PdfError, PdfExecutor, PdfLimits, extract_pages_async, sweep_orphans
 from proxy.settings import Settings
 
 PURPOSES = {"user_data", "assistants", "batch", "fine-tune", "vision", "evals"}
@@ -42,6 +42,7 @@ class DocumentService:
                                 timeout_extract=d.timeout_extract)
         self.store = FileStore(Path(d.storage_dir))
         self.executor = PdfExecutor(max_workers=2)
+        sweep_orphans()  # extraction children of a server that was killed
 
     def close(self) -> None:
         self.store.close()

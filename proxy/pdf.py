@@ -17,11 +17,18 @@ to a 400 and metrics can label failures by reason without unbounded label values
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import io
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
+import select
+import signal
+import sys
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pypdf import Configuration, PasswordType, PdfReader, apply_configuration
@@ -35,6 +42,14 @@ PdfErrorReason = Literal[
 # last 1024; we use the same tolerance so files that real viewers open are not refused here.
 _HEADER_WINDOW = 1024
 _EOF_WINDOW = 1024
+
+# Extraction children name themselves ``rlpdf-<pid of the server process>`` (Linux's 15-character comm), so
+# a server starting up can find the ones a killed predecessor left behind.
+CHILD_PREFIX = "rlpdf-"
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+
+log = logging.getLogger("route_llm")
 
 
 class _WarningCounter(logging.Handler):
@@ -162,8 +177,103 @@ def extract_pages(data: bytes, *, limits: PdfLimits, filename: str = "the file")
     return pages
 
 
-def _child(conn: multiprocessing.connection.Connection, data: bytes, limits: PdfLimits, filename: str) -> None:
+def _die_with_server(server: int, conn: multiprocessing.connection.Connection) -> None:
+    """Make this child exit when the server process goes, however it goes (SIGKILL runs no clean-up).
+
+    Without this a parse of a hostile PDF keeps running, at full CPU and growing memory, with nobody left
+    to kill it. The child's parent is multiprocessing's forkserver, not the server, and the forkserver
+    outlives the server for as long as any child lives (each child inherits its "server alive" pipe), so
+    PR_SET_PDEATHSIG alone would never fire. What does notice is the result pipe: only the server holds
+    its reading end, so when the server dies the child's writing end reports an error; a thread waits for
+    that and exits. PR_SET_PDEATHSIG is set as well, for a forkserver that is itself killed, and the child
+    is named ``rlpdf-<server pid>`` for the start-up sweep.
+    """
+    threading.Thread(target=_exit_when_unread, args=(conn.fileno(),), daemon=True).start()
+    if not sys.platform.startswith("linux"):  # pragma: no cover - the server runs on Linux
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        libc.prctl(_PR_SET_NAME, f"{CHILD_PREFIX}{server}".encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+        return
+    try:
+        os.kill(server, 0)
+    except ProcessLookupError:
+        os._exit(1)
+    except PermissionError:  # pragma: no cover - alive, under another user after a pid reuse
+        pass
+
+
+def sweep_orphans(proc: Path = Path("/proc")) -> int:
+    """Kill extraction children whose server is gone; return how many. Call once, at start-up.
+
+    A child is an orphan when the server pid in its name no longer exists, or names this very process but
+    does not descend from it: left by an earlier process that had the same pid (containers reuse small pids
+    on every restart). Only this user's processes are touched.
+    """
+    if not proc.is_dir():  # pragma: no cover - not Linux
+        return 0
+    killed = 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            if not comm.startswith(CHILD_PREFIX) or entry.stat().st_uid != os.getuid() or _zombie(entry):
+                continue
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        server = comm[len(CHILD_PREFIX):]
+        if not server.isdigit():
+            continue
+        if int(server) == os.getpid():
+            if _ppid(proc, _ppid(proc, int(entry.name))) == os.getpid():
+                continue  # ours, through our forkserver
+        else:
+            try:
+                os.kill(int(server), 0)
+                continue  # its server is alive: not an orphan
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        try:
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed += 1
+        except OSError:
+            pass
+    if killed:
+        log.warning("killed %d PDF extraction process(es) left behind by a server that is gone", killed)
+    return killed
+
+
+def _exit_when_unread(fd: int) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLERR)
+    for _, event in poller.poll():
+        if event & (select.POLLERR | select.POLLHUP):  # no reader left: the server is gone
+            os._exit(1)
+    # POLLNVAL alone: the child closed the pipe itself after answering, and exits normally.
+
+
+def _zombie(entry: Path) -> bool:
+    """Dead already, waiting to be reaped (a container's init may never do it)."""
+    return (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _ppid(proc: Path, pid: int | None) -> int | None:
+    try:
+        # The command name in field 2 may hold spaces; the fields after its closing parenthesis do not.
+        return int((proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _child(conn: multiprocessing.connection.Connection, data: bytes, limits: PdfLimits, filename: str,
+           server: int) -> None:
     """Child-process entry point: one extraction, one message back, exit."""
+    _die_with_server(server, conn)
     # A broken file can make pypdf log a line per damaged object; the child has no log configuration, so
     # these would go to the server's stderr unfiltered. The outcome is reported through PdfError instead.
     logging.getLogger("pypdf").propagate = False
@@ -201,7 +311,7 @@ class PdfExecutor:
         """Blocking: extract in a child process, killing it after ``limits.timeout_extract`` seconds."""
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=_child, args=(sender, data, limits, filename), name="route-llm-pdf", daemon=True
+            target=_child, args=(sender, data, limits, filename, os.getpid()), name="route-llm-pdf", daemon=True
         )
         try:
             process.start()
