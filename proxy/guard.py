@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import tempfile
 import time
 from collections import Counter, deque
@@ -55,6 +54,7 @@ class Life:
     """What the guard learns about a request while it runs, read by handlers through ``request.state``."""
 
     disconnected: bool = False  # the client went away (an http.disconnect arrived)
+    ending: bytes = b""  # what a stream cut at the shutdown deadline still sends: an error event and its end
 
 
 class _Body:
@@ -309,15 +309,12 @@ class GuardMiddleware:
 
     async def _run(self, scope: Scope, receive: Receive, send: Send, life: Life) -> None:
         started = False
-        sse = False
         finished = False
 
         async def send_noting_start(message: Message) -> None:
-            nonlocal started, sse, finished
+            nonlocal started, finished
             if message["type"] == "http.response.start":
                 started = True
-                sse = any(n.lower() == b"content-type" and v.startswith(b"text/event-stream")
-                          for n, v in message.get("headers", []))
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 finished = True
             await send(message)
@@ -327,15 +324,12 @@ class GuardMiddleware:
         except asyncio.CancelledError:
             # uvicorn cancels what still runs at the shutdown deadline (server.timeout_shutdown) and would
             # answer a bare text 500 or cut a stream mid-way; a 503 in OpenAI's shape tells the client to
-            # retry elsewhere, and a stream gets an error event and [DONE], as for an upstream failure.
+            # retry elsewhere, and a stream gets the ending its handler left (an error event and [DONE]).
             if not started:
                 await error_response(Overloaded("the proxy is shutting down; retry", code="shutting_down",
                                                 headers={"retry-after": "1"}))(scope, receive, send)
-            elif sse and not finished and not life.disconnected:
-                err = Overloaded("the proxy is shutting down and ended this stream early; retry",
-                                 code="shutting_down")
-                await send({"type": "http.response.body", "more_body": True,
-                            "body": b"data: " + json.dumps(err.body()).encode() + b"\n\ndata: [DONE]\n\n"})
+            elif life.ending and not finished and not life.disconnected:
+                await send({"type": "http.response.body", "body": life.ending, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             raise
 

@@ -22,7 +22,7 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 REQUESTS = Counter("route_llm_requests_total", "Chat completion requests by outcome",
                    ["requested_model", "routed_model", "tier", "status"])
 REJECTED = Counter("route_llm_rejected_total", "Requests refused before routing: bad key, key over its "
-                   "requests-per-minute limit, or the proxy at its in-flight limit", ["reason"])
+                   "requests-per-minute limit, no slot free, body too large or too slow", ["reason"])
 ROUTER_SCORE = Histogram("route_llm_router_score", "Classifier score p(strong model needed)",
                          buckets=[round(0.1 * i, 1) for i in range(1, 11)])
 ROUTER_SECONDS = Histogram("route_llm_router_decision_seconds", "Time to a routing decision",
@@ -55,7 +55,7 @@ TIERS = ("weak", "strong")
 
 def precreate(requested: list[str], routed: list[str]) -> None:
     """Create the expected label sets at zero so rates and ratios exist before the first request."""
-    for reason in ("unauthorized", "rate_limited", "overloaded"):
+    for reason in ("unauthorized", "rate_limited", "overloaded", "too_large", "body_timeout"):
         REJECTED.labels(reason)
     for req in requested:
         for model, tier in zip(routed, TIERS):

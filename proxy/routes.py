@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -18,7 +19,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from proxy import metrics, shape
 from proxy.chat import ChatRequest, last_user_text, parse_chat_request
 from proxy.decider import Decision, Target
-from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, RateLimited, UpstreamError
+from proxy.errors import BadRequest, Overloaded, PayloadTooLarge, ProxyError, RateLimited, UpstreamError
+from proxy.guard import Life
 from proxy.jsonbody import parse_json
 from proxy.settings import ModelSettings, Settings, Tier
 from proxy.upstream import Attempts, client_message
@@ -289,11 +291,11 @@ class ChatHandler:
         served = self._served_model(o.attempts.served_tier or o.decision.tier)
         o.status, o.http_status = "ok", 200
         headers = {**self._headers(o), **extra_headers}
-        sse = self._sse(first, iterator, served.name, o, start, self.stream_format(chat, served.name))
+        sse = self._sse(first, iterator, served.name, o, start, self.stream_format(chat, served.name), state.life)
         return StreamingResponse(sse, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
     async def _sse(self, first: Any, iterator: AsyncIterator[Any], model_name: str, o: Outcome,
-                   start: float, fmt: StreamFormat) -> AsyncIterator[bytes]:
+                   start: float, fmt: StreamFormat, life: Life) -> AsyncIterator[bytes]:
         ids = shape.ChunkIds()
 
         def event(chunk: Any) -> bytes:
@@ -321,6 +323,15 @@ class ChatHandler:
             yield fmt.error(err)
             if o.attempts is not None:
                 o.attempts.errors.append((o.attempts.served_tier or o.attempts.requested_tier, "stream_broken"))
+        except (asyncio.CancelledError, GeneratorExit):
+            # Stopped from outside: the client went away, or the server's shutdown deadline passed. Either way
+            # the answer was not delivered. At shutdown the guard ends the stream with what is left here: an
+            # error event and the format's end ([DONE]), as for an upstream failure.
+            o.status = "client_disconnected" if life.disconnected else "shutdown"
+            if not life.disconnected:
+                life.ending = fmt.error(Overloaded("the proxy is shutting down and ended this stream early; retry",
+                                                   code="shutting_down")) + fmt.end()
+            raise
         finally:
             # Also reached when the client goes away (the generator is closed): closing the upstream
             # stream cancels the model call instead of letting it run to the end unread.
