@@ -78,6 +78,15 @@ def _built_nothing(exc: BaseException) -> bool:
     return True
 
 
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 # LiteLLM's wrapping, possibly nested: "litellm.MidStreamFallbackError: litellm.APIConnectionError: ",
 # "GeminiException BadRequestError - ", "Vertex_ai_betaException - ".
 _LITELLM_PREFIX = re.compile(r"(?:litellm\.\w+:\s*|\w+Exception(?:\s+\w+Error)?\s*-\s*)")
@@ -114,7 +123,12 @@ def _classify(exc: BaseException) -> _Failure:
     if isinstance(exc, llm_errors.RateLimitError):
         return _Failure("rate_limited", True, 429, msg, _retry_after(exc))
     if isinstance(exc, llm_errors.APIConnectionError) and _built_nothing(exc):
-        return _Failure("bad_request", False, 400, msg, local=True)
+        # A request too deep for LiteLLM's recursive conversion fails the same on every model: no fallback.
+        return _Failure("bad_request", False, 400, msg, local=not _caused_by(exc, RecursionError))
+    if getattr(exc, "status_code", None) in (401, 403):
+        # LiteLLM reports Gemini's 403 (key refused, API not enabled) as a BadRequestError: it is the proxy's
+        # credentials that failed, not the client's request, so it is a 502 and the other tier is tried.
+        return _Failure("auth", False, 502, f"the upstream refused this proxy's credentials: {msg}")
     if isinstance(exc, (llm_errors.APIConnectionError, httpx.TransportError, ConnectionError)):
         return _Failure("connection", True, 502, msg)
     if isinstance(exc, llm_errors.ServiceUnavailableError):
