@@ -12,7 +12,7 @@ import copy
 import hashlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
@@ -20,17 +20,31 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Message
 
 from proxy import metrics
 from proxy.chat import ChatRequest, FilePart
 from proxy.documents import Document, DocumentInputError, decode_file_data, render_documents
 from proxy.errors import BadRequest, NotFound, PayloadTooLarge
-from proxy.files import FileStore
+from proxy.files import FileStore, QuotaExceeded
 from proxy.pdf import PdfError, PdfExecutor, PdfLimits, extract_pages_async, sweep_orphans
 from proxy.settings import Settings
 
 PURPOSES = {"user_data", "assistants", "batch", "fine-tune", "vision", "evals"}
+FILENAME_CHARS = 255
+LIST_LIMIT = 10_000  # OpenAI's largest page, and its default
+
+
+def _caused_by_long_part_header(exc: BaseException) -> bool:
+    """python-multipart refuses a part whose headers pass 4 KB; in an upload that is the filename.
+
+    Starlette reports it as "Invalid multipart data", two exceptions up the chain from the parser's reason.
+    """
+    cause: BaseException | None = exc
+    while cause is not None:
+        if "maximum header size" in str(cause).lower():
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 class DocumentService:
@@ -47,7 +61,8 @@ class DocumentService:
     def close(self) -> None:
         self.store.close()
 
-    async def extract(self, data: bytes, filename: str) -> builtins.list[str]:
+    async def extract(self, data: bytes | Path, filename: str) -> builtins.list[str]:
+        """Page texts of a PDF given as bytes or as a file the extraction child reads itself."""
         start = time.perf_counter()
         try:
             pages = await extract_pages_async(data, limits=self.limits, executor=self.executor, filename=filename)
@@ -146,52 +161,77 @@ class DocumentService:
 
     # --- Files API -------------------------------------------------------------------------------------
     async def upload(self, request: Request) -> Response:
-        limit = self.settings.documents.limit_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
-            raise PayloadTooLarge(f"upload of {declared} bytes exceeds the {limit}-byte file limit", param="file")
+        """Store a PDF without ever holding it whole in this process's memory.
+
+        The guard has already read the body (refusing it past ``limit_bytes`` and on its deadline), spooling
+        anything over a megabyte to disk; the multipart parser spools the file part again, and it is copied
+        in chunks to a partial file in the store, which the extraction child reads by path. The stored file
+        is that partial file, renamed once its text is known.
+        """
+        d = self.settings.documents
         ctype = request.headers.get("content-type", "")
         if not ctype.startswith("multipart/form-data"):
             raise BadRequest("POST /v1/files takes multipart/form-data with `file` and `purpose`")
-        # A chunked body has no Content-Length to refuse up front, and Starlette spools the file part to disk
-        # as it arrives: count the bytes instead, so an endless upload stops near the limit.
-        received = 0
-
-        async def receive() -> Message:
-            nonlocal received
-            message = await request.receive()
-            received += len(message.get("body", b""))
-            if received > limit + 64 * 1024:
-                raise PayloadTooLarge(f"the upload exceeds the {limit}-byte file limit", param="file")
-            return message
-
         try:
-            form = await Request(request.scope, receive).form(max_files=1, max_fields=10, max_part_size=64 * 1024)
-        except PayloadTooLarge:
-            raise
+            form = await request.form(max_files=1, max_fields=10, max_part_size=64 * 1024)
         except Exception as exc:  # malformed multipart bodies
+            if _caused_by_long_part_header(exc):
+                raise BadRequest(f"the file's name is too long: at most {FILENAME_CHARS} characters are accepted",
+                                 param="file", code="filename_too_long") from exc
             raise BadRequest(f"could not parse the multipart body: {exc}") from exc
+        owner: str = request.state.owner
+        partial: Path | None = None
         try:
             upload, purpose = form.get("file"), form.get("purpose")
             if not isinstance(upload, UploadFile):
                 raise BadRequest("`file` is required: the PDF to upload", param="file")
             if not isinstance(purpose, str) or purpose not in PURPOSES:
                 raise BadRequest(f"`purpose` must be one of {', '.join(sorted(PURPOSES))}", param="purpose")
-            data = await upload.read(limit + 1)
-            if len(data) > limit:
-                raise PayloadTooLarge(f"the file exceeds the {limit}-byte limit", param="file")
-            filename = (upload.filename or "upload.pdf")[:255]
+            filename = upload.filename or "upload.pdf"
+            if len(filename) > FILENAME_CHARS:
+                raise BadRequest(f"the file's name is {len(filename)} characters long; at most {FILENAME_CHARS} are "
+                                 "accepted", param="file", code="filename_too_long")
+            partial = spooled = (await run_in_threadpool(self.store.spool, upload.file, d.limit_bytes))[0]
+            size = spooled.stat().st_size
+            if size > d.limit_bytes:
+                raise PayloadTooLarge(f"the file exceeds the {d.limit_bytes}-byte limit", param="file")
+            await run_in_threadpool(self.store.check_quota, owner, size, d.limit_storage_bytes)
+            pages = await self.extract(spooled, filename)
+            record = await run_in_threadpool(self.store.add, owner, filename, purpose, spooled, pages,
+                                             quota=d.limit_storage_bytes)
+            partial = None  # it is the stored file now
+        except QuotaExceeded as exc:
+            raise PayloadTooLarge(str(exc), param="file", code="storage_quota_exceeded") from exc
         finally:
             await form.close()
-        pages = await self.extract(data, filename)
-        record = await run_in_threadpool(self.store.add, request.state.owner, filename, purpose, data, pages)
+            if partial is not None:
+                partial.unlink(missing_ok=True)
         metrics.DOC_UPLOADS.inc()
         return JSONResponse(record.to_openai())
 
     async def list(self, request: Request) -> Response:
-        purpose = request.query_params.get("purpose")
-        records = await run_in_threadpool(self.store.list, request.state.owner, purpose)
-        return JSONResponse({"object": "list", "data": [r.to_openai() for r in records], "has_more": False})
+        """OpenAI's list: newest first by default, ``limit`` (1-10000), ``order``, and an ``after`` cursor."""
+        q = request.query_params
+        purpose = q.get("purpose")
+        raw_limit = q.get("limit", str(LIST_LIMIT))
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT:
+            raise BadRequest(f"`limit` must be an integer between 1 and {LIST_LIMIT}; got {raw_limit!r}"[:300],
+                             param="limit")
+        raw_order = q.get("order", "desc")
+        if raw_order not in ("asc", "desc"):
+            raise BadRequest(f"`order` must be 'asc' or 'desc'; got {raw_order!r}"[:300], param="order")
+        order: Literal["asc", "desc"] = "asc" if raw_order == "asc" else "desc"
+        limit, after = int(raw_limit), q.get("after")
+        try:
+            records = await run_in_threadpool(self.store.list, request.state.owner, purpose, limit=limit + 1,
+                                              after=after, order=order)
+        except KeyError:
+            raise BadRequest(f"`after` must be the id of one of your files; {after!r} is not"[:300],
+                             param="after") from None
+        page = records[:limit]
+        return JSONResponse({"object": "list", "data": [r.to_openai() for r in page],
+                             "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None,
+                             "has_more": len(records) > limit})
 
     async def retrieve(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Literal
 
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _ID_PATTERN = re.compile(r"file-[A-Za-z0-9_-]{24}")
@@ -39,6 +39,17 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_by_owner ON files (owner, created_at);
 """
 _COLUMNS = "id, owner, filename, purpose, bytes, created_at, page_count"
+_CHUNK = 1 << 20
+
+
+def _check(used: int, size: int, quota: int) -> None:
+    if used + size > quota:
+        raise QuotaExceeded(f"storing this file ({size} bytes) would take this key's stored files to {used + size} "
+                            f"bytes, past its quota of {quota} bytes; delete files with DELETE /v1/files/{{id}}")
+
+
+class QuotaExceeded(Exception):
+    """Storing a file would take its owner past their storage quota; the message says by how much."""
 
 
 def new_file_id() -> str:
@@ -102,24 +113,61 @@ class FileStore:
             raise ValueError(f"not a file id: {file_id!r}")
         return self._blobs / file_id
 
-    def add(self, owner: str, filename: str, purpose: str, data: bytes, pages: builtins.list[str]) -> FileRecord:
+    def spool(self, source: IO[bytes], limit: int) -> tuple[Path, int]:
+        """Copy ``source`` in chunks to a new partial file here; stop a chunk past ``limit`` bytes.
+
+        Returns the path and the bytes copied; the caller hands the path to :meth:`add` or deletes it. On a
+        failure part-way (a full disk) the partial file is removed here.
+        """
+        partial = self._blobs / f"upload-{secrets.token_hex(12)}.partial"
+        size = 0
+        try:
+            with partial.open("wb") as out:
+                while size <= limit and (chunk := source.read(_CHUNK)):
+                    out.write(chunk)
+                    size += len(chunk)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return partial, size
+
+    def _used(self, owner: str) -> int:
+        return int(self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM files WHERE owner = ?",
+                                    (owner,)).fetchone()[0])
+
+    def check_quota(self, owner: str, size: int, quota: int | None) -> None:
+        """Raise QuotaExceeded when ``size`` more bytes would take ``owner`` past ``quota``."""
+        if quota is None:
+            return
+        with self._lock:
+            used = self._used(owner)
+        _check(used, size, quota)
+
+    def add(self, owner: str, filename: str, purpose: str, data: bytes | Path, pages: builtins.list[str], *,
+            quota: int | None = None) -> FileRecord:
+        """Store a file given as bytes or as a partial file from :meth:`spool` (which is moved, not copied)."""
         record = FileRecord(
             id=new_file_id(),
             owner=owner,
             filename=filename,
             purpose=purpose,
-            bytes=len(data),
+            bytes=data.stat().st_size if isinstance(data, Path) else len(data),
             created_at=int(time.time()),
             page_count=len(pages),
         )
         # Bytes first, row second: a row is only visible once its bytes are complete. A crash in between
         # leaves an orphan blob, which is harmless; the reverse would be a file that lists but cannot load.
         path = self._blob(record.id)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(data)
-        os.replace(partial, path)
+        if isinstance(data, Path):
+            os.replace(data, path)
+        else:
+            partial = path.with_name(path.name + ".partial")
+            partial.write_bytes(data)
+            os.replace(partial, path)
         try:
             with self._lock:
+                if quota is not None:  # checked again here, under the lock: two uploads may race
+                    _check(self._used(owner), record.bytes, quota)
                 self._db.execute(
                     f"INSERT INTO files ({_COLUMNS}, pages) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (record.id, owner, filename, purpose, record.bytes, record.created_at, record.page_count,
@@ -137,15 +185,31 @@ class FileStore:
             ).fetchone()
         return FileRecord(*row) if row else None
 
-    def list(self, owner: str, purpose: str | None = None) -> builtins.list[FileRecord]:
-        """Newest first, as OpenAI lists files."""
+    def list(self, owner: str, purpose: str | None = None, *, limit: int | None = None, after: str | None = None,
+             order: Literal["asc", "desc"] = "desc") -> builtins.list[FileRecord]:
+        """Newest first by default, as OpenAI lists files; ``after`` is the id of the last file already seen.
+
+        Raises KeyError when ``after`` is not one of the owner's files.
+        """
         query = f"SELECT {_COLUMNS} FROM files WHERE owner = ?"
-        params: tuple[str, ...] = (owner,)
+        params: tuple[Any, ...] = (owner,)
         if purpose is not None:
             query += " AND purpose = ?"
             params += (purpose,)
+        direction, beyond = ("DESC", "<") if order == "desc" else ("ASC", ">")
         with self._lock:
-            rows = self._db.execute(query + " ORDER BY created_at DESC, rowid DESC", params).fetchall()
+            if after is not None:
+                cursor = self._db.execute("SELECT created_at, rowid FROM files WHERE id = ? AND owner = ?",
+                                          (after, owner)).fetchone()
+                if cursor is None:
+                    raise KeyError(after)
+                query += f" AND (created_at, rowid) {beyond} (?, ?)"
+                params += tuple(cursor)
+            query += f" ORDER BY created_at {direction}, rowid {direction}"
+            if limit is not None:
+                query += " LIMIT ?"
+                params += (limit,)
+            rows = self._db.execute(query, params).fetchall()
         return [FileRecord(*row) for row in rows]
 
     def pages(self, owner: str, file_id: str) -> builtins.list[str] | None:

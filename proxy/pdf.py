@@ -270,7 +270,7 @@ def _ppid(proc: Path, pid: int | None) -> int | None:
         return None
 
 
-def _child(conn: multiprocessing.connection.Connection, data: bytes, limits: PdfLimits, filename: str,
+def _child(conn: multiprocessing.connection.Connection, data: bytes | Path, limits: PdfLimits, filename: str,
            server: int) -> None:
     """Child-process entry point: one extraction, one message back, exit."""
     _die_with_server(server, conn)
@@ -278,6 +278,11 @@ def _child(conn: multiprocessing.connection.Connection, data: bytes, limits: Pdf
     # these would go to the server's stderr unfiltered. The outcome is reported through PdfError instead.
     logging.getLogger("pypdf").propagate = False
     try:
+        if isinstance(data, Path):  # an upload: read here, so the server never holds it whole
+            size = data.stat().st_size
+            if limits.limit_bytes is not None and size > limits.limit_bytes:
+                raise PdfError("too_large", f"{filename} is {size} bytes; the limit is {limits.limit_bytes} bytes")
+            data = data.read_bytes()
         result: tuple[str, Any] = ("ok", extract_pages(data, limits=limits, filename=filename))
     except PdfError as exc:
         result = ("error", exc)
@@ -307,7 +312,7 @@ class PdfExecutor:
         # Public so extract_pages_async can hold a slot while it waits; bounds CPU and memory use.
         self.slots = asyncio.Semaphore(max_workers)
 
-    def run(self, data: bytes, limits: PdfLimits, filename: str) -> list[str]:
+    def run(self, data: bytes | Path, limits: PdfLimits, filename: str) -> list[str]:
         """Blocking: extract in a child process, killing it after ``limits.timeout_extract`` seconds."""
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
@@ -343,7 +348,7 @@ class PdfExecutor:
 
 
 async def extract_pages_async(
-    data: bytes, *, limits: PdfLimits, executor: PdfExecutor, filename: str = "the file"
+    data: bytes | Path, *, limits: PdfLimits, executor: PdfExecutor, filename: str = "the file"
 ) -> list[str]:
     """Extract off the event loop with a wall-time limit; raises :class:`PdfError` (reason ``timeout`` too).
 
