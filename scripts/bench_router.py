@@ -1,7 +1,8 @@
 """Benchmark the router on CPU: load time, memory, per-decision latency and batch throughput.
 
-Each latency is reported twice: through the runtime wrapper (``router.Router``: tokenize, truncate, pad, run,
-softmax) and as a bare ``session.run`` on the same pre-tokenised inputs, so the wrapper's overhead is visible.
+Each latency is reported twice: through the runtime wrapper (``router.Router``: tokenize, truncate, run, pool,
+features, head) and as a bare ``session.run`` on the same pre-tokenised inputs, so the wrapper's overhead is
+visible.
 Load time and RSS are measured in a fresh subprocess, because this process has already imported numpy and
 may hold other sessions, which would hide what loading the router alone costs.
 
@@ -23,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OnnxScorer, pad_batch  # noqa: E402
+from router import Router
+from router.classifier import MODEL_FILE, load_session
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,16 +40,9 @@ LOAD_PROBE = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[2])
 t0 = time.perf_counter()
-mode = sys.argv[3]
-if mode == "router":
-    from router import Router
-    t1 = time.perf_counter()
-    r = Router.load(sys.argv[1])
-else:
-    sys.path.insert(0, sys.argv[2] + "/scripts")
-    from _common import OnnxScorer
-    t1 = time.perf_counter()
-    r = OnnxScorer(sys.argv[1], threads=1)
+from router import Router
+t1 = time.perf_counter()
+r = Router.load(sys.argv[1])
 r.score(["warm up"])
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "total_s": t2 - t0,
@@ -57,13 +51,33 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "total_s": t2 - t0,
 """
 
 
-def prompt_of_tokens(scorer: OnnxScorer, n_tokens: int) -> str:
+def prompt_of_tokens(router: Router, n_tokens: int) -> str:
     """A prompt whose tokenisation has at least ``n_tokens`` tokens (before truncation)."""
     text = FILLER
-    while len(scorer.tokenizer.encode(text, add_special_tokens=False).ids) < n_tokens:
+    while len(router.classifier.token_ids([text])[0]) < n_tokens + 2:
         text += FILLER
-    ids = scorer.tokenizer.encode(text, add_special_tokens=False).ids[:n_tokens]
-    return str(scorer.tokenizer.decode(ids))
+    words = text.split()
+    while len(router.classifier.token_ids([" ".join(words)])[0]) > n_tokens + 2:
+        words.pop()
+    return " ".join(words)
+
+
+class RawSession:
+    """A bare onnxruntime session fed pre-tokenised, padded ids: the floor the wrapper is compared with."""
+
+    def __init__(self, model_dir: Path, threads: int) -> None:
+        self.session = load_session(model_dir / MODEL_FILE, threads=threads)
+        self.inputs = {node.name for node in self.session.get_inputs()}
+
+    def run_ids(self, seqs: list[list[int]]) -> Any:
+        width = max(len(s) for s in seqs)
+        ids = np.zeros((len(seqs), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, seq in enumerate(seqs):
+            ids[i, : len(seq)] = seq
+            mask[i, : len(seq)] = 1
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        return self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})
 
 
 def timed(fn: Callable[[], Any], repeats: int, min_seconds: float = 0.0) -> np.ndarray:
@@ -79,28 +93,15 @@ def timed(fn: Callable[[], Any], repeats: int, min_seconds: float = 0.0) -> np.n
     return np.array(out)
 
 
-def load_wrapper(model_dir: Path, threads: int) -> tuple[Any, str]:
-    """The runtime wrapper if it is importable and takes a thread count, else the scripts' ONNX scorer."""
-    try:
-        from router import Router
-    except ImportError:
-        return OnnxScorer(model_dir, threads=threads), "scripts._common.OnnxScorer (router package not importable)"
-    for kwargs in ({"threads": threads}, {"intra_op_num_threads": threads}, {"num_threads": threads}):
-        try:
-            return Router.load(model_dir, **kwargs), f"router.Router.load(..., {next(iter(kwargs))}={threads})"
-        except TypeError:
-            continue
-    return Router.load(model_dir), "router.Router.load (default threads)"
-
-
 def bench(model_dir: Path, threads: int, repeats: int) -> dict[str, Any]:
     """Latency and throughput with ``threads`` intra-op threads, wrapper beside raw session.run."""
-    raw = OnnxScorer(model_dir, threads=threads)
-    wrapper, wrapper_name = load_wrapper(model_dir, threads)
-    cases = {"short": SHORT, "128 tokens": prompt_of_tokens(raw, 126), "512 tokens": prompt_of_tokens(raw, 510)}
+    raw = RawSession(model_dir, threads)
+    wrapper = Router.load(model_dir, threads=threads)
+    wrapper_name = f"router.Router.load(..., threads={threads})"
+    cases = {"short": SHORT, "128 tokens": prompt_of_tokens(wrapper, 126), "512 tokens": prompt_of_tokens(wrapper, 510)}
     result: dict[str, Any] = {"threads": threads, "wrapper": wrapper_name, "latency_ms": {}, "throughput": {}}
     for name, prompt in cases.items():
-        seq = raw.encode([prompt])
+        seq = wrapper.classifier.token_ids([prompt])
         w = timed(partial(wrapper.score, [prompt]), repeats) * 1000
         r = timed(partial(raw.run_ids, seq), repeats) * 1000
         result["latency_ms"][name] = {
@@ -114,22 +115,21 @@ def bench(model_dir: Path, threads: int, repeats: int) -> dict[str, Any]:
     prompt = cases["128 tokens"]
     for bs in (1, 8, 32):
         batch = [prompt] * bs
-        seqs = raw.encode(batch)
-        ids, mask = pad_batch(seqs, raw.pad_id)
+        seqs = wrapper.classifier.token_ids(batch)
         w = timed(partial(wrapper.score, batch), 3, min_seconds=1.5)
         r = timed(partial(raw.run_ids, seqs), 3, min_seconds=1.5)
         result["throughput"][f"batch {bs}"] = {
             "wrapper_per_s": round(bs / float(np.median(w)), 1),
             "raw_per_s": round(bs / float(np.median(r)), 1),
-            "shape": list(ids.shape),
+            "shape": [len(seqs), max(len(x) for x in seqs)],
         }
     return result
 
 
-def load_cost(model_dir: Path, mode: str) -> dict[str, Any]:
+def load_cost(model_dir: Path) -> dict[str, Any]:
     """Load time and peak RSS of a fresh interpreter that loads the router and scores one prompt."""
     proc = subprocess.run(
-        [sys.executable, "-c", LOAD_PROBE, str(model_dir), str(ROOT), mode],
+        [sys.executable, "-c", LOAD_PROBE, str(model_dir), str(ROOT)],
         capture_output=True,
         text=True,
         check=False,
@@ -149,11 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     model_dir = Path(args.model_dir)
 
-    report: dict[str, Any] = {"model_mb": round((model_dir / "model.onnx").stat().st_size / 1e6, 2)}
-    report["load"] = {"router": load_cost(model_dir, "router"), "onnx_only": load_cost(model_dir, "raw")}
+    files = [f for f in model_dir.iterdir() if f.is_file()]
+    report: dict[str, Any] = {"model_mb": round(sum(f.stat().st_size for f in files) / 1e6, 2)}
+    report["load"] = {"router": load_cost(model_dir)}
     report["runs"] = [bench(model_dir, t, args.repeats) for t in args.threads]
 
-    print(f"model.onnx {report['model_mb']} MB")
+    print(f"model directory {report['model_mb']} MB")
     for mode, res in report["load"].items():
         if "error" in res:
             print(f"load ({mode}): {res['error']}")

@@ -1,0 +1,74 @@
+"""Train the routing model and write a model directory (format 2: int8 MiniLM encoder + routing head).
+
+Reproduces the shipped ``router/model/`` from the public data (see the README for the sources and licences):
+
+    python scripts/train_router.py --data-dir ../shared/data/router --out router/model --log runs/train.log
+
+The first run exports the encoder and embeds every prompt (about 10 minutes on two idle cores); the embeddings
+are cached in ``--work-dir``, so later runs with other head settings take about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from training.data import TargetConfig
+from training.finetune import FinetuneConfig, finetune
+from training.head import HeadConfig
+from training.pipeline import train
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse options, train, print where the model went."""
+    defaults_t, defaults_h = TargetConfig(), HeadConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--data-dir", type=Path, required=True, help="directory with train.jsonl, chat_alpacaeval.jsonl, ..."
+    )
+    p.add_argument("--out", type=Path, required=True, help="model directory to write (replaced atomically)")
+    p.add_argument("--work-dir", type=Path, default=Path("runs/train"), help="encoder export and embedding cache")
+    p.add_argument("--extra", type=Path, action="append", default=[], help="labelled JSONL of your own traffic")
+    p.add_argument("--log", help="also log to this file")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--hidden", type=int, default=defaults_h.hidden, help="hidden units of the head (0: linear)")
+    p.add_argument("--epochs", type=int, default=defaults_h.epochs)
+    p.add_argument("--soft", type=float, default=defaults_t.soft, help="weight of the many-model difficulty signal")
+    p.add_argument("--seed", type=int, default=defaults_h.seed)
+    p.add_argument("--finetune", action="store_true", help="train the encoder too (the shipped model; ~1 h on 2 cores)")
+    p.add_argument("--ft-epochs", type=float, default=FinetuneConfig().epochs)
+    p.add_argument("--ft-hidden", type=int, default=FinetuneConfig().hidden)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if args.log:
+        Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(args.log))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers)
+    if args.finetune:
+        finetune(
+            args.data_dir,
+            args.out,
+            args.work_dir,
+            config=FinetuneConfig(
+                max_length=args.max_length, epochs=args.ft_epochs, hidden=args.ft_hidden, threads=args.threads
+            ),
+            targets=TargetConfig(soft=args.soft),
+            extra=args.extra,
+        )
+        return
+    train(
+        args.data_dir,
+        args.out,
+        args.work_dir,
+        targets=TargetConfig(soft=args.soft),
+        head=HeadConfig(hidden=args.hidden, epochs=args.epochs, seed=args.seed),
+        max_length=args.max_length,
+        extra=args.extra,
+        threads=args.threads,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Per-source routing quality of a scorer beside three baselines, on the group-held-out validation rows.
+
+Every labelled source gets its own APGR, CPT(50%) and AUROC, because pooled numbers reward a model for telling
+sources apart (their base rates differ) rather than for ranking prompts within one. The unlabelled sources get
+the checks they allow: the Spearman correlation of score with MATH level, and the share of Arena-Hard prompts
+sent strong at the mixture's 30%-strong threshold (the threshold ``strong_share: 0.3`` would give).
+
+Baselines, trained and evaluated on the same split: random (analytic), prompt length in characters, and
+TF-IDF (word 1-2 grams) + logistic regression fitted on the training part's labelled rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from training.data import LABELLED, MIXTURE, Row
+from training.metrics import summarize
+
+Scorer = Callable[[list[str]], Sequence[float]]
+
+
+def mixture_threshold(rows: list[Row], scores: np.ndarray, share: float) -> float:
+    """The score above which ``share`` of the MIXTURE-weighted rows lie."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.source] = counts.get(r.source, 0) + 1
+    weights = np.array([MIXTURE.get(r.source, 0.0) / counts[r.source] for r in rows])
+    order = np.argsort(scores, kind="stable")
+    cumulative = np.cumsum(weights[order]) / weights.sum()
+    return float(scores[order][min(int(np.searchsorted(cumulative, 1.0 - share)), len(rows) - 1)])
+
+
+def per_source(rows: list[Row], scores: Sequence[float]) -> dict[str, Any]:
+    """Metrics per source for one scorer's scores of ``rows`` (validation rows, typically)."""
+    from scipy.stats import spearmanr
+
+    values = np.asarray(scores, dtype=np.float64)
+    source = np.array([r.source for r in rows])
+    out: dict[str, Any] = {}
+    for name in LABELLED:
+        index = np.nonzero(source == name)[0]
+        if len(index) > 1:
+            weak = [rows[i].weak for i in index]
+            strong = [rows[i].strong for i in index]
+            out[name] = {"n": len(index), **summarize(values[index].tolist(), weak, strong)}  # type: ignore[arg-type]
+    math_rows = np.nonzero(source == "math")[0]
+    if len(math_rows) > 1:
+        levels = [rows[i].level for i in math_rows]
+        out["math"] = {"n": len(math_rows), "level_spearman": round(float(spearmanr(levels, values[math_rows])[0]), 4)}
+    arena = np.nonzero(source == "arena")[0]
+    if len(arena) and len(set(source)) > 1:
+        threshold = mixture_threshold(rows, values, 0.3)
+        out["arena"] = {"n": len(arena), "strong_at_30pct": round(float(np.mean(values[arena] >= threshold)), 4)}
+        chat = np.nonzero(source == "chat")[0]
+        if len(chat):
+            out["chat"]["strong_at_30pct"] = round(float(np.mean(values[chat] >= threshold)), 4)
+    return out
+
+
+def length_scores(prompts: list[str]) -> list[float]:
+    """The prompt-length baseline: longer prompts go to the strong model first."""
+    return [float(len(p)) for p in prompts]
+
+
+def tfidf_scorer(train_rows: list[Row]) -> Scorer:
+    """Fit TF-IDF + logistic regression on the labelled training rows (strong needed = strong beat weak)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    labelled = [r for r in train_rows if r.weak is not None and r.strong is not None]
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=50000, sublinear_tf=True)
+    x = vectorizer.fit_transform([r.prompt for r in labelled])
+    y = [int(r.strong > r.weak) for r in labelled]  # type: ignore[operator]
+    model = LogisticRegression(C=1.0, max_iter=2000).fit(x, y)
+    return lambda prompts: model.predict_proba(vectorizer.transform(prompts))[:, 1].tolist()
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """One text table: a row per scorer, APGR per labelled source, then the MATH and Arena-Hard checks."""
+    columns = [*LABELLED, "math ρ", "arena@30%", "chat@30%"]
+    lines = [f"{'':10}" + "".join(f"{c:>11}" for c in columns)]
+    for name, metrics in results.items():
+        cells = []
+        for source in LABELLED:
+            cells.append(f"{metrics[source]['apgr']:>11.3f}" if source in metrics else f"{'-':>11}")
+        cells.append(f"{metrics['math']['level_spearman']:>11.3f}" if "math" in metrics else f"{'-':>11}")
+        arena = metrics.get("arena", {}).get("strong_at_30pct")
+        cells.append(f"{arena:>11.3f}" if arena is not None else f"{'-':>11}")
+        chat = metrics.get("chat", {}).get("strong_at_30pct")
+        cells.append(f"{chat:>11.3f}" if chat is not None else f"{'-':>11}")
+        lines.append(f"{name[:10]:10}" + "".join(cells))
+    return "\n".join(lines)
