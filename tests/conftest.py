@@ -91,10 +91,10 @@ class RunningProxy:
         return httpx.Client(base_url=self.base_url, timeout=30, **kw)
 
 
-def start_proxy(settings: Settings, router: Router) -> RunningProxy:
+def start_proxy(settings: Settings, router: Router, **uvicorn_kw: Any) -> RunningProxy:
     port = free_port()
     config = uvicorn_config(create_app(settings, router=router), settings, host="127.0.0.1", port=port,
-                            log_level="warning", timeout_graceful_shutdown=5)
+                            log_level="warning", timeout_graceful_shutdown=5, **uvicorn_kw)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

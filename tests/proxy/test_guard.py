@@ -10,12 +10,15 @@ import asyncio
 import json
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from proxy.settings import settings_from_dict
+from tests.conftest import base_config, start_proxy, stop_proxy
 from tests.standin import Fault, StandInServer
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -113,8 +116,18 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closed(
     assert status == 200 and json.loads(body)["object"] == "route.decision"
 
 
-def test_trickled_or_missing_headers_are_closed_at_the_header_deadline(make_proxy: Any) -> None:
-    proxy = make_proxy(server={"timeout_header": 0.5, "timeout_keep_alive": 30})
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_trickled_or_missing_headers_are_closed_at_the_header_deadline(router: Any, tmp_path: Path,
+                                                                        http: str) -> None:
+    settings = settings_from_dict(base_config(tmp_path, server={"timeout_header": 0.5, "timeout_keep_alive": 30}))
+    proxy = start_proxy(settings, router, http=http)
+    try:
+        _check_header_deadline(proxy)
+    finally:
+        stop_proxy(proxy)
+
+
+def _check_header_deadline(proxy: Any) -> None:
     silent = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
     trickle = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
     trickle.sendall(b"GET /v1/models HTTP/1.1\r\n")

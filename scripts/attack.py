@@ -1,0 +1,474 @@
+"""Attack the proxy the ways issue 15 found, and check that nobody else notices.
+
+Starts the Gemini stand-in (in this process) and ``route-llm serve`` on loopback only, with two proxy keys:
+one attacks, the other sends a normal request (``POST /v1/route``) every 20 ms throughout each attack. For
+each attack it prints what the attacker got (status counts), the limit that answered it, the normal key's
+latency p50/p99, and the server's RSS before the attack, at its peak and after. Every attack is bounded in
+time and size; nothing leaves 127.0.0.1.
+
+The last two rows stop the server: streams at the shutdown deadline (SIGTERM with ``timeout_shutdown: 3``)
+and PDF extraction children of a SIGKILLed server (a second server is started for it).
+
+    python scripts/attack.py            # about 2-3 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import functools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.proxy.pdfs import pdf_with_pages, slow_pdf  # noqa: E402
+from tests.standin import Fault, StandInServer, free_port  # noqa: E402
+
+ATTACKER, NORMAL = "sk-attacker", "sk-normal"
+CONFIG: dict[str, Any] = {
+    "server": {"api_keys": [ATTACKER, NORMAL], "timeout_shutdown": 3},
+    "documents": {"limit_storage_bytes": 30_000_000},
+}
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Server:
+    def __init__(self, work: Path, standin: StandInServer, name: str = "proxy") -> None:
+        cfg = json.loads(json.dumps(CONFIG))
+        cfg["models"] = {t: {"name": n, "model": f"gemini/{n}", "api_base": standin.base_url, "api_key": "x",
+                             "timeout": 30} for t, n in (("weak", "gemini-1.5-flash"), ("strong", "gemini-1.5-pro"))}
+        cfg["documents"]["storage_dir"] = str(work / f"{name}-files")
+        self.port = free_port()
+        cfg["server"]["port"] = self.port
+        path = work / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        env.pop("ROUTE_LLM_API_KEYS", None)
+        self.log = work / f"{name}.log"
+        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("route-llm")), "serve", "--config", str(path)],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 300  # a busy shared machine can take minutes
+        while True:
+            try:
+                if httpx.get(self.url + "/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"route-llm did not start:\n{self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def client(self, key: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {key}"}, timeout=60)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Row:
+    attack: str
+    limit: str
+    outcome: str
+    p50: float = float("nan")
+    p99: float = float("nan")
+    rss_before: float = float("nan")
+    rss_peak: float = float("nan")
+    rss_after: float = float("nan")
+    probes: int = 0
+    failed_probes: int = 0
+
+
+def measure(server: Server, attack: str, limit: str, run: Callable[[], str]) -> Row:
+    """Run ``run`` while the normal key probes /v1/route every 20 ms and RSS is sampled every 50 ms."""
+    stop = threading.Event()
+    latencies: list[float] = []
+    failures = [0]
+    peak = [rss_mib(server.proc.pid)]
+
+    def probe() -> None:
+        with server.client(NORMAL) as http:
+            while not stop.is_set():
+                start = time.perf_counter()
+                try:
+                    ok = http.post("/v1/route", json={"prompt": "What is the capital of France?"}).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append((time.perf_counter() - start) * 1000)
+                failures[0] += not ok
+                stop.wait(0.02)
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_mib(server.proc.pid))
+            stop.wait(0.05)
+
+    before = rss_mib(server.proc.pid)
+    threads = [threading.Thread(target=probe), threading.Thread(target=sample)]
+    for t in threads:
+        t.start()
+    try:
+        outcome = run()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    time.sleep(1.0)
+    return Row(attack, limit, outcome, pct(latencies, 0.5), pct(latencies, 0.99), before, peak[0],
+               rss_mib(server.proc.pid), len(latencies), failures[0])
+
+
+def statuses(codes: list[int]) -> str:
+    return ", ".join(f"{code}×{n}" for code, n in sorted(Counter(codes).items()))
+
+
+def repeat(seconds: float, workers: int, once: Callable[[], int]) -> list[int]:
+    """Call ``once`` from ``workers`` threads until ``seconds`` pass; the status codes it returned."""
+    end = time.monotonic() + seconds
+    codes: list[int] = []
+
+    def loop() -> None:
+        while time.monotonic() < end:
+            codes.append(once())
+
+    with ThreadPoolExecutor(workers) as pool:
+        for f in [pool.submit(loop) for _ in range(workers)]:
+            f.result()
+    return codes
+
+
+def chat(http: httpx.Client, content: Any, **extra: Any) -> int:
+    body = {"model": "gemini-1.5-flash", "messages": [{"role": "user", "content": content}], **extra}
+    return http.post("/v1/chat/completions", content=json.dumps(body),
+                     headers={"content-type": "application/json"}).status_code
+
+
+def inline(data: bytes, name: str) -> dict[str, Any]:
+    return {"type": "file", "file": {"filename": name,
+                                     "file_data": "data:application/pdf;base64," + base64.b64encode(data).decode()}}
+
+
+# --- the attacks ---------------------------------------------------------------------------------------
+
+def idle_for(seconds: float) -> Callable[[], str]:
+    def run() -> str:
+        time.sleep(seconds)
+        return "-"
+    return run
+
+
+def file_id_repeats(server: Server, big: bytes) -> Callable[[], str]:
+    with server.client(ATTACKER) as http:
+        file_id = http.post("/v1/files", files={"file": ("big.pdf", big)}, data={"purpose": "user_data"}).json()["id"]
+
+    def run() -> str:
+        with server.client(ATTACKER) as http:
+            part = {"type": "file", "file": {"file_id": file_id}}
+            codes = repeat(8, 4, lambda: chat(http, [part] * 200 + [{"type": "text", "text": "the revenue?"}]))
+        return statuses(codes)
+    return run
+
+
+def distinct_files(server: Server) -> Callable[[], str]:
+    with server.client(ATTACKER) as http:
+        ids = [http.post("/v1/files", files={"file": (f"f{i}.pdf", pdf_with_pages([f"doc {i}"]))},
+                         data={"purpose": "user_data"}).json()["id"] for i in range(21)]
+
+    def run() -> str:
+        with server.client(ATTACKER) as http:
+            parts = [{"type": "file", "file": {"file_id": i}} for i in ids]
+            return statuses(repeat(4, 4, lambda: chat(http, [*parts, {"type": "text", "text": "?"}])))
+    return run
+
+
+def inline_copies(server: Server) -> str:
+    small = pdf_with_pages(["a small inline document " * 40])
+    with server.client(ATTACKER) as http:
+        return statuses(repeat(6, 4, lambda: chat(http, [inline(small, "s.pdf")] * 12 + [{"type": "text",
+                                                                                            "text": "?"}])))
+
+
+def inline_distinct(server: Server) -> str:
+    docs = [inline(pdf_with_pages([f"inline document {i}"]), f"d{i}.pdf") for i in range(6)]
+    with server.client(ATTACKER) as http:
+        return statuses(repeat(4, 4, lambda: chat(http, [*docs, {"type": "text", "text": "?"}])))
+
+
+def slow_bodies(server: Server) -> str:
+    socks: list[socket.socket] = []
+    refused: list[int] = []
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ATTACKER}\r\n"
+            "content-type: application/json\r\ncontent-length: 100000\r\n\r\n{").encode()
+    for _ in range(512):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        s.sendall(head)
+        socks.append(s)
+    time.sleep(1.0)
+    for s in socks:  # those refused got a 503 at once; the others are held, up to timeout_body
+        s.setblocking(False)
+        try:
+            data = s.recv(4096)
+            refused.append(int(data.split()[1]) if data else 0)
+        except BlockingIOError:
+            pass
+    time.sleep(7.0)
+    held = len(socks) - len(refused)
+    for s in socks:
+        s.close()
+    return f"{statuses(refused)} at once; {held} held"
+
+
+def trickled_headers(server: Server) -> str:
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(200)]
+    start = time.monotonic()
+    for s in socks:
+        s.sendall(b"GET /v1/models HTTP/1.1\r\n")
+        s.setblocking(False)
+    closed: dict[int, float] = {}
+    while len(closed) < len(socks) and time.monotonic() - start < 15:
+        for i, s in enumerate(socks):
+            if i in closed:
+                continue
+            try:
+                if s.recv(4096) == b"":
+                    closed[i] = time.monotonic() - start
+                    continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed[i] = time.monotonic() - start
+                continue
+            try:
+                s.send(b"x")  # one more header byte
+            except OSError:
+                closed[i] = time.monotonic() - start
+        time.sleep(0.5)
+    for s in socks:
+        s.close()
+    when = sorted(closed.values())
+    return f"{len(closed)}/{len(socks)} closed by the server, after {pct(when, 0.5):.1f} s" if when else "none closed"
+
+
+def deep_schemas(server: Server) -> str:
+    # Written out by hand: json.dumps itself recurses, and 900 levels is past its limit too.
+    schema = '{"type": "object", "properties": {"a": ' * 450 + '{"type": "string"}' + "}}" * 450
+    body = ('{"model": "gemini-1.5-flash", "messages": [{"role": "user", "content": "hi"}], "tools": '
+            '[{"type": "function", "function": {"name": "f", "parameters": ' + schema + "}}]}")
+    with server.client(ATTACKER) as http:
+        return statuses(repeat(6, 8, lambda: http.post("/v1/chat/completions", content=body,
+                                                       headers={"content-type": "application/json"}).status_code))
+
+
+def lone_surrogates(server: Server) -> str:
+    with server.client(ATTACKER) as http:
+        return statuses(repeat(3, 4, lambda: chat(http, "half a pair: \ud800", stream=True))
+                        + repeat(3, 4, lambda: chat(http, "half a pair: \ud800")))
+
+
+def big_uploads(server: Server) -> str:
+    junk = b"%PDF-1.4\n" + os.urandom(24_000_000 - 16) + b"\n%%EOF\n"  # 24 MB that is no PDF inside
+
+    def once() -> int:
+        with server.client(ATTACKER) as http:
+            return http.post("/v1/files", files={"file": ("big.pdf", junk)}, data={"purpose": "user_data"}).status_code
+
+    with ThreadPoolExecutor(24) as pool:
+        return statuses(list(pool.map(lambda _: once(), range(24))))
+
+
+def storage_quota(server: Server, big: bytes) -> str:
+    codes: list[int] = []
+    with server.client(ATTACKER) as http:
+        while len(codes) < 40 and (not codes or codes[-1] == 200):
+            codes.append(http.post("/v1/files", files={"file": ("q.pdf", big)},
+                                   data={"purpose": "user_data"}).status_code)
+    return statuses(codes)
+
+
+def streams_at_shutdown(server: Server, standin: StandInServer) -> Row:
+    standin.state.faults.extend([Fault("slow_stream", seconds=3)] * 8)
+    results: list[str] = []
+
+    def stream() -> None:
+        try:
+            with server.client(NORMAL) as http, http.stream("POST", "/v1/chat/completions", json={
+                    "model": "gemini-1.5-flash", "stream": True,
+                    "messages": [{"role": "user", "content": "a long story"}]}) as r:
+                lines = [line for line in r.iter_lines() if line]
+            ok = lines[-1] == "data: [DONE]" and "shutting_down" in lines[-2]
+            results.append("error event + [DONE]" if ok else "other ending")
+        except httpx.HTTPError:
+            results.append("cut")
+
+    threads = [threading.Thread(target=stream) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    server.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(timeout=60)
+    server.proc.wait(timeout=60)
+    logged = sum(1 for line in server.log.read_text().splitlines()
+                 if line.startswith('{"request_id"') and json.loads(line)["status"] == "shutdown")
+    endings = ", ".join(f"{n}× {what}" for what, n in Counter(results).most_common())
+    return Row("8 streams of ~9 s, then SIGTERM", "server.timeout_shutdown 3 s",
+               f"{endings}; {logged} logged as \"shutdown\"")
+
+
+def children_after_sigkill(work: Path, standin: StandInServer) -> Row:
+    server = Server(work, standin, "sigkill")
+    name = f"rlpdf-{server.proc.pid}"
+
+    def alive() -> int:
+        n = 0
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and (entry / "comm").read_text().strip() == name and \
+                        (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    n += 1
+            except OSError:
+                pass
+        return n
+
+    data = slow_pdf(400_000)
+
+    def upload() -> None:
+        try:
+            with server.client(ATTACKER) as http:
+                http.post("/v1/files", files={"file": ("slow.pdf", data)}, data={"purpose": "user_data"})
+        except httpx.HTTPError:
+            pass
+
+    threads = [threading.Thread(target=upload) for _ in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while alive() < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    running = alive()
+    server.proc.kill()
+    server.proc.wait()
+    time.sleep(3)
+    left = alive()
+    for t in threads:
+        t.join(timeout=30)
+    return Row("SIGKILL during 2 PDF extractions", "children exit with the server",
+               f"{running} running before, {left} left 3 s after")
+
+
+def _guarded(attack: str, limit: str, run: Callable[[], Row]) -> Row:
+    """One row, whatever happens: a broken attack is reported in the table instead of ending the run."""
+    print(f"  {attack} ...", flush=True)
+    try:
+        row = run()
+    except Exception as exc:  # noqa: BLE001 - reported, and the other attacks still run
+        row = Row(attack, limit, f"script error: {type(exc).__name__}: {exc}"[:200])
+    print(f"    {row.outcome}; normal p50/p99 {row.p50:.1f}/{row.p99:.1f} ms; RSS {row.rss_before:.0f} → "
+          f"{row.rss_peak:.0f} → {row.rss_after:.0f} MB", flush=True)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="route-llm-attack-"))
+    standin = StandInServer().start()
+    server = Server(work, standin)
+    print(f"route-llm on {server.url}, work dir {work}; building inputs ...", flush=True)
+    big = pdf_with_pages([f"Page {p}: " + " ".join(f"word{(p * 7 + i) % 997}" for i in range(600))
+                          for p in range(300)])
+    with server.client(NORMAL) as http:  # warm up before measuring idle RSS
+        for _ in range(20):
+            http.post("/v1/route", json={"prompt": "warm up"})
+    idle = rss_mib(server.proc.pid)
+    plans: list[tuple[str, str, Callable[[], str]]] = [
+        ("no attack (baseline)", "-", idle_for(5)),
+        ("same file_id ×200 per chat, 4 clients, 8 s", "duplicates resolved once", file_id_repeats(server, big)),
+        ("21 distinct file_ids per chat, 4 clients, 4 s", "documents.limit_documents_per_request 20",
+         distinct_files(server)),
+        ("same inline PDF ×12 per chat, 4 clients, 6 s", "duplicates extracted once",
+         lambda: inline_copies(server)),
+        ("6 distinct inline PDFs per chat, 4 clients, 4 s", "documents.limit_inline_per_request 4",
+         lambda: inline_distinct(server)),
+        ("512 sockets: headers + '{' of a 100 kB body, 8 s", "server.limit_bodies_arriving_per_key 32",
+         lambda: slow_bodies(server)),
+        ("200 sockets trickling header bytes, 15 s", "server.timeout_header 10 s", lambda: trickled_headers(server)),
+        ("tools schema nested 900 deep, 8 clients, 6 s", "server.limit_json_depth 64", lambda: deep_schemas(server)),
+        ("lone surrogate, stream and not, 4 clients, 6 s", "checked before routing", lambda: lone_surrogates(server)),
+        ("24 concurrent 24 MB uploads", "spooled to disk; documents.limit_bytes 25 MB",
+         lambda: big_uploads(server)),
+        (f"uploads of a {len(big) / 1e6:.1f} MB PDF until refused", "documents.limit_storage_bytes 30 MB",
+         lambda: storage_quota(server, big)),
+    ]
+    rows: list[Row] = []
+    load = os.getloadavg()[0]
+    try:
+        for attack, limit, run in plans:
+            rows.append(_guarded(attack, limit, functools.partial(measure, server, attack, limit, run)))
+        rows.append(_guarded("8 streams of ~9 s, then SIGTERM", "server.timeout_shutdown 3 s",
+                             lambda: streams_at_shutdown(server, standin)))
+        rows.append(_guarded("SIGKILL during 2 PDF extractions", "children exit with the server",
+                             lambda: children_after_sigkill(work, standin)))
+    finally:
+        server.stop()
+        standin.stop()
+    print(f"\nidle RSS {idle:.0f} MB; normal key: POST /v1/route every 20 ms during each attack; "
+          f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end\n")
+    print("| attack | answered by | attacker got | normal p50 / p99 ms | normal failed "
+          "| RSS MB before → peak → after |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        lat = f"{r.p50:.1f} / {r.p99:.1f}" if r.probes else "–"
+        rss = f"{r.rss_before:.0f} → {r.rss_peak:.0f} → {r.rss_after:.0f}" if r.probes else "–"
+        failed = f"{r.failed_probes}/{r.probes}" if r.probes else "–"
+        print(f"| {r.attack} | {r.limit} | {r.outcome} | {lat} | {failed} | {rss} |")
+    worst = max((r.p99 for r in rows if r.probes), default=0.0)
+    peak = max((r.rss_peak for r in rows if r.probes), default=idle)
+    print(f"\nworst normal p99 {worst:.1f} ms (target 200); RSS peak {peak - idle:+.0f} MB over idle (target 100)")
+    return 0 if worst <= 200 and peak - idle <= 100 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
