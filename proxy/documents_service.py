@@ -7,6 +7,7 @@ Inline ``file_data`` parts are extracted per request under the same limits.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import copy
 import hashlib
@@ -56,6 +57,10 @@ class DocumentService:
                                 timeout_extract=d.timeout_extract)
         self.store = FileStore(Path(d.storage_dir))
         self.executor = PdfExecutor(max_workers=2)
+        # Ranking is pure Python: in a thread it leaves the event loop free, but several at once hold the GIL
+        # in turn and every other request waits its share, and each holds its documents' pages in memory.
+        # One request's documents at a time keeps the loop's share large and the memory of one request.
+        self._render_slot = asyncio.Semaphore(1)
         sweep_orphans()  # extraction children of a server that was killed
 
     def close(self) -> None:
@@ -99,18 +104,22 @@ class DocumentService:
             raise BadRequest(f"this request sends {len(inline)} different inline PDFs (file_data); this proxy reads at "
                              f"most {d.limit_inline_per_request} per request: upload them with POST /v1/files and "
                              "refer to them by file_id", param=_where(inline[-1]), code="too_many_inline_documents")
-        docs: dict[tuple[int, int], Document] = {}
-        total = 0
-        for part in parts:
-            doc = await self._load(request.state.owner, part)
-            total += sum(map(len, doc.pages))
-            if d.limit_request_chars is not None and total > d.limit_request_chars:
-                raise PayloadTooLarge(f"the documents of this request hold more than {d.limit_request_chars} "
-                                      "characters of text together, this proxy's limit per request",
-                                      param=_where(part), code="documents_too_large")
-            docs[(part.message_index, part.part_index)] = doc
-        dropped = {(p.message_index, p.part_index) for p in chat.files} - set(docs)
-        return await run_in_threadpool(self._render, chat, docs, dropped)
+        owner: str = request.state.owner
+        extracted = {id(p): await self._load(owner, p) for p in inline}  # in child processes, own slots
+        # Stored pages are loaded inside the slot too, so that waiting requests do not hold them in memory.
+        async with self._render_slot:
+            docs: dict[tuple[int, int], Document] = {}
+            total = 0
+            for part in parts:
+                doc = extracted.get(id(part)) or await self._load(owner, part)
+                total += sum(map(len, doc.pages))
+                if d.limit_request_chars is not None and total > d.limit_request_chars:
+                    raise PayloadTooLarge(f"the documents of this request hold more than {d.limit_request_chars} "
+                                          "characters of text together, this proxy's limit per request",
+                                          param=_where(part), code="documents_too_large")
+                docs[(part.message_index, part.part_index)] = doc
+            dropped = {(p.message_index, p.part_index) for p in chat.files} - set(docs)
+            return await run_in_threadpool(self._render, chat, docs, dropped)
 
     async def _load(self, owner: str, part: FilePart) -> Document:
         where = _where(part)

@@ -3,7 +3,8 @@
 Starts the Gemini stand-in (in this process) and ``route-llm serve`` on loopback only, with two proxy keys:
 one attacks, the other sends a normal request (``POST /v1/route``) every 20 ms throughout each attack. For
 each attack it prints what the attacker got (status counts), the limit that answered it, the normal key's
-latency p50/p99, and the server's RSS before the attack, at its peak and after. Every attack is bounded in
+latency p50/p99 (measured from a process of its own), and the server's RSS before the attack, at its peak
+and after. Every attack is bounded in
 time and size; nothing leaves 127.0.0.1.
 
 The last two rows stop the server: streams at the shutdown deadline (SIGTERM with ``timeout_shutdown: 3``)
@@ -39,14 +40,70 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.proxy.pdfs import pdf_with_pages, slow_pdf  # noqa: E402
+
+def _probe(url: str, key: str) -> None:
+    """``--probe URL KEY``: POST /v1/route every 20 ms until stdin closes, then print the latencies as JSON.
+
+    A process of its own, so that the attacking threads of this one cannot slow its clock (they share a GIL).
+    """
+    import select
+
+    latencies: list[float] = []
+    failed = 0
+    print("ready", flush=True)
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {key}"}, timeout=60) as http:
+        while not (select.select([sys.stdin], [], [], 0)[0] and not sys.stdin.read(1)):
+            start = time.perf_counter()
+            try:
+                ok = http.post("/v1/route", json={"prompt": "What is the capital of France?"}).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies.append((time.perf_counter() - start) * 1000)
+            failed += not ok
+            time.sleep(0.02)
+    print(json.dumps({"latencies": latencies, "failed": failed}), flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--probe"]:
+    _probe(sys.argv[2], sys.argv[3])
+    sys.exit(0)
+
+from tests.proxy.pdfs import pdf_with_pages, slow_pdf  # noqa: E402  (small PDFs; fpdf2 is a dev dependency)
 from tests.standin import Fault, StandInServer, free_port  # noqa: E402
 
 ATTACKER, NORMAL = "sk-attacker", "sk-normal"
 CONFIG: dict[str, Any] = {
     "server": {"api_keys": [ATTACKER, NORMAL], "timeout_shutdown": 3},
-    "documents": {"limit_storage_bytes": 30_000_000},
+    "documents": {"limit_storage_bytes": 10_000_000},
 }
+
+
+def many_pages_pdf(pages: list[str], padding: int = 0) -> bytes:
+    """A PDF with one line of text per page, written out directly (fpdf takes minutes for 300 pages).
+
+    ``padding`` bytes go into an object no page refers to: a file that big costs nothing to extract.
+    """
+    n = len(pages)
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % (4 + 2 * i) for i in range(n)), n),
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    for i, text in enumerate(pages):
+        content = b"BT /F1 10 Tf 72 720 Td (" + text.encode("ascii") + b") Tj ET"
+        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R"
+                       b" /Resources << /Font << /F1 3 0 R >> >> >>" % (5 + 2 * i))
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
+    if padding:
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (padding, b"0" * padding))
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
 
 
 def rss_mib(pid: int) -> float:
@@ -124,21 +181,7 @@ class Row:
 def measure(server: Server, attack: str, limit: str, run: Callable[[], str]) -> Row:
     """Run ``run`` while the normal key probes /v1/route every 20 ms and RSS is sampled every 50 ms."""
     stop = threading.Event()
-    latencies: list[float] = []
-    failures = [0]
     peak = [rss_mib(server.proc.pid)]
-
-    def probe() -> None:
-        with server.client(NORMAL) as http:
-            while not stop.is_set():
-                start = time.perf_counter()
-                try:
-                    ok = http.post("/v1/route", json={"prompt": "What is the capital of France?"}).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                latencies.append((time.perf_counter() - start) * 1000)
-                failures[0] += not ok
-                stop.wait(0.02)
 
     def sample() -> None:
         while not stop.is_set():
@@ -146,18 +189,22 @@ def measure(server: Server, attack: str, limit: str, run: Callable[[], str]) -> 
             stop.wait(0.05)
 
     before = rss_mib(server.proc.pid)
-    threads = [threading.Thread(target=probe), threading.Thread(target=sample)]
-    for t in threads:
-        t.start()
+    probe = subprocess.Popen([sys.executable, __file__, "--probe", server.url, NORMAL], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert probe.stdout is not None and probe.stdout.readline() == "ready\n"
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     try:
         outcome = run()
     finally:
         stop.set()
-        for t in threads:
-            t.join()
+        sampler.join()
+        out, _ = probe.communicate(timeout=120)
+    result = json.loads(out.strip().splitlines()[-1])
+    latencies = result["latencies"]
     time.sleep(1.0)
     return Row(attack, limit, outcome, pct(latencies, 0.5), pct(latencies, 0.99), before, peak[0],
-               rss_mib(server.proc.pid), len(latencies), failures[0])
+               rss_mib(server.proc.pid), len(latencies), result["failed"])
 
 
 def statuses(codes: list[int]) -> str:
@@ -307,36 +354,43 @@ def lone_surrogates(server: Server) -> str:
                         + repeat(3, 4, lambda: chat(http, "half a pair: \ud800")))
 
 
-def big_uploads(server: Server) -> str:
-    junk = b"%PDF-1.4\n" + os.urandom(24_000_000 - 16) + b"\n%%EOF\n"  # 24 MB that is no PDF inside
+def big_uploads(server: Server, count: int, mb: int) -> str:
+    junk = b"%PDF-1.4\n" + os.urandom(mb * 1_000_000 - 16) + b"\n%%EOF\n"  # a PDF's frame, no PDF inside
 
     def once() -> int:
         with server.client(ATTACKER) as http:
             return http.post("/v1/files", files={"file": ("big.pdf", junk)}, data={"purpose": "user_data"}).status_code
 
-    with ThreadPoolExecutor(24) as pool:
-        return statuses(list(pool.map(lambda _: once(), range(24))))
+    with ThreadPoolExecutor(count) as pool:
+        return statuses(list(pool.map(lambda _: once(), range(count))))
 
 
-def storage_quota(server: Server, big: bytes) -> str:
+def storage_quota(server: Server) -> str:
+    padded = many_pages_pdf(["a 2 MB file that is cheap to read"], padding=2_000_000)
     codes: list[int] = []
     with server.client(ATTACKER) as http:
         while len(codes) < 40 and (not codes or codes[-1] == 200):
-            codes.append(http.post("/v1/files", files={"file": ("q.pdf", big)},
-                                   data={"purpose": "user_data"}).status_code)
+            r = http.post("/v1/files", files={"file": ("q.pdf", padded)}, data={"purpose": "user_data"})
+            codes.append(r.status_code)
     return statuses(codes)
 
 
 def streams_at_shutdown(server: Server, standin: StandInServer) -> Row:
     standin.state.faults.extend([Fault("slow_stream", seconds=3)] * 8)
     results: list[str] = []
+    started: list[bool] = []
 
     def stream() -> None:
         try:
             with server.client(NORMAL) as http, http.stream("POST", "/v1/chat/completions", json={
                     "model": "gemini-1.5-flash", "stream": True,
                     "messages": [{"role": "user", "content": "a long story"}]}) as r:
-                lines = [line for line in r.iter_lines() if line]
+                lines = []
+                for line in r.iter_lines():
+                    if line:
+                        lines.append(line)
+                        if len(lines) == 1:
+                            started.append(True)
             ok = lines[-1] == "data: [DONE]" and "shutting_down" in lines[-2]
             results.append("error event + [DONE]" if ok else "other ending")
         except httpx.HTTPError:
@@ -345,7 +399,9 @@ def streams_at_shutdown(server: Server, standin: StandInServer) -> Row:
     threads = [threading.Thread(target=stream) for _ in range(8)]
     for t in threads:
         t.start()
-    time.sleep(2.0)
+    deadline = time.monotonic() + 120
+    while len(started) < 8 and time.monotonic() < deadline:  # every stream has its first chunk
+        time.sleep(0.1)
     server.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(timeout=60)
@@ -412,13 +468,15 @@ def _guarded(attack: str, limit: str, run: Callable[[], Row]) -> Row:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args()
+    parser.add_argument("--uploads", type=int, default=24, help="concurrent big uploads (default 24)")
+    parser.add_argument("--upload-mb", type=int, default=24, help="size of each big upload in MB (default 24)")
+    args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="route-llm-attack-"))
     standin = StandInServer().start()
     server = Server(work, standin)
     print(f"route-llm on {server.url}, work dir {work}; building inputs ...", flush=True)
-    big = pdf_with_pages([f"Page {p}: " + " ".join(f"word{(p * 7 + i) % 997}" for i in range(600))
-                          for p in range(300)])
+    big = many_pages_pdf([f"Page {p}: " + " ".join(f"word{(p * 7 + i) % 997}" for i in range(500))
+                          for p in range(300)])  # 300 pages, about 1.2 M characters
     with server.client(NORMAL) as http:  # warm up before measuring idle RSS
         for _ in range(20):
             http.post("/v1/route", json={"prompt": "warm up"})
@@ -437,10 +495,9 @@ def main() -> int:
         ("200 sockets trickling header bytes, 15 s", "server.timeout_header 10 s", lambda: trickled_headers(server)),
         ("tools schema nested 900 deep, 8 clients, 6 s", "server.limit_json_depth 64", lambda: deep_schemas(server)),
         ("lone surrogate, stream and not, 4 clients, 6 s", "checked before routing", lambda: lone_surrogates(server)),
-        ("24 concurrent 24 MB uploads", "spooled to disk; documents.limit_bytes 25 MB",
-         lambda: big_uploads(server)),
-        (f"uploads of a {len(big) / 1e6:.1f} MB PDF until refused", "documents.limit_storage_bytes 30 MB",
-         lambda: storage_quota(server, big)),
+        (f"{args.uploads} concurrent {args.upload_mb} MB uploads", "spooled to disk; documents.limit_bytes 25 MB",
+         lambda: big_uploads(server, args.uploads, args.upload_mb)),
+        ("uploads of a 2 MB PDF until refused", "documents.limit_storage_bytes 10 MB", lambda: storage_quota(server)),
     ]
     rows: list[Row] = []
     load = os.getloadavg()[0]

@@ -60,10 +60,10 @@ def test_sigkill_of_the_server_takes_its_extraction_children_with_it(tmp_path: P
         threads = [threading.Thread(target=upload) for _ in range(2)]
         for t in threads:
             t.start()
-        assert _wait_for(lambda: len(_named(name)) == 2, 30), "the extractions never started"
+        assert _wait_for(lambda: len(_named(name)) == 2, 90), "the extractions never started"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        assert _wait_for(lambda: not _named(name), 10), f"children outlived the server: {_named(name)}"
+        assert _wait_for(lambda: not _named(name), 20), f"children outlived the server: {_named(name)}"
         for t in threads:
             t.join(timeout=30)
     finally:
