@@ -126,11 +126,11 @@ def test_requests_past_the_shutdown_deadline_get_a_503_and_the_process_still_exi
     proc = _serve(_write_config(tmp_path, standin, server={"timeout_shutdown": 1}), port, log)
     try:
         _wait_ready(proc, port, log)
-        standin.state.faults.append(Fault("delay", seconds=20))
+        standin.state.faults.append(Fault("delay", seconds=90))
         results: dict[str, Any] = {}
 
         def slow() -> None:
-            results["r"] = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
+            results["r"] = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
                                       json={"model": "gemini-1.5-flash", "messages": MSG})
 
         thread = threading.Thread(target=slow)
@@ -141,9 +141,11 @@ def test_requests_past_the_shutdown_deadline_get_a_503_and_the_process_still_exi
             time.sleep(0.02)
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, log.read_text()
-        assert time.monotonic() - sent < 12  # the deadline, not the 20 s upstream delay
-        thread.join(timeout=30)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        # The deadline, not the 90 s upstream delay; the margin is wide because a busy machine can take many
+        # seconds to wind a Python process down.
+        assert time.monotonic() - sent < 60
+        thread.join(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
