@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="model directory to write (replaced atomically)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/train"), help="encoder export and embedding cache")
+    p.add_argument(
+        "--encoder-from",
+        type=Path,
+        help="format-1 classifier directory whose fine-tuned encoder the head reads (the shipped model: the first "
+        "router, `git show 2e188f8:router/model/...`)",
+    )
     p.add_argument("--extra", type=Path, action="append", default=[], help="labelled JSONL of your own traffic")
     p.add_argument("--log", help="also log to this file")
     p.add_argument("--max-length", type=int, default=128)
@@ -64,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         args.work_dir,
         targets=TargetConfig(soft=args.soft),
         head=HeadConfig(hidden=args.hidden, epochs=args.epochs, seed=args.seed),
+        encoder_source=args.encoder_from,
         max_length=args.max_length,
         extra=args.extra,
         threads=args.threads,

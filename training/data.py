@@ -242,6 +242,12 @@ def _percentile(values: np.ndarray) -> np.ndarray:
 class TargetConfig:
     """How rows become soft targets and weights.
 
+    ``everyday`` is the weight of an extra contrast: every AlpacaEval instruction (everyday requests) again with a
+    low target and every Arena-Hard prompt (real prompts picked for being hard) with a high one, in a group of
+    their own. The judged chat labels only rank chat against chat, and the judge prefers the stronger model's
+    answer even for "write a haiku"; this contrast is what teaches the score that a greeting or a haiku is easy
+    next to a proof or a systems design.
+
     ``soft`` blends a labelled row's pair outcome with the within-source percentile of its many-model difficulty
     (others_loss / 1 - others_correct), which is less noisy than one pair's single outcome. ``weight_power``
     sets each source's total weight to n**power (0: equal per source, 1: equal per row).
@@ -251,6 +257,8 @@ class TargetConfig:
     arena_target: float = 0.85
     weight_power: float = 0.5
     source_weight: tuple[tuple[str, float], ...] = (("math", 0.5), ("arena", 0.5))
+    everyday: float = 3.0
+    everyday_targets: tuple[float, float] = (0.2, 0.9)
 
 
 def targets(rows: list[Row], config: TargetConfig, *, use: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -286,3 +294,33 @@ def targets(rows: list[Row], config: TargetConfig, *, use: np.ndarray | None = N
         if count:
             weight[mask] = multipliers.get(name, 1.0) * count**config.weight_power / count
     return target, weight
+
+
+def everyday_contrast(
+    rows: list[Row], config: TargetConfig, use: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Extra training rows for the everyday contrast: (row index, target, weight), chat low and arena high."""
+    index = np.array([i for i, r in enumerate(rows) if use[i] and r.source in ("chat", "arena")], dtype=int)
+    target = np.array([config.everyday_targets[rows[i].source == "arena"] for i in index], dtype=float)
+    weight = np.zeros(len(index))
+    for name in ("chat", "arena"):
+        mask = np.array([rows[i].source == name for i in index], dtype=bool)
+        if mask.any():
+            weight[mask] = config.everyday * math.sqrt(mask.sum()) / mask.sum()
+    return index, target, weight
+
+
+def training_subset(rows: list[Row], caps: dict[str, int], seed: int = 0) -> list[int]:
+    """Indices of every validation row plus the training rows, with the named sources capped (seeded sample).
+
+    MMLU and MATH are most of the data; capping them keeps the embedding pass affordable on two cores and stops
+    them from outweighing the sources users send most.
+    """
+    rng = random.Random(seed)
+    chosen = [i for i, r in enumerate(rows) if r.val]
+    for name, cap in caps.items():
+        pool = [i for i, r in enumerate(rows) if not r.val and r.source == name]
+        rng.shuffle(pool)
+        chosen += pool[:cap]
+    chosen += [i for i, r in enumerate(rows) if not r.val and r.source not in caps]
+    return sorted(chosen)

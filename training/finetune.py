@@ -129,12 +129,16 @@ def finetune(
             else:
                 self.head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(width, 1))
             self.group_bias = torch.nn.Parameter(torch.zeros(data.N_GROUPS))
+            self.emb_scale = math.sqrt(self.bert.config.hidden_size)
 
         def forward(self, ids: Any, mask: Any, feats: Any) -> Any:
             states = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
             m = mask.unsqueeze(-1).to(states.dtype)
             pooled = (states * m).sum(1) / m.sum(1)
-            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            # The unit vector's components are ~1/sqrt(H) each; scaled by sqrt(H) they sit on the standardised
+            # features' scale, so the head's initial weights neither ignore the encoder nor starve its gradient
+            # (without this, one epoch learned little more than prompt length).
+            pooled = torch.nn.functional.normalize(pooled, dim=-1) * self.emb_scale
             return self.head(torch.cat([pooled, feats], dim=-1)).squeeze(-1)
 
     net = RouterNet()
@@ -167,6 +171,25 @@ def finetune(
     t_all = torch.tensor(target, dtype=torch.float32)
     g_all = torch.tensor(groups, dtype=torch.long)
     lengths = [len(x) for x in train_ids]
+    # A fixed sample of labelled validation rows, scored every 100 steps, shows in the log whether the encoder is
+    # learning anything beyond length; it is only watched, never used to pick a checkpoint.
+    watch = [i for i, r in enumerate(val_rows) if r.weak is not None][:: max(1, len(val_rows) // 600)]
+    watch_ids = encode([val_rows[i].prompt for i in watch])
+    watch_feats = np.asarray(compute([val_rows[i].prompt for i in watch], names))
+    watch_y = [int(val_rows[i].strong > val_rows[i].weak) for i in watch]  # type: ignore[operator]
+
+    def watch_auroc() -> float:
+        from training.metrics import auroc
+
+        net.eval()
+        scores: list[float] = []
+        with torch.inference_mode():
+            for start in range(0, len(watch), 64):
+                index = list(range(start, min(start + 64, len(watch))))
+                scores += net(*batch_tensors(index, watch_ids, watch_feats)).tolist()
+        net.train()
+        return auroc(scores, watch_y)
+
     step = 0
     running = 0.0
     net.train()
@@ -190,6 +213,8 @@ def finetune(
             running = loss.item() if step == 1 else 0.98 * running + 0.02 * loss.item()
             if step % 20 == 0:
                 log.info("step %d/%d loss %.4f elapsed %.0fs", step, steps, running, time.time() - t_start)
+            if step % 100 == 0:
+                log.info("step %d: pooled AUROC on %d watched validation rows %.4f", step, len(watch), watch_auroc())
     train_seconds = time.time() - t_start
     net.eval()
 
@@ -214,7 +239,7 @@ def finetune(
     hidden = net.bert.config.hidden_size
     head = Head(
         mean=np.concatenate([np.zeros(hidden), feat_mean]),
-        scale=np.concatenate([np.ones(hidden), feat_scale]),
+        scale=np.concatenate([np.full(hidden, 1.0 / net.emb_scale), feat_scale]),
         layers=layers,
     )
 

@@ -19,7 +19,7 @@ from router.head import Head
 class HeadConfig:
     """Hyperparameters of :func:`fit`; the defaults are the shipped model's."""
 
-    hidden: int = 64
+    hidden: int = 0
     dropout: float = 0.1
     epochs: int = 30
     batch_size: int = 512

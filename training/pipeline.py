@@ -13,6 +13,7 @@ Steps, and why:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -58,18 +59,29 @@ def train(
     *,
     targets: data.TargetConfig,
     head: HeadConfig,
+    encoder_source: Path | None = None,
+    caps: dict[str, int] | None = None,
     max_length: int = 128,
     head_fraction: float = 0.5,
     extra: list[Path] | None = None,
     threads: int = 2,
 ) -> dict[str, Any]:
-    """Build the model directory ``out`` (replaced atomically) and return the metadata written to router.json."""
+    """Build the model directory ``out`` (replaced atomically) and return the metadata written to router.json.
+
+    ``encoder_source`` is a format-1 classifier directory whose fine-tuned encoder the head reads (the shipped
+    model uses the first router's); without it the base MiniLM is exported and used.
+    """
     t0 = time.time()
-    rows = data.load(data_dir, extra or [])
-    split = data.assign_split(rows)
-    log.info("split: %s", json.dumps(split))
+    all_rows = data.load(data_dir, extra or [])
+    split = data.assign_split(all_rows)
+    caps = {"mmlu": 4000, "math": 1500} if caps is None else caps
+    rows = [all_rows[i] for i in data.training_subset(all_rows, caps)]
+    log.info("split: %s; %d rows after caps %s", json.dumps(split), len(rows), caps)
     names = list(FEATURES)
-    encoder_dir = encoder.export(work / "encoder")
+    if encoder_source is not None:
+        encoder_dir = encoder.expose_hidden_states(encoder_source, work / "encoder-tuned")
+    else:
+        encoder_dir = encoder.export(work / "encoder")
     clf = encoder.classifier(encoder_dir, names, max_length=max_length, head_fraction=head_fraction, threads=threads)
     inputs = encoder.cached_inputs(clf, [r.prompt for r in rows], work / "cache", encoder_dir)
     log.info("head inputs ready (%s) after %.0fs", inputs.shape, time.time() - t0)
@@ -77,18 +89,25 @@ def train(
     is_val = np.array([r.val for r in rows])
     target, weight = data.targets(rows, targets, use=~is_val)
     groups = np.array([data.INTERCEPT_GROUP.get(r.source, data.N_GROUPS - 1) for r in rows])
+    index, extra_target, extra_weight = data.everyday_contrast(rows, targets, ~is_val)
     t_fit = time.time()
-    fitted = fit(inputs, target, weight, groups, head)
+    fitted = fit(
+        np.concatenate([inputs, inputs[index]]),
+        np.concatenate([target, extra_target]),
+        np.concatenate([weight, extra_weight]),
+        np.concatenate([groups, np.full(len(index), data.N_GROUPS - 1)]),
+        head,
+    )
     fit_seconds = time.time() - t_fit
-    scores = sigmoid(fitted.logits(inputs))
-
     val_rows = [r for r in rows if r.val]
-    train_rows = [r for r in rows if not r.val]
+    scores = sigmoid(fitted.logits(inputs[is_val]))
     val_prompts = [r.prompt for r in val_rows]
     results = {
-        "router": evaluate.per_source(val_rows, scores[is_val]),
+        "router": evaluate.per_source(val_rows, scores),
         "length": evaluate.per_source(val_rows, evaluate.length_scores(val_prompts)),
-        "tfidf_lr": evaluate.per_source(val_rows, evaluate.tfidf_scorer(train_rows)(val_prompts)),
+        "tfidf_lr": evaluate.per_source(
+            val_rows, evaluate.tfidf_scorer([r for r in all_rows if not r.val])(val_prompts)
+        ),
     }
     log.info("validation per source (APGR):\n%s", evaluate.table(results))
 
@@ -100,28 +119,28 @@ def train(
     shutil.copy(encoder_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
     fitted.save(tmp / "head.npz")
     created = datetime.now(timezone.utc)
-    import hashlib
-
-    model_sha = hashlib.sha256((tmp / MODEL_FILE).read_bytes() + (tmp / "head.npz").read_bytes()).hexdigest()
+    digest = hashlib.sha256((tmp / MODEL_FILE).read_bytes() + (tmp / "head.npz").read_bytes()).hexdigest()
     meta = encoder.encoder_meta(
         names, max_length=max_length, head_fraction=head_fraction, pad_token_id=clf.meta.pad_token_id
     )
     meta.update(
         {
-            "quantiles": mixture_quantiles(rows, scores),
+            "quantiles": mixture_quantiles(val_rows, scores),
             "mixture": data.MIXTURE,
-            "quantile_sample": "scores of every row of every source; each source weighted by 'mixture', split "
-            "equally among its rows",
-            "version": f"minilm-head-{created:%Y%m%d}-{model_sha[:8]}",
+            "quantile_sample": "scores of the validation rows of every source, each source weighted by 'mixture', "
+            "split equally among its rows",
+            "version": f"minilm-head-{created:%Y%m%d}-{digest[:8]}",
             "base_model": encoder.BASE_MODEL_NAME,
+            "encoder": "fine-tuned encoder of " + str(encoder_source) if encoder_source else "base encoder",
             "data": {name: data.FILES[name] for name in data.FILES if (data_dir / data.FILES[name]).is_file()},
             "split": split,
+            "caps": caps,
             "targets": asdict(targets),
             "head_config": asdict(head),
             "validation": results,
             "fit_seconds": round(fit_seconds, 1),
             "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "licence_note": "trained partly on AlpacaEval instructions (CC BY-NC 4.0: research use)",
+            "licence_note": "trained partly on AlpacaEval instructions (CC BY-NC 4.0: research use only)",
         }
     )
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")

@@ -230,8 +230,8 @@ def test_shipped_operating_point_sends_simple_to_flash_and_hard_to_pro(make_prox
     proxy = make_proxy(router={"threshold": None, "strong_share": 0.3})
     client = proxy.client()
     simple = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": EASY}])
-    hard_prompt = ("Write a Python function that checks whether a string is a palindrome, ignoring case and "
-                   "punctuation, with unit tests.")
+    hard_prompt = ("Implement a lock-free concurrent hash map in C++ with resizing, and argue why every "
+                   "operation is linearizable.")
     hard = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": hard_prompt}],
                                           stream=True)
     assert simple.model == "gemini-1.5-flash"
