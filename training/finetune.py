@@ -32,7 +32,7 @@ from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE, Router, loa
 from router.features import FEATURES, compute
 from router.head import Head
 from training import data, encoder, evaluate
-from training.pipeline import mixture_quantiles
+from training.pipeline import mixture_quantiles, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -289,14 +289,6 @@ def finetune(
     )
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     np.save(work / "val_scores.npy", scores)
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    replace_dir(tmp, out)
     log.info("wrote %s (version %s) after %.0fs", out, meta["version"], time.time() - t_start)
     return meta

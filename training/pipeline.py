@@ -47,6 +47,19 @@ def mixture_quantiles(rows: list[data.Row], scores: np.ndarray) -> list[list[flo
     return [[round(level, 2), round(float(value), 6)] for level, value in zip(QUANTILE_LEVELS, points)]
 
 
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished model directory into place, so a reader never sees a half-written one."""
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+
+
 def sigmoid(z: np.ndarray) -> np.ndarray:
     """Logistic function of logits, clipped so exp cannot overflow."""
     return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -700, 700))))
@@ -144,14 +157,6 @@ def train(
         }
     )
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    replace_dir(tmp, out)
     log.info("wrote %s (version %s) in %.0fs", out, meta["version"], time.time() - t0)
     return meta
