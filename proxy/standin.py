@@ -133,7 +133,30 @@ def _reply_parts(state: StandIn, model: str, body: dict[str, Any]) -> list[dict[
     if declarations and mode == "ANY":
         return [{"functionCall": {"name": declarations[0]["name"], "args": {"city": "Paris"}}}]
     words = " ".join(f"w{i}" for i in range(state.reply_words))
+    config = body.get("generationConfig") or {}
+    if (config.get("response_mime_type") or config.get("responseMimeType")) == "application/json":
+        schema = next((config[k] for k in ("response_json_schema", "responseJsonSchema", "response_schema",
+                                           "responseSchema") if isinstance(config.get(k), dict)), None)
+        value = _instance(schema, f"answer from {model}") if schema else {"answer": f"answer from {model}: {words}"}
+        return [{"text": json.dumps(value)}]
     return [{"text": f"answer from {model}: {words}"}]
+
+
+def _instance(schema: dict[str, Any], text: str) -> Any:
+    """A small value that satisfies ``schema`` (JSON Schema or Gemini's OpenAPI subset), so that clients
+    asking for structured output get JSON they can parse."""
+    if "enum" in schema and schema["enum"]:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return _instance(schema[key][0], text)
+    kind = schema.get("type")
+    kind = (kind[0] if isinstance(kind, list) and kind else kind or "object").lower()
+    if kind == "object":
+        return {name: _instance(sub, text) for name, sub in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [_instance(schema.get("items") or {"type": "string"}, text)]
+    return {"string": text, "integer": 1, "number": 1.5, "boolean": True, "null": None}.get(kind, text)
 
 
 def _google_error(status: int, retry_after: float | None) -> JSONResponse:
