@@ -26,7 +26,7 @@ import litellm
 Check = Callable[[Any], "str | None"]
 
 
-def _number(lo: float, hi: float) -> Check:
+def number(lo: float, hi: float) -> Check:
     def check(v: Any) -> str | None:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
             return f"must be a number between {lo:g} and {hi:g}"
@@ -34,7 +34,7 @@ def _number(lo: float, hi: float) -> Check:
     return check
 
 
-def _int(lo: int, hi: int | None = None) -> Check:
+def integer(lo: int, hi: int | None = None) -> Check:
     def check(v: Any) -> str | None:
         if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
             return f"must be an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
@@ -42,14 +42,14 @@ def _int(lo: int, hi: int | None = None) -> Check:
     return check
 
 
-def _of(tp: type, what: str) -> Check:
+def of_type(tp: type, what: str) -> Check:
     def check(v: Any) -> str | None:
         ok = isinstance(v, bool) if tp is bool else isinstance(v, tp) and not isinstance(v, bool)
         return None if ok else f"must be {what}"
     return check
 
 
-def _one_of(*values: str) -> Check:
+def one_of(*values: str) -> Check:
     def check(v: Any) -> str | None:
         return None if isinstance(v, str) and v in values else "must be one of " + ", ".join(repr(x) for x in values)
     return check
@@ -116,40 +116,40 @@ def _moderation(v: Any) -> str | None:
 # tests/proxy/test_params.py compares this table with the installed openai SDK, so a parameter a newer
 # SDK adds fails a test here instead of a user's request.
 CHECKS: dict[str, Check] = {
-    "audio": _of(dict, "an object"),
-    "frequency_penalty": _number(-2, 2),
+    "audio": of_type(dict, "an object"),
+    "frequency_penalty": number(-2, 2),
     "function_call": _function_call,
     "functions": _functions,
-    "logit_bias": _of(dict, "an object"),
-    "logprobs": _of(bool, "true or false"),
-    "max_completion_tokens": _int(1),
-    "max_tokens": _int(1),
-    "metadata": _of(dict, "an object"),
+    "logit_bias": of_type(dict, "an object"),
+    "logprobs": of_type(bool, "true or false"),
+    "max_completion_tokens": integer(1),
+    "max_tokens": integer(1),
+    "metadata": of_type(dict, "an object"),
     "modalities": _modalities,
     "moderation": _moderation,
-    "n": _int(1, 128),
-    "parallel_tool_calls": _of(bool, "true or false"),
-    "prediction": _of(dict, "an object"),
-    "presence_penalty": _number(-2, 2),
-    "prompt_cache_key": _of(str, "a string"),
-    "prompt_cache_options": _of(dict, "an object"),
-    "prompt_cache_retention": _one_of("in_memory", "24h"),
-    "reasoning_effort": _one_of("none", "minimal", "low", "medium", "high", "xhigh", "max"),
+    "n": integer(1, 128),
+    "parallel_tool_calls": of_type(bool, "true or false"),
+    "prediction": of_type(dict, "an object"),
+    "presence_penalty": number(-2, 2),
+    "prompt_cache_key": of_type(str, "a string"),
+    "prompt_cache_options": of_type(dict, "an object"),
+    "prompt_cache_retention": one_of("in_memory", "24h"),
+    "reasoning_effort": one_of("none", "minimal", "low", "medium", "high", "xhigh", "max"),
     "response_format": _response_format,
-    "safety_identifier": _of(str, "a string"),
-    "seed": _int(-(2**63), 2**63 - 1),
-    "service_tier": _one_of("auto", "default", "flex", "scale", "priority", "fast"),
+    "safety_identifier": of_type(str, "a string"),
+    "seed": integer(-(2**63), 2**63 - 1),
+    "service_tier": one_of("auto", "default", "flex", "scale", "priority", "fast"),
     "stop": _stop,
-    "store": _of(bool, "true or false"),
-    "stream_options": _of(dict, "an object"),
-    "temperature": _number(0, 2),
+    "store": of_type(bool, "true or false"),
+    "stream_options": of_type(dict, "an object"),
+    "temperature": number(0, 2),
     "tool_choice": _tool_choice,
     "tools": _tools,
-    "top_logprobs": _int(0, 20),
-    "top_p": _number(0, 1),
-    "user": _of(str, "a string"),
-    "verbosity": _one_of("low", "medium", "high"),
-    "web_search_options": _of(dict, "an object"),
+    "top_logprobs": integer(0, 20),
+    "top_p": number(0, 1),
+    "user": of_type(str, "a string"),
+    "verbosity": one_of("low", "medium", "high"),
+    "web_search_options": of_type(dict, "an object"),
 }
 
 PROXY_OWNED = frozenset({"stream_options"})

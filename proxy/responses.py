@@ -22,7 +22,7 @@ from typing import Any
 
 from proxy.chat import ChatRequest, parse_chat_request
 from proxy.errors import BadRequest, ProxyError
-from proxy.params import _int, _of, _one_of
+from proxy.params import integer, of_type, one_of
 from proxy.routes import ChatHandler, StreamFormat
 
 # Request keys of OpenAI's Responses API (tests/proxy/test_responses.py compares them with the installed SDK).
@@ -38,13 +38,13 @@ TRANSLATED = ("model", "input", "instructions", "stream", "max_output_tokens", "
 DROPPED: dict[str, Any] = {
     "include": lambda v: None if isinstance(v, list) and all(isinstance(x, str) for x in v)
     else "must be a list of strings",
-    "truncation": _one_of("auto", "disabled"),
-    "max_tool_calls": _int(1),
-    "stream_options": _of(dict, "an object"),
-    "context_management": _of(list, "a list"),
-    "background_options": _of(dict, "an object"),
-    "access_programs": _of(list, "a list"),
-    "image": _of(dict, "an object"),
+    "truncation": one_of("auto", "disabled"),
+    "max_tool_calls": integer(1),
+    "stream_options": of_type(dict, "an object"),
+    "context_management": of_type(list, "a list"),
+    "background_options": of_type(dict, "an object"),
+    "access_programs": of_type(list, "a list"),
+    "image": of_type(dict, "an object"),
 }
 # Accepted only when absent (or false): honouring them needs state this proxy does not keep.
 STATEFUL = {
@@ -185,6 +185,9 @@ def _tools(tools: Any, params: dict[str, Any]) -> None:
         if kind == "function":
             if not isinstance(tool.get("name"), str) or not tool["name"]:
                 raise BadRequest(f"tools[{i}].name: a function tool needs a name", param=f"tools[{i}].name")
+            if tool.get("parameters") is not None and not isinstance(tool["parameters"], dict):
+                raise BadRequest(f"tools[{i}].parameters: must be a JSON schema object",
+                                 param=f"tools[{i}].parameters")
             fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
             functions.append({"type": "function", "function": fn})
         elif kind in ("web_search", "web_search_preview"):

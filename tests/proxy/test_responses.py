@@ -176,6 +176,7 @@ def test_stateful_features_are_a_clear_400(proxy: RunningProxy, key: str, value:
     ({"input": "hi", "instructions": ["x"]}, "instructions"),
     ({"input": "hi", "tools": [{"type": "file_search"}]}, "tools[0].type"),
     ({"input": "hi", "tools": [{"type": "function"}]}, "tools[0].name"),
+    ({"input": "hi", "tools": [{"type": "function", "name": "f", "parameters": "x"}]}, "tools[0].parameters"),
     ({"input": "hi", "tool_choice": "always"}, "tool_choice"),
     ({"input": "hi", "text": {"format": {"type": "xml"}}}, "text.format"),
     ({"input": "hi", "text": {"format": {"type": "json_schema"}}}, "text.format"),
