@@ -22,7 +22,8 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from proxy import __version__, metrics
-from proxy.decider import Decider
+from proxy.accounting import cuts_header
+from proxy.decider import DEFAULT_STRONG_SHARE, Decider
 from proxy.documents_service import DocumentService
 from proxy.errors import ProxyError, handle_http_exception, handle_proxy_error, handle_unexpected
 from proxy.guard import GuardMiddleware
@@ -60,24 +61,24 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         upstream = Upstream(settings)
         documents = DocumentService(settings)
         metrics.forget_dead_workers()
-        metrics.precreate(list(settings.aliases), [settings.models.weak.name, settings.models.strong.name])
-        # A fixed threshold wins over strong_share, which then is no target: say so rather than show a stale one.
-        share = "none" if settings.router.threshold is not None else str(settings.router.strong_share)
-        metrics.INFO.labels(__version__, the_router.version, f"{decider.default_threshold:.4f}", share).set(1)
-        for tier in ("weak", "strong"):
+        metrics.precreate(list(settings.aliases),
+                          [(t.name, m.name) for t, m in zip(settings.models.tiers, settings.models.entries)])
+        metrics.INFO.labels(__version__, the_router.version, cuts_header(decider.default_policy.cuts),
+                            _share_label(settings)).set(1)
+        for tier in settings.models.tiers:
             missing = upstream.missing_keys(tier)
             if missing:
-                log.warning("no API key for the %s model (%s): set %s; routing and /v1/route still work, and "
-                            "`route-llm serve --demo` answers from a built-in stand-in", tier,
-                            settings.models.by_tier(tier).name, " or ".join(missing))
+                log.warning("no API key for the %s tier (%s): set %s; routing and /v1/route still work, and "
+                            "`route-llm serve --demo` answers from a built-in stand-in", tier.name,
+                            settings.models.model(tier).name, " or ".join(missing))
         await decider.score_many(["warm-up"])  # the first ONNX run allocates; pay it before ready
         if settings.upstream.warmup:
             await upstream.warm_up()
         ready.set()
         # Not "ready": uvicorn binds after the lifespan (one worker). `route-llm serve` says "ready" with the
         # URL once /health/ready answers on the socket (cli.announce_when_ready).
-        log.info("route-llm worker loaded in %.2fs (router %s, default threshold %.4f)", time.time() - started,
-                 the_router.version, decider.default_threshold)
+        log.info("route-llm worker loaded in %.2fs (router %s, %d tiers, default cuts %s)", time.time() - started,
+                 the_router.version, len(settings.models.tiers), cuts_header(decider.default_policy.cuts))
         try:
             yield {"settings": settings, "router": the_router, "decider": decider, "upstream": upstream,
                    "documents": documents, "ready": ready, "started_at": started}
@@ -102,6 +103,17 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
                             Exception: handle_unexpected},
         lifespan=lifespan,
     )
+
+
+def _share_label(settings: Settings) -> str:
+    """The info gauge's target: the most expensive tier's share (``strong_share``, or the last of ``shares``),
+    which the dashboard draws against the measured share of that tier; "none" when fixed thresholds win."""
+    r = settings.router
+    if r.threshold is not None or r.thresholds is not None:
+        return "none"
+    if r.shares is not None:
+        return str(r.shares[-1])
+    return str(r.strong_share if r.strong_share is not None else DEFAULT_STRONG_SHARE)
 
 
 def app_from_env() -> Starlette:

@@ -47,17 +47,31 @@ class ChatRequest:
         return bool(opts.get("include_usage"))
 
 
+def _text_of(msg: dict[str, Any]) -> str:
+    content = msg.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p["text"] for p in content if p.get("type") == "text")
+    return ""
+
+
 def last_user_text(messages: list[dict[str, Any]]) -> str:
     """The text the router judges: the last user message, text parts joined (documents excluded)."""
     for msg in reversed(messages):
         if msg.get("role") == "user":
-            content = msg.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return "\n".join(p["text"] for p in content if p.get("type") == "text")
-            return ""
+            return _text_of(msg)
     return ""
+
+
+def user_texts(messages: list[dict[str, Any]], limit: int) -> list[str]:
+    """The last ``limit`` user turns' texts, oldest first: what conversation-aware routing scores.
+
+    Always at least one entry (an empty string when there is no user turn), so that the last entry is what
+    :func:`last_user_text` returns and the two routing modes agree on single-turn requests.
+    """
+    texts = [_text_of(m) for m in messages if m.get("role") == "user"][-limit:]
+    return texts or [""]
 
 
 def _check_content(i: int, msg: dict[str, Any], files: list[FilePart]) -> int:

@@ -238,10 +238,9 @@ def start_demo_upstream(settings: Settings) -> str:
     ``--workers`` processes rebuild their settings from the config file but inherit the environment. A real
     key in the environment is replaced, so it is not sent anywhere in demo mode.
     """
-    for tier in ("weak", "strong"):
-        m = settings.models.by_tier(tier)
+    for m in settings.models.entries:
         if not m.model.startswith("gemini/") or m.api_base is not None:
-            raise ConfigError(f"models.{tier} is {m.model!r}{' with an api_base' if m.api_base else ''}; the "
+            raise ConfigError(f"the model {m.name} is {m.model!r}{' with an api_base' if m.api_base else ''}; the "
                               "stand-in speaks the Gemini API, so the demo needs gemini/ models without api_base")
     from proxy.standin import StandInServer
 
@@ -276,24 +275,29 @@ def route_cmd(text: str, config_path: str | None, model_name: str | None) -> Non
     """Print the routing decision for one prompt (no upstream call)."""
     from proxy.decider import Decider
     from proxy.errors import ProxyError
-    from router.policy import decide
 
     settings = _load(config_path)
     router = _router(settings.router.model_dir, settings.router.threads)
-    # The proxy's own name resolution, so the command reports the threshold a request would get.
+    decider = Decider(settings, router)
+    # The proxy's own name resolution and decision, so the command reports what a request would get.
     try:
-        target = Decider(settings, router).resolve(model_name or next(iter(settings.aliases)))
+        target = decider.resolve(model_name or next(iter(settings.aliases)))
     except ProxyError as exc:
         click.echo(f"route-llm route: {exc.message}", err=True)
         sys.exit(EXIT_INPUT)
     score = router.score([text])[0]
+    cuts: tuple[float, ...] | None = None
     if target.tier is not None:  # a concrete model name: no threshold applies
-        tier, threshold = target.tier, None
+        tier = target.tier
     else:
-        assert target.threshold is not None
-        tier, threshold = decide(score, target.threshold), round(target.threshold, 6)
-    click.echo(json.dumps({"score": round(score, 6), "tier": tier, "model": settings.models.by_tier(tier).name,
-                           "threshold": threshold, "router_model": router.version}))
+        assert target.policy is not None
+        tier, score = decider.choose(target.policy, [score])
+        cuts = target.policy.cuts
+    click.echo(json.dumps({"score": round(score, 6), "tier": tier.name, "tier_index": tier.index,
+                           "model": settings.models.model(tier).name,
+                           "threshold": round(cuts[0], 6) if cuts is not None and len(cuts) == 1 else None,
+                           "thresholds": None if cuts is None else [round(c, 6) for c in cuts],
+                           "router_model": router.version}))
 
 
 @main.command("score")

@@ -12,27 +12,38 @@ import asyncio
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from proxy.chat import user_texts
 from proxy.errors import ModelNotFound
-from proxy.settings import AliasSettings, Settings, Tier
+from proxy.settings import OperatingPoint, Settings
 from router import Router
-from router.policy import decide, threshold_for_strong_share
+from router.policy import Quantiles, Tier, TierPolicy, conversation_score
 
 log = logging.getLogger("route_llm")
 
 RouteLLM_PREFIX = "router-bert-"
 
+#: The strong share a two-tier config gets when it sets no operating point (the shipped default).
+DEFAULT_STRONG_SHARE = 0.3
+
+#: Earlier user turns whose scores are remembered, so a conversation's history is not scored again on every
+#: follow-up. Scores are deterministic per text (the classifier runs each sequence alone), so a cached score is
+#: the score; the cache belongs to one Decider and so to one loaded router model.
+LIMIT_SCORE_CACHE = 4096
+
 
 @dataclass(frozen=True)
 class Target:
-    """What a requested model name means: routed at ``threshold``, or pinned to ``tier``."""
+    """What a requested model name means: routed by ``policy``, or pinned to ``tier``."""
 
     requested: str  # the bounded label used in metrics: the alias, "router-bert", or the model name
-    threshold: float | None = None
+    policy: TierPolicy | None = None
     tier: Tier | None = None
 
     @property
@@ -43,46 +54,64 @@ class Target:
 @dataclass(frozen=True)
 class Decision:
     tier: Tier
-    score: float | None  # None when the classifier failed and the fail-open tier was used
-    threshold: float | None
+    score: float | None  # the score the cuts were applied to; None when pinned or the classifier failed
+    cuts: tuple[float, ...] | None
     seconds: float
     failed: bool = False
+    turn_score: float | None = None  # the last user turn's own score (differs from score in conversation mode)
+
+    @property
+    def threshold(self) -> float | None:
+        """The one cut of a two-tier decision (the value ``threshold`` always meant), else None."""
+        return self.cuts[0] if self.cuts is not None and len(self.cuts) == 1 else None
+
+
+def policy_for(point: OperatingPoint, tiers: int, quantiles: Quantiles) -> TierPolicy:
+    """The cut points an operating point asks for; fixed thresholds win over shares (settings validated the
+    combination and the lengths)."""
+    if point.thresholds is not None:
+        return TierPolicy(point.thresholds)
+    if point.threshold is not None:
+        return TierPolicy((point.threshold,))
+    if point.shares is not None:
+        return TierPolicy.from_shares(quantiles, point.shares)
+    share = DEFAULT_STRONG_SHARE if point.strong_share is None else point.strong_share
+    return TierPolicy.from_shares(quantiles, (1.0 - share, share))
 
 
 class Decider:
+    """Names → targets (``resolve``), scores → tiers (``choose``), and the scoring itself (``decide``)."""
+
     def __init__(self, settings: Settings, router: Router) -> None:
         self.settings = settings
         self.router = router
+        self.tiers = settings.models.tiers
         quantiles = router.meta.quantiles
-        self.default_threshold = self._threshold(
-            AliasSettings(settings.router.threshold, settings.router.strong_share), quantiles)
-        self.alias_thresholds = {
-            name: (self._threshold(a, quantiles) if (a.threshold is not None or a.strong_share is not None)
-                   else self.default_threshold)
+        self.default_policy = policy_for(settings.router, len(self.tiers), quantiles)
+        self.alias_policies = {
+            name: policy_for(a, len(self.tiers), quantiles) if a.is_set() else self.default_policy
             for name, a in settings.aliases.items()
         }
-        self.models = {settings.models.weak.name: "weak", settings.models.strong.name: "strong"}
+        self.models = {m.name: tier for m, tier in zip(settings.models.entries, self.tiers)}
+        fail_open = settings.models.tier_named(settings.router.fail_open_tier)
+        assert fail_open is not None  # settings checked it
+        self.fail_open = fail_open
+        self.conversation = settings.router.context == "conversation"
+        self._cache: OrderedDict[str, float] = OrderedDict()
         self._batcher = _MicroBatcher(router, window=settings.router.batch_window_ms / 1000.0,
                                       limit=settings.router.limit_batch)
 
-    @staticmethod
-    def _threshold(a: AliasSettings, quantiles: Sequence[tuple[float, float]]) -> float:
-        if a.threshold is not None:
-            return a.threshold
-        assert a.strong_share is not None
-        return threshold_for_strong_share(quantiles, a.strong_share)
-
     def model_names(self) -> list[str]:
-        return [*self.alias_thresholds, *self.models]
+        return [*self.alias_policies, *self.models]
 
     def resolve(self, name: object) -> Target:
         if not isinstance(name, str) or not name:
             raise ModelNotFound("`model` must be a non-empty string naming one of: "
                                 + ", ".join(self.model_names()), param="model")
-        if name in self.alias_thresholds:
-            return Target(name, threshold=self.alias_thresholds[name])
+        if name in self.alias_policies:
+            return Target(name, policy=self.alias_policies[name])
         if name in self.models:
-            return Target(name, tier=self.models[name])  # type: ignore[arg-type]
+            return Target(name, tier=self.models[name])
         if name.startswith(RouteLLM_PREFIX):
             raw = name[len(RouteLLM_PREFIX):]
             try:
@@ -92,23 +121,54 @@ class Decider:
             if not 0.0 <= threshold <= 1.0:  # also rejects nan
                 raise ModelNotFound(f"model {name!r}: the threshold in router-bert-<threshold> must be a number "
                                     "between 0 and 1, e.g. router-bert-0.5", param="model")
-            return Target("router-bert", threshold=threshold)
+            return Target("router-bert", policy=TierPolicy.two_way(threshold, len(self.tiers)))
         raise ModelNotFound(f"The model {name!r} does not exist. Valid models: {', '.join(self.model_names())}, "
                             "or router-bert-<threshold>", param="model")
 
-    async def decide(self, target: Target, text: str) -> Decision:
+    def texts(self, messages: list[dict[str, Any]]) -> list[str]:
+        """What the router scores for a chat: the last user turn, or (conversation mode) the recent ones."""
+        limit = self.settings.router.limit_context_turns if self.conversation else 1
+        return user_texts(messages, limit)
+
+    def choose(self, policy: TierPolicy, scores: Sequence[float]) -> tuple[Tier, float]:
+        """The pure decision: user-turn scores (oldest first; the last is the current turn) → tier and the score
+        the cuts saw. Shared by the proxy, ``/v1/route`` and ``route-llm route``."""
+        if len(scores) == 1:
+            return self.tiers[policy.tier_index(scores[0])], scores[0]
+        score = conversation_score(scores, self.settings.router.context_decay, self.router.meta.quantiles)
+        return self.tiers[policy.tier_index(score)], score
+
+    async def decide(self, target: Target, texts: Sequence[str]) -> Decision:
         if target.tier is not None:
             return Decision(target.tier, None, None, 0.0)
-        assert target.threshold is not None
+        assert target.policy is not None
         start = time.perf_counter()
         try:
-            score = await self._batcher.score(text)
+            scores = await self._scores(texts)
         except Exception:
-            log.exception("router inference failed; sending the request to the %s tier",
-                          self.settings.router.fail_open_tier)
-            return Decision(self.settings.router.fail_open_tier, None, target.threshold,
-                            time.perf_counter() - start, failed=True)
-        return Decision(decide(score, target.threshold), score, target.threshold, time.perf_counter() - start)
+            log.exception("router inference failed; sending the request to the %s tier", self.fail_open.name)
+            return Decision(self.fail_open, None, target.policy.cuts, time.perf_counter() - start, failed=True)
+        tier, score = self.choose(target.policy, scores)
+        return Decision(tier, score, target.policy.cuts, time.perf_counter() - start, turn_score=scores[-1])
+
+    async def _scores(self, texts: Sequence[str]) -> list[float]:
+        """Scores for ``texts`` in one batched run: the last text always fresh (so a single-turn request is
+        scored exactly as before), earlier turns from the cache where a previous request scored them."""
+        earlier = list(texts[:-1])
+        known = {t: self._cache[t] for t in earlier if t in self._cache}
+        missing = list(dict.fromkeys(t for t in earlier if t not in known))
+        fresh = await self._batcher.score_many([*missing, texts[-1]])
+        for text, value in zip([*missing, texts[-1]], fresh):
+            known[text] = value
+            if self.conversation:
+                self._remember(text, value)
+        return [*(known[t] for t in earlier), fresh[-1]]
+
+    def _remember(self, text: str, value: float) -> None:
+        self._cache[text] = value
+        self._cache.move_to_end(text)
+        if len(self._cache) > LIMIT_SCORE_CACHE:
+            self._cache.popitem(last=False)
 
     async def score_many(self, texts: list[str]) -> list[float]:
         return await run_in_threadpool(self.router.score, texts)
@@ -130,13 +190,14 @@ class _MicroBatcher:
         self._pending: list[tuple[str, asyncio.Future[float]]] = []
         self._worker: asyncio.Task[None] | None = None
 
-    async def score(self, text: str) -> float:
+    async def score_many(self, texts: Sequence[str]) -> list[float]:
+        """Queue all of one request's texts at once, so they share a run (and a batch) with each other."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[float] = loop.create_future()
-        self._pending.append((text, fut))
+        futures: list[asyncio.Future[float]] = [loop.create_future() for _ in texts]
+        self._pending.extend(zip(texts, futures))
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
-        return await fut
+        return list(await asyncio.gather(*futures))
 
     async def _drain(self) -> None:
         while self._pending:

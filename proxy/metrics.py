@@ -35,35 +35,40 @@ UPSTREAM_SECONDS = Histogram("route_llm_upstream_seconds", "Upstream time until 
 TOKENS = Counter("route_llm_tokens_total", "Tokens by direction", ["routed_model", "direction"])
 COST = Counter("route_llm_cost_usd_total", "Estimated upstream cost in USD", ["routed_model"])
 SAVINGS = Counter("route_llm_savings_usd_total",
-                  "Estimated USD saved against sending the same tokens to the strong model")
+                  "Estimated USD saved against sending the same tokens to the most expensive tier")
 UPSTREAM_ERRORS = Counter("route_llm_upstream_errors_total", "Failed upstream attempts by reason",
                           ["routed_model", "reason"])
-FALLBACKS = Counter("route_llm_fallbacks_total", "Requests served by the other tier after failures",
+FALLBACKS = Counter("route_llm_fallbacks_total", "Requests served by another tier after failures",
                     ["from_tier", "to_tier"])
 IN_FLIGHT = Gauge("route_llm_requests_in_flight", "Requests being handled", multiprocess_mode="livesum")
 INFO = Gauge("route_llm_info", "Build and router model information (value is always 1)",
              ["version", "router_model", "threshold_default", "strong_share_default"],
              multiprocess_mode="max")
+TIER_INFO = Gauge("route_llm_tier_info", "The configured tiers (value is always 1): position, cheapest first, and "
+                  "model", ["tier", "index", "routed_model"], multiprocess_mode="max")
 DOC_UPLOADS = Counter("route_llm_documents_uploaded_total", "Documents stored through /v1/files")
 DOC_PAGES = Counter("route_llm_document_pages_extracted_total", "PDF pages whose text was extracted")
 DOC_FAILURES = Counter("route_llm_document_failures_total", "PDF extraction failures by reason", ["reason"])
 DOC_SECONDS = Histogram("route_llm_document_extraction_seconds", "PDF text extraction time",
                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 
-TIERS = ("weak", "strong")
+def precreate(requested: list[str], tiers: list[tuple[str, str]]) -> None:
+    """Create the expected label sets at zero so rates and ratios exist before the first request.
 
-
-def precreate(requested: list[str], routed: list[str]) -> None:
-    """Create the expected label sets at zero so rates and ratios exist before the first request."""
+    ``tiers`` is the configured list, cheapest first, as ``(tier name, model name)`` pairs.
+    """
     for reason in ("unauthorized", "rate_limited", "overloaded", "too_large", "body_timeout"):
         REJECTED.labels(reason)
     for req in requested:
-        for model, tier in zip(routed, TIERS):
+        for tier, model in tiers:
             for status in ("ok", "upstream_error"):
                 REQUESTS.labels(req, model, tier, status)
-    for a, b in zip(TIERS, reversed(TIERS)):
-        FALLBACKS.labels(a, b)
-    for model in routed:
+    for index, (tier, model) in enumerate(tiers):
+        TIER_INFO.labels(tier, str(index), model).set(1)
+        for other, _ in tiers:
+            if other != tier:
+                FALLBACKS.labels(tier, other)
+    for _, model in tiers:
         UPSTREAM_SECONDS.labels(model)
         UPSTREAM_TTFT.labels(model)
         COST.labels(model)

@@ -9,24 +9,23 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import litellm
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from proxy import metrics, shape
-from proxy.chat import ChatRequest, last_user_text, parse_chat_request
+from proxy.accounting import Accounting, Outcome, cuts_header
+from proxy.chat import ChatRequest, parse_chat_request
 from proxy.decider import Decision, Target
 from proxy.errors import BadRequest, Overloaded, PayloadTooLarge, ProxyError, RateLimited, UpstreamError
 from proxy.guard import Life
 from proxy.jsonbody import parse_json
-from proxy.settings import ModelSettings, Settings, Tier
+from proxy.settings import ModelSettings, Settings
 from proxy.upstream import Attempts, client_message
+from router.policy import Tier
 
 log = logging.getLogger("route_llm")
-access_log = logging.getLogger("route_llm.access")
 
 
 async def read_json(request: Request, limit: int | None) -> Any:
@@ -54,36 +53,6 @@ def request_id(sent: str | None) -> str:
     if sent is not None and _REQUEST_ID.fullmatch(sent):
         return sent
     return f"req-{uuid.uuid4().hex[:16]}"
-
-
-def _price(m: ModelSettings) -> tuple[float, float]:
-    """USD per token (in, out): config first, LiteLLM's price map where it knows the model, else 0."""
-    known = litellm.model_cost.get(m.model) or litellm.model_cost.get(m.model.split("/", 1)[-1]) or {}
-    p_in = m.input_cost_per_million / 1e6 if m.input_cost_per_million is not None else \
-        float(known.get("input_cost_per_token") or 0.0)
-    p_out = m.output_cost_per_million / 1e6 if m.output_cost_per_million is not None else \
-        float(known.get("output_cost_per_token") or 0.0)
-    return p_in, p_out
-
-
-@dataclass
-class Outcome:
-    """Everything recorded about one chat request, written to metrics and the access log once, at the end."""
-
-    request_id: str
-    requested: str = "unknown"
-    target: Target | None = None
-    decision: Decision | None = None
-    attempts: Attempts | None = None
-    status: str = "error"
-    http_status: int = 500
-    upstream_seconds: float | None = None
-    first_token_seconds: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    prompt: str | None = None
-    dropped: list[str] = field(default_factory=list)  # parameters the endpoint accepts but has no use for
 
 
 class StreamFormat:
@@ -129,7 +98,7 @@ class ChatHandler:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.prices = {t: _price(settings.models.by_tier(t)) for t in ("weak", "strong")}
+        self.accounting = Accounting(settings)
 
     # --- the endpoint's dialect -------------------------------------------------------------------------
     def parse(self, body: Any) -> ChatRequest:
@@ -148,20 +117,20 @@ class ChatHandler:
 
     # --- helpers ----------------------------------------------------------------------------------------
     def _served_model(self, tier: Tier) -> ModelSettings:
-        return self.settings.models.by_tier(tier)
+        return self.settings.models.model(tier)
 
     def _headers(self, o: Outcome) -> dict[str, str]:
         h = {"x-request-id": o.request_id}
-        d = o.decision
-        if d is None:
+        d, tier = o.decision, o.served_tier
+        if d is None or tier is None:
             return h
-        tier = o.attempts.served_tier if o.attempts and o.attempts.served_tier else d.tier
-        h["x-route-llm-tier"] = tier
+        h["x-route-llm-tier"] = tier.name
+        h["x-route-llm-tier-index"] = str(tier.index)
         h["x-route-llm-model"] = self._served_model(tier).name
         h["x-route-llm-score"] = "none" if d.score is None else f"{d.score:.4f}"
-        h["x-route-llm-threshold"] = "none" if d.threshold is None else f"{d.threshold:.4f}"
+        h["x-route-llm-threshold"] = "none" if d.cuts is None else cuts_header(d.cuts)
         if d.tier != tier:
-            h["x-route-llm-fallback"] = f"{d.tier}->{tier}"
+            h["x-route-llm-fallback"] = f"{d.tier.name}->{tier.name}"
         if d.failed:
             h["x-route-llm-router-error"] = "1"
         if dropped := self._dropped(o):
@@ -174,48 +143,7 @@ class ChatHandler:
         return sorted({*o.dropped, *(self.param_name(name) for name in by_model)})
 
     def record(self, o: Outcome) -> None:
-        d, a = o.decision, o.attempts
-        routed_tier: Tier | None = (a.served_tier if a and a.served_tier else (d.tier if d else None))
-        routed_model = self._served_model(routed_tier).name if routed_tier else "none"
-        metrics.REQUESTS.labels(o.requested, routed_model, routed_tier or "none", o.status).inc()
-        if d is not None and d.score is not None:
-            metrics.ROUTER_SCORE.observe(d.score)
-            metrics.ROUTER_SECONDS.observe(d.seconds)
-        if d is not None and d.failed:
-            metrics.ROUTER_FAILURES.inc()
-        if a is not None:
-            for tier, reason in a.errors:
-                metrics.UPSTREAM_ERRORS.labels(self._served_model(tier).name, reason).inc()
-            if a.fallback and a.served_tier:
-                metrics.FALLBACKS.labels(a.requested_tier, a.served_tier).inc()
-        if routed_tier and o.upstream_seconds is not None:
-            metrics.UPSTREAM_SECONDS.labels(routed_model).observe(o.upstream_seconds)
-            if o.first_token_seconds is not None:
-                metrics.UPSTREAM_TTFT.labels(routed_model).observe(o.first_token_seconds)
-            metrics.TOKENS.labels(routed_model, "in").inc(o.prompt_tokens)
-            metrics.TOKENS.labels(routed_model, "out").inc(o.completion_tokens)
-            p_in, p_out = self.prices[routed_tier]
-            cost = o.prompt_tokens * p_in + o.completion_tokens * p_out
-            s_in, s_out = self.prices["strong"]
-            metrics.COST.labels(routed_model).inc(cost)
-            metrics.SAVINGS.inc(max(0.0, o.prompt_tokens * s_in + o.completion_tokens * s_out - cost))
-        line: dict[str, Any] = {
-            "request_id": o.request_id, "requested_model": o.requested, "routed_model": routed_model,
-            "tier": routed_tier, "score": None if d is None or d.score is None else round(d.score, 4),
-            "threshold": None if d is None or d.threshold is None else round(d.threshold, 4),
-            "router_ms": None if d is None else round(d.seconds * 1000, 2),
-            "upstream_ms": None if o.upstream_seconds is None else round(o.upstream_seconds * 1000, 1),
-            "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
-            "status": o.status, "http_status": o.http_status,
-            "retries": a.retries if a else 0, "fallback": bool(a and a.fallback),
-            "total_ms": round((time.perf_counter() - o.started) * 1000, 1),
-        }
-        line["endpoint"] = self.endpoint
-        if dropped := self._dropped(o):
-            line["dropped_params"] = dropped
-        if o.prompt is not None:
-            line["prompt"] = o.prompt
-        access_log.info(json.dumps(line))
+        self.accounting.record(o, endpoint=self.endpoint, dropped=self._dropped(o))
 
     @staticmethod
     def _status_of(exc: ProxyError) -> str:
@@ -241,10 +169,10 @@ class ChatHandler:
             extra_headers: dict[str, str] = {}
             if chat.files:
                 messages, extra_headers = await state.documents.expand(request, chat)
-            text = last_user_text(chat.messages)
+            texts = state.decider.texts(chat.messages)
             if self.settings.server.log_prompts:
-                o.prompt = text
-            o.decision = decision = await state.decider.decide(target, text)
+                o.prompt = texts[-1]
+            o.decision = decision = await state.decider.decide(target, texts)
             o.attempts = attempts = Attempts(requested_tier=decision.tier)
             if chat.stream:
                 response = await self._stream(state, chat, messages, o, extra_headers)
@@ -348,27 +276,29 @@ async def route_only(request: Request) -> Response:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     model = body.get("model", next(iter(settings.aliases)))
-    target = request.state.decider.resolve(model)
+    decider = request.state.decider
+    target = decider.resolve(model)
     if "messages" in body:
         chat = parse_chat_request({"model": model, "messages": body["messages"]},
                                   limit_messages=settings.server.limit_messages,
                                   limit_content_chars=settings.server.limit_content_chars)
-        text = last_user_text(chat.messages)
+        texts = decider.texts(chat.messages)
     elif isinstance(body.get("prompt"), str):
-        text = body["prompt"]
+        texts = [body["prompt"]]
     else:
         raise BadRequest("send `prompt` (a string) or `messages` (a chat conversation)", param="prompt")
-    d: Decision = await request.state.decider.decide(target, text)
-    m = settings.models.by_tier(d.tier)
+    d: Decision = await decider.decide(target, texts)
+    m = settings.models.model(d.tier)
     return JSONResponse({
-        "object": "route.decision", "requested_model": model, "tier": d.tier, "model": m.name,
-        "score": d.score, "threshold": d.threshold, "router_error": d.failed,
+        "object": "route.decision", "requested_model": model, "tier": d.tier.name, "tier_index": d.tier.index,
+        "model": m.name, "score": d.score, "turn_score": d.turn_score, "threshold": d.threshold,
+        "thresholds": None if d.cuts is None else list(d.cuts), "router_error": d.failed,
         "router_model": request.state.router.version,
     })
 
 
 def _model_object(settings: Settings, name: str, tier: Tier | None, created: int) -> dict[str, Any]:
-    owner = "route-llm" if tier is None else settings.models.by_tier(tier).model.split("/", 1)[0]
+    owner = "route-llm" if tier is None else settings.models.model(tier).model.split("/", 1)[0]
     return {"id": name, "object": "model", "created": created, "owned_by": owner}
 
 
@@ -376,7 +306,8 @@ async def list_models(request: Request) -> Response:
     settings: Settings = request.state.settings
     created = int(request.state.started_at)
     data = [_model_object(settings, name, None, created) for name in settings.aliases]
-    data += [_model_object(settings, settings.models.by_tier(t).name, t, created) for t in ("weak", "strong")]
+    models = settings.models
+    data += [_model_object(settings, m.name, t, created) for m, t in zip(models.entries, models.tiers)]
     return JSONResponse({"object": "list", "data": data})
 
 

@@ -17,8 +17,12 @@ from typing import Any, Literal, Union
 
 import yaml
 
-Tier = Literal["weak", "strong"]
-Fallback = Literal["none", "strong_to_weak", "weak_to_strong", "both"]
+from router.policy import Tier, check_cuts, check_shares
+
+# down: towards cheaper tiers; up: towards dearer ones; both: nearest first, the cheaper on a tie.
+# strong_to_weak and weak_to_strong are the two-tier names of down and up, still accepted.
+Fallback = Literal["none", "down", "up", "both", "strong_to_weak", "weak_to_strong"]
+Context = Literal["last_user", "conversation"]
 Selection = Literal["all", "bm25"]
 
 ENV_PREFIX = "os.environ/"
@@ -56,30 +60,81 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class ModelsSettings:
-    weak: ModelSettings
-    strong: ModelSettings
+    """The tiers, cheapest first, and the upstream model behind each.
 
-    def by_tier(self, tier: Tier) -> ModelSettings:
-        return self.weak if tier == "weak" else self.strong
+    Two spellings load to this: a list of model entries (tier names are the entries' ``name``) and the older
+    ``weak:``/``strong:`` mapping (two tiers named ``weak`` and ``strong``, so dashboards and clients reading
+    ``x-route-llm-tier`` see what they always saw).
+    """
+
+    entries: tuple[ModelSettings, ...]
+    tiers: tuple[Tier, ...]
+
+    @classmethod
+    def of_list(cls, entries: typing.Sequence[ModelSettings], names: typing.Sequence[str] | None = None
+                ) -> ModelsSettings:
+        names = [m.name for m in entries] if names is None else list(names)
+        return cls(tuple(entries), tuple(Tier(i, n) for i, n in enumerate(names)))
+
+    def model(self, tier: Tier) -> ModelSettings:
+        return self.entries[tier.index]
+
+    @property
+    def cheapest(self) -> Tier:
+        return self.tiers[0]
+
+    @property
+    def top(self) -> Tier:
+        return self.tiers[-1]
+
+    @property
+    def weak(self) -> ModelSettings:
+        """The cheapest tier's model (the two-tier form's ``weak``)."""
+        return self.entries[0]
+
+    @property
+    def strong(self) -> ModelSettings:
+        """The most expensive tier's model (the two-tier form's ``strong``)."""
+        return self.entries[-1]
+
+    def tier_named(self, name: str) -> Tier | None:
+        """A tier by its name; ``weak`` and ``strong`` also name the two ends of any list."""
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        return {"weak": self.cheapest, "strong": self.top}.get(name)
 
 
 @dataclass(frozen=True)
-class RouterSettings:
+class OperatingPoint:
+    """Where the cut points between tiers sit: fixed thresholds or target shares (via the model's quantile
+    table). ``threshold``/``strong_share`` are the two-tier spellings of ``thresholds``/``shares``; fixed
+    thresholds win over shares, as ``threshold`` always won over ``strong_share``."""
+
+    threshold: float | None = None
+    strong_share: float | None = None
+    thresholds: tuple[float, ...] | None = None  # one per cut: len(models) - 1, non-decreasing
+    shares: tuple[float, ...] | None = None  # one per tier, cheapest first, adding up to 1
+
+    def is_set(self) -> bool:
+        return any(v is not None for v in (self.threshold, self.strong_share, self.thresholds, self.shares))
+
+
+@dataclass(frozen=True)
+class RouterSettings(OperatingPoint):
     model_dir: str | None = None  # None: the model shipped inside the package
     threads: int = 1  # onnxruntime intra-op threads per worker
-    threshold: float | None = None  # a fixed threshold wins over strong_share
-    strong_share: float | None = 0.3  # target share of strong-model calls, via the model's quantile table
-    fail_open_tier: Tier = "strong"  # where a request goes when the classifier itself fails
+    fail_open_tier: str = "strong"  # a tier name, or weak/strong for the cheapest/most expensive tier
+    context: Context = "last_user"  # what the router scores: the last user turn, or every user turn
+    context_decay: float = 0.9  # conversation mode: a user turn k turns back counts as ranking decay**k as high
+    limit_context_turns: int = 4  # conversation mode: the most recent user turns that count
     batch_window_ms: float = 0.0  # extra wait to gather concurrent prompts into one ONNX run
     limit_batch: int = 32
 
 
 @dataclass(frozen=True)
-class AliasSettings:
+class AliasSettings(OperatingPoint):
     """A routed model name clients may send; each may carry its own operating point."""
-
-    threshold: float | None = None
-    strong_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -171,9 +226,15 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: must be one of {', '.join(map(str, args))}; got {value!r}")
         return value
     if origin is tuple:
+        if args and args[0] is float:
+            if not isinstance(value, list) or not value:
+                raise ConfigError(f"{key}: expected a list of numbers, got {value!r}")
+            return tuple(_convert(float, v, f"{key}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key}: expected a list of strings")
         return tuple(value)
+    if tp is ModelsSettings:
+        return _models(value, key)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping")
@@ -201,6 +262,27 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover - a bug in this module
 
 
+def _models(value: Any, key: str) -> ModelsSettings:
+    """The tier list from either spelling: a list of entries, cheapest first, or the weak:/strong: mapping."""
+    if isinstance(value, dict):
+        if set(value) != {"weak", "strong"}:
+            unknown = sorted(set(value) - {"weak", "strong"})
+            if unknown:
+                raise ConfigError(f"unknown key {key}.{unknown[0]} (the mapping form has weak and strong; for "
+                                  "more tiers give models as a list, cheapest first)")
+            missing = "weak" if "weak" not in value else "strong"
+            raise ConfigError(f"missing key {key}.{missing}")
+        entries = [_build(ModelSettings, value[t], f"{key}.{t}") for t in ("weak", "strong")]
+        return ModelsSettings.of_list(entries, ["weak", "strong"])
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of models, cheapest first (or the weak:/strong: mapping), "
+                          f"got {type(value).__name__}")
+    if len(value) < 2:
+        raise ConfigError(f"{key}: at least two tiers are needed (a list of models, cheapest first), got "
+                          f"{len(value)}")
+    return ModelsSettings.of_list([_build(ModelSettings, v, f"{key}[{i}]") for i, v in enumerate(value)])
+
+
 def _build(cls: Any, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
@@ -220,33 +302,66 @@ def _build(cls: Any, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _validate(s: Settings) -> None:
-    def share_ok(v: float | None, key: str) -> None:
+def _check_point(p: OperatingPoint, key: str, tiers: int) -> None:
+    """Check an operating point (the router's or an alias's) against the number of tiers, naming the key."""
+    for name in ("threshold", "strong_share"):
+        v = getattr(p, name)
         if v is not None and not 0.0 <= v <= 1.0:
-            raise ConfigError(f"{key}: must be between 0 and 1, got {v}")
+            raise ConfigError(f"{key}.{name}: must be between 0 and 1, got {v}")
+        if v is not None and tiers != 2:
+            plural = "thresholds" if name == "threshold" else "shares"
+            raise ConfigError(f"{key}.{name}: applies to two tiers; with {tiers} tiers set {key}.{plural} "
+                              f"({'one per cut' if plural == 'thresholds' else 'one per tier'})")
+    if p.threshold is not None and p.thresholds is not None:
+        raise ConfigError(f"{key}: set threshold or thresholds, not both")
+    if p.strong_share is not None and p.shares is not None:
+        raise ConfigError(f"{key}: set strong_share or shares, not both")
+    try:
+        if p.thresholds is not None:
+            check_cuts(p.thresholds, tiers)
+        if p.shares is not None:
+            check_shares(p.shares, tiers)
+    except ValueError as exc:
+        raise ConfigError(f"{key}.{exc}") from None
 
-    share_ok(s.router.threshold, "router.threshold")
-    share_ok(s.router.strong_share, "router.strong_share")
-    if s.router.threshold is None and s.router.strong_share is None:
-        raise ConfigError("router: set threshold or strong_share")
+
+def _validate(s: Settings) -> None:
+    tiers = len(s.models.tiers)
+    _check_point(s.router, "router", tiers)
+    if not s.router.is_set() and tiers != 2:
+        raise ConfigError(f"router: with {tiers} tiers set router.shares (one per tier, e.g. "
+                          f"{[round(1 / tiers, 2)] * tiers}) or router.thresholds (one per cut)")
+    if s.models.tier_named(s.router.fail_open_tier) is None:
+        raise ConfigError(f"router.fail_open_tier: must be one of weak, strong (the cheapest and the most expensive "
+                          f"tier) or a tier name ({', '.join(t.name for t in s.models.tiers)}); got "
+                          f"{s.router.fail_open_tier!r}")
+    if not 0.0 < s.router.context_decay <= 1.0:
+        raise ConfigError(f"router.context_decay: must be in (0, 1], got {s.router.context_decay}")
+    if s.router.limit_context_turns < 1:
+        raise ConfigError(f"router.limit_context_turns: must be at least 1, got {s.router.limit_context_turns}")
     if s.router.threads < 1:
         raise ConfigError("router.threads: must be at least 1")
     if s.router.limit_batch < 1 or s.router.batch_window_ms < 0:
         raise ConfigError("router.limit_batch must be >= 1 and router.batch_window_ms >= 0")
     if not s.aliases:
         raise ConfigError("aliases: at least one routed alias (e.g. auto) is needed")
-    names = {s.models.weak.name, s.models.strong.name}
-    if len(names) != 2:
-        raise ConfigError("models: weak.name and strong.name must differ")
+    names = [m.name for m in s.models.entries]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"models: the name {name!r} is used by two tiers; each tier needs its own name")
+        if name.startswith("router-"):
+            raise ConfigError(f"models: the name {name!r} clashes with the router-bert-<threshold> form")
     for alias, a in s.aliases.items():
-        share_ok(a.threshold, f"aliases.{alias}.threshold")
-        share_ok(a.strong_share, f"aliases.{alias}.strong_share")
+        _check_point(a, f"aliases.{alias}", tiers)
         if alias in names or alias.startswith("router-"):
             raise ConfigError(f"aliases.{alias}: clashes with a model name or the router-bert-<threshold> form")
-    for tier in ("weak", "strong"):
-        m = s.models.by_tier(tier)
+    for tier, m in zip(s.models.tiers, s.models.entries):
         if m.timeout <= 0:
-            raise ConfigError(f"models.{tier}.timeout: must be positive")
+            raise ConfigError(f"{_tier_key(s, tier)}.timeout: must be positive")
+        for price in ("input_cost_per_million", "output_cost_per_million"):
+            v = getattr(m, price)
+            if v is not None and v < 0:
+                raise ConfigError(f"{_tier_key(s, tier)}.{price}: must not be negative, got {v}")
     if s.upstream.retries < 0 or s.upstream.timeout_total <= 0:
         raise ConfigError("upstream.retries must be >= 0 and upstream.timeout_total > 0")
     if not 0 < s.server.port < 65536:
@@ -269,6 +384,12 @@ def _validate(s: Settings) -> None:
     for key in ("timeout_header", "timeout_body", "timeout_keep_alive"):
         if getattr(s.server, key) <= 0:
             raise ConfigError(f"server.{key}: must be positive (seconds)")
+
+
+def _tier_key(s: Settings, tier: Tier) -> str:
+    """How a tier is spelled in the config file, for error messages: ``models.weak`` or ``models[i]``."""
+    two = [t.name for t in s.models.tiers] == ["weak", "strong"]
+    return f"models.{tier.name}" if two else f"models[{tier.index}]"
 
 
 def settings_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Settings:

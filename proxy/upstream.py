@@ -1,4 +1,4 @@
-"""Calling the upstream models through LiteLLM: retries, fallback to the other tier, deadlines.
+"""Calling the upstream models through LiteLLM: retries, fallback along the tier list, deadlines.
 
 LiteLLM's own retry machinery is switched off (``num_retries=0``): this module owns the policy so that
 retries, the fallback and the total deadline are one loop that the metrics and headers can describe.
@@ -12,8 +12,9 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from typing import Any
 
 import httpx
@@ -22,11 +23,34 @@ from litellm import exceptions as llm_errors
 
 from proxy.errors import BadRequest, ProxyError, RateLimited, UpstreamError, UpstreamNotConfigured
 from proxy.params import for_model
-from proxy.settings import ModelSettings, Settings, Tier
+from proxy.pricing import register_model
+from proxy.settings import Fallback, ModelSettings, Settings
+from router.policy import Tier
 
 log = logging.getLogger("route_llm")
 
-_OTHER: dict[Tier, Tier] = {"weak": "strong", "strong": "weak"}
+
+
+def fallback_order(tier: Tier, tiers: Sequence[Tier], fallback: Fallback) -> list[Tier]:
+    """The tiers to try for a request routed to ``tier``, in order: the tier itself, then the fallback walk.
+
+    ``down`` walks towards cheaper tiers and ``up`` towards dearer ones, each to the end of the list; ``both``
+    takes the nearest tier first, the cheaper one on a tie, so a failing middle tier is replaced by its
+    neighbours before the ends. The two-tier names map onto these: strong_to_weak is ``down``, weak_to_strong
+    is ``up``.
+    """
+    mode = {"strong_to_weak": "down", "weak_to_strong": "up"}.get(fallback, fallback)
+    below = [tiers[i] for i in range(tier.index - 1, -1, -1)]
+    above = [tiers[i] for i in range(tier.index + 1, len(tiers))]
+    if mode == "down":
+        rest = below
+    elif mode == "up":
+        rest = above
+    elif mode == "both":
+        rest = [t for pair in zip_longest(below, above) for t in pair if t is not None]
+    else:
+        rest = []
+    return [tier, *rest]
 
 
 @dataclass
@@ -157,45 +181,15 @@ def _to_proxy_error(f: _Failure, model: str) -> ProxyError:
     return UpstreamError(text, reason=f.reason, status_code=f.status)
 
 
-_GEMINI_API_PROVIDERS = ("gemini", "vertex_ai", "vertex_ai_beta")
-
-
-def _register_model(m: ModelSettings) -> None:
-    """Give LiteLLM the configured prices for ``m``, and what it must know about a model missing from its map.
-
-    LiteLLM prices every response before returning it; for a model missing from its price map
-    (gemini-1.5-* among them) that search walks its fallback tables several times per call, about 2 ms
-    of CPU per request here. With the model registered, the lookup is a dictionary hit.
-
-    For such a model LiteLLM also assumes no system-message and no response-schema support: it folds
-    system messages into the first user turn and drops a ``json_schema`` response format's schema. Every
-    model of the Gemini API takes a ``systemInstruction`` and a response schema, so that is said here.
-    """
-    prices = {"input_cost_per_token": None if m.input_cost_per_million is None else m.input_cost_per_million / 1e6,
-              "output_cost_per_token": None if m.output_cost_per_million is None else m.output_cost_per_million / 1e6}
-    entry: dict[str, Any] = {k: v for k, v in prices.items() if v is not None}
-    provider = m.model.split("/", 1)[0] if "/" in m.model else ""
-    if provider in _GEMINI_API_PROVIDERS:
-        known = litellm.model_cost.get(m.model) or {}
-        entry.update({k: True for k in ("supports_system_messages", "supports_response_schema") if not known.get(k)})
-    if not entry:
-        return
-    entry["mode"] = "chat"
-    if m.model not in litellm.model_cost:  # we don't price cached tokens either; saying so silences a warning
-        entry.update(cache_read_input_token_cost=0.0, cache_creation_input_token_cost=0.0)
-    if "/" in m.model:
-        entry["litellm_provider"] = m.model.split("/", 1)[0]
-    litellm.register_model({m.model: entry})
-
-
 class Upstream:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.up = settings.upstream
+        self.tiers = settings.models.tiers
         self._missing_keys: dict[Tier, list[str]] = {}
-        for tier in ("weak", "strong"):
-            m = settings.models.by_tier(tier)
-            _register_model(m)
+        for tier in self.tiers:
+            m = settings.models.model(tier)
+            register_model(m)
             if m.resolved_api_key() is None:
                 check = litellm.validate_environment(model=m.model, api_base=m.api_base)
                 if not check.get("keys_in_environment", True):
@@ -216,16 +210,13 @@ class Upstream:
         return kw
 
     def _order(self, tier: Tier) -> list[Tier]:
-        fb = self.up.fallback
-        allowed = fb == "both" or (fb == "strong_to_weak" and tier == "strong") or (
-            fb == "weak_to_strong" and tier == "weak")
-        tiers = [tier, _OTHER[tier]] if allowed else [tier]
+        tiers = fallback_order(tier, self.tiers, self.up.fallback)
         return [t for t in tiers if not self.missing_keys(t)] or [tier]
 
     def _check_configured(self, tier: Tier) -> None:
         missing = self.missing_keys(tier)
         if missing:
-            m = self.settings.models.by_tier(tier)
+            m = self.settings.models.model(tier)
             raise UpstreamNotConfigured(
                 f"cannot call {m.name}: the upstream API key is not set (set {' or '.join(missing)} "
                 "in the proxy's environment, or models.*.api_key in its config)")
@@ -234,10 +225,10 @@ class Upstream:
         """Run ``call(model_settings, timeout)`` with retries per tier, then the fallback tier."""
         deadline = time.monotonic() + self.up.timeout_total
         last: _Failure | None = None
-        last_model = self.settings.models.by_tier(tier).name
+        last_model = self.settings.models.model(tier).name
         self._check_configured(tier)
         for i, t in enumerate(self._order(tier)):
-            m = self.settings.models.by_tier(t)
+            m = self.settings.models.model(t)
             if i > 0:
                 attempts.fallback = True
                 log.warning("falling back from %s to %s after: %s", last_model, m.name, last and last.reason)

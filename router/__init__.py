@@ -7,7 +7,7 @@ the CLI and the scripts can all use it, and serving never imports training code.
 from __future__ import annotations
 
 from router.classifier import Classifier, InferenceError, ModelLoadError, ModelMeta, Router, RouterError
-from router.policy import Policy, Tier, decide, quantiles_from_scores, threshold_for_strong_share
+from router.policy import Policy, Tier, TierPolicy, decide, quantiles_from_scores, threshold_for_strong_share
 from router.scoring import CalibrationResult, ScoreInputError, calibrate, score_jsonl
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "RouterError",
     "ScoreInputError",
     "Tier",
+    "TierPolicy",
     "calibrate",
     "decide",
     "quantiles_from_scores",

@@ -7,18 +7,33 @@ touching inference, and lets calibration reuse the same quantile arithmetic the 
 The rule, used everywhere: a request goes to the strong model iff ``score >= threshold``. Threshold 0.0
 therefore sends everything to the strong model, and :data:`NEVER_STRONG` (the smallest float above 1.0)
 sends nothing there, because no probability can reach it.
+
+Any number of tiers: the models form an ordered list, cheapest first, and ``n`` tiers need ``n - 1``
+non-decreasing cut points. A score goes to the tier above every cut it reaches (the same ``>=`` rule), so two
+tiers with one cut are exactly the threshold rule above. Cuts come from fixed thresholds or from target
+shares per tier read off the model's quantile table (:func:`cuts_for_shares`).
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-Tier = Literal["weak", "strong"]
+
+@dataclass(frozen=True)
+class Tier:
+    """One rung of the configured model list: its position (0 = cheapest) and the name headers, metrics and
+    logs use for it. The proxy's settings, decider, upstream and accounting all pass this one type, so "which
+    tier" is never a bare string or index that could mean different things in different modules."""
+
+    index: int
+    name: str
+
 
 #: A threshold no score in [0, 1] can reach; what a strong share of 0 maps to. Using the next float above 1.0
 #: (rather than, say, 1.0 with a strict ">" rule) keeps one comparison rule for every threshold.
@@ -98,7 +113,7 @@ def threshold_for_strong_share(quantiles: Iterable[Sequence[float]], share: floa
     return float(np.interp(1.0 - share, levels, scores))
 
 
-def decide(score: float, threshold: float) -> Tier:
+def decide(score: float, threshold: float) -> Literal["weak", "strong"]:
     """Return "strong" iff ``score >= threshold``, else "weak" (see the module docstring for why ">=")."""
     score = _check_real("score", score)
     if not 0.0 <= score <= 1.0:
@@ -137,6 +152,113 @@ class Policy:
         """Build the policy that targets ``share`` strong-model calls on the quantile table's traffic."""
         return cls(threshold_for_strong_share(quantiles, share))
 
-    def decide(self, score: float) -> Tier:
+    def decide(self, score: float) -> Literal["weak", "strong"]:
         """Return the tier for ``score`` under this policy's threshold."""
         return decide(score, self.threshold)
+
+
+def check_shares(shares: Sequence[float], tiers: int) -> tuple[float, ...]:
+    """Validate per-tier traffic shares: one per tier, each in [0, 1], summing to 1 (within float noise)."""
+    if isinstance(shares, (str, bytes)) or not isinstance(shares, Sequence):
+        raise ValueError(f"shares must be a list of {tiers} fractions, got {shares!r}")
+    if len(shares) != tiers:
+        raise ValueError(f"shares must have one fraction per tier ({tiers}), got {len(shares)}")
+    values = tuple(_check_real(f"shares[{i}]", v) for i, v in enumerate(shares))
+    for i, v in enumerate(values):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"shares[{i}] must be between 0 and 1, got {v}")
+    if abs(sum(values) - 1.0) > 1e-6:
+        raise ValueError(f"shares must add up to 1, got {sum(values):.6g}")
+    return values
+
+
+def check_cuts(cuts: Sequence[float], tiers: int) -> tuple[float, ...]:
+    """Validate cut points: ``tiers - 1`` thresholds, each valid, in non-decreasing order (equal cuts leave
+    the tier between them empty, which is allowed: it is how one threshold spans several tiers)."""
+    if isinstance(cuts, (str, bytes)) or not isinstance(cuts, Sequence):
+        raise ValueError(f"thresholds must be a list of {tiers - 1} numbers, got {cuts!r}")
+    if len(cuts) != tiers - 1:
+        raise ValueError(f"thresholds must have one value per cut between tiers ({tiers - 1}), got {len(cuts)}")
+    values = tuple(_check_real(f"thresholds[{i}]", v) for i, v in enumerate(cuts))
+    for i, v in enumerate(values):
+        if not (0.0 <= v <= 1.0 or v == NEVER_STRONG):
+            raise ValueError(f"thresholds[{i}] must be between 0 and 1, got {v}")
+        if i and v < values[i - 1]:
+            raise ValueError(f"thresholds must not decrease; thresholds[{i}] is {v}, below {values[i - 1]}")
+    return values
+
+
+def cuts_for_shares(quantiles: Iterable[Sequence[float]], shares: Sequence[float]) -> tuple[float, ...]:
+    """Cut points that send about ``shares[i]`` of the reference traffic to tier ``i``.
+
+    The cut below tier ``j`` is the threshold for the share of everything from tier ``j`` up, so each cut is
+    :func:`threshold_for_strong_share` of a tail sum and two tiers reproduce ``strong_share`` exactly.
+    """
+    table = check_quantiles(quantiles)
+    values = check_shares(shares, len(shares))
+    # The tail sums are clamped: float addition can leave them a few ulps outside [0, 1].
+    tails = [min(1.0, max(0.0, math.fsum(values[j:]))) for j in range(1, len(values))]
+    return tuple(threshold_for_strong_share(table, tail) for tail in tails)
+
+
+@dataclass(frozen=True)
+class TierPolicy:
+    """Validated cut points for an ordered list of tiers; ``tier_index`` is the whole decision."""
+
+    cuts: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cuts", check_cuts(tuple(self.cuts), len(self.cuts) + 1))
+
+    @property
+    def tiers(self) -> int:
+        return len(self.cuts) + 1
+
+    @classmethod
+    def from_shares(cls, quantiles: Iterable[Sequence[float]], shares: Sequence[float]) -> TierPolicy:
+        return cls(cuts_for_shares(quantiles, shares))
+
+    @classmethod
+    def two_way(cls, threshold: float, tiers: int) -> TierPolicy:
+        """One threshold over any number of tiers: below it the cheapest, at or above it the most expensive.
+
+        This is what RouteLLM's ``router-bert-<threshold>`` names mean with more than two tiers: its
+        weak/strong pair are the two ends of the list, and the tiers between receive nothing.
+        """
+        return cls((check_threshold(threshold),) * (tiers - 1))
+
+    def tier_index(self, score: float) -> int:
+        """The number of cuts ``score`` reaches (``score >= cut``): 0 is the cheapest tier."""
+        score = _check_real("score", score)
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"score must be between 0 and 1, got {score}")
+        return bisect_right(self.cuts, score)
+
+
+def conversation_score(scores: Sequence[float], decay: float, quantiles: Iterable[Sequence[float]]) -> float:
+    """One score for a conversation from its user turns' scores, oldest first (the last is the current turn).
+
+    Each earlier turn ``k`` turns back counts as if it ranked ``decay**k`` as high in the reference traffic: its
+    score is turned into a quantile level through the model's table, the level is scaled by ``decay**k`` and
+    turned back into a score; the conversation's score is the maximum of those and the last turn's own score.
+
+    A maximum, because one hard turn makes the thread hard: "now add TTL expiry" after a request for a
+    concurrent LRU cache needs the model that wrote the cache. Decaying ranks rather than raw scores keeps
+    ``decay`` meaning the same for any router model, whose scores may crowd into a narrow band (a raw 0.8 decay
+    moved nothing with the shipped model, whose cut points sit within 0.06 of each other). The last turn enters
+    at full weight, so conversation mode can only move a request up a tier, never down.
+    """
+    if not scores:
+        raise ValueError("a conversation needs at least one scored user turn")
+    decay = _check_real("decay", decay)
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"decay must be in (0, 1], got {decay}")
+    values = [_check_real("score", v) for v in scores]
+    table = check_quantiles(quantiles)
+    levels = [level for level, _ in table]
+    points = [score for _, score in table]
+    best = values[-1]
+    for back, value in enumerate(reversed(values[:-1]), start=1):
+        level = float(np.interp(value, points, levels)) * decay ** back
+        best = max(best, float(np.interp(level, levels, points)))
+    return best

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from proxy.decider import Decider, Target
 from proxy.settings import settings_from_dict
 from router import InferenceError, Router
+from router.policy import TierPolicy
 from tests.conftest import RunningProxy, base_config, start_proxy, stop_proxy
 from tests.standin import StandInServer
 
@@ -98,12 +99,12 @@ def test_one_failing_prompt_does_not_fail_its_batch_neighbours(router: Router) -
     """Concurrent prompts share one classifier call; a prompt that breaks it must only fail itself."""
     broken = FlakyRouter(router, delay=0.2)
     decider = Decider(settings_from_dict(base_config(Path("/nonexistent"))), cast(Router, broken))
-    target = Target("auto", threshold=0.5)
+    target = Target("auto", policy=TierPolicy((0.5,)))
 
     async def go() -> list[Any]:
-        first = asyncio.create_task(decider.decide(target, "occupies the classifier"))
+        first = asyncio.create_task(decider.decide(target, ["occupies the classifier"]))
         await asyncio.sleep(0.05)  # the next two queue up while the first runs, and form one batch
-        rest = [asyncio.create_task(decider.decide(target, t)) for t in ("POISON prompt", "an innocent prompt")]
+        rest = [asyncio.create_task(decider.decide(target, [t])) for t in ("POISON prompt", "an innocent prompt")]
         return await asyncio.gather(first, *rest)
 
     first, poisoned, innocent = asyncio.run(go())

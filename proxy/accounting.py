@@ -1,0 +1,120 @@
+"""Per-request accounting: what happened to one chat request, written to metrics and the access log once.
+
+The handler fills an :class:`Outcome` as the request goes; :class:`Accounting` turns it into counters,
+histograms, the cost and savings estimate and one JSON access-log line. Which tier served is decided in one
+place (:attr:`Outcome.served_tier`), so headers, metrics, cost and the log cannot disagree about it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy import metrics
+from proxy.decider import Decision, Target
+from proxy.pricing import Price, prices_of
+from proxy.settings import Settings
+from proxy.upstream import Attempts
+from router.policy import Tier
+
+access_log = logging.getLogger("route_llm.access")
+
+
+@dataclass
+class Outcome:
+    """Everything recorded about one chat request, written to metrics and the access log once, at the end."""
+
+    request_id: str
+    requested: str = "unknown"
+    target: Target | None = None
+    decision: Decision | None = None
+    attempts: Attempts | None = None
+    status: str = "error"
+    http_status: int = 500
+    upstream_seconds: float | None = None
+    first_token_seconds: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    prompt: str | None = None
+    dropped: list[str] = field(default_factory=list)  # parameters the endpoint accepts but has no use for
+
+    @property
+    def served_tier(self) -> Tier | None:
+        """The tier that answered (after any fallback), else the one routed to, else None (no decision)."""
+        if self.attempts is not None and self.attempts.served_tier is not None:
+            return self.attempts.served_tier
+        return self.decision.tier if self.decision is not None else None
+
+
+class Accounting:
+    """Metrics, cost and the access log for finished requests; one per app, shared by the endpoints."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.prices: tuple[Price, ...] = prices_of(settings.models.entries)
+
+    def cost(self, tier: Tier, prompt_tokens: int, completion_tokens: int) -> tuple[float, float]:
+        """The request's estimated cost on ``tier`` and what it saved against the most expensive tier for these
+        very tokens (the dearest by price, which a list given cheapest first puts last, but prices decide)."""
+        cost = self.prices[tier.index].cost(prompt_tokens, completion_tokens)
+        dearest = max(p.cost(prompt_tokens, completion_tokens) for p in self.prices)
+        return cost, max(0.0, dearest - cost)
+
+    def record(self, o: Outcome, *, endpoint: str, dropped: list[str]) -> None:
+        d, a = o.decision, o.attempts
+        tier = o.served_tier
+        model = self.settings.models.model(tier).name if tier is not None else "none"
+        metrics.REQUESTS.labels(o.requested, model, tier.name if tier else "none", o.status).inc()
+        if d is not None and d.score is not None:
+            metrics.ROUTER_SCORE.observe(d.score)
+            metrics.ROUTER_SECONDS.observe(d.seconds)
+        if d is not None and d.failed:
+            metrics.ROUTER_FAILURES.inc()
+        if a is not None:
+            for tried, reason in a.errors:
+                metrics.UPSTREAM_ERRORS.labels(self.settings.models.model(tried).name, reason).inc()
+            if a.fallback and a.served_tier:
+                metrics.FALLBACKS.labels(a.requested_tier.name, a.served_tier.name).inc()
+        if tier is not None and o.upstream_seconds is not None:
+            metrics.UPSTREAM_SECONDS.labels(model).observe(o.upstream_seconds)
+            if o.first_token_seconds is not None:
+                metrics.UPSTREAM_TTFT.labels(model).observe(o.first_token_seconds)
+            metrics.TOKENS.labels(model, "in").inc(o.prompt_tokens)
+            metrics.TOKENS.labels(model, "out").inc(o.completion_tokens)
+            cost, saved = self.cost(tier, o.prompt_tokens, o.completion_tokens)
+            metrics.COST.labels(model).inc(cost)
+            metrics.SAVINGS.inc(saved)
+        line: dict[str, Any] = {
+            "request_id": o.request_id, "requested_model": o.requested, "routed_model": model,
+            "tier": tier.name if tier else None,
+            "score": None if d is None or d.score is None else round(d.score, 4),
+            "threshold": None if d is None or d.cuts is None else _cuts_value(d.cuts),
+            "router_ms": None if d is None else round(d.seconds * 1000, 2),
+            "upstream_ms": None if o.upstream_seconds is None else round(o.upstream_seconds * 1000, 1),
+            "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
+            "status": o.status, "http_status": o.http_status,
+            "retries": a.retries if a else 0, "fallback": bool(a and a.fallback),
+            "total_ms": round((time.perf_counter() - o.started) * 1000, 1),
+        }
+        if d is not None and d.turn_score is not None and d.turn_score != d.score:
+            line["turn_score"] = round(d.turn_score, 4)
+        line["endpoint"] = endpoint
+        if dropped:
+            line["dropped_params"] = dropped
+        if o.prompt is not None:
+            line["prompt"] = o.prompt
+        access_log.info(json.dumps(line))
+
+
+def _cuts_value(cuts: tuple[float, ...]) -> float | list[float]:
+    """A two-tier decision logs its threshold as a number, as it always did; more tiers log the list of cuts."""
+    return round(cuts[0], 4) if len(cuts) == 1 else [round(c, 4) for c in cuts]
+
+
+def cuts_header(cuts: tuple[float, ...]) -> str:
+    """``x-route-llm-threshold``: the cut points, comma-separated (one value with two tiers)."""
+    return ",".join(f"{c:.4f}" for c in cuts)

@@ -1,0 +1,164 @@
+"""Conversation-aware routing (``router.context: conversation``): earlier user turns weigh in, so a terse
+follow-up in a hard conversation keeps its tier. Expectations come from the shipped router's scores at test time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.chat import user_texts
+from proxy.decider import Decider
+from proxy.settings import ConfigError, settings_from_dict
+from router import Router
+from router.policy import conversation_score
+from tests.conftest import base_config, start_proxy, stop_proxy
+from tests.standin import StandInServer
+
+HARD = [
+    "Implement a thread-safe LRU cache in Rust with O(1) get and put, and explain the memory-ordering choices.",
+    "Prove that for every prime p > 3, p^2 - 1 is divisible by 24, then characterise all n with 24 | n^2 - 1.",
+    "Design a distributed rate limiter for 10 million requests per second across regions; discuss consistency, "
+    "failure modes and clock skew.",
+]
+FOLLOW_UPS = ["now add TTL expiry", "ok", "and shorter?", "thanks", "continue"]
+
+
+def _pick(router: Router) -> tuple[str, str, float, float]:
+    """The hardest first turn and the tersest-scoring follow-up under the shipped model, with their scores."""
+    hard_scores = router.score(HARD)
+    follow_scores = router.score(FOLLOW_UPS)
+    h = max(range(len(HARD)), key=lambda i: hard_scores[i])
+    f = min(range(len(FOLLOW_UPS)), key=lambda i: follow_scores[i])
+    return HARD[h], FOLLOW_UPS[f], hard_scores[h], follow_scores[f]
+
+
+def _conversation(first: str, follow: str) -> list[dict[str, Any]]:
+    return [{"role": "system", "content": "be brief"}, {"role": "user", "content": first},
+            {"role": "assistant", "content": "Here it is: ..."}, {"role": "user", "content": follow}]
+
+
+LINEAR = [(0.0, 0.0), (1.0, 1.0)]  # a quantile table on which a score is its own rank
+SQUEEZED = [(0.0, 0.6), (0.5, 0.7), (1.0, 0.8)]  # scores crowded into a narrow band, as a real model's may be
+
+
+def test_conversation_score_is_a_decayed_maximum_never_below_the_last_turn() -> None:
+    assert conversation_score([0.9, 0.2], 0.8, LINEAR) == pytest.approx(0.72)
+    assert conversation_score([0.9, 0.1, 0.2], 0.5, LINEAR) == pytest.approx(0.225)  # two turns back: 0.9 * 0.25
+    assert conversation_score([0.1, 0.6], 0.8, LINEAR) == 0.6
+    assert conversation_score([0.4], 0.1, LINEAR) == 0.4
+    assert conversation_score([0.3, 0.4], 1.0, LINEAR) == 0.4
+    with pytest.raises(ValueError, match="decay"):
+        conversation_score([0.4, 0.5], 0.0, LINEAR)
+    with pytest.raises(ValueError, match="at least one"):
+        conversation_score([], 0.8, LINEAR)
+
+
+def test_conversation_decay_works_on_ranks_not_raw_scores() -> None:
+    # 0.8 is the top of the band (rank 1.0); one turn back at decay 0.8 it ranks 0.8, i.e. score 0.76, not 0.64.
+    assert conversation_score([0.8, 0.6], 0.8, SQUEEZED) == pytest.approx(0.76)
+
+
+def test_user_texts_keeps_the_last_user_turns_oldest_first() -> None:
+    msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x"},
+            {"role": "user", "content": [{"type": "text", "text": "b"}, {"type": "text", "text": "c"}]},
+            {"role": "tool", "content": "t"}, {"role": "user", "content": "d"}]
+    assert user_texts(msgs, 4) == ["a", "b\nc", "d"]
+    assert user_texts(msgs, 2) == ["b\nc", "d"]
+    assert user_texts([{"role": "system", "content": "s"}], 4) == [""]
+
+
+@pytest.fixture()
+def split_proxies(router: Router, tmp_path: Path) -> Any:
+    """A conversation-mode and a last-user-mode proxy, with a threshold between the follow-up's own score and
+    the conversation's score, so the two modes must route the follow-up differently."""
+    first, follow, s_first, s_follow = _pick(router)
+    decay = 0.8
+    combined = conversation_score([s_first, s_follow], decay, router.meta.quantiles)
+    assert combined > s_follow, "the shipped model scores the terse follow-up above the hard first turn"
+    threshold = (combined + s_follow) / 2
+    started = []
+    for context in ("conversation", "last_user"):
+        cfg = base_config(tmp_path / context, router={"threshold": threshold, "context": context,
+                                                      "context_decay": decay})
+        started.append(start_proxy(settings_from_dict(cfg), router))
+    yield started[0], started[1], first, follow, combined, s_follow
+    for running in started:
+        stop_proxy(running)
+
+
+def test_follow_up_in_a_hard_conversation_keeps_the_strong_tier(split_proxies: Any, standin: StandInServer) -> None:
+    conv, last, first, follow, combined, s_follow = split_proxies
+    messages = _conversation(first, follow)
+    raw = conv.client().chat.completions.with_raw_response.create(model="auto", messages=messages)
+    assert raw.headers["x-route-llm-tier"] == "strong" and raw.parse().model == "gemini-1.5-pro"
+    assert float(raw.headers["x-route-llm-score"]) == pytest.approx(combined, abs=1e-4)
+    raw = last.client().chat.completions.with_raw_response.create(model="auto", messages=messages)
+    assert raw.headers["x-route-llm-tier"] == "weak"
+    assert float(raw.headers["x-route-llm-score"]) == pytest.approx(s_follow, abs=1e-4)
+
+
+def test_single_turn_requests_route_the_same_in_both_modes(split_proxies: Any, standin: StandInServer) -> None:
+    conv, last, first, follow, _, _ = split_proxies
+    for text in (first, follow):
+        a = conv.client().chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": text}])
+        b = last.client().chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": text}])
+        assert a.headers["x-route-llm-score"] == b.headers["x-route-llm-score"]
+        assert a.headers["x-route-llm-tier"] == b.headers["x-route-llm-tier"]
+
+
+def test_route_endpoint_reports_the_turn_and_the_conversation_score(split_proxies: Any) -> None:
+    conv, _, first, follow, combined, s_follow = split_proxies
+    body = conv.http().post("/v1/route", json={"model": "auto", "messages": _conversation(first, follow)}).json()
+    assert body["tier"] == "strong"
+    assert body["score"] == pytest.approx(combined, abs=1e-9)
+    assert body["turn_score"] == pytest.approx(s_follow, abs=1e-9)
+
+
+class _CountingRouter:
+    """The shipped router, recording which texts each scoring call received."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+        self.meta = router.meta
+        self.calls: list[list[str]] = []
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        self.calls.append(list(texts))
+        return self._router.score(texts)
+
+
+def test_earlier_turns_are_scored_once_in_one_batch_then_cached(router: Router, tmp_path: Path) -> None:
+    counting = _CountingRouter(router)
+    settings = settings_from_dict(base_config(tmp_path, router={"context": "conversation"}))
+    decider = Decider(settings, counting)  # type: ignore[arg-type]
+    target = decider.resolve("auto")
+    turns = ["first question", "second", "third", "fourth"]
+
+    async def run() -> tuple[Any, Any]:
+        return await decider.decide(target, turns), await decider.decide(target, [*turns[:3], "a new last turn"])
+
+    cold, warm = asyncio.run(run())
+    assert counting.calls == [turns, ["a new last turn"]]  # one batch, then only the new turn
+    scores = router.score([*turns, "a new last turn"])
+    q, decay = router.meta.quantiles, settings.router.context_decay
+    assert cold.score == pytest.approx(conversation_score(scores[:4], decay, q))
+    assert warm.score == pytest.approx(conversation_score([*scores[:3], scores[4]], decay, q))
+
+
+@pytest.mark.parametrize(("router_keys", "message"), [
+    ({"context": "everything"}, r"router\.context: must be one of last_user, conversation"),
+    ({"context_decay": 0}, r"router\.context_decay: must be in \(0, 1\]"),
+    ({"context_decay": 1.5}, r"router\.context_decay: must be in \(0, 1\]"),
+    ({"context_decay": "slow"}, r"router\.context_decay: expected a number"),
+    ({"limit_context_turns": 0}, r"router\.limit_context_turns: must be at least 1"),
+])
+def test_bad_context_settings_fail_naming_the_key(tmp_path: Path, router_keys: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_from_dict(base_config(tmp_path, router=router_keys))
