@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from proxy.settings import ConfigError, Settings, load_settings
+from proxy.settings import ConfigError, Settings, load_settings, tier_key
 
 log = logging.getLogger("route_llm")
 
@@ -238,10 +238,11 @@ def start_demo_upstream(settings: Settings) -> str:
     ``--workers`` processes rebuild their settings from the config file but inherit the environment. A real
     key in the environment is replaced, so it is not sent anywhere in demo mode.
     """
-    for m in settings.models.entries:
+    for tier, m in zip(settings.models.tiers, settings.models.entries):
         if not m.model.startswith("gemini/") or m.api_base is not None:
-            raise ConfigError(f"the model {m.name} is {m.model!r}{' with an api_base' if m.api_base else ''}; the "
-                              "stand-in speaks the Gemini API, so the demo needs gemini/ models without api_base")
+            where = " with an api_base" if m.api_base else ""
+            raise ConfigError(f"{tier_key(settings, tier)} is {m.model!r}{where}; the stand-in speaks the Gemini API, "
+                              "so the demo needs gemini/ models without api_base")
     from proxy.standin import StandInServer
 
     standin = StandInServer().start()

@@ -357,11 +357,11 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"aliases.{alias}: clashes with a model name or the router-bert-<threshold> form")
     for tier, m in zip(s.models.tiers, s.models.entries):
         if m.timeout <= 0:
-            raise ConfigError(f"{_tier_key(s, tier)}.timeout: must be positive")
+            raise ConfigError(f"{tier_key(s, tier)}.timeout: must be positive")
         for price in ("input_cost_per_million", "output_cost_per_million"):
             v = getattr(m, price)
             if v is not None and v < 0:
-                raise ConfigError(f"{_tier_key(s, tier)}.{price}: must not be negative, got {v}")
+                raise ConfigError(f"{tier_key(s, tier)}.{price}: must not be negative, got {v}")
     if s.upstream.retries < 0 or s.upstream.timeout_total <= 0:
         raise ConfigError("upstream.retries must be >= 0 and upstream.timeout_total > 0")
     if not 0 < s.server.port < 65536:
@@ -386,7 +386,7 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"server.{key}: must be positive (seconds)")
 
 
-def _tier_key(s: Settings, tier: Tier) -> str:
+def tier_key(s: Settings, tier: Tier) -> str:
     """How a tier is spelled in the config file, for error messages: ``models.weak`` or ``models[i]``."""
     two = [t.name for t in s.models.tiers] == ["weak", "strong"]
     return f"models.{tier.name}" if two else f"models[{tier.index}]"

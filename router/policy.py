@@ -20,6 +20,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -235,6 +236,13 @@ class TierPolicy:
         return bisect_right(self.cuts, score)
 
 
+@lru_cache(maxsize=8)
+def _table_columns(quantiles: tuple[tuple[float, ...], ...]) -> tuple[list[float], list[float]]:
+    """A quantile table, validated once, as its level and score columns (a model has one table for its life)."""
+    table = check_quantiles(quantiles)
+    return [level for level, _ in table], [score for _, score in table]
+
+
 def conversation_score(scores: Sequence[float], decay: float, quantiles: Iterable[Sequence[float]]) -> float:
     """One score for a conversation from its user turns' scores, oldest first (the last is the current turn).
 
@@ -254,9 +262,7 @@ def conversation_score(scores: Sequence[float], decay: float, quantiles: Iterabl
     if not 0.0 < decay <= 1.0:
         raise ValueError(f"decay must be in (0, 1], got {decay}")
     values = [_check_real("score", v) for v in scores]
-    table = check_quantiles(quantiles)
-    levels = [level for level, _ in table]
-    points = [score for _, score in table]
+    levels, points = _table_columns(tuple(tuple(pair) for pair in quantiles))
     best = values[-1]
     for back, value in enumerate(reversed(values[:-1]), start=1):
         level = float(np.interp(value, points, levels)) * decay ** back

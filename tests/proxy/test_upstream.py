@@ -33,7 +33,8 @@ def test_litellm_gets_the_models_fixed_timeout_so_its_http_client_is_reused(
 
     async def calls() -> None:
         for _ in range(3):
-            assert await upstream.complete("strong", MSG, {}, Attempts("strong")) == "answer"
+            strong = upstream.tiers[-1]
+            assert await upstream.complete(strong, MSG, {}, Attempts(strong)) == "answer"
 
     asyncio.run(calls())
     assert seen == [5, 5, 5]
