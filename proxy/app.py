@@ -22,13 +22,10 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from proxy import __version__, metrics
-from proxy.accounting import cuts_header
-from proxy.decider import DEFAULT_STRONG_SHARE, Decider
-from proxy.documents_service import DocumentService
-from proxy.errors import ProxyError, handle_http_exception, handle_proxy_error, handle_unexpected
-from proxy.guard import GuardMiddleware
-from proxy.responses import ResponsesHandler
-from proxy.routes import (
+from proxy.documents.service import DocumentService
+from proxy.edge.guard import GuardMiddleware
+from proxy.edge.responses import ResponsesHandler
+from proxy.edge.routes import (
     ChatHandler,
     health_live,
     health_ready,
@@ -37,8 +34,11 @@ from proxy.routes import (
     retrieve_model,
     route_only,
 )
+from proxy.errors import ProxyError, handle_http_exception, handle_proxy_error, handle_unexpected
+from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider
 from proxy.settings import Settings, load_settings
-from proxy.upstream import Upstream
+from proxy.upstream.accounting import cuts_header
+from proxy.upstream.calls import Upstream
 from router import Router
 
 log = logging.getLogger("route_llm")

@@ -165,7 +165,7 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
         # After a graceful shutdown uvicorn re-raises SIGTERM under the handler it found; with the default
         # one the process then dies by the signal (status -15). A no-op handler makes it exit 0 instead.
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
-        from proxy.protocol import uvicorn_config
+        from proxy.edge.protocol import uvicorn_config
 
         config = uvicorn_config(create_app(settings, router=router), settings, host=host, port=port,
                                 log_level="warning", log_config=_log_config(), access_log=False)
@@ -180,7 +180,7 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
     sock: socket.socket | None = None
     try:  # the directory goes away however this ends, a failed bind included
         sock = _nodelay_socket(host, port)
-        from proxy.protocol import uvicorn_config
+        from proxy.edge.protocol import uvicorn_config
 
         config = uvicorn_config("proxy.app:app_from_env", settings, factory=True, workers=workers,
                                 log_level="warning", log_config=_log_config(), access_log=False)
@@ -274,8 +274,8 @@ def standin_cmd(host: str, port: int, fault_rate: float, fault_mix: bool) -> Non
               help="alias, router-bert-<threshold> or a configured model name (default: first alias)")
 def route_cmd(text: str, config_path: str | None, model_name: str | None) -> None:
     """Print the routing decision for one prompt (no upstream call)."""
-    from proxy.decider import Decider
     from proxy.errors import ProxyError
+    from proxy.routing.decider import Decider
 
     settings = _load(config_path)
     router = _router(settings.router.model_dir, settings.router.threads)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from proxy.decider import Decider
+from proxy.routing.decider import Decider
 from proxy.settings import load_settings
 from router import Router
 from router.policy import conversation_score

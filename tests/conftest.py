@@ -29,7 +29,7 @@ os.environ["GEMINI_API_BASE"] = STANDIN.base_url
 os.environ["GEMINI_API_KEY"] = "test-upstream-key"
 
 from proxy.app import create_app  # noqa: E402
-from proxy.protocol import uvicorn_config  # noqa: E402
+from proxy.edge.protocol import uvicorn_config  # noqa: E402
 from proxy.settings import Settings, settings_from_dict  # noqa: E402
 from router import Router  # noqa: E402
 

@@ -113,7 +113,7 @@ def test_route_prints_the_decision_as_json(config_file: Path, router: Router) ->
 
 
 def test_route_uses_the_thresholds_the_proxy_would(tmp_path: Path, router: Router) -> None:
-    # An alias's own strong_share wins over a fixed router.threshold, as in the proxy (proxy.decider).
+    # An alias's own strong_share wins over a fixed router.threshold, as in the proxy (proxy.routing.decider).
     from router.policy import threshold_for_strong_share
 
     cfg = base_config(tmp_path)

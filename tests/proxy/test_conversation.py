@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from proxy.chat import user_texts
-from proxy.decider import Decider
+from proxy.edge.chat import user_texts
+from proxy.routing.decider import Decider
 from proxy.settings import ConfigError, settings_from_dict
 from router import Router
 from router.policy import conversation_score

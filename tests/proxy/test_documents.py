@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.documents import (
+from proxy.documents.assemble import (
     Document,
     DocumentInputError,
     bm25_scores,

@@ -72,7 +72,7 @@ def test_every_parameter_of_the_installed_sdk_is_accepted() -> None:
     """A newer openai SDK with a new chat parameter fails here first, not in a user's request."""
     from openai.types.chat.completion_create_params import CompletionCreateParamsBase
 
-    from proxy.chat import KNOWN
+    from proxy.edge.chat import KNOWN
 
     assert set(CompletionCreateParamsBase.__annotations__) - KNOWN == set()
 

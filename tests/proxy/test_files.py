@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.files import FileStore
+from proxy.state.files import FileStore
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from proxy.chat import PART_TYPES, PASSTHROUGH, ROLES
+from proxy.edge.chat import PART_TYPES, PASSTHROUGH, ROLES
 from tests.conftest import RunningProxy
 from tests.standin import StandInServer
 

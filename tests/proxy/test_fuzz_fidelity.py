@@ -11,7 +11,7 @@ import httpx
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.responses import KNOWN
+from proxy.edge.responses import KNOWN
 from tests.proxy.test_fuzz import FUZZ, _check, _dumps, _post_json, http, junk, model, number, text
 
 __all__ = ["http"]  # the fixture, imported for the tests below

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from proxy.edge.jsonbody import check_json
 from proxy.errors import BadRequest
-from proxy.jsonbody import check_json
 from tests.conftest import RunningProxy
 from tests.standin import StandInServer
 

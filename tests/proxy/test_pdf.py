@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from proxy.pdf import PdfError, PdfExecutor, PdfLimits, extract_pages, extract_pages_async
+from proxy.documents.pdf import PdfError, PdfExecutor, PdfLimits, extract_pages, extract_pages_async
 from tests.proxy import pdfs
 
 LIMITS = PdfLimits()

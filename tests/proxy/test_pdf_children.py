@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.pdf import CHILD_PREFIX, sweep_orphans
+from proxy.documents.pdf import CHILD_PREFIX, sweep_orphans
 from tests.proxy.pdfs import slow_pdf
 from tests.proxy.test_shutdown import _serve, _wait_ready, _write_config
 from tests.standin import StandInServer, free_port

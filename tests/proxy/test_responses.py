@@ -146,7 +146,7 @@ def test_unused_parameters_are_named_in_the_dropped_header(proxy: RunningProxy, 
 def test_every_request_key_of_the_installed_sdk_is_known() -> None:
     from openai.types.responses.response_create_params import ResponseCreateParamsBase
 
-    from proxy.responses import KNOWN
+    from proxy.edge.responses import KNOWN
 
     assert set(ResponseCreateParamsBase.__annotations__) - KNOWN == set()
 

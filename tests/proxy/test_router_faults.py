@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 from prometheus_client import REGISTRY
 
-from proxy.decider import Decider, Target
+from proxy.routing.decider import Decider, Target
 from proxy.settings import settings_from_dict
 from router import InferenceError, Router
 from router.policy import TierPolicy

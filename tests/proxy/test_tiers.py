@@ -20,7 +20,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from proxy.settings import ConfigError, load_settings, settings_from_dict
-from proxy.upstream import fallback_order
+from proxy.upstream.calls import fallback_order
 from router import Router
 from router.policy import Tier, TierPolicy
 from tests.conftest import ROOT, RunningProxy, start_proxy, stop_proxy
@@ -184,7 +184,7 @@ def test_weak_strong_mapping_is_two_tiers_named_weak_and_strong(tmp_path: Path) 
 
 
 def test_list_of_two_is_the_mapping_form_with_the_models_names(tmp_path: Path, router: Router) -> None:
-    from proxy.decider import Decider
+    from proxy.routing.decider import Decider
     from tests.conftest import base_config
 
     cfg = base_config(tmp_path)
@@ -198,7 +198,7 @@ def test_list_of_two_is_the_mapping_form_with_the_models_names(tmp_path: Path, r
 
 
 def test_two_tiers_with_no_operating_point_keep_the_default_strong_share(tmp_path: Path, router: Router) -> None:
-    from proxy.decider import DEFAULT_STRONG_SHARE, Decider
+    from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider
     from router.policy import threshold_for_strong_share
     from tests.conftest import base_config
 
@@ -209,7 +209,7 @@ def test_two_tiers_with_no_operating_point_keep_the_default_strong_share(tmp_pat
 
 
 def test_alias_thresholds_win_over_router_shares(tmp_path: Path, router: Router) -> None:
-    from proxy.decider import Decider
+    from proxy.routing.decider import Decider
 
     cfg = three_tier_config(tmp_path)
     cfg["aliases"] = {"auto": {}, "fixed": {"thresholds": [0.2, 0.9]}}

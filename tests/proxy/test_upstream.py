@@ -10,7 +10,7 @@ import litellm
 import pytest
 
 from proxy.settings import settings_from_dict
-from proxy.upstream import Attempts, Upstream
+from proxy.upstream.calls import Attempts, Upstream
 from tests.conftest import base_config
 
 MSG = [{"role": "user", "content": "hi"}]

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.errors import BadRequest, PayloadTooLarge
-from proxy.params import CHECKS, check
+from proxy.upstream.params import CHECKS, check
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
 
-# Every OpenAI chat parameter is accepted and type-checked; proxy.params decides which reach the model.
+# Every OpenAI chat parameter is accepted and type-checked; proxy.upstream.params decides which reach the model.
 PASSTHROUGH = frozenset(CHECKS)
 KNOWN = PASSTHROUGH | {"model", "messages", "stream"}
 

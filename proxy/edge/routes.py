@@ -14,22 +14,23 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from proxy import metrics, shape
-from proxy.accounting import Accounting, Outcome, cuts_header
-from proxy.chat import ChatRequest, parse_chat_request
-from proxy.decider import Decision, Target
+from proxy import metrics
+from proxy.edge import shape
+from proxy.edge.chat import ChatRequest, parse_chat_request
+from proxy.edge.guard import Life
+from proxy.edge.jsonbody import parse_json
 from proxy.errors import BadRequest, Overloaded, PayloadTooLarge, ProxyError, RateLimited, UpstreamError
-from proxy.guard import Life
-from proxy.jsonbody import parse_json
+from proxy.routing.decider import Decision, Target
 from proxy.settings import ModelSettings, Settings
-from proxy.upstream import Attempts, client_message
+from proxy.upstream.accounting import Accounting, Outcome, cuts_header
+from proxy.upstream.calls import Attempts, client_message
 from router.policy import Tier
 
 log = logging.getLogger("route_llm")
 
 
 async def read_json(request: Request, limit: int | None) -> Any:
-    """Read the body up to ``limit`` bytes, parse and check it (``proxy.jsonbody``); refuse bigger bodies
+    """Read the body up to ``limit`` bytes, parse and check it (``proxy.edge.jsonbody``); refuse bigger bodies
     without reading them all."""
     declared = request.headers.get("content-length")
     if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
@@ -57,7 +58,7 @@ def request_id(sent: str | None) -> str:
 
 class StreamFormat:
     """How a stream of (OpenAI-shaped) chat chunks goes out on the wire: as chat-completion chunks here, as
-    Responses events in ``proxy.responses``. Each method returns the bytes to send (possibly none)."""
+    Responses events in ``proxy.edge.responses``. Each method returns the bytes to send (possibly none)."""
 
     def start(self) -> bytes:
         return b""
@@ -91,7 +92,7 @@ class ChatStream(StreamFormat):
 
 
 class ChatHandler:
-    """POST /v1/chat/completions; the Responses API (``proxy.responses``) reuses it through the three hooks
+    """POST /v1/chat/completions; the Responses API (``proxy.edge.responses``) reuses it through the three hooks
     ``parse``, ``render`` and ``stream_format``, so both endpoints route, retry, count and log alike."""
 
     endpoint = "chat.completions"

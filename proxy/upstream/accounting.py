@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy import metrics
-from proxy.decider import Decision, Target
-from proxy.pricing import Price, prices_of
+from proxy.routing.decider import Decision, Target
 from proxy.settings import Settings
-from proxy.upstream import Attempts
+from proxy.upstream.calls import Attempts
+from proxy.upstream.pricing import Price, prices_of
 from router.policy import Tier
 
 access_log = logging.getLogger("route_llm.access")

@@ -6,7 +6,7 @@ holds its connection, and the memory behind it, for as long as it likes. Headers
 until they are complete, so the deadline has to live here, in the protocol: it starts when the connection
 opens (and again when a response is complete and the connection waits for the next request), stops when
 the headers are complete, and closes the connection when it passes. The body has its own deadline, in
-``proxy.guard``.
+``proxy.edge.guard``.
 
 ``uvicorn_config`` builds the one uvicorn configuration the CLI and the tests both use.
 """

@@ -3,7 +3,7 @@
 A Responses request becomes a chat request (``input`` items → messages, ``instructions`` → a system
 message, ``max_output_tokens`` → ``max_completion_tokens``, function tools and ``text.format`` → their chat
 forms), then takes the chat endpoint's whole path: validation, documents, routing, retries and fallback,
-the parameter rule of ``proxy.params``, headers, metrics and the access log. The chat completion that
+the parameter rule of ``proxy.upstream.params``, headers, metrics and the access log. The chat completion that
 comes back is rendered as a Response object, or, streamed, as Responses events. LiteLLM has a Responses
 bridge of its own, but going through the proxy's chat path is what keeps both endpoints routed, retried
 and counted the same way.
@@ -20,13 +20,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.chat import ChatRequest, parse_chat_request
+from proxy.edge.chat import ChatRequest, parse_chat_request
+from proxy.edge.routes import ChatHandler, StreamFormat
 from proxy.errors import BadRequest, ProxyError
-from proxy.params import integer, of_type, one_of
-from proxy.routes import ChatHandler, StreamFormat
+from proxy.upstream.params import integer, of_type, one_of
 
 # Request keys of OpenAI's Responses API (tests/proxy/test_responses.py compares them with the installed SDK).
-# Copied to the chat request under the same name; the chat checks and proxy.params' rule apply to them.
+# Copied to the chat request under the same name; the chat checks and proxy.upstream.params' rule apply to them.
 SAME_NAME = ("temperature", "top_p", "parallel_tool_calls", "metadata", "store", "user", "safety_identifier",
              "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "service_tier", "top_logprobs",
              "moderation")

@@ -19,7 +19,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from proxy.chat import user_texts
+from proxy.edge.chat import user_texts
 from proxy.errors import ModelNotFound
 from proxy.settings import OperatingPoint, Settings
 from router import Router

@@ -1,7 +1,7 @@
 """The Files API and the expansion of file parts in chat messages into document text.
 
-Uploads are extracted once, at upload time, in a killable child process (``proxy.pdf``) and the page text
-is stored with the file (``proxy.files``), so asking about a document costs a database read, not a parse.
+Uploads are extracted once, at upload time, in a killable child process (``proxy.documents.pdf``) and the page text
+is stored with the file (``proxy.state.files``), so asking about a document costs a database read, not a parse.
 Inline ``file_data`` parts are extracted per request under the same limits.
 """
 
@@ -23,12 +23,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from proxy import metrics
-from proxy.chat import ChatRequest, FilePart
-from proxy.documents import Document, DocumentInputError, decode_file_data, render_documents
+from proxy.documents.assemble import Document, DocumentInputError, decode_file_data, render_documents
+from proxy.documents.pdf import PdfError, PdfExecutor, PdfLimits, extract_pages_async, sweep_orphans
+from proxy.edge.chat import ChatRequest, FilePart
 from proxy.errors import BadRequest, NotFound, PayloadTooLarge
-from proxy.files import FileStore, QuotaExceeded
-from proxy.pdf import PdfError, PdfExecutor, PdfLimits, extract_pages_async, sweep_orphans
 from proxy.settings import Settings
+from proxy.state.files import FileStore, QuotaExceeded
 
 PURPOSES = {"user_data", "assistants", "batch", "fine-tune", "vision", "evals"}
 FILENAME_CHARS = 255

@@ -22,9 +22,9 @@ import litellm
 from litellm import exceptions as llm_errors
 
 from proxy.errors import BadRequest, ProxyError, RateLimited, UpstreamError, UpstreamNotConfigured
-from proxy.params import for_model
-from proxy.pricing import register_model
 from proxy.settings import Fallback, ModelSettings, Settings
+from proxy.upstream.params import for_model
+from proxy.upstream.pricing import register_model
 from router.policy import Tier
 
 log = logging.getLogger("route_llm")
@@ -59,7 +59,7 @@ class Attempts:
 
     requested_tier: Tier
     served_tier: Tier | None = None
-    dropped: list[str] = field(default_factory=list)  # parameters the serving model does not take (proxy.params)
+    dropped: list[str] = field(default_factory=list)  # parameters the serving model does not take (upstream.params)
     retries: int = 0
     fallback: bool = False
     errors: list[tuple[Tier, str]] = field(default_factory=list)  # (tier tried, reason from a closed set: _classify)

@@ -1,0 +1,1 @@
+"""State kept between requests: stored files and their extracted text (SQLite)."""

@@ -1,0 +1,1 @@
+"""Upstream: LiteLLM calls with retries and fallback along the tier list, model prices, per-request accounting."""
