@@ -1,7 +1,8 @@
 """The application factory.
 
 ``create_app(settings)`` builds the Starlette app; the heavy objects (ONNX session, tokenizer, LiteLLM
-warm-up, file store) are created in the lifespan and handed to handlers as request state, so importing
+warm-up, file store) are created in the lifespan and handed to handlers as one typed ``Services`` value
+(``proxy.services``), so importing
 this module does no work. ``app_from_env`` is the zero-argument factory uvicorn's multi-worker mode needs.
 """
 
@@ -36,6 +37,7 @@ from proxy.edge.routes import (
 )
 from proxy.errors import ProxyError, handle_http_exception, handle_proxy_error, handle_unexpected
 from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider
+from proxy.services import Services
 from proxy.settings import Settings, load_settings
 from proxy.upstream.accounting import cuts_header
 from proxy.upstream.calls import Upstream
@@ -80,8 +82,8 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         log.info("route-llm worker loaded in %.2fs (router %s, %d tiers, default cuts %s)", time.time() - started,
                  the_router.version, len(settings.models.tiers), cuts_header(decider.default_policy.cuts))
         try:
-            yield {"settings": settings, "router": the_router, "decider": decider, "upstream": upstream,
-                   "documents": documents, "ready": ready, "started_at": started}
+            yield {"services": Services(settings=settings, router=the_router, decider=decider, upstream=upstream,
+                                        documents=documents, ready=ready, started_at=started)}
         finally:
             documents.close()
 

@@ -48,6 +48,13 @@ def _caused_by_long_part_header(exc: BaseException) -> bool:
     return False
 
 
+def _service(request: Request) -> DocumentService:
+    """The app's document service (``proxy.services``; imported here lazily, as services imports this module)."""
+    from proxy.services import services
+
+    return services(request).documents
+
+
 class DocumentService:
     def __init__(self, settings: Settings) -> None:
         d = settings.documents
@@ -267,19 +274,19 @@ class DocumentService:
     def routes() -> builtins.list[BaseRoute]:
         """Routes that find the service in request state (it is built in the lifespan)."""
         async def upload(request: Request) -> Response:
-            return await request.state.documents.upload(request)  # type: ignore[no-any-return]
+            return await _service(request).upload(request)
 
         async def list_files(request: Request) -> Response:
-            return await request.state.documents.list(request)  # type: ignore[no-any-return]
+            return await _service(request).list(request)
 
         async def retrieve(request: Request) -> Response:
-            return await request.state.documents.retrieve(request)  # type: ignore[no-any-return]
+            return await _service(request).retrieve(request)
 
         async def delete(request: Request) -> Response:
-            return await request.state.documents.delete(request)  # type: ignore[no-any-return]
+            return await _service(request).delete(request)
 
         async def content(request: Request) -> Response:
-            return await request.state.documents.content(request)  # type: ignore[no-any-return]
+            return await _service(request).content(request)
 
         return [
             Route("/v1/files", upload, methods=["POST"]),

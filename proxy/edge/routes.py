@@ -21,6 +21,7 @@ from proxy.edge.guard import Life
 from proxy.edge.jsonbody import parse_json
 from proxy.errors import BadRequest, Overloaded, PayloadTooLarge, ProxyError, RateLimited, UpstreamError
 from proxy.routing.decider import Decision, Target
+from proxy.services import Services, services
 from proxy.settings import ModelSettings, Settings
 from proxy.upstream.accounting import Accounting, Outcome, cuts_header
 from proxy.upstream.calls import Attempts, client_message
@@ -42,7 +43,7 @@ async def read_json(request: Request, limit: int | None) -> Any:
         if limit is not None and size > limit:
             raise PayloadTooLarge(f"request body exceeds this proxy's limit of {limit} bytes")
         chunks.append(chunk)
-    settings: Settings = request.state.settings
+    settings = services(request).settings
     return await parse_json(b"".join(chunks), limit_depth=settings.server.limit_json_depth)
 
 
@@ -156,7 +157,7 @@ class ChatHandler:
 
     # --- endpoints --------------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
-        state = request.state
+        state = services(request)
         o = Outcome(request_id=request_id(request.headers.get("x-request-id")))
         streaming = False  # a stream records its outcome when it ends, not here
         body: Any = None
@@ -176,7 +177,7 @@ class ChatHandler:
             o.decision = decision = await state.decider.decide(target, texts)
             o.attempts = attempts = Attempts(requested_tier=decision.tier)
             if chat.stream:
-                response = await self._stream(state, chat, messages, o, extra_headers)
+                response = await self._stream(state, request, chat, messages, o, extra_headers)
                 streaming = True
                 return response
             start = time.perf_counter()
@@ -200,15 +201,15 @@ class ChatHandler:
                 self.record(o)
 
     @staticmethod
-    def _requested_label(state: Any, name: Any) -> str:
+    def _requested_label(state: Services, name: Any) -> str:
         """A bounded metrics label for what the client asked for, when the request failed before routing."""
         try:
             return str(state.decider.resolve(name).requested)
         except ProxyError:
             return "invalid"
 
-    async def _stream(self, state: Any, chat: ChatRequest, messages: list[dict[str, Any]], o: Outcome,
-                      extra_headers: dict[str, str]) -> Response:
+    async def _stream(self, state: Services, request: Request, chat: ChatRequest, messages: list[dict[str, Any]],
+                      o: Outcome, extra_headers: dict[str, str]) -> Response:
         assert o.decision is not None and o.attempts is not None
         start = time.perf_counter()
         # Usage is always asked of the upstream, so token and cost metrics count streams too; the usage
@@ -220,7 +221,8 @@ class ChatHandler:
         served = self._served_model(o.attempts.served_tier or o.decision.tier)
         o.status, o.http_status = "ok", 200
         headers = {**self._headers(o), **extra_headers}
-        sse = self._sse(first, iterator, served.name, o, start, self.stream_format(chat, served.name), state.life)
+        sse = self._sse(first, iterator, served.name, o, start, self.stream_format(chat, served.name),
+                        request.state.life)
         return StreamingResponse(sse, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
     async def _sse(self, first: Any, iterator: AsyncIterator[Any], model_name: str, o: Outcome,
@@ -272,12 +274,13 @@ class ChatHandler:
 
 async def route_only(request: Request) -> Response:
     """POST /v1/route: the decision the proxy would take, with no upstream call."""
-    settings: Settings = request.state.settings
+    state = services(request)
+    settings = state.settings
     body = await read_json(request, settings.server.limit_body_bytes)
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     model = body.get("model", next(iter(settings.aliases)))
-    decider = request.state.decider
+    decider = state.decider
     target = decider.resolve(model)
     if "messages" in body:
         chat = parse_chat_request({"model": model, "messages": body["messages"]},
@@ -294,7 +297,7 @@ async def route_only(request: Request) -> Response:
         "object": "route.decision", "requested_model": model, "tier": d.tier.name, "tier_index": d.tier.index,
         "model": m.name, "score": d.score, "turn_score": d.turn_score, "threshold": d.threshold,
         "thresholds": None if d.cuts is None else list(d.cuts), "router_error": d.failed,
-        "router_model": request.state.router.version,
+        "router_model": state.router.version,
     })
 
 
@@ -304,8 +307,8 @@ def _model_object(settings: Settings, name: str, tier: Tier | None, created: int
 
 
 async def list_models(request: Request) -> Response:
-    settings: Settings = request.state.settings
-    created = int(request.state.started_at)
+    settings = services(request).settings
+    created = int(services(request).started_at)
     data = [_model_object(settings, name, None, created) for name in settings.aliases]
     models = settings.models
     data += [_model_object(settings, m.name, t, created) for m, t in zip(models.entries, models.tiers)]
@@ -316,8 +319,9 @@ async def retrieve_model(request: Request) -> Response:
     """GET /v1/models/{id}: any name a request may send, ``router-bert-<threshold>`` included (those are
     not listed, there being one per threshold); an unknown name is OpenAI's 404 ``model_not_found``."""
     name: str = request.path_params["model_id"]
-    target: Target = request.state.decider.resolve(name)
-    return JSONResponse(_model_object(request.state.settings, name, target.tier, int(request.state.started_at)))
+    state = services(request)
+    target: Target = state.decider.resolve(name)
+    return JSONResponse(_model_object(state.settings, name, target.tier, int(state.started_at)))
 
 
 async def health_live(request: Request) -> Response:
@@ -325,8 +329,9 @@ async def health_live(request: Request) -> Response:
 
 
 async def health_ready(request: Request) -> Response:
-    if request.state.ready.is_set():
-        return JSONResponse({"status": "ready", "router_model": request.state.router.version})
+    state = services(request)
+    if state.ready.is_set():
+        return JSONResponse({"status": "ready", "router_model": state.router.version})
     return JSONResponse({"status": "starting"}, status_code=503)
 
 
