@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from starlette.routing import Route
 
 from proxy import __version__, metrics
 from proxy.documents.service import DocumentService
+from proxy.edge.feedback import post_feedback
 from proxy.edge.guard import GuardMiddleware
 from proxy.edge.responses import ResponsesHandler
 from proxy.edge.routes import (
@@ -37,8 +39,10 @@ from proxy.edge.routes import (
 )
 from proxy.errors import ProxyError, handle_http_exception, handle_proxy_error, handle_unexpected
 from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider
+from proxy.routing.reload import Live, PinMiddleware, Reloader, admin_reload
 from proxy.services import Services
 from proxy.settings import Settings, load_settings
+from proxy.state.records import RecordStore
 from proxy.upstream.accounting import cuts_header
 from proxy.upstream.calls import Upstream
 from router import Router
@@ -65,8 +69,11 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         metrics.forget_dead_workers()
         metrics.precreate(list(settings.aliases),
                           [(t.name, m.name) for t, m in zip(settings.models.tiers, settings.models.entries)])
-        metrics.INFO.labels(__version__, the_router.version, cuts_header(decider.default_policy.cuts),
-                            _share_label(settings)).set(1)
+        metrics.precreate_feedback([t.name for t in settings.models.tiers])
+        reloader = Reloader.start(settings, the_router, decider, _info_labels)
+        f = settings.feedback
+        records = RecordStore(settings.feedback_dir(), retention_days=f.retention_days, limit_records=f.limit_records,
+                              limit_store_bytes=f.limit_store_bytes) if f.enabled else None
         for tier in settings.models.tiers:
             missing = upstream.missing_keys(tier)
             if missing:
@@ -79,32 +86,48 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         ready.set()
         # Not "ready": uvicorn binds after the lifespan (one worker). `route-llm serve` says "ready" with the
         # URL once /health/ready answers on the socket (cli.announce_when_ready).
-        log.info("route-llm worker loaded in %.2fs (router %s, %d tiers, default cuts %s)", time.time() - started,
-                 the_router.version, len(settings.models.tiers), cuts_header(decider.default_policy.cuts))
+        hup = reloader.install_signal_handler()
+        log.info("route-llm worker loaded in %.2fs (router %s, version %s, %d tiers, default cuts %s)",
+                 time.time() - started, the_router.version, reloader.current.version, len(settings.models.tiers),
+                 cuts_header(decider.default_policy.cuts))
         try:
+            # PinMiddleware replaces settings, router and decider here with the reloader's current ones, per request.
             yield {"services": Services(settings=settings, router=the_router, decider=decider, upstream=upstream,
-                                        documents=documents, ready=ready, started_at=started)}
+                                        documents=documents, ready=ready, started_at=started, records=records,
+                                        reloader=reloader, router_version=reloader.current.version)}
         finally:
+            if hup:
+                reloader.remove_signal_handler()
             documents.close()
+            if records is not None:
+                records.close()
 
     routes = [
         Route("/v1/chat/completions", chat.chat, methods=["POST"]),
         Route("/v1/responses", responses.chat, methods=["POST"]),
         Route("/v1/route", route_only, methods=["POST"]),
+        Route("/v1/feedback", post_feedback, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),
         *DocumentService.routes(),
         Route("/health/live", health_live, methods=["GET"]),
         Route("/health/ready", health_ready, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/admin/reload", admin_reload, methods=["POST"]),
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(GuardMiddleware, settings=settings)],
+        middleware=[Middleware(PinMiddleware), Middleware(GuardMiddleware, settings=settings)],
         exception_handlers={ProxyError: handle_proxy_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},
         lifespan=lifespan,
     )
+
+
+def _info_labels(live: Live) -> tuple[str, ...]:
+    """The route_llm_info labels of what serves (they follow a reload)."""
+    return (__version__, live.router.version, cuts_header(live.decider.default_policy.cuts),
+            _share_label(live.settings))
 
 
 def _share_label(settings: Settings) -> str:
@@ -120,4 +143,7 @@ def _share_label(settings: Settings) -> str:
 
 def app_from_env() -> Starlette:
     """Zero-argument factory for ``uvicorn --factory`` / multi-worker mode: config path from the env."""
+    # The supervisor forwards SIGHUP (reload) to workers; until this worker's lifespan takes it over, ignore it
+    # rather than die by its default action.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return create_app(load_settings(os.environ.get(CONFIG_ENV)))

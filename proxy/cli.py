@@ -184,9 +184,11 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
 
         config = uvicorn_config("proxy.app:app_from_env", settings, factory=True, workers=workers,
                                 log_level="warning", log_config=_log_config(), access_log=False)
-        from uvicorn.supervisors import Multiprocess
+        from proxy.routing.reload import SUPERVISOR_ENV, ReloadingMultiprocess
 
-        Multiprocess(config, sockets=[sock]).run()
+        # Workers inherit this: one that takes POST /admin/reload signals the supervisor to reload them all.
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
+        ReloadingMultiprocess(config, sockets=[sock]).run()
     finally:
         if sock is not None:
             sock.close()
@@ -337,3 +339,75 @@ def calibrate_cmd(prompts_path: str, strong_share: float, model_dir: str | None)
         sys.exit(EXIT_INPUT)
     click.echo(json.dumps({"threshold": round(result.threshold, 6), "strong_share": strong_share, "prompts": result.n}))
     click.echo(f"# put `threshold: {result.threshold:.4f}` under router: (or an alias) in config.yaml", err=True)
+
+
+@main.group("feedback")
+def feedback_group() -> None:
+    """Ratings clients sent through POST /v1/feedback."""
+
+
+@feedback_group.command("export")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config.yaml naming the store")
+@click.option("--store", "store_dir", type=click.Path(file_okay=False), default=None,
+              help="the feedback store directory (default: feedback.storage_dir, else documents.storage_dir)")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True,
+              help="JSONL file for the training rows (- for stdout)")
+@click.option("--strong-good", type=click.Choice(["drop", "soft"]), default="drop", show_default=True,
+              help="what a good rating of a strong answer becomes: dropped, or a soft target of 0.5")
+def feedback_export_cmd(config_path: str | None, store_dir: str | None, out_path: str, strong_good: str) -> None:
+    """Write stored ratings as training rows {"prompt", "weak_score", "strong_score"} (see the README's mapping)."""
+    from proxy.state.feedback_export import export_rows
+    from proxy.state.records import read_feedback
+
+    root = Path(store_dir) if store_dir else _load(config_path).feedback_dir()
+    try:
+        ratings = list(read_feedback(root))
+    except (FileNotFoundError, OSError) as exc:
+        click.echo(f"route-llm feedback export: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    with click.open_file(out_path, "w", encoding="utf-8") as out:
+        summary = export_rows(ratings, out, strong_good=strong_good)  # type: ignore[arg-type]
+    click.echo(f"route-llm feedback export: {summary.describe()}", err=True)
+
+
+EXIT_NOT_BETTER = 5  # retrain: the candidate did not beat the current model, nothing written
+
+
+@main.command("retrain")
+@click.option("--feedback", "feedback_paths", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False), help="training rows from `route-llm feedback export`")
+@click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="the base training data (train.jsonl, chat_alpacaeval.jsonl, ...)")
+@click.option("--model-dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="the current model (default: the shipped one)")
+@click.option("--out-dir", type=click.Path(file_okay=False), default="models", show_default=True,
+              help="where the new versioned model directory is written, if the candidate is better")
+@click.option("--work-dir", type=click.Path(file_okay=False), default=".route-llm-retrain", show_default=True,
+              help="embedding cache")
+@click.option("--base-per-source", type=click.IntRange(0), default=400, show_default=True,
+              help="base training rows sampled per source (0: all, slow)")
+@click.option("--tolerance", type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
+              help="largest APGR drop allowed on any base validation source")
+@click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)
+def retrain_cmd(feedback_paths: tuple[str, ...], data_dir: str, model_dir: str | None, out_dir: str, work_dir: str,
+                base_per_source: int, tolerance: float, threads: int) -> None:
+    """Refit the routing head on the current encoder with feedback added; keep it only if it is better."""
+    try:
+        from training.retrain import RetrainConfig, RetrainError, retrain
+    except ImportError as exc:
+        click.echo(f"route-llm retrain needs the train extra (pip install 'route-llm[train]'): {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    config = RetrainConfig(base_per_source=base_per_source or None, tolerance=tolerance, threads=threads)
+    try:
+        result = retrain(Path(data_dir), [Path(p) for p in feedback_paths], current_dir=model_dir,
+                         out_dir=Path(out_dir), work_dir=Path(work_dir), config=config)
+    except RetrainError as exc:
+        click.echo(f"route-llm retrain: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    click.echo(result.table)
+    if result.path is None:
+        click.echo(f"route-llm retrain: not written: {result.verdict}", err=True)
+        sys.exit(EXIT_NOT_BETTER)
+    click.echo(f"route-llm retrain: {result.verdict}; wrote {result.path} (version {result.version}); point "
+               "router.model_dir at it and reload (kill -HUP or POST /admin/reload)", err=True)

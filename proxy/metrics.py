@@ -51,6 +51,28 @@ DOC_PAGES = Counter("route_llm_document_pages_extracted_total", "PDF pages whose
 DOC_FAILURES = Counter("route_llm_document_failures_total", "PDF extraction failures by reason", ["reason"])
 DOC_SECONDS = Histogram("route_llm_document_extraction_seconds", "PDF text extraction time",
                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+FEEDBACK = Counter("route_llm_feedback_total", "Ratings received through POST /v1/feedback, by the tier that "
+                   "answered the rated request", ["tier", "rating"])
+RECORD_ERRORS = Counter("route_llm_decision_record_errors_total", "Decision records or ratings that could not be "
+                        "stored (the request itself went through)", ["reason"])
+RELOADS = Counter("route_llm_reloads_total", "Hot reloads of the router model and routing config", ["result"])
+ROUTER_INFO = Gauge("route_llm_router_info", "The router model version serving (value 1; 0 once replaced)",
+                    ["version"], multiprocess_mode="livemax")
+RATINGS = ("good", "bad")
+RECORD_ERROR_REASONS = ("full", "unavailable", "queue_full", "error")
+RELOAD_RESULTS = ("ok", "unchanged", "failed")
+
+
+def precreate_feedback(tier_names: list[str]) -> None:
+    """The learning loop's label sets at zero (ratings per configured tier, record errors, reload results)."""
+    for tier in tier_names:
+        for rating in RATINGS:
+            FEEDBACK.labels(tier, rating)
+    for reason in RECORD_ERROR_REASONS:
+        RECORD_ERRORS.labels(reason)
+    for result in RELOAD_RESULTS:
+        RELOADS.labels(result)
+
 
 def precreate(requested: list[str], tiers: list[tuple[str, str]]) -> None:
     """Create the expected label sets at zero so rates and ratios exist before the first request.

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
 from proxy.documents.service import DocumentService
 from proxy.routing.decider import Decider
 from proxy.settings import Settings
+from proxy.state.records import RecordStore
 from proxy.upstream.calls import Upstream
 from router import Router
+
+if TYPE_CHECKING:
+    from proxy.routing.reload import Reloader
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,9 @@ class Services:
     documents: DocumentService
     ready: asyncio.Event  # set once the router has run once and LiteLLM is warmed up
     started_at: float  # unix time the worker started (the `created` of /v1/models)
+    records: RecordStore | None = None  # decision records and ratings (None: feedback is off)
+    reloader: Reloader | None = None  # holds the live router/decider/settings; PinMiddleware copies them in
+    router_version: str = ""  # hash of the model directory (x-route-llm-router-version)
 
 
 def services(request: Request) -> Services:

@@ -142,6 +142,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()  # for /admin/*; also env ROUTE_LLM_ADMIN_KEYS; proxy keys are not admin keys
     open_metrics: bool = True  # /metrics without a proxy key
     limit_body_bytes: int | None = 20_000_000
     limit_messages: int | None = 1000
@@ -186,6 +187,18 @@ class DocumentsSettings:
 
 
 @dataclass(frozen=True)
+class FeedbackSettings:
+    """Decision records (one per routed chat request) and the ratings clients send for them."""
+
+    enabled: bool = True
+    storage_dir: str | None = None  # None: next to the files, documents.storage_dir
+    store_prompts: bool = False  # keep the routed text (needed to retrain on feedback); else only its hash
+    retention_days: float = 30.0  # records older than this are deleted and can no longer be rated
+    limit_records: int | None = 1_000_000  # newest records kept (and as many ratings)
+    limit_store_bytes: int | None = None  # size cap of the SQLite file; past it, new records are dropped
+
+
+@dataclass(frozen=True)
 class Settings:
     models: ModelsSettings
     router: RouterSettings = field(default_factory=RouterSettings)
@@ -193,6 +206,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     documents: DocumentsSettings = field(default_factory=DocumentsSettings)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     source: str = "<defaults>"
 
     def with_overrides(self, **server: Any) -> Settings:
@@ -204,6 +218,15 @@ class Settings:
         """Keys from config plus ``ROUTE_LLM_API_KEYS`` (comma-separated), read at start-up."""
         env = [k.strip() for k in os.environ.get("ROUTE_LLM_API_KEYS", "").split(",") if k.strip()]
         return tuple(dict.fromkeys([*self.server.api_keys, *env]))
+
+    def all_admin_keys(self) -> tuple[str, ...]:
+        """Admin keys from config plus ``ROUTE_LLM_ADMIN_KEYS`` (comma-separated)."""
+        env = [k.strip() for k in os.environ.get("ROUTE_LLM_ADMIN_KEYS", "").split(",") if k.strip()]
+        return tuple(dict.fromkeys([*self.server.admin_keys, *env]))
+
+    def feedback_dir(self) -> Path:
+        """Where decision records live: ``feedback.storage_dir``, else beside the uploaded files."""
+        return Path(self.feedback.storage_dir or self.documents.storage_dir)
 
 
 def _type_name(tp: Any) -> str:
@@ -379,6 +402,13 @@ def _validate(s: Settings) -> None:
         v = getattr(d, key)
         if v is not None and v < 1:
             raise ConfigError(f"documents.{key}: must be at least 1")
+    f = s.feedback
+    if f.retention_days <= 0:
+        raise ConfigError("feedback.retention_days: must be positive (days)")
+    for key in ("limit_records", "limit_store_bytes"):
+        v = getattr(f, key)
+        if v is not None and v < 1:
+            raise ConfigError(f"feedback.{key}: must be at least 1 (or null for unlimited)")
     if d.timeout_extract <= 0 or s.server.timeout_shutdown < 0:
         raise ConfigError("documents.timeout_extract must be positive and server.timeout_shutdown >= 0")
     for key in ("timeout_header", "timeout_body", "timeout_keep_alive"):

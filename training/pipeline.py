@@ -73,6 +73,7 @@ def train(
     targets: data.TargetConfig,
     head: HeadConfig,
     encoder_source: Path | None = None,
+    encoder_dir: Path | None = None,
     caps: dict[str, int] | None = None,
     max_length: int = 128,
     head_fraction: float = 0.5,
@@ -82,7 +83,8 @@ def train(
     """Build the model directory ``out`` (replaced atomically) and return the metadata written to router.json.
 
     ``encoder_source`` is a format-1 classifier directory whose fine-tuned encoder the head reads (the shipped
-    model uses the first router's); without it the base MiniLM is exported and used.
+    model uses the first router's); without it the base MiniLM is exported and used. ``encoder_dir`` instead
+    reuses a format-2 model directory's ``model.onnx`` + ``tokenizer.json`` as they are (a deployed model's).
     """
     t0 = time.time()
     all_rows = data.load(data_dir, extra or [])
@@ -91,9 +93,9 @@ def train(
     rows = [all_rows[i] for i in data.training_subset(all_rows, caps)]
     log.info("split: %s; %d rows after caps %s", json.dumps(split), len(rows), caps)
     names = list(FEATURES)
-    if encoder_source is not None:
+    if encoder_dir is None and encoder_source is not None:
         encoder_dir = encoder.expose_hidden_states(encoder_source, work / "encoder-tuned")
-    else:
+    elif encoder_dir is None:
         encoder_dir = encoder.export(work / "encoder")
     clf = encoder.classifier(encoder_dir, names, max_length=max_length, head_fraction=head_fraction, threads=threads)
     inputs = encoder.cached_inputs(clf, [r.prompt for r in rows], work / "cache", encoder_dir)

@@ -174,6 +174,8 @@ class ChatHandler:
             texts = state.decider.texts(chat.messages)
             if self.settings.server.log_prompts:
                 o.prompt = texts[-1]
+            o.text, o.owner, o.records = texts[-1], request.state.owner, state.records
+            o.router_version = state.router_version
             o.decision = decision = await state.decider.decide(target, texts)
             o.attempts = attempts = Attempts(requested_tier=decision.tier)
             if chat.stream:

@@ -16,6 +16,7 @@ from typing import Any
 from proxy import metrics
 from proxy.routing.decider import Decision, Target
 from proxy.settings import Settings
+from proxy.state.records import RecordStore, from_outcome
 from proxy.upstream.calls import Attempts
 from proxy.upstream.pricing import Price, prices_of
 from router.policy import Tier
@@ -41,6 +42,10 @@ class Outcome:
     started: float = field(default_factory=time.perf_counter)
     prompt: str | None = None
     dropped: list[str] = field(default_factory=list)  # parameters the endpoint accepts but has no use for
+    text: str = ""  # what the router judged (the last user turn)
+    owner: str = ""  # the proxy key's owner hash ("" without keys)
+    router_version: str = ""
+    records: RecordStore | None = None  # where the decision record goes (None: feedback is off)
 
     @property
     def served_tier(self) -> Tier | None:
@@ -108,6 +113,11 @@ class Accounting:
         if o.prompt is not None:
             line["prompt"] = o.prompt
         access_log.info(json.dumps(line))
+        if o.records is not None and tier is not None:
+            record = from_outcome(o, tier=tier.name, model=model, text=o.text, owner=o.owner,
+                                  version=o.router_version, store_prompts=self.settings.feedback.store_prompts)
+            if record is not None:
+                o.records.add(record)
 
 
 def _cuts_value(cuts: tuple[float, ...]) -> float | list[float]:

@@ -1,0 +1,195 @@
+"""Decision records and POST /v1/feedback over real sockets: the SDK makes the routed call, httpx rates it."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from proxy.state.records import DB_FILE, prompt_hash
+from tests.conftest import RunningProxy
+from tests.standin import StandInServer
+
+PROMPT = "Write a haiku about routers."
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _chat(proxy: RunningProxy, *, key: str = "unused", model: str = "auto", content: str = PROMPT,
+          stream: bool = False) -> tuple[str, str]:
+    """One routed request through the SDK; returns (x-request-id, tier)."""
+    client = proxy.client(api_key=key)
+    messages: Any = [{"role": "user", "content": content}]
+    if stream:
+        with client.chat.completions.with_streaming_response.create(model=model, messages=messages,
+                                                                     stream=True) as raw:
+            assert raw.status_code == 200
+            for _ in raw.parse():
+                pass
+            return raw.headers["x-request-id"], raw.headers.get("x-route-llm-tier", "")
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=messages)
+    raw.parse()
+    return raw.headers["x-request-id"], raw.headers.get("x-route-llm-tier", "")
+
+
+def _rate(proxy: RunningProxy, body: Any, *, key: str | None = None) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    with proxy.http() as http:
+        if isinstance(body, (bytes, str)):
+            return http.post("/v1/feedback", content=body, headers={**headers, "content-type": "application/json"})
+        return http.post("/v1/feedback", json=body, headers=headers)
+
+
+def _db(proxy: RunningProxy) -> sqlite3.Connection:
+    return sqlite3.connect(Path(proxy.settings.feedback_dir()) / DB_FILE)
+
+
+def _error(r: httpx.Response, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    error: dict[str, Any] = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+def test_rating_a_routed_answer_stores_it_and_counts_it_per_tier(proxy: RunningProxy, standin: StandInServer) -> None:
+    request_id, tier = _chat(proxy)
+    before = _sample("route_llm_feedback_total", tier=tier, rating="bad")
+    r = _rate(proxy, {"request_id": request_id, "rating": "bad", "score": 0.2, "comment": "too short"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"].startswith("fb-") and body["object"] == "feedback"
+    assert (body["request_id"], body["rating"], body["score"], body["tier"]) == (request_id, "bad", 0.2, tier)
+    assert body["router_version"] == r.headers["x-route-llm-router-version"]
+    assert _sample("route_llm_feedback_total", tier=tier, rating="bad") == before + 1
+    with _db(proxy) as db:
+        stored = db.execute("SELECT id, rating, rating_score, comment, tier FROM feedback WHERE request_id = ?",
+                            (request_id,)).fetchone()
+    assert stored == (body["id"], "bad", 0.2, "too short", tier)
+
+
+def test_records_keep_a_hash_not_the_prompt_by_default(proxy: RunningProxy, standin: StandInServer) -> None:
+    request_id, tier = _chat(proxy, content=PROMPT + " (hash only)")
+    assert _rate(proxy, {"request_id": request_id, "rating": "good"}).status_code == 200
+    with _db(proxy) as db:
+        row = db.execute("SELECT prompt, prompt_hash, alias, tier, model, router_version, score, threshold "
+                         "FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
+    prompt, hashed, alias, stored_tier, model, version, score, threshold = row
+    assert prompt is None and hashed == prompt_hash(PROMPT + " (hash only)")
+    assert (alias, stored_tier, threshold) == ("auto", tier, 0.5)
+    assert model.startswith("gemini-1.5-") and len(version) == 12 and 0.0 <= score <= 1.0
+
+
+def test_store_prompts_keeps_the_text_and_streams_are_recorded_too(make_proxy: Any, standin: StandInServer) -> None:
+    proxy = make_proxy(feedback={"store_prompts": True})
+    request_id, tier = _chat(proxy, content="Stream me a poem", stream=True)
+    r = _rate(proxy, {"request_id": request_id, "rating": "good"})
+    assert r.status_code == 200, r.text
+    with _db(proxy) as db:
+        assert db.execute("SELECT prompt, tier FROM feedback WHERE request_id = ?",
+                          (request_id,)).fetchone() == ("Stream me a poem", tier)
+
+
+def test_a_later_rating_of_the_same_request_replaces_the_earlier(proxy: RunningProxy, standin: StandInServer) -> None:
+    request_id, _ = _chat(proxy)
+    first = _rate(proxy, {"request_id": request_id, "rating": "bad"}).json()
+    second = _rate(proxy, {"request_id": request_id, "rating": "good"}).json()
+    assert first["id"] != second["id"]
+    with _db(proxy) as db:
+        assert db.execute("SELECT id, rating FROM feedback WHERE request_id = ?",
+                          (request_id,)).fetchall() == [(second["id"], "good")]
+
+
+def test_unknown_and_unrouted_request_ids_are_404(proxy: RunningProxy, standin: StandInServer) -> None:
+    error = _error(_rate(proxy, {"request_id": "req-never-made", "rating": "good"}), 404)
+    assert (error["code"], error["param"]) == ("request_not_found", "request_id")
+    pinned, _ = _chat(proxy, model="gemini-1.5-flash")  # a concrete model: nothing was routed, nothing to rate
+    assert _error(_rate(proxy, {"request_id": pinned, "rating": "good"}), 404)["code"] == "request_not_found"
+
+
+def test_an_expired_record_cannot_be_rated(proxy: RunningProxy, standin: StandInServer) -> None:
+    request_id, _ = _chat(proxy)
+    assert _rate(proxy, {"request_id": request_id, "rating": "good"}).status_code == 200
+    with _db(proxy) as db:  # age the record past feedback.retention_days (30 by default)
+        db.execute("UPDATE decisions SET created_at = ? WHERE request_id = ?", (time.time() - 31 * 86400, request_id))
+    error = _error(_rate(proxy, {"request_id": request_id, "rating": "bad"}), 404)
+    assert "older than 30 days" in error["message"]
+
+
+def test_a_key_can_rate_only_its_own_requests(make_proxy: Any, standin: StandInServer) -> None:
+    proxy = make_proxy(server={"api_keys": ["key-a", "key-b"]})
+    request_id, _ = _chat(proxy, key="key-a")
+    assert _error(_rate(proxy, {"request_id": request_id, "rating": "bad"}, key="key-b"), 404)["code"] == \
+        "request_not_found"
+    assert _error(_rate(proxy, {"request_id": request_id, "rating": "bad"}), 401)["code"] == "invalid_api_key"
+    assert _rate(proxy, {"request_id": request_id, "rating": "bad"}, key="key-a").status_code == 200
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    (b"{not json", None),
+    ([], None),
+    ({"rating": "good"}, "request_id"),
+    ({"request_id": "", "rating": "good"}, "request_id"),
+    ({"request_id": 7, "rating": "good"}, "request_id"),
+    ({"request_id": "req-1"}, "rating"),
+    ({"request_id": "req-1", "rating": "meh"}, "rating"),
+    ({"request_id": "req-1", "rating": "good", "score": 1.5}, "score"),
+    ({"request_id": "req-1", "rating": "good", "score": -0.1}, "score"),
+    ({"request_id": "req-1", "rating": "good", "score": True}, "score"),
+    ({"request_id": "req-1", "rating": "good", "score": "0.5"}, "score"),
+    ({"request_id": "req-1", "rating": "good", "comment": 3}, "comment"),
+    ({"request_id": "req-1", "rating": "good", "comment": "x" * 5000}, "comment"),
+    ({"request_id": "req-1", "rating": "good", "stars": 5}, "stars"),
+])
+def test_malformed_ratings_are_400_naming_the_field(proxy: RunningProxy, body: Any, param: str | None) -> None:
+    error = _error(_rate(proxy, body), 400)
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+
+
+def test_ratings_are_rate_limited_like_chat(make_proxy: Any, standin: StandInServer) -> None:
+    proxy = make_proxy(server={"api_keys": ["key-a"], "limit_requests_per_minute": 2})
+    request_id, _ = _chat(proxy, key="key-a")
+    assert _rate(proxy, {"request_id": request_id, "rating": "good"}, key="key-a").status_code == 200
+    error = _error(_rate(proxy, {"request_id": request_id, "rating": "good"}, key="key-a"), 429)
+    assert error["code"] == "rate_limit_exceeded"
+
+
+def test_a_full_store_drops_records_and_refuses_ratings_but_serves_every_chat(make_proxy: Any,
+                                                                             standin: StandInServer) -> None:
+    proxy = make_proxy(feedback={"store_prompts": True, "limit_store_bytes": 48 * 1024})
+    before = _sample("route_llm_decision_record_errors_total", reason="full")
+    ids = [_chat(proxy, content=f"{i} " + "long prompt " * 800)[0] for i in range(12)]  # every chat answered
+    assert _sample("route_llm_decision_record_errors_total", reason="full") > before
+    statuses = []
+    for request_id in ids:
+        r = _rate(proxy, {"request_id": request_id, "rating": "bad"})
+        statuses.append(r.status_code)
+        if r.status_code == 503:
+            assert r.json()["error"]["code"] == "feedback_store_full"
+        else:
+            assert r.status_code in (200, 404), r.text  # 404: the record itself did not fit
+    assert 503 in statuses
+
+
+def test_an_unusable_store_leaves_chat_working_and_ratings_503(make_proxy: Any, tmp_path: Path,
+                                                               standin: StandInServer) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the store's directory should be")
+    proxy = make_proxy(feedback={"storage_dir": str(blocker)})
+    before = _sample("route_llm_decision_record_errors_total", reason="unavailable")
+    request_id, _ = _chat(proxy)
+    assert _sample("route_llm_decision_record_errors_total", reason="unavailable") == before + 1
+    error = _error(_rate(proxy, {"request_id": request_id, "rating": "good"}), 503)
+    assert error["code"] == "feedback_store_unavailable"
+
+
+def test_feedback_switched_off_is_404(make_proxy: Any, standin: StandInServer) -> None:
+    proxy = make_proxy(feedback={"enabled": False})
+    request_id, _ = _chat(proxy)
+    assert _error(_rate(proxy, {"request_id": request_id, "rating": "good"}), 404)["code"] == "feedback_disabled"
