@@ -184,11 +184,13 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
 
         config = uvicorn_config("proxy.app:app_from_env", settings, factory=True, workers=workers,
                                 log_level="warning", log_config=_log_config(), access_log=False)
-        from proxy.routing.reload import SUPERVISOR_ENV, ReloadingMultiprocess
+        import uvicorn.supervisors
+
+        from proxy.routing.supervisor import SUPERVISOR_ENV, reloading
 
         # Workers inherit this: one that takes POST /admin/reload signals the supervisor to reload them all.
         os.environ[SUPERVISOR_ENV] = str(os.getpid())
-        ReloadingMultiprocess(config, sockets=[sock]).run()
+        reloading(uvicorn.supervisors.Multiprocess)(config, sockets=[sock]).run()
     finally:
         if sock is not None:
             sock.close()

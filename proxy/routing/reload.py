@@ -7,7 +7,7 @@ when it arrived (:class:`PinMiddleware` copies them into the request's own state
 finishes on the model it started with, and a failed reload changes nothing.
 
 With ``--workers N`` each worker holds its own model. The supervisor forwards SIGHUP to every worker
-(:class:`ReloadingMultiprocess`), and a worker that took ``POST /admin/reload`` reloads itself first (so its
+(:func:`reloading`), and a worker that took ``POST /admin/reload`` reloads itself first (so its
 answer says whether the new model loads) and then signals the supervisor, so every worker swaps.
 
 The version a response reports (``x-route-llm-router-version``) is a short hash of the model directory's
@@ -35,18 +35,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.supervisors import Multiprocess
 
 from proxy import metrics
 from proxy.errors import ProxyError, Unauthorized
 from proxy.routing.decider import Decider
+from proxy.routing.supervisor import SUPERVISOR_ENV
 from proxy.services import Services, services
 from proxy.settings import ConfigError, Settings, load_settings
 from router import Router
 
 log = logging.getLogger("route_llm")
 
-SUPERVISOR_ENV = "ROUTE_LLM_SUPERVISOR_PID"
 VERSION_HEADER = "x-route-llm-router-version"
 #: Prompts every candidate model must score (finite, in [0, 1]) before it may serve.
 SELF_CHECK = ("Hi!", "Prove that there are infinitely many primes.", "def add(a, b):\n    return a + b")
@@ -259,22 +258,9 @@ async def admin_reload(request: Request) -> Response:
     if report.result == "failed":
         raise ReloadFailed(f"reload failed, still serving router {report.version}: {report.reason}")
     body = report.body()
+    # Only a worker of a --workers supervisor signals it (the variable is inherited by anything it spawns).
     supervisor = os.environ.get(SUPERVISOR_ENV)
-    if supervisor and report.result == "ok":
+    if supervisor == str(os.getppid()) and report.result == "ok":
         os.kill(int(supervisor), signal.SIGHUP)  # the other workers; this one will find nothing changed
         body["workers"] = "all signalled"
     return JSONResponse(body)
-
-
-class ReloadingMultiprocess(Multiprocess):
-    """uvicorn's supervisor restarts every worker on SIGHUP; here it asks each to reload in place instead, so
-    connections and requests in flight stay where they are and a bad model leaves every worker serving."""
-
-    def handle_hup(self) -> None:
-        log.info("SIGHUP: asking %d workers to reload the router", len(self.processes))
-        for process in self.processes:
-            if process.pid is not None:
-                try:
-                    os.kill(process.pid, signal.SIGHUP)
-                except ProcessLookupError:  # a worker that just died; the supervisor replaces it
-                    pass
