@@ -118,7 +118,7 @@ def train(
     scores = sigmoid(fitted.logits(inputs[is_val]))
     val_prompts = [r.prompt for r in val_rows]
     results = {
-        "router": evaluate.per_source(val_rows, scores),
+        "router": evaluate.per_source(val_rows, scores.tolist()),
         "length": evaluate.per_source(val_rows, evaluate.length_scores(val_prompts)),
         "tfidf_lr": evaluate.per_source(
             val_rows, evaluate.tfidf_scorer([r for r in all_rows if not r.val])(val_prompts)
