@@ -32,7 +32,7 @@ from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE, Router, loa
 from router.features import FEATURES, compute
 from router.head import Head
 from training import data, encoder, evaluate
-from training.pipeline import mixture_quantiles, replace_dir
+from training.pipeline import mixture_quantiles, replace_dir, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +243,7 @@ def finetune(
         layers=layers,
     )
 
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    shutil.copy(tuned_dir / MODEL_FILE, tmp / MODEL_FILE)
-    shutil.copy(tuned_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
-    head.save(tmp / "head.npz")
+    tmp = stage_dir(tuned_dir, head, out)
     meta = encoder.encoder_meta(
         names, max_length=config.max_length, head_fraction=config.head_fraction, pad_token_id=pad_id
     )

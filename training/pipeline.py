@@ -27,6 +27,7 @@ import numpy as np
 
 from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE
 from router.features import FEATURES
+from router.head import Head
 from router.policy import QUANTILE_LEVELS
 from training import data, encoder, evaluate
 from training.head import HeadConfig, fit
@@ -45,6 +46,18 @@ def mixture_quantiles(rows: list[data.Row], scores: np.ndarray) -> list[list[flo
     points = np.maximum.accumulate(np.clip(points, 0.0, 1.0))
     points[0], points[-1] = float(scores[keep].min()), float(scores[keep].max())
     return [[round(level, 2), round(float(value), 6)] for level, value in zip(QUANTILE_LEVELS, points)]
+
+
+def stage_dir(encoder_dir: Path, head: Head, out: Path) -> Path:
+    """A fresh ``<out>.tmp`` holding the encoder, its tokenizer and the head; router.json is written after."""
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    shutil.copy(encoder_dir / MODEL_FILE, tmp / MODEL_FILE)
+    shutil.copy(encoder_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+    head.save(tmp / "head.npz")
+    return tmp
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
@@ -126,13 +139,7 @@ def train(
     }
     log.info("validation per source (APGR):\n%s", evaluate.table(results))
 
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    shutil.copy(encoder_dir / MODEL_FILE, tmp / MODEL_FILE)
-    shutil.copy(encoder_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
-    fitted.save(tmp / "head.npz")
+    tmp = stage_dir(encoder_dir, fitted, out)
     created = datetime.now(timezone.utc)
     digest = hashlib.sha256((tmp / MODEL_FILE).read_bytes() + (tmp / "head.npz").read_bytes()).hexdigest()
     meta = encoder.encoder_meta(

@@ -58,9 +58,8 @@ def make_head(inputs: int, hidden: int = 3, seed: int = 1) -> Head:
     )
 
 
-@pytest.fixture
-def format2_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "model2"
+def build_format2_dir(directory: Path) -> Path:
+    """Write a fixture format-2 model directory (encoder graph, tokenizer, head, router.json) into ``directory``."""
     directory.mkdir()
     tokenizer = build_tokenizer()
     tokenizer.save(str(directory / "tokenizer.json"))
@@ -71,6 +70,11 @@ def format2_dir(tmp_path: Path) -> Path:
     meta |= {"format": 2, "features": NAMES, "head": "head.npz", "version": "fixture-2"}
     (directory / "router.json").write_text(json.dumps(meta), encoding="utf-8")
     return directory
+
+
+@pytest.fixture
+def format2_dir(tmp_path: Path) -> Path:
+    return build_format2_dir(tmp_path / "model2")
 
 
 def reference_score(directory: Path, text: str) -> float:

@@ -12,22 +12,12 @@ pytest.importorskip("scipy")  # training.evaluate's per-source table; CI without
 
 from router import Router  # noqa: E402
 from tests.router.conftest import build_onnx, build_tokenizer, default_meta  # noqa: E402
-from tests.router.test_format2 import HIDDEN, NAMES, build_encoder, make_head  # noqa: E402
+from tests.router.test_format2 import build_format2_dir  # noqa: E402
 from training.retrain import RetrainConfig, RetrainError, compare, retrain  # noqa: E402
 
 
 def _format2(tmp: Path) -> Path:
-    directory = tmp / "current"
-    directory.mkdir()
-    tokenizer = build_tokenizer()
-    tokenizer.save(str(directory / "tokenizer.json"))
-    onnx.save(build_encoder(tokenizer.get_vocab_size()), str(directory / "model.onnx"))
-    make_head(HIDDEN + len(NAMES)).save(directory / "head.npz")
-    meta = default_meta()
-    del meta["labels"], meta["strong_label"]
-    meta |= {"format": 2, "features": NAMES, "head": "head.npz", "version": "fixture-2"}
-    (directory / "router.json").write_text(json.dumps(meta))
-    return directory
+    return build_format2_dir(tmp / "current")
 
 
 def _prompt(i: int, hard: bool) -> str:
