@@ -271,6 +271,17 @@ class Classifier:
         self._budget = budget
         self._head = round(head_fraction * budget)
         self._char_limit = meta.max_length * CHARS_PER_TOKEN_BOUND
+        # The attention mask and token types of an unpadded single sequence are all ones and all zeros: one
+        # read-only row of each per input dtype, allocated here and sliced per run, instead of three fresh
+        # arrays and dtype casts on every request. Read-only, so concurrent runs can share them.
+        self._constant_rows: dict[str, np.ndarray] = {}
+        for name, dtype in self._input_types.items():
+            if name == "input_ids":
+                continue
+            row = (np.ones if name == "attention_mask" else np.zeros)((1, meta.max_length), dtype=dtype)
+            row.flags.writeable = False
+            self._constant_rows[name] = row
+        self._ids_dtype = self._input_types["input_ids"]
 
     @property
     def meta(self) -> ModelMeta:
@@ -290,10 +301,16 @@ class Classifier:
         limit = self._char_limit
         cut = [t if len(t) <= 2 * limit else f"{t[:limit]} {t[-limit:]}" for t in texts]
         # Lone surrogates (legal JSON escapes, not text) make the tokenizer raise; read them as "?" here, so
-        # `route-llm score`, calibration and the proxy all score such input, and score it the same.
-        cut = [t.encode("utf-8", "replace").decode("utf-8") for t in cut]
+        # `route-llm score`, calibration and the proxy all score such input, and score it the same. ASCII text
+        # (CPython knows it without a scan) has none.
+        cut = [t if t.isascii() else t.encode("utf-8", "replace").decode("utf-8") for t in cut]
         try:
-            encodings = self._tokenizer.encode_batch(cut, add_special_tokens=False)
+            # One text, the proxy's usual case: ``encode`` gives the same ids as ``encode_batch`` without handing
+            # the text to the tokenizer's thread pool and back.
+            if len(cut) == 1:
+                encodings = [self._tokenizer.encode(cut[0], add_special_tokens=False)]
+            else:
+                encodings = self._tokenizer.encode_batch(cut, add_special_tokens=False)
         except Exception as exc:
             raise InferenceError(f"tokenizer failed: {exc}") from exc
         result = []
@@ -334,7 +351,7 @@ class Classifier:
         if self._meta.format != 2:
             raise InferenceError("only a format-2 model has head inputs")
         embeddings = np.stack([self._embed(row) for row in self.token_ids(texts)]) if texts else np.zeros((0, 0))
-        clean = [text.encode("utf-8", "replace").decode("utf-8") for text in texts]
+        clean = [text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8") for text in texts]
         extra = np.asarray(prompt_features.compute(clean, list(self._meta.features)), dtype=np.float64)
         return np.concatenate([embeddings, extra.reshape(len(texts), -1)], axis=1)
 
@@ -350,10 +367,9 @@ class Classifier:
         return np.asarray(vector / norm)
 
     def _forward(self, ids: list[int]) -> np.ndarray:
-        input_ids = np.array([ids], dtype=np.int64)
-        mask = np.ones_like(input_ids)
-        arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
-        feed = {name: arrays[name].astype(dtype, copy=False) for name, dtype in self._input_types.items()}
+        n = len(ids)
+        feed = {name: row[:, :n] for name, row in self._constant_rows.items()}
+        feed["input_ids"] = np.array([ids], dtype=self._ids_dtype)
         try:
             (output,) = self._session.run([self._output], feed)
         except Exception as exc:

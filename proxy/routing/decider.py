@@ -9,15 +9,15 @@ the thread pool one by one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-
-from starlette.concurrency import run_in_threadpool
 
 from proxy.edge.chat import user_texts
 from proxy.errors import ModelNotFound
@@ -36,6 +36,23 @@ DEFAULT_STRONG_SHARE = 0.3
 #: follow-up. Scores are deterministic per text (the classifier runs each sequence alone), so a cached score is
 #: the score; the cache belongs to one Decider and so to one loaded router model.
 LIMIT_SCORE_CACHE = 4096
+
+
+@functools.cache
+def router_thread() -> ThreadPoolExecutor:
+    """The one thread of this process that runs the classifier (tokenizer, ONNX, head), made on first use.
+
+    Not starlette's thread pool: its threads and its 40-token limiter are shared with file uploads, feedback
+    writes and reloads, so a burst of those could hold a routing decision back, and its hop costs more CPU
+    than a plain executor's. One thread is enough: the micro-batcher runs one batch at a time, and onnxruntime
+    spreads a run over ``router.threads`` threads of its own. The ONNX run and the tokenizer release the GIL,
+    so the event loop keeps serving while a prompt is scored.
+    """
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="route-llm-router")
+
+
+async def _score_off_loop(router: Router, texts: Sequence[str]) -> list[float]:
+    return await asyncio.get_running_loop().run_in_executor(router_thread(), router.score, texts)
 
 
 @dataclass(frozen=True)
@@ -171,7 +188,7 @@ class Decider:
             self._cache.popitem(last=False)
 
     async def score_many(self, texts: list[str]) -> list[float]:
-        return await run_in_threadpool(self.router.score, texts)
+        return await _score_off_loop(self.router, texts)
 
 
 class _MicroBatcher:
@@ -206,7 +223,7 @@ class _MicroBatcher:
             batch, self._pending = self._pending[: self.limit], self._pending[self.limit:]
             texts = [t for t, _ in batch]
             try:
-                scores = await run_in_threadpool(self.router.score, texts)
+                scores = await _score_off_loop(self.router, texts)
             except Exception as exc:
                 if len(batch) == 1:  # its waiter applies the fail-open tier
                     _settle(batch[0][1], exc=exc)
@@ -214,7 +231,7 @@ class _MicroBatcher:
                 # One bad prompt must not fail the others that happened to share its run: retry one by one.
                 for text, fut in batch:
                     try:
-                        _settle(fut, value=(await run_in_threadpool(self.router.score, [text]))[0])
+                        _settle(fut, value=(await _score_off_loop(self.router, [text]))[0])
                     except Exception as one:
                         _settle(fut, exc=one)
                 continue
