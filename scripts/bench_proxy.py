@@ -370,6 +370,14 @@ async def amain(args: argparse.Namespace) -> int:
                 targets.append(t)
                 await bench(session, t, args)
                 print(f"measured {t.name}", file=sys.stderr)
+                if workers == 1 and args.concrete:
+                    # the same server asked for a configured model by name: no router run, the proxy's own cost
+                    pinned = models["weak"]["name"]
+                    c = Target(f"route-llm, 1 worker (model {pinned})", t.url, t.stream_url, openai_body(pinned),
+                               ready_url=t.ready_url, proc=t.proc, ready_s=t.ready_s)
+                    targets.append(c)
+                    await bench(session, c, args)
+                    print(f"measured {c.name}", file=sys.stderr)
                 if workers == 1 and args.soak:
                     soak_points = await soak(session, t, args.soak, args.in_flight)
                 stop(t.proc)
@@ -417,6 +425,11 @@ async def amain(args: argparse.Namespace) -> int:
     print()
     client = ", ".join(f"{t.name}: {t.results.get('client_cpu', 0) * 100:.0f} %" for t in targets)
     print(f"Load generator CPU (share of one core) during the {args.in_flight}-in-flight phase: {client}")
+    ours = next((t for t in targets if t.name.startswith("route-llm, 1 worker")), None)
+    theirs = next((t for t in targets if t.name == "LiteLLM proxy, 1 worker"), None)
+    if ours and theirs and theirs.results.get("rps"):
+        print(f"\n1 worker at {args.in_flight} in flight: route-llm (model auto) / LiteLLM proxy req/s = "
+              f"{ours.results['rps'] / theirs.results['rps']:.2f}x")
     if soak_points:
         pts = ", ".join(f"{n}: {mb:.0f}" for n, mb in soak_points)
         print(f"\nroute-llm 1 worker, RSS MB of the worker after n requests ({args.in_flight} in flight): {pts}")
@@ -435,6 +448,8 @@ def main() -> None:
     p.add_argument("--litellm", default="/tmp/litellm-proxy-venv/bin/litellm",
                    help="the LiteLLM proxy CLI (installed in its own venv); '' to skip")
     p.add_argument("--litellm-workers", type=int, nargs="+", default=[1])
+    p.add_argument("--concrete", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the 1-worker server with a configured model name (no router run)")
     p.add_argument("--soak", type=int, default=0, help="after the 1-worker run, this many more requests for RSS")
     args = p.parse_args()
     try:
