@@ -42,6 +42,8 @@ from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider
 from proxy.routing.reload import Live, PinMiddleware, Reloader, admin_reload
 from proxy.services import Services
 from proxy.settings import Settings, load_settings
+from proxy.state.database import open_databases
+from proxy.state.files import FileStore
 from proxy.state.records import RecordStore
 from proxy.upstream.accounting import cuts_header
 from proxy.upstream.calls import Upstream
@@ -65,15 +67,20 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         the_router = router or Router.load(model_dir, threads=settings.router.threads)
         decider = Decider(settings, the_router)
         upstream = Upstream(settings)
-        documents = DocumentService(settings)
+        # Before anything else that takes long: an unreachable Postgres or a schema from a newer version stops
+        # the start here, with the reason, rather than failing requests later.
+        databases = await asyncio.to_thread(open_databases, settings, records=settings.feedback.enabled)
+        files = FileStore(databases.files, blobs=Path(settings.storage_dir()) / "blobs"
+                          if databases.files.kind == "sqlite" else None)
+        documents = DocumentService(settings, files)
         metrics.forget_dead_workers()
         metrics.precreate(list(settings.aliases),
                           [(t.name, m.name) for t, m in zip(settings.models.tiers, settings.models.entries)])
         metrics.precreate_feedback([t.name for t in settings.models.tiers])
         reloader = Reloader.start(settings, the_router, decider, _info_labels)
         f = settings.feedback
-        records = RecordStore(settings.feedback_dir(), retention_days=f.retention_days, limit_records=f.limit_records,
-                              limit_store_bytes=f.limit_store_bytes) if f.enabled else None
+        records = RecordStore(databases.records, retention_days=f.retention_days, limit_records=f.limit_records,
+                              limit_store_bytes=f.limit_store_bytes, problem=databases.problem) if f.enabled else None
         for tier in settings.models.tiers:
             missing = upstream.missing_keys(tier)
             if missing:
@@ -101,6 +108,7 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
             documents.close()
             if records is not None:
                 records.close()
+            databases.close()
 
     routes = [
         Route("/v1/chat/completions", chat.chat, methods=["POST"]),

@@ -358,13 +358,28 @@ def feedback_group() -> None:
               help="what a good rating of a strong answer becomes: dropped, or a soft target of 0.5")
 def feedback_export_cmd(config_path: str | None, store_dir: str | None, out_path: str, strong_good: str) -> None:
     """Write stored ratings as training rows {"prompt", "weak_score", "strong_score"} (see the README's mapping)."""
+    import sqlite3
+
+    from proxy.state.database import RECORDS_FILE, Database, PostgresDatabase, SqliteDatabase, StorageUnavailable
     from proxy.state.feedback_export import export_rows
     from proxy.state.records import read_feedback
 
-    root = Path(store_dir) if store_dir else _load(config_path).feedback_dir()
+    settings = None if store_dir else _load(config_path)
+    db: Database
     try:
-        ratings = list(read_feedback(root))
-    except (FileNotFoundError, OSError) as exc:
+        if settings is not None and not settings.storage_url().startswith("sqlite:///"):
+            db = PostgresDatabase(settings.storage_url(), timeout_connect=settings.storage.timeout_connect)
+        else:
+            path = (Path(store_dir) if store_dir else settings.feedback_dir()) / RECORDS_FILE  # type: ignore[union-attr]
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no feedback store here (feedback.storage_dir / storage.url / "
+                                        "documents.storage_dir)")
+            db = SqliteDatabase(path)
+        try:
+            ratings = list(read_feedback(db))
+        finally:
+            db.close()
+    except (OSError, StorageUnavailable, sqlite3.Error) as exc:
         click.echo(f"route-llm feedback export: {exc}", err=True)
         sys.exit(EXIT_INPUT)
     with click.open_file(out_path, "w", encoding="utf-8") as out:

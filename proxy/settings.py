@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -24,12 +25,45 @@ from router.policy import Tier, check_cuts, check_shares
 Fallback = Literal["none", "down", "up", "both", "strong_to_weak", "weak_to_strong"]
 Context = Literal["last_user", "conversation"]
 Selection = Literal["all", "bm25"]
+FailureMode = Literal["open", "closed"]
+StorageKind = Literal["sqlite", "postgresql"]
+SQLITE_PREFIX = "sqlite:///"
+_POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
 ENV_PREFIX = "os.environ/"
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or wrong; the message names the key."""
+
+
+def check_url(url: str) -> StorageKind:
+    """The backend a storage URL names, or ValueError saying what is accepted."""
+    if url.startswith(SQLITE_PREFIX) and len(url) > len(SQLITE_PREFIX):
+        return "sqlite"
+    if url.startswith(_POSTGRES_PREFIXES) and urlsplit(url).hostname:
+        return "postgresql"
+    raise ValueError("must be sqlite:///DIRECTORY (the directory that holds files.db, blobs/ and feedback.db) or "
+                     "postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+
+
+def check_redis_url(url: str) -> str:
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return "redis"
+    raise ValueError("must be redis://[:PASSWORD@]HOST:PORT/DB, rediss://... (TLS) or unix:///PATH")
+
+
+def sqlite_dir(url: str) -> Path:
+    """The directory of a ``sqlite:///`` URL: ``sqlite:///relative/dir``, ``sqlite:////absolute/dir``."""
+    return Path(url[len(SQLITE_PREFIX):])
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 @dataclass(frozen=True)
@@ -158,6 +192,14 @@ class ServerSettings:
     timeout_keep_alive: float = 5.0  # an idle connection between requests
     timeout_shutdown: float = 30.0
     log_prompts: bool = False
+    # Requests-per-minute counted in Redis, shared by every worker and replica (also ROUTE_LLM_REDIS_URL).
+    redis_url: str | None = None
+    redis_failure: FailureMode = "open"  # Redis unreachable: let requests through (open) or refuse them (closed)
+    timeout_redis: float = 0.25  # seconds per Redis call before it counts as unreachable
+
+    def resolved_redis_url(self) -> str | None:
+        """``ROUTE_LLM_REDIS_URL`` wins over the file (a Kubernetes Secret sets it); ``os.environ/NAME`` works."""
+        return os.environ.get("ROUTE_LLM_REDIS_URL") or _env_reference(self.redis_url)
 
 
 @dataclass(frozen=True)
@@ -199,6 +241,21 @@ class FeedbackSettings:
 
 
 @dataclass(frozen=True)
+class StorageSettings:
+    """Where files, their text and the decision records live (``proxy.state.database``)."""
+
+    url: str | None = None  # sqlite:///DIR or postgresql://...; env ROUTE_LLM_DATABASE_URL wins; None: SQLite
+    limit_connections: int = 10  # Postgres connections per worker process
+    timeout_connect: float = 10.0  # seconds to reach the database at start-up and per pooled connection
+
+
+def _env_reference(value: str | None) -> str | None:
+    if value is not None and value.startswith(ENV_PREFIX):
+        return os.environ.get(value[len(ENV_PREFIX):]) or None
+    return value
+
+
+@dataclass(frozen=True)
 class Settings:
     models: ModelsSettings
     router: RouterSettings = field(default_factory=RouterSettings)
@@ -207,6 +264,7 @@ class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     documents: DocumentsSettings = field(default_factory=DocumentsSettings)
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     source: str = "<defaults>"
 
     def with_overrides(self, **server: Any) -> Settings:
@@ -225,8 +283,18 @@ class Settings:
         return tuple(dict.fromkeys([*self.server.admin_keys, *env]))
 
     def feedback_dir(self) -> Path:
-        """Where decision records live: ``feedback.storage_dir``, else beside the uploaded files."""
-        return Path(self.feedback.storage_dir or self.documents.storage_dir)
+        """Where decision records live on SQLite: ``feedback.storage_dir``, else beside the uploaded files."""
+        return Path(self.feedback.storage_dir or self.storage_dir())
+
+    def storage_url(self) -> str:
+        """``ROUTE_LLM_DATABASE_URL``, else ``storage.url``, else SQLite in ``documents.storage_dir``."""
+        return (os.environ.get("ROUTE_LLM_DATABASE_URL") or _env_reference(self.storage.url)
+                or "sqlite:///" + self.documents.storage_dir)
+
+    def storage_dir(self) -> str:
+        """The SQLite store's directory (files.db, blobs/, feedback.db), from a sqlite:/// URL or the default."""
+        url = self.storage_url()
+        return str(sqlite_dir(url)) if url.startswith(SQLITE_PREFIX) else self.documents.storage_dir
 
 
 def _type_name(tp: Any) -> str:
@@ -409,6 +477,20 @@ def _validate(s: Settings) -> None:
         v = getattr(f, key)
         if v is not None and v < 1:
             raise ConfigError(f"feedback.{key}: must be at least 1 (or null for unlimited)")
+    st = s.storage
+    for name, url in (("storage.url", s.storage_url()), ("server.redis_url", s.server.resolved_redis_url())):
+        if url is None:
+            continue
+        try:
+            kind = check_url(url) if name == "storage.url" else check_redis_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}; got {redact(url)!r}") from None
+        if kind == "postgresql" and f.limit_store_bytes is not None:
+            raise ConfigError("feedback.limit_store_bytes: caps the SQLite file only; with a postgresql:// "
+                              "storage.url, size the database instead (set it to null)")
+    if st.limit_connections < 1 or st.timeout_connect <= 0 or s.server.timeout_redis <= 0:
+        raise ConfigError("storage.limit_connections must be >= 1, storage.timeout_connect and "
+                          "server.timeout_redis positive (seconds)")
     if d.timeout_extract <= 0 or s.server.timeout_shutdown < 0:
         raise ConfigError("documents.timeout_extract must be positive and server.timeout_shutdown >= 0")
     for key in ("timeout_header", "timeout_body", "timeout_keep_alive"):

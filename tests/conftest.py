@@ -22,6 +22,7 @@ import httpx  # noqa: E402
 import pytest  # noqa: E402
 import uvicorn  # noqa: E402
 
+from tests.services import Services, fresh_redis, fresh_schema, start_services  # noqa: E402
 from tests.standin import StandInServer, free_port  # noqa: E402
 
 STANDIN = StandInServer().start()
@@ -53,6 +54,26 @@ def base_config(tmp: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    """Real PostgreSQL and Redis (tests/services.py); started on first use, skipped with a reason if absent."""
+    yield from start_services()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The storage suite runs once per backend: a SQLite directory, or an empty schema of the test Postgres."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'files'}"
+    return fresh_schema(request.getfixturevalue("services").need("postgresql"))
+
+
+@pytest.fixture()
+def redis_url(services: Services) -> str:
+    """An emptied database of the test Redis."""
+    return fresh_redis(services.need("redis"))
 
 
 @pytest.fixture(scope="session")

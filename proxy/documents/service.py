@@ -56,13 +56,13 @@ def _service(request: Request) -> DocumentService:
 
 
 class DocumentService:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: FileStore) -> None:
         d = settings.documents
         self.settings = settings
         self.limits = PdfLimits(limit_bytes=d.limit_bytes, limit_pages=d.limit_pages, limit_chars=d.limit_chars,
                                 limit_decompressed_bytes=d.limit_decompressed_bytes,
                                 timeout_extract=d.timeout_extract)
-        self.store = FileStore(Path(d.storage_dir))
+        self.store = store
         self.executor = PdfExecutor(max_workers=2)
         # Ranking is pure Python: in a thread it leaves the event loop free, but several at once hold the GIL
         # in turn and every other request waits its share, and each holds its documents' pages in memory.

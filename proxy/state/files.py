@@ -1,11 +1,20 @@
-"""Embedded storage for uploaded files: raw bytes in a directory, metadata and page text in SQLite.
+"""Stored files: metadata, page text and bytes, on SQLite + a directory (the default) or on PostgreSQL.
 
 The page text is stored at upload time so a question about a document costs a database read, not a parse,
 and survives restarts. Each file belongs to an owner (a hash of the proxy key, or "" without auth); every
 query filters on it, so another owner's file is indistinguishable from a missing one.
 
-Filenames come from users and are only ever stored as data: bytes live under the generated id, which
-matches a fixed pattern before it is joined to a path.
+Where the bytes live depends on the database (``proxy.state.database``):
+
+- SQLite: ``root/blobs/<id>``, beside ``root/files.db``. Bytes first, row second: a row is only visible once its
+  bytes are complete; a crash in between leaves an orphan blob, which is harmless.
+- PostgreSQL: the ``file_chunks`` table, 1 MB rows of ``bytea`` keyed by (file id, part), written in the same
+  transaction as the file's row, so a replica killed mid-upload leaves nothing visible; replicas share them.
+
+Uploads are spooled to a local partial file first (the extraction child reads it by path) and copied to the
+store in chunks, so a file never sits whole in memory on the way in. Filenames come from users and are only
+ever stored as data: bytes live under the generated id, which matches a fixed pattern before it is joined to a
+path.
 """
 
 from __future__ import annotations
@@ -15,29 +24,51 @@ import json
 import os
 import re
 import secrets
-import sqlite3
-import threading
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from proxy.state.database import Database, Migration, Tx
+
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _ID_PATTERN = re.compile(r"file-[A-Za-z0-9_-]{24}")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    filename TEXT NOT NULL,
-    purpose TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
-    created_at INTEGER NOT NULL,
-    page_count INTEGER NOT NULL,
-    pages TEXT NOT NULL  -- JSON array of page texts; only read by FileStore.pages
-);
-CREATE INDEX IF NOT EXISTS files_by_owner ON files (owner, created_at);
-"""
+_SQLITE = (Migration(1, (
+    """CREATE TABLE IF NOT EXISTS files (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        page_count INTEGER NOT NULL,
+        pages TEXT NOT NULL  -- JSON array of page texts; only read by FileStore.pages
+    )""",
+    "CREATE INDEX IF NOT EXISTS files_by_owner ON files (owner, created_at)",
+)),)
+_POSTGRES = (Migration(1, (
+    """CREATE TABLE IF NOT EXISTS files (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,  -- insertion order, SQLite's rowid
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        bytes BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        page_count INTEGER NOT NULL,
+        pages TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS files_by_owner ON files (owner, created_at)",
+    """CREATE TABLE IF NOT EXISTS file_chunks (
+        file_id TEXT NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+        part INTEGER NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (file_id, part)
+    )""",
+)),)
 _COLUMNS = "id, owner, filename, purpose, bytes, created_at, page_count"
 _CHUNK = 1 << 20
 
@@ -83,34 +114,32 @@ class FileRecord:
 
 
 class FileStore:
-    """Files of many owners under ``root``: ``root/files.db`` and ``root/blobs/<id>``.
-
-    Called from a threadpool: one connection, serialised by a lock (SQLite writes are serialised anyway,
-    and these queries take microseconds). WAL mode plus a busy timeout let several server worker processes
-    share the same root.
+    """Files of many owners in ``db``; on SQLite the bytes go to ``blobs`` (a directory), on Postgres into the
+    database. ``spool_dir`` holds uploads while they are extracted (on SQLite, the blob directory itself, so that
+    storing is a rename). Called from the thread pool.
     """
 
     # Annotations below say ``builtins.list``: inside the class body the ``list`` method shadows the builtin,
     # and mypy resolves the name there.
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self._blobs = self.root / "blobs"
-        self._blobs.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        # check_same_thread=False: the lock, not the thread, guarantees one user at a time.
-        self._db = sqlite3.connect(self.root / "files.db", timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+    def __init__(self, db: Database, *, blobs: Path | None = None) -> None:
+        self.db = db
+        self._blobs = Path(blobs) if blobs is not None else None
+        if self._blobs is not None:
+            self._blobs.mkdir(parents=True, exist_ok=True)
+            self._spool = self._blobs
+        else:
+            self._spool = Path(tempfile.mkdtemp(prefix="route-llm-spool-"))
+        db.migrate("files", _SQLITE if db.kind == "sqlite" else _POSTGRES)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._blobs is None:
+            shutil.rmtree(self._spool, ignore_errors=True)
 
     def _blob(self, file_id: str) -> Path:
         if not _ID_PATTERN.fullmatch(file_id):  # ids are ours, but never trust a string that reaches a path
             raise ValueError(f"not a file id: {file_id!r}")
+        assert self._blobs is not None
         return self._blobs / file_id
 
     def spool(self, source: IO[bytes], limit: int) -> tuple[Path, int]:
@@ -119,7 +148,7 @@ class FileStore:
         Returns the path and the bytes copied; the caller hands the path to :meth:`add` or deletes it. On a
         failure part-way (a full disk) the partial file is removed here.
         """
-        partial = self._blobs / f"upload-{secrets.token_hex(12)}.partial"
+        partial = self._spool / f"upload-{secrets.token_hex(12)}.partial"
         size = 0
         try:
             with partial.open("wb") as out:
@@ -131,21 +160,21 @@ class FileStore:
             raise
         return partial, size
 
-    def _used(self, owner: str) -> int:
-        return int(self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM files WHERE owner = ?",
-                                    (owner,)).fetchone()[0])
+    @staticmethod
+    def _used(tx: Tx, owner: str) -> int:
+        return int(tx.execute("SELECT COALESCE(SUM(bytes), 0) FROM files WHERE owner = ?", (owner,))[0][0])
 
     def check_quota(self, owner: str, size: int, quota: int | None) -> None:
         """Raise QuotaExceeded when ``size`` more bytes would take ``owner`` past ``quota``."""
         if quota is None:
             return
-        with self._lock:
-            used = self._used(owner)
+        with self.db.transaction() as tx:
+            used = self._used(tx, owner)
         _check(used, size, quota)
 
     def add(self, owner: str, filename: str, purpose: str, data: bytes | Path, pages: builtins.list[str], *,
             quota: int | None = None) -> FileRecord:
-        """Store a file given as bytes or as a partial file from :meth:`spool` (which is moved, not copied)."""
+        """Store a file given as bytes or as a partial file from :meth:`spool` (moved or copied in, then gone)."""
         record = FileRecord(
             id=new_file_id(),
             owner=owner,
@@ -155,35 +184,53 @@ class FileStore:
             created_at=int(time.time()),
             page_count=len(pages),
         )
-        # Bytes first, row second: a row is only visible once its bytes are complete. A crash in between
-        # leaves an orphan blob, which is harmless; the reverse would be a file that lists but cannot load.
-        path = self._blob(record.id)
+        blob = self._put_blob(record.id, data) if self._blobs is not None else None
+        try:
+            # The quota is checked again inside the insert's transaction, under a per-owner lock: two uploads
+            # may race, on two workers or two replicas.
+            with self.db.transaction(lock=f"files:{owner}" if quota is not None else None) as tx:
+                if quota is not None:
+                    _check(self._used(tx, owner), record.bytes, quota)
+                tx.execute(f"INSERT INTO files ({_COLUMNS}, pages) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (record.id, owner, filename, purpose, record.bytes, record.created_at,
+                            record.page_count, json.dumps(pages, ensure_ascii=False)))
+                if blob is None:
+                    self._put_chunks(tx, record.id, data)
+        except BaseException:
+            if blob is not None:
+                blob.unlink(missing_ok=True)
+            raise
+        if isinstance(data, Path):
+            data.unlink(missing_ok=True)  # Postgres: copied in; SQLite: already renamed, so gone
+        return record
+
+    def _put_blob(self, file_id: str, data: bytes | Path) -> Path:
+        path = self._blob(file_id)
         if isinstance(data, Path):
             os.replace(data, path)
         else:
             partial = path.with_name(path.name + ".partial")
             partial.write_bytes(data)
             os.replace(partial, path)
-        try:
-            with self._lock:
-                if quota is not None:  # checked again here, under the lock: two uploads may race
-                    _check(self._used(owner), record.bytes, quota)
-                self._db.execute(
-                    f"INSERT INTO files ({_COLUMNS}, pages) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (record.id, owner, filename, purpose, record.bytes, record.created_at, record.page_count,
-                     json.dumps(pages, ensure_ascii=False)),
-                )
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return record
+        return path
+
+    @staticmethod
+    def _put_chunks(tx: Tx, file_id: str, data: bytes | Path) -> None:
+        insert = "INSERT INTO file_chunks (file_id, part, data) VALUES (?, ?, ?)"
+        if not isinstance(data, Path):
+            for part, start in enumerate(range(0, len(data), _CHUNK)):
+                tx.execute(insert, (file_id, part, data[start:start + _CHUNK]))
+            return
+        with data.open("rb") as source:
+            part = 0
+            while chunk := source.read(_CHUNK):
+                tx.execute(insert, (file_id, part, chunk))
+                part += 1
 
     def get(self, owner: str, file_id: str) -> FileRecord | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM files WHERE id = ? AND owner = ?", (file_id, owner)
-            ).fetchone()
-        return FileRecord(*row) if row else None
+        with self.db.transaction() as tx:
+            rows = tx.execute(f"SELECT {_COLUMNS} FROM files WHERE id = ? AND owner = ?", (file_id, owner))
+        return FileRecord(*rows[0]) if rows else None
 
     def list(self, owner: str, purpose: str | None = None, *, limit: int | None = None, after: str | None = None,
              order: Literal["asc", "desc"] = "desc") -> builtins.list[FileRecord]:
@@ -191,46 +238,54 @@ class FileStore:
 
         Raises KeyError when ``after`` is not one of the owner's files.
         """
+        seq = self.db.order_column
         query = f"SELECT {_COLUMNS} FROM files WHERE owner = ?"
         params: tuple[Any, ...] = (owner,)
         if purpose is not None:
             query += " AND purpose = ?"
             params += (purpose,)
         direction, beyond = ("DESC", "<") if order == "desc" else ("ASC", ">")
-        with self._lock:
+        with self.db.transaction() as tx:
             if after is not None:
-                cursor = self._db.execute("SELECT created_at, rowid FROM files WHERE id = ? AND owner = ?",
-                                          (after, owner)).fetchone()
-                if cursor is None:
+                cursor = tx.execute(f"SELECT created_at, {seq} FROM files WHERE id = ? AND owner = ?", (after, owner))
+                if not cursor:
                     raise KeyError(after)
-                query += f" AND (created_at, rowid) {beyond} (?, ?)"
-                params += tuple(cursor)
-            query += f" ORDER BY created_at {direction}, rowid {direction}"
+                query += f" AND (created_at, {seq}) {beyond} (?, ?)"
+                params += tuple(cursor[0])
+            query += f" ORDER BY created_at {direction}, {seq} {direction}"
             if limit is not None:
                 query += " LIMIT ?"
                 params += (limit,)
-            rows = self._db.execute(query, params).fetchall()
+            rows = tx.execute(query, params)
         return [FileRecord(*row) for row in rows]
 
     def pages(self, owner: str, file_id: str) -> builtins.list[str] | None:
-        with self._lock:
-            row = self._db.execute("SELECT pages FROM files WHERE id = ? AND owner = ?", (file_id, owner)).fetchone()
-        return list(json.loads(row[0])) if row else None
+        with self.db.transaction() as tx:
+            rows = tx.execute("SELECT pages FROM files WHERE id = ? AND owner = ?", (file_id, owner))
+        return list(json.loads(rows[0][0])) if rows else None
 
     def content(self, owner: str, file_id: str) -> bytes | None:
         """The uploaded bytes, or None when ``owner`` has no such file (or it was deleted meanwhile)."""
-        if self.get(owner, file_id) is None:  # the row says whose it is; ids of other owners read as missing
-            return None
+        with self.db.transaction() as tx:
+            # The row says whose it is; ids of other owners read as missing.
+            if not tx.execute("SELECT 1 FROM files WHERE id = ? AND owner = ?", (file_id, owner)):
+                return None
+            if self._blobs is None:
+                rows = tx.execute("SELECT data FROM file_chunks WHERE file_id = ? ORDER BY part", (file_id,))
+                return b"".join(bytes(r[0]) for r in rows)
         try:
             return self._blob(file_id).read_bytes()
         except FileNotFoundError:
             return None
 
     def delete(self, owner: str, file_id: str) -> bool:
-        """Row first, then bytes: once the row is gone the file is gone for every reader."""
-        with self._lock:
-            deleted = self._db.execute("DELETE FROM files WHERE id = ? AND owner = ?", (file_id, owner)).rowcount
+        """Row first (with its chunks, on Postgres), then bytes: once the row is gone the file is gone for
+        every reader."""
+        with self.db.transaction() as tx:
+            tx.execute("DELETE FROM files WHERE id = ? AND owner = ?", (file_id, owner))
+            deleted = tx.rowcount
         if not deleted:
             return False
-        self._blob(file_id).unlink(missing_ok=True)
+        if self._blobs is not None:
+            self._blob(file_id).unlink(missing_ok=True)
         return True

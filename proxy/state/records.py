@@ -1,4 +1,5 @@
-"""Decision records and ratings: one SQLite file beside the uploaded files, written off the request path.
+"""Decision records and ratings, written off the request path: ``feedback.db`` beside the uploaded files (SQLite,
+the default) or the shared PostgreSQL database (``storage.url``), where every replica's records and ratings meet.
 
 Every routed chat request that was answered leaves a record keyed by (owner, x-request-id): what the router
 decided and which tier answered. A rating (``POST /v1/feedback``) copies the fields retraining needs from its
@@ -21,27 +22,27 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from proxy import metrics
+from proxy.state.database import RECORDS_FILE, Database, Migration, StorageUnavailable
 
 if TYPE_CHECKING:
     from proxy.upstream.accounting import Outcome
 
 log = logging.getLogger("route_llm")
 
-DB_FILE = "feedback.db"
+DB_FILE = RECORDS_FILE
 Rating = Literal["good", "bad"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
+_DECISIONS = """CREATE TABLE IF NOT EXISTS decisions (
+    {seq}
     owner TEXT NOT NULL,
     request_id TEXT NOT NULL,
-    created_at REAL NOT NULL,
+    created_at {real} NOT NULL,
     alias TEXT NOT NULL,
-    score REAL,
-    threshold REAL,
+    score {real},
+    threshold {real},
     tier TEXT NOT NULL,
     model TEXT NOT NULL,
     fallback INTEGER NOT NULL,
@@ -50,20 +51,20 @@ CREATE TABLE IF NOT EXISTS decisions (
     prompt TEXT,
     prompt_hash TEXT NOT NULL,
     PRIMARY KEY (owner, request_id)
-);
-CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions (created_at);
-CREATE TABLE IF NOT EXISTS feedback (
+)"""
+_FEEDBACK = """CREATE TABLE IF NOT EXISTS feedback (
+    {seq}
     id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
     request_id TEXT NOT NULL,
-    created_at REAL NOT NULL,
+    created_at {real} NOT NULL,
     rating TEXT NOT NULL,
-    rating_score REAL,
+    rating_score {real},
     comment TEXT,
-    decided_at REAL NOT NULL,
+    decided_at {real} NOT NULL,
     alias TEXT NOT NULL,
-    score REAL,
-    threshold REAL,
+    score {real},
+    threshold {real},
     tier TEXT NOT NULL,
     model TEXT NOT NULL,
     fallback INTEGER NOT NULL,
@@ -71,10 +72,17 @@ CREATE TABLE IF NOT EXISTS feedback (
     prompt TEXT,
     prompt_hash TEXT NOT NULL,
     UNIQUE (owner, request_id)
-);
-"""
+)"""
+_INDEX = "CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions (created_at)"
+# SQLite: REAL is a double and rowid gives insertion order; Postgres: REAL is 4 bytes, so DOUBLE PRECISION, and an
+# identity column stands in for rowid.
+_SQLITE = (Migration(1, tuple(t.format(seq="", real="REAL") for t in (_DECISIONS, _INDEX, _FEEDBACK))),)
+_POSTGRES = (Migration(1, tuple(t.format(seq="seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,", real="DOUBLE PRECISION")
+                                for t in (_DECISIONS, _INDEX, _FEEDBACK))),)
 _DECISION_COLUMNS = ("owner, request_id, created_at, alias, score, threshold, tier, model, fallback, router_error, "
                      "router_version, prompt, prompt_hash")
+_FEEDBACK_COLUMNS = ("id, owner, request_id, created_at, rating, rating_score, comment, decided_at, alias, score, "
+                     "threshold, tier, model, fallback, router_version, prompt, prompt_hash")
 _QUEUE_SIZE = 10_000
 _BATCH = 256
 _PRUNE_SECONDS = 60.0
@@ -140,10 +148,25 @@ class UnknownRequest(LookupError):
     """No live record of that request for that owner (never made, expired, or another key's)."""
 
 
+def _upsert(table: str, columns: str, key: str) -> str:
+    """An insert that replaces the row with the same ``key`` (SQLite and Postgres both speak ON CONFLICT)."""
+    names = [c.strip() for c in columns.split(",")]
+    keys = {k.strip() for k in key.split(",")}
+    updates = ", ".join(f"{c} = excluded.{c}" for c in names if c not in keys)
+    return (f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(names))}) "
+            f"ON CONFLICT ({key}) DO UPDATE SET {updates}")
+
+
+_INSERT_DECISION = _upsert("decisions", _DECISION_COLUMNS, "owner, request_id")
+_INSERT_FEEDBACK = _upsert("feedback", _FEEDBACK_COLUMNS, "owner, request_id")
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).lower()
-    if "full" in text:
+    if "full" in text or "no space" in text:
         return "full"
+    if isinstance(exc, StorageUnavailable):
+        return "unavailable"
     if isinstance(exc, (OSError, sqlite3.OperationalError)) and ("readonly" in text or "read-only" in text
                                                                    or "unable to open" in text):
         return "unavailable"
@@ -163,35 +186,32 @@ def from_outcome(o: Outcome, *, tier: str, model: str, text: str, owner: str, ve
 
 
 class RecordStore:
-    """``root/feedback.db``: decision records (bounded by age and count) and the ratings given to them.
+    """Decision records (bounded by age and count) and the ratings given to them, in ``db``.
 
-    One connection shared by the writer thread and the thread-pool calls, serialised by a lock; WAL and a busy
-    timeout let the workers of ``--workers N`` share the file. If the database cannot be opened the store
-    stays up in a failed state: every write is counted as ``unavailable`` and ratings answer 503.
+    ``db`` is None when the database could not be opened (``problem`` says why): the store stays up in a failed
+    state, every write is counted as ``unavailable`` and ratings answer 503. On SQLite, ``limit_store_bytes``
+    caps the file's size.
     """
 
-    def __init__(self, root: Path, *, retention_days: float, limit_records: int | None,
-                 limit_store_bytes: int | None = None) -> None:
-        self.path = Path(root) / DB_FILE
+    def __init__(self, db: Database | None, *, retention_days: float, limit_records: int | None,
+                 limit_store_bytes: int | None = None, problem: str | None = None) -> None:
         self.retention = retention_days * 86400.0
         self.limit_records = limit_records
-        self.problem: str | None = None
-        self._lock = threading.Lock()
+        self.problem = problem
         self._queue: queue.Queue[DecisionRecord | None] = queue.Queue(_QUEUE_SIZE)
-        self._db: sqlite3.Connection | None = None
+        self._db: Database | None = None
         self._last_log = 0.0
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=10, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            if limit_store_bytes is not None:
-                (page,) = db.execute("PRAGMA page_size").fetchone()
-                db.execute(f"PRAGMA max_page_count = {max(1, limit_store_bytes // int(page))}")
-            self._db = db
-        except (OSError, sqlite3.Error) as exc:
-            self.problem = f"cannot open {self.path}: {exc}"
+        if db is not None:
+            try:
+                db.migrate("records", _SQLITE if db.kind == "sqlite" else _POSTGRES)
+                if limit_store_bytes is not None and db.kind == "sqlite":
+                    with db.transaction() as tx:
+                        (page,), = tx.execute("PRAGMA page_size")
+                        tx.execute(f"PRAGMA max_page_count = {max(1, limit_store_bytes // int(page))}")
+                self._db = db
+            except db.errors as exc:
+                self.problem = f"cannot set up the records store: {exc}"
+        if self._db is None:
             log.error("decision records are off: %s (requests are still served)", self.problem)
         self._writer = threading.Thread(target=self._write_loop, name="route-llm-records", daemon=True)
         self._writer.start()
@@ -236,19 +256,11 @@ class RecordStore:
                 return
 
     def _write(self, records: list[DecisionRecord]) -> None:
+        assert self._db is not None
         try:
-            with self._lock:
-                assert self._db is not None
-                self._db.execute("BEGIN")
-                try:
-                    self._db.executemany(f"INSERT OR REPLACE INTO decisions ({_DECISION_COLUMNS}) "
-                                         f"VALUES ({', '.join('?' * 13)})", [r.row() for r in records])
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:  # SQLITE_FULL has already rolled it back
-                        self._db.execute("ROLLBACK")
-                    raise
-        except (sqlite3.Error, OSError) as exc:
+            with self._db.transaction() as tx:
+                tx.executemany(_INSERT_DECISION, [r.row() for r in records])
+        except self._db.errors as exc:
             reason = _reason(exc)
             metrics.RECORD_ERRORS.labels(reason).inc(len(records) - 1)
             self._failed(reason, str(exc))
@@ -257,14 +269,15 @@ class RecordStore:
         """Delete records past their retention and beyond ``limit_records`` (the oldest first); ratings too."""
         if self._db is None:
             return
+        seq = self._db.order_column
         try:
-            with self._lock:
-                self._db.execute("DELETE FROM decisions WHERE created_at < ?", (time.time() - self.retention,))
+            with self._db.transaction() as tx:
+                tx.execute("DELETE FROM decisions WHERE created_at < ?", (time.time() - self.retention,))
                 if self.limit_records is not None:
                     for table in ("decisions", "feedback"):
-                        self._db.execute(f"DELETE FROM {table} WHERE rowid <= "  # noqa: S608 (fixed names)
-                                         f"(SELECT MAX(rowid) FROM {table}) - ?", (self.limit_records,))
-        except sqlite3.Error as exc:
+                        tx.execute(f"DELETE FROM {table} WHERE {seq} <= "  # noqa: S608 (fixed names)
+                                   f"(SELECT MAX({seq}) FROM {table}) - ?", (self.limit_records,))
+        except self._db.errors as exc:
             log.warning("pruning decision records failed: %s", exc)
 
     def flush(self, timeout: float = 2.0) -> None:
@@ -274,74 +287,61 @@ class RecordStore:
             time.sleep(0.002)
 
     def close(self) -> None:
+        """Stop the writer once the queue is written; the database belongs to whoever opened it."""
         self._queue.put(None)
         self._writer.join(timeout=5)
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        self._db = None
 
     # --- ratings (thread pool) -------------------------------------------------------------------------
     def _find(self, owner: str, request_id: str) -> tuple[object, ...] | None:
         assert self._db is not None
-        row: tuple[object, ...] | None = self._db.execute(
-            f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE owner = ? AND request_id = ? AND created_at >= ?",
-            (owner, request_id, time.time() - self.retention)).fetchone()
-        return row
+        with self._db.transaction() as tx:
+            rows = tx.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE owner = ? AND request_id = ? "
+                              "AND created_at >= ?", (owner, request_id, time.time() - self.retention))
+        return rows[0] if rows else None
 
     def rate(self, owner: str, request_id: str, rating: Rating, score: float | None,
              comment: str | None) -> Feedback:
         """Store a rating of one of ``owner``'s requests; a later rating of the same request replaces it."""
-        if self._db is None:
+        db = self._db
+        if db is None:
             raise StoreError(f"the feedback store is unavailable ({self.problem})", "unavailable")
-        with self._lock:
-            found = self._find(owner, request_id)
-        if found is None:
-            # The record may still be queued (a rating can arrive right after its answer), or be in the queue of
-            # another worker process: wait for this one's queue, then give the others a moment.
-            self.flush()
-            for pause in (0.0, 0.1, 0.3):
-                time.sleep(pause)
-                with self._lock:
-                    found = self._find(owner, request_id)
-                if found is not None:
-                    break
-        if found is None:
-            raise UnknownRequest(request_id)
-        (_, _, decided_at, alias, d_score, threshold, tier, model, fallback, _, version, prompt, p_hash) = found
-        fb = Feedback(id="fb-" + secrets.token_hex(12), request_id=request_id, created_at=time.time(),
-                      rating=rating, rating_score=score, comment=comment, tier=str(tier), model=str(model),
-                      alias=str(alias), score=d_score, threshold=threshold,  # type: ignore[arg-type]
-                      fallback=bool(fallback), router_version=str(version),
-                      prompt=prompt, prompt_hash=str(p_hash))  # type: ignore[arg-type]
         try:
-            with self._lock:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO feedback (id, owner, request_id, created_at, rating, rating_score, "
-                    "comment, decided_at, alias, score, threshold, tier, model, fallback, router_version, prompt, "
-                    "prompt_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (fb.id, owner, request_id, fb.created_at, rating, score, comment, decided_at, fb.alias,
-                     fb.score, fb.threshold, fb.tier, fb.model, int(fb.fallback), fb.router_version, fb.prompt,
-                     fb.prompt_hash))
-        except (sqlite3.Error, OSError) as exc:
+            found = self._find(owner, request_id)
+            if found is None:
+                # The record may still be queued (a rating can arrive right after its answer), or be in the queue
+                # of another worker process or replica: wait for this one's queue, then give the others a moment.
+                self.flush()
+                for pause in (0.0, 0.1, 0.3):
+                    time.sleep(pause)
+                    found = self._find(owner, request_id)
+                    if found is not None:
+                        break
+            if found is None:
+                raise UnknownRequest(request_id)
+            (_, _, decided_at, alias, d_score, threshold, tier, model, fallback, _, version, prompt, p_hash) = found
+            fb = Feedback(id="fb-" + secrets.token_hex(12), request_id=request_id, created_at=time.time(),
+                          rating=rating, rating_score=score, comment=comment, tier=str(tier), model=str(model),
+                          alias=str(alias), score=d_score, threshold=threshold,  # type: ignore[arg-type]
+                          fallback=bool(fallback), router_version=str(version),
+                          prompt=prompt, prompt_hash=str(p_hash))  # type: ignore[arg-type]
+            with db.transaction() as tx:
+                tx.execute(_INSERT_FEEDBACK, (fb.id, owner, request_id, fb.created_at, rating, score, comment,
+                                              decided_at, fb.alias, fb.score, fb.threshold, fb.tier, fb.model,
+                                              int(fb.fallback), fb.router_version, fb.prompt, fb.prompt_hash))
+        except db.errors as exc:
             reason = _reason(exc)
             metrics.RECORD_ERRORS.labels(reason).inc()
             raise StoreError(f"the rating could not be stored: {exc}", reason) from exc
         return fb
 
 
-def read_feedback(root: Path) -> Iterator[Feedback]:
-    """Every stored rating, oldest first, read-only (for ``route-llm feedback export``)."""
-    path = Path(root) / DB_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no feedback store here (feedback.storage_dir / documents.storage_dir)")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    try:
-        rows = db.execute("SELECT id, request_id, created_at, rating, rating_score, comment, tier, model, alias, "
+def read_feedback(db: Database) -> Iterator[Feedback]:
+    """Every stored rating, oldest first (for ``route-llm feedback export``)."""
+    with db.transaction() as tx:
+        rows = tx.execute("SELECT id, request_id, created_at, rating, rating_score, comment, tier, model, alias, "
                           "score, threshold, fallback, router_version, prompt, prompt_hash FROM feedback "
-                          "ORDER BY created_at").fetchall()
-    finally:
-        db.close()
+                          "ORDER BY created_at")
     for r in rows:
         yield Feedback(id=r[0], request_id=r[1], created_at=r[2], rating=r[3], rating_score=r[4], comment=r[5],
                        tier=r[6], model=r[7], alias=r[8], score=r[9], threshold=r[10], fallback=bool(r[11]),

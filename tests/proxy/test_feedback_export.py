@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from proxy.cli import main
 from proxy.state.feedback_export import target_pair
-from proxy.state.records import DecisionRecord, RecordStore, prompt_hash
+from proxy.state.database import SqliteDatabase
+from proxy.state.records import DB_FILE, DecisionRecord, RecordStore, prompt_hash
 
 
 @pytest.mark.parametrize(("tier", "rating", "strong_good", "pair"), [
@@ -33,7 +34,8 @@ def _record(request_id: str, tier: str, prompt: str | None) -> DecisionRecord:
 
 
 def test_export_writes_training_rows_and_says_what_it_skipped(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path, retention_days=30, limit_records=None)
+    db = SqliteDatabase(tmp_path / DB_FILE)
+    store = RecordStore(db, retention_days=30, limit_records=None)
     cases = [("r1", "weak", "bad", "p1"), ("r2", "weak", "good", "p2"), ("r3", "strong", "bad", "p3"),
              ("r4", "strong", "good", "p4"), ("r5", "weak", "bad", None)]
     for request_id, tier, _, prompt in cases:
@@ -42,6 +44,7 @@ def test_export_writes_training_rows_and_says_what_it_skipped(tmp_path: Path) ->
     for request_id, _, rating, _ in cases:
         store.rate("", request_id, rating, None, None)  # type: ignore[arg-type]
     store.close()
+    db.close()
     out = tmp_path / "rows.jsonl"
     result = CliRunner().invoke(main, ["feedback", "export", "--store", str(tmp_path), "--out", str(out)])
     assert result.exit_code == 0, result.output

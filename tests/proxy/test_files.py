@@ -7,14 +7,32 @@ from pathlib import Path
 
 import pytest
 
+from proxy.state.database import Database, PostgresDatabase, SqliteDatabase
 from proxy.state.files import FileStore
 
 
+def open_store(url: str) -> tuple[FileStore, Database]:
+    """A FileStore as the proxy builds it for a storage URL: SQLite + blob directory, or Postgres."""
+    if url.startswith("sqlite:///"):
+        root = Path(url[len("sqlite:///"):])
+        db: Database = SqliteDatabase(root / "files.db")
+        return FileStore(db, blobs=root / "blobs"), db
+    db = PostgresDatabase(url, limit_connections=4)
+    return FileStore(db), db
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[FileStore]:
-    store = FileStore(tmp_path / "files")
+def store(storage_url: str) -> Iterator[FileStore]:
+    store, db = open_store(storage_url)
     yield store
     store.close()
+    db.close()
+
+
+def _on_disk(store: FileStore) -> Path:
+    if store.db.kind != "sqlite":
+        pytest.skip("bytes on disk: the SQLite layout (Postgres keeps them in file_chunks)")
+    return Path(store._blobs or "")
 
 
 def test_add_returns_an_openai_file_object(store: FileStore) -> None:
@@ -68,31 +86,62 @@ def test_list_is_newest_first_and_filters_by_purpose(store: FileStore) -> None:
 
 def test_delete_removes_the_row_and_the_bytes(store: FileStore) -> None:
     record = store.add("alice", "a.pdf", "user_data", b"some bytes", ["a"])
-    blob = store.root / "blobs" / record.id
-    assert blob.read_bytes() == b"some bytes"
+    assert store.content("alice", record.id) == b"some bytes"
     assert store.delete("alice", record.id) is True
-    assert not blob.exists()
+    assert store.content("alice", record.id) is None
     assert store.get("alice", record.id) is None
     assert store.delete("alice", record.id) is False
+    if store.db.kind == "sqlite":
+        assert not (_on_disk(store) / record.id).exists()
+    else:
+        with store.db.transaction() as tx:
+            assert tx.execute("SELECT COUNT(*) FROM file_chunks")[0][0] == 0
 
 
-def test_files_and_text_survive_reopening(tmp_path: Path) -> None:
-    first = FileStore(tmp_path / "store")
+def test_large_files_are_stored_in_chunks_and_read_back_whole(store: FileStore, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 12_000  # about 3 MB: several 1 MB chunks on Postgres
+    spooled = tmp_path / "upload.partial"
+    spooled.write_bytes(data)
+    record = store.add("alice", "big.pdf", "user_data", spooled, ["p"])
+    assert record.bytes == len(data) and store.content("alice", record.id) == data
+    assert not spooled.exists()  # moved (SQLite) or copied in and removed (Postgres)
+
+
+def test_files_and_text_survive_reopening(storage_url: str) -> None:
+    first, db = open_store(storage_url)
     record = first.add("alice", "a.pdf", "user_data", b"abc", ["kept across restarts"])
     first.close()
-    second = FileStore(tmp_path / "store")
+    db.close()
+    second, db = open_store(storage_url)
     try:
         assert second.get("alice", record.id) == record
         assert second.pages("alice", record.id) == ["kept across restarts"]
+        assert second.content("alice", record.id) == b"abc"
     finally:
         second.close()
+        db.close()
+
+
+def test_hostile_filenames_are_kept_as_data(store: FileStore) -> None:
+    names = ["../../escape.pdf", "/etc/passwd", "..\\..\\win.pdf", "x" * 300, "ü'; DROP TABLE files; --"]
+    records = [store.add("alice", name, "user_data", b"data", ["t"]) for name in names]
+    assert [store.get("alice", r.id).filename for r in records] == names  # type: ignore[union-attr]
+
+
+def test_a_nul_in_a_filename_is_stored_not_refused(store: FileStore) -> None:
+    # Postgres text cannot hold NUL: the database layer stores U+FFFD there instead of failing the upload.
+    record = store.add("alice", "a\0b.pdf", "user_data", b"data", ["t"])
+    found = store.get("alice", record.id)
+    assert found is not None
+    assert found.filename == ("a\0b.pdf" if store.db.kind == "sqlite" else "a\ufffdb.pdf")
 
 
 def test_hostile_filenames_never_reach_the_filesystem(store: FileStore, tmp_path: Path) -> None:
+    blobs = _on_disk(store)
     names = ["../../escape.pdf", "/etc/passwd", "..\\..\\win.pdf", "a\0b.pdf", "x" * 300]
     records = [store.add("alice", name, "user_data", b"data", ["t"]) for name in names]
     assert [store.get("alice", r.id).filename for r in records] == names  # type: ignore[union-attr]
-    assert sorted(p.name for p in (store.root / "blobs").iterdir()) == sorted(r.id for r in records)
+    assert sorted(p.name for p in blobs.iterdir()) == sorted(r.id for r in records)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["files"]
 
 
@@ -100,8 +149,9 @@ def test_malformed_ids_are_rejected_before_touching_paths(store: FileStore) -> N
     # A lookup by a path-like id finds no row; the id pattern check backs that up for blob paths.
     assert store.get("alice", "../files.db") is None
     assert store.delete("alice", "../files.db") is False
-    with pytest.raises(ValueError, match="not a file id"):
-        store._blob("../files.db")
+    if store.db.kind == "sqlite":
+        with pytest.raises(ValueError, match="not a file id"):
+            store._blob("../files.db")
 
 
 def test_concurrent_adds_from_threads_all_land(store: FileStore) -> None:
