@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from proxy.cli import main
-from proxy.state.feedback_export import target_pair
 from proxy.state.database import SqliteDatabase
+from proxy.state.feedback_export import target_pair
 from proxy.state.records import DB_FILE, DecisionRecord, RecordStore, prompt_hash
 
 
