@@ -230,7 +230,7 @@ class DocumentsSettings:
 
 @dataclass(frozen=True)
 class FeedbackSettings:
-    """Decision records (one per routed chat request) and the ratings clients send for them."""
+    """Decision records (one per chat request) and the ratings clients send for them."""
 
     enabled: bool = True
     storage_dir: str | None = None  # None: next to the files, documents.storage_dir

@@ -1,10 +1,11 @@
-"""POST /v1/feedback: a client rates the answer to one of its own routed requests.
+"""POST /v1/feedback: a client rates the answer to one of its own chat requests.
 
 The body is ``{"request_id": "...", "rating": "good" | "bad"}`` with an optional ``"score"`` in [0, 1] and a
-``"comment"``. The request id is the ``x-request-id`` of the answer. A key can rate only its own requests: the
-lookup is by (key owner, request id), so another key's request, an unknown one and an expired one all get the
-same 404, which tells a client nothing about other keys' traffic. Authentication, rate limits and in-flight
-budgets are the guard's, as for every ``/v1`` path.
+``"comment"``. The request id is the ``x-request-id`` of the answer (or of the error: a failed request, or one
+for a concrete model, can be rated too; the export decides what can train a router). A key can rate only its
+own requests: the lookup is by (key owner, request id), so another key's request, an unknown one and an expired
+one all get the same 404, which tells a client nothing about other keys' traffic. Authentication, rate limits
+and in-flight budgets are the guard's, as for every ``/v1`` path.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def parse_feedback(body: Any) -> tuple[str, Rating, float | None, str | None]:
                          param=unknown[0])
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not 1 <= len(request_id) <= 128:
-        raise BadRequest("`request_id` must be the x-request-id of a routed answer (a string of 1 to 128 "
+        raise BadRequest("`request_id` must be the x-request-id of a chat request (a string of 1 to 128 "
                          "characters)", param="request_id")
     rating = body.get("rating")
     if rating not in ("good", "bad"):
@@ -70,13 +71,14 @@ async def post_feedback(request: Request) -> Response:
         fb = await run_in_threadpool(store.rate, owner, request_id, rating, score, comment)
     except UnknownRequest:
         days = store.retention / 86400.0
-        raise NotFound(f"no routed request with id {request_id!r} for this key: it is unknown, older than "
+        raise NotFound(f"no chat request with id {request_id!r} for this key: it is unknown, older than "
                        f"{days:g} days, or was made with another key", param="request_id",
                        code="request_not_found") from None
     except StoreError as exc:
         code = "feedback_store_full" if exc.reason == "full" else "feedback_store_unavailable"
         raise FeedbackUnavailable(f"{exc}; the rating was not stored", code=code) from None
-    metrics.FEEDBACK.labels(fb.tier, rating).inc()  # a configured tier's name: a closed set
+    metrics.FEEDBACK.labels(fb.tier or "none", rating).inc()  # a configured tier's name or "none": a closed set
     return JSONResponse({"id": fb.id, "object": "feedback", "request_id": fb.request_id, "rating": fb.rating,
-                         "score": fb.rating_score, "tier": fb.tier, "model": fb.model,
-                         "router_version": fb.router_version, "created_at": int(fb.created_at)})
+                         "score": fb.rating_score, "tier": fb.tier or None, "model": fb.model or None,
+                         "routed": fb.routed, "status": fb.status,
+                         "router_version": fb.router_version or None, "created_at": int(fb.created_at)})

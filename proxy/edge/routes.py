@@ -158,24 +158,24 @@ class ChatHandler:
     # --- endpoints --------------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
         state = services(request)
-        o = Outcome(request_id=request_id(request.headers.get("x-request-id")))
+        o = Outcome(request_id=request_id(request.headers.get("x-request-id")), owner=request.state.owner,
+                    records=state.records, router_version=state.router_version)
         streaming = False  # a stream records its outcome when it ends, not here
         body: Any = None
         try:
             body = await read_json(request, self.settings.server.limit_body_bytes)
             chat = self.parse(body)
             o.dropped = chat.dropped
+            texts = state.decider.texts(chat.messages)
+            o.text = texts[-1]
             o.target = target = state.decider.resolve(chat.model)
             o.requested = target.requested
             messages = chat.messages
             extra_headers: dict[str, str] = {}
             if chat.files:
                 messages, extra_headers = await state.documents.expand(request, chat)
-            texts = state.decider.texts(chat.messages)
             if self.settings.server.log_prompts:
                 o.prompt = texts[-1]
-            o.text, o.owner, o.records = texts[-1], request.state.owner, state.records
-            o.router_version = state.router_version
             o.decision = decision = await state.decider.decide(target, texts)
             o.attempts = attempts = Attempts(requested_tier=decision.tier)
             if chat.stream:

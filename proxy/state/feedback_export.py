@@ -17,6 +17,11 @@ to the pair that gives the right target under that rule:
 weak would have done. "weak, bad" assumes the strong model would have succeeded, the optimistic reading that
 routing can act on. The optional ``score`` of a rating is exported but not used for the target.
 
+Who chose the tier does not matter: a rating of a request for a concrete model (not routed) is as much an
+observation of that tier on that prompt as a routed one, and is exported the same way. A rating of a request that
+failed (no answer, or a stream cut short: status other than ``ok``) says nothing about a model's answer and is
+counted and skipped.
+
 The mapping is two-tier: ratings of tiers other than ``weak`` and ``strong`` (in configs with more tiers) are
 dropped. Only ratings of requests recorded with ``feedback.store_prompts: true`` carry their prompt; the others have a
 hash only and cannot train a router, so they are counted and skipped.
@@ -55,11 +60,14 @@ class ExportSummary:
     written: int = 0
     no_prompt: int = 0  # recorded with store_prompts off: a hash only
     dropped: int = 0  # "strong, good" with --strong-good drop
+    failed: int = 0  # the rated request was not answered (status other than "ok")
     by_case: Counter[str] = field(default_factory=Counter)
 
     def describe(self) -> str:
         cases = ", ".join(f"{case}: {n}" for case, n in sorted(self.by_case.items())) or "none"
         text = f"{self.written} training rows written ({cases}); {self.dropped} strong/good ratings dropped"
+        if self.failed:
+            text += f"; {self.failed} ratings of failed requests skipped (no answer to learn from)"
         if self.no_prompt:
             text += (f"; {self.no_prompt} ratings skipped because their prompt was not stored (set "
                      "feedback.store_prompts: true to keep prompts of future requests)")
@@ -70,6 +78,9 @@ def export_rows(ratings: Iterable[Feedback], out: TextIO, *, strong_good: Strong
     """Write one JSON line per usable rating; return what was written and skipped."""
     summary = ExportSummary()
     for fb in ratings:
+        if fb.status != "ok":
+            summary.failed += 1
+            continue
         pair = target_pair(fb.tier, fb.rating, strong_good)
         if pair is None:
             summary.dropped += 1
@@ -78,7 +89,8 @@ def export_rows(ratings: Iterable[Feedback], out: TextIO, *, strong_good: Strong
             summary.no_prompt += 1
             continue
         row: dict[str, Any] = {"prompt": fb.prompt, "weak_score": pair[0], "strong_score": pair[1],
-                               "tier": fb.tier, "rating": fb.rating, "rating_score": fb.rating_score,
+                               "tier": fb.tier, "routed": fb.routed, "rating": fb.rating,
+                               "rating_score": fb.rating_score,
                                "request_id": fb.request_id, "feedback_id": fb.id,
                                "router_version": fb.router_version, "created_at": round(fb.created_at, 3)}
         out.write(json.dumps(row, ensure_ascii=False) + "\n")

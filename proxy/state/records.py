@@ -1,9 +1,11 @@
 """Decision records and ratings, written off the request path: ``feedback.db`` beside the uploaded files (SQLite,
 the default) or the shared PostgreSQL database (``storage.url``), where every replica's records and ratings meet.
 
-Every routed chat request that was answered leaves a record keyed by (owner, x-request-id): what the router
-decided and which tier answered. A rating (``POST /v1/feedback``) copies the fields retraining needs from its
-record, so ratings outlive the records' retention; they are the training data.
+Every chat request the chat handler saw (routed or for a concrete model, answered or failed) leaves a record
+keyed by (owner, x-request-id): what the router decided (empty when nothing was routed), which tier answered
+(empty when none did) and the outcome (``status``: ``ok``, ``upstream_error``, ``client_error``, ...). A rating
+(``POST /v1/feedback``) copies the fields retraining needs from its record, so ratings outlive the records'
+retention; they are the training data. Requests refused by the guard (no key, rate limit, overload) leave none.
 
 A request must never wait for, or fail because of, this store. Records go into a bounded in-memory queue that
 one writer thread drains in batches; a full queue, a full disk or a broken database drops the record, logs and
@@ -76,13 +78,20 @@ _FEEDBACK = """CREATE TABLE IF NOT EXISTS feedback (
 _INDEX = "CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions (created_at)"
 # SQLite: REAL is a double and rowid gives insertion order; Postgres: REAL is 4 bytes, so DOUBLE PRECISION, and an
 # identity column stands in for rowid.
-_SQLITE = (Migration(1, tuple(t.format(seq="", real="REAL") for t in (_DECISIONS, _INDEX, _FEEDBACK))),)
+# Version 2: every chat request is recorded, not only routed, answered ones; rows of version 1 were both.
+_OUTCOME = tuple(f"ALTER TABLE {table} ADD COLUMN {column}" for table in ("decisions", "feedback")
+                 for column in ("routed INTEGER NOT NULL DEFAULT 1", "status TEXT NOT NULL DEFAULT 'ok'",
+                                "http_status INTEGER NOT NULL DEFAULT 200"))
+_SQLITE = (Migration(1, tuple(t.format(seq="", real="REAL") for t in (_DECISIONS, _INDEX, _FEEDBACK))),
+           Migration(2, _OUTCOME))
 _POSTGRES = (Migration(1, tuple(t.format(seq="seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,", real="DOUBLE PRECISION")
-                                for t in (_DECISIONS, _INDEX, _FEEDBACK))),)
+                                for t in (_DECISIONS, _INDEX, _FEEDBACK))),
+             Migration(2, _OUTCOME))
 _DECISION_COLUMNS = ("owner, request_id, created_at, alias, score, threshold, tier, model, fallback, router_error, "
-                     "router_version, prompt, prompt_hash")
+                     "router_version, prompt, prompt_hash, routed, status, http_status")
 _FEEDBACK_COLUMNS = ("id, owner, request_id, created_at, rating, rating_score, comment, decided_at, alias, score, "
-                     "threshold, tier, model, fallback, router_version, prompt, prompt_hash")
+                     "threshold, tier, model, fallback, router_version, prompt, prompt_hash, routed, status, "
+                     "http_status")
 _QUEUE_SIZE = 10_000
 _BATCH = 256
 _PRUNE_SECONDS = 60.0
@@ -95,6 +104,9 @@ def prompt_hash(text: str) -> str:
 
 @dataclass(frozen=True)
 class DecisionRecord:
+    """One chat request. ``tier``/``model`` are "" when no tier was chosen (the request failed before that);
+    ``alias``, ``score``, ``threshold`` and ``router_version`` are empty when nothing was routed."""
+
     owner: str
     request_id: str
     created_at: float
@@ -108,11 +120,14 @@ class DecisionRecord:
     router_version: str
     prompt: str | None
     prompt_hash: str
+    routed: bool = True
+    status: str = "ok"
+    http_status: int = 200
 
     def row(self) -> tuple[object, ...]:
         return (self.owner, self.request_id, self.created_at, self.alias, self.score, self.threshold, self.tier,
                 self.model, int(self.fallback), int(self.router_error), self.router_version, self.prompt,
-                self.prompt_hash)
+                self.prompt_hash, int(self.routed), self.status, self.http_status)
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,9 @@ class Feedback:
     router_version: str
     prompt: str | None
     prompt_hash: str
+    routed: bool = True
+    status: str = "ok"  # the rated request's outcome: only "ok" answers can train a router
+    http_status: int = 200
 
 
 class StoreError(Exception):
@@ -173,16 +191,19 @@ def _reason(exc: BaseException) -> str:
     return "error"
 
 
-def from_outcome(o: Outcome, *, tier: str, model: str, text: str, owner: str, version: str,
-                 store_prompts: bool) -> DecisionRecord | None:
-    """The record of a finished chat request, or None when there is nothing to rate (not routed, not answered)."""
+def from_outcome(o: Outcome, *, tier: str | None, model: str | None, text: str, owner: str, version: str,
+                 store_prompts: bool) -> DecisionRecord:
+    """The record of a finished chat request: ``tier``/``model`` answered (None: no tier was chosen); the routing
+    fields stay empty unless the request was routed."""
     d = o.decision
-    if d is None or o.target is None or not o.target.routed or o.status != "ok":
-        return None
-    return DecisionRecord(owner=owner, request_id=o.request_id, created_at=time.time(), alias=o.requested,
-                          score=d.score, threshold=d.threshold, tier=tier, model=model, fallback=tier != d.tier.name,
-                          router_error=d.failed, router_version=version, prompt=text if store_prompts else None,
-                          prompt_hash=prompt_hash(text))
+    routed = d is not None and o.target is not None and o.target.routed
+    return DecisionRecord(owner=owner, request_id=o.request_id, created_at=time.time(),
+                          alias=o.requested if routed else "", score=d.score if routed and d else None,
+                          threshold=d.threshold if routed and d else None, tier=tier or "", model=model or "",
+                          fallback=d is not None and tier is not None and tier != d.tier.name,
+                          router_error=routed and d is not None and d.failed, router_version=version if routed else "",
+                          prompt=text if store_prompts else None, prompt_hash=prompt_hash(text), routed=routed,
+                          status=o.status, http_status=o.http_status)
 
 
 class RecordStore:
@@ -203,7 +224,7 @@ class RecordStore:
         self._last_log = 0.0
         if db is not None:
             try:
-                db.migrate("records", _SQLITE if db.kind == "sqlite" else _POSTGRES)
+                migrate(db)
                 if limit_store_bytes is not None and db.kind == "sqlite":
                     with db.transaction() as tx:
                         (page,), = tx.execute("PRAGMA page_size")
@@ -319,16 +340,19 @@ class RecordStore:
                         break
             if found is None:
                 raise UnknownRequest(request_id)
-            (_, _, decided_at, alias, d_score, threshold, tier, model, fallback, _, version, prompt, p_hash) = found
+            (_, _, decided_at, alias, d_score, threshold, tier, model, fallback, _, version, prompt, p_hash,
+             routed, status, http_status) = found
             fb = Feedback(id="fb-" + secrets.token_hex(12), request_id=request_id, created_at=time.time(),
                           rating=rating, rating_score=score, comment=comment, tier=str(tier), model=str(model),
                           alias=str(alias), score=d_score, threshold=threshold,  # type: ignore[arg-type]
                           fallback=bool(fallback), router_version=str(version),
-                          prompt=prompt, prompt_hash=str(p_hash))  # type: ignore[arg-type]
+                          prompt=prompt, prompt_hash=str(p_hash),  # type: ignore[arg-type]
+                          routed=bool(routed), status=str(status), http_status=int(http_status))  # type: ignore[call-overload]
             with db.transaction() as tx:
                 tx.execute(_INSERT_FEEDBACK, (fb.id, owner, request_id, fb.created_at, rating, score, comment,
                                               decided_at, fb.alias, fb.score, fb.threshold, fb.tier, fb.model,
-                                              int(fb.fallback), fb.router_version, fb.prompt, fb.prompt_hash))
+                                              int(fb.fallback), fb.router_version, fb.prompt, fb.prompt_hash,
+                                              int(fb.routed), fb.status, fb.http_status))
         except db.errors as exc:
             reason = _reason(exc)
             metrics.RECORD_ERRORS.labels(reason).inc()
@@ -336,13 +360,21 @@ class RecordStore:
         return fb
 
 
+def migrate(db: Database) -> None:
+    """Bring the records' schema up to this version's (at start-up, and before an export reads a store that an
+    older version wrote)."""
+    db.migrate("records", _SQLITE if db.kind == "sqlite" else _POSTGRES)
+
+
 def read_feedback(db: Database) -> Iterator[Feedback]:
     """Every stored rating, oldest first (for ``route-llm feedback export``)."""
+    migrate(db)
     with db.transaction() as tx:
         rows = tx.execute("SELECT id, request_id, created_at, rating, rating_score, comment, tier, model, alias, "
-                          "score, threshold, fallback, router_version, prompt, prompt_hash FROM feedback "
-                          "ORDER BY created_at")
+                          "score, threshold, fallback, router_version, prompt, prompt_hash, routed, status, "
+                          "http_status FROM feedback ORDER BY created_at")
     for r in rows:
         yield Feedback(id=r[0], request_id=r[1], created_at=r[2], rating=r[3], rating_score=r[4], comment=r[5],
                        tier=r[6], model=r[7], alias=r[8], score=r[9], threshold=r[10], fallback=bool(r[11]),
-                       router_version=r[12], prompt=r[13], prompt_hash=r[14])
+                       router_version=r[12], prompt=r[13], prompt_hash=r[14], routed=bool(r[15]), status=r[16],
+                       http_status=r[17])

@@ -42,7 +42,7 @@ class Outcome:
     started: float = field(default_factory=time.perf_counter)
     prompt: str | None = None
     dropped: list[str] = field(default_factory=list)  # parameters the endpoint accepts but has no use for
-    text: str = ""  # what the router judged (the last user turn)
+    text: str = ""  # what the router judged (the last user turn; "" when the body never parsed)
     owner: str = ""  # the proxy key's owner hash ("" without keys)
     router_version: str = ""
     records: RecordStore | None = None  # where the decision record goes (None: feedback is off)
@@ -113,11 +113,10 @@ class Accounting:
         if o.prompt is not None:
             line["prompt"] = o.prompt
         access_log.info(json.dumps(line))
-        if o.records is not None and tier is not None:
-            record = from_outcome(o, tier=tier.name, model=model, text=o.text, owner=o.owner,
-                                  version=o.router_version, store_prompts=self.settings.feedback.store_prompts)
-            if record is not None:
-                o.records.add(record)
+        if o.records is not None:  # every request the handler saw, so any x-request-id can be rated
+            o.records.add(from_outcome(o, tier=tier.name if tier else None, model=model if tier else None,
+                                       text=o.text, owner=o.owner, version=o.router_version,
+                                       store_prompts=self.settings.feedback.store_prompts))
 
 
 def _cuts_value(cuts: tuple[float, ...]) -> float | list[float]:

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from prometheus_client import REGISTRY
 
 from proxy.state.records import DB_FILE, prompt_hash
 from tests.conftest import RunningProxy
-from tests.standin import StandInServer
+from tests.standin import Fault, StandInServer
 
 PROMPT = "Write a haiku about routers."
 
@@ -106,11 +107,58 @@ def test_a_later_rating_of_the_same_request_replaces_the_earlier(proxy: RunningP
                           (request_id,)).fetchall() == [(second["id"], "good")]
 
 
-def test_unknown_and_unrouted_request_ids_are_404(proxy: RunningProxy, standin: StandInServer) -> None:
+def test_an_unknown_request_id_is_404(proxy: RunningProxy, standin: StandInServer) -> None:
     error = _error(_rate(proxy, {"request_id": "req-never-made", "rating": "good"}), 404)
     assert (error["code"], error["param"]) == ("request_not_found", "request_id")
-    pinned, _ = _chat(proxy, model="gemini-1.5-flash")  # a concrete model: nothing was routed, nothing to rate
-    assert _error(_rate(proxy, {"request_id": pinned, "rating": "good"}), 404)["code"] == "request_not_found"
+
+
+def _decision(proxy: RunningProxy, request_id: str) -> tuple[Any, ...]:
+    with _db(proxy) as db:
+        row: tuple[Any, ...] = db.execute(
+            "SELECT routed, status, http_status, alias, tier, model, score, threshold, router_version "
+            "FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
+    return row
+
+
+def test_a_request_for_a_concrete_model_is_recorded_and_can_be_rated(proxy: RunningProxy,
+                                                                     standin: StandInServer) -> None:
+    pinned, tier = _chat(proxy, model="gemini-1.5-flash")  # nothing was routed: the routing fields stay empty
+    r = _rate(proxy, {"request_id": pinned, "rating": "bad"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["tier"], body["model"], body["routed"], body["status"], body["router_version"]) == \
+        (tier, "gemini-1.5-flash", False, "ok", None)
+    assert _decision(proxy, pinned) == (0, "ok", 200, "", tier, "gemini-1.5-flash", None, None, "")
+
+
+def test_a_failed_request_is_recorded_and_can_be_rated(make_proxy: Any, standin: StandInServer) -> None:
+    proxy = make_proxy(upstream={"retries": 0, "fallback": "none"})
+    standin.state.faults.append(Fault("status", status=503))
+    with pytest.raises(openai.APIStatusError) as err:
+        proxy.client().chat.completions.create(model="auto", messages=[{"role": "user", "content": PROMPT}])
+    assert err.value.status_code == 503
+    request_id = err.value.response.headers["x-request-id"]
+    before = _sample("route_llm_feedback_total", tier=err.value.response.headers["x-route-llm-tier"], rating="bad")
+    r = _rate(proxy, {"request_id": request_id, "rating": "bad", "comment": "no answer at all"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["routed"], r.json()["status"]) == (True, "upstream_error")
+    routed, status, http_status, alias, tier, _, score, threshold, version = _decision(proxy, request_id)
+    assert (routed, status, http_status, alias, threshold) == (1, "upstream_error", 503, "auto", 0.5)
+    assert tier == err.value.response.headers["x-route-llm-tier"] and 0.0 <= score <= 1.0 and len(version) == 12
+    assert _sample("route_llm_feedback_total", tier=tier, rating="bad") == before + 1
+
+
+def test_a_request_refused_before_routing_is_recorded_without_a_tier(proxy: RunningProxy,
+                                                                      standin: StandInServer) -> None:
+    with pytest.raises(openai.NotFoundError) as err:  # an unknown model: no tier, no upstream call
+        proxy.client().chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    request_id = err.value.response.headers["x-request-id"]
+    before = _sample("route_llm_feedback_total", tier="none", rating="bad")
+    r = _rate(proxy, {"request_id": request_id, "rating": "bad"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["tier"], r.json()["model"], r.json()["status"]) == (None, None, "client_error")
+    assert _decision(proxy, request_id) == (0, "client_error", 404, "", "", "", None, None, "")
+    assert _sample("route_llm_feedback_total", tier="none", rating="bad") == before + 1
 
 
 def test_an_expired_record_cannot_be_rated(proxy: RunningProxy, standin: StandInServer) -> None:
