@@ -19,6 +19,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from router import features as prompt_features
+from router import lexical as lexical_terms
 from router.head import Head
 from router.policy import Quantiles, check_quantiles
 
@@ -69,6 +70,7 @@ class ModelMeta:
     version: str
     features: tuple[str, ...] = ()
     head_file: str | None = None
+    lexical: str | None = None  # the word-term scheme (router.lexical.SCHEME) when head.npz carries one
 
     @property
     def strong_index(self) -> int:
@@ -121,6 +123,12 @@ class ModelMeta:
             head_file = data["head"]
             if not isinstance(head_file, str) or not head_file or Path(head_file).name != head_file:
                 raise ValueError(f"'head' must be a file name inside the model directory, got {head_file!r}")
+        lexical = data.get("lexical")
+        if lexical is not None and (fmt != 2 or lexical != lexical_terms.SCHEME):
+            raise ValueError(
+                f"'lexical' must be {lexical_terms.SCHEME!r} (format 2 only; this runtime's word-term scheme), "
+                f"got {lexical!r}"
+            )
         max_length = data["max_length"]
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
             raise ValueError(f"'max_length' must be an integer >= 3, got {max_length!r}")
@@ -154,6 +162,7 @@ class ModelMeta:
             version=data["version"],
             features=tuple(names),
             head_file=head_file,
+            lexical=lexical,
         )
 
 
@@ -336,7 +345,7 @@ class Classifier:
             return [self._run(row) for row in self.token_ids(texts)]
         if self._routing_head is None:
             raise InferenceError("this format-2 classifier was built without a routing head")
-        logits = self._routing_head.logits(self.head_inputs(texts))
+        logits = self._routing_head.logits(self.head_inputs(texts), texts)
         if not np.all(np.isfinite(logits)):
             raise InferenceError("routing head produced non-finite logits")
         # a logistic of a clipped logit: exp cannot overflow, and 1e-300 steps are irrelevant to a routing score
@@ -419,6 +428,11 @@ class Router:
                 head = Head.load(head_path)
             except Exception as exc:  # numpy raises OSError, EOFError, BadZipFile, pickle and value errors here
                 raise ModelLoadError(f"{head_path}: not a valid routing head ({exc})") from exc
+            if (head.lexical is None) != (meta.lexical is None):
+                raise ModelLoadError(
+                    f"{head_path}: {META_FILE} says lexical={meta.lexical!r}, but the head "
+                    f"{'has no' if head.lexical is None else 'has a'} word term (lex_idf/lex_weight)"
+                )
         try:
             classifier = Classifier(session=session, tokenizer=tokenizer, meta=meta, head=head)
         except ValueError as exc:

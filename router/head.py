@@ -8,15 +8,19 @@ microseconds in numpy, so putting it in the ONNX graph would buy nothing.
 
 File layout (``numpy.savez``, no pickles): ``input_mean`` and ``input_scale`` standardise the input vector;
 ``w0``, ``b0``, ``w1``, ``b1``, ... are dense layers applied in order, with tanh-approximated GELU between
-them; the last layer has one output, the logit.
+them; the last layer has one output, the logit. Optionally ``lex_idf`` and ``lex_weight`` add a linear term over
+the prompt's hashed word n-grams (:mod:`router.lexical`) to that logit.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from router.lexical import Lexical
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -29,7 +33,14 @@ def gelu(x: np.ndarray) -> np.ndarray:
 class Head:
     """A validated stack of dense layers; :meth:`logits` maps rows of inputs to one logit each."""
 
-    def __init__(self, *, mean: np.ndarray, scale: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    def __init__(
+        self,
+        *,
+        mean: np.ndarray,
+        scale: np.ndarray,
+        layers: list[tuple[np.ndarray, np.ndarray]],
+        lexical: Lexical | None = None,
+    ) -> None:
         if mean.ndim != 1 or mean.shape != scale.shape:
             raise ValueError(
                 f"input_mean and input_scale must be vectors of one length, got {mean.shape}, {scale.shape}"
@@ -50,6 +61,7 @@ class Head:
         self._mean = mean.astype(np.float64)
         self._scale = scale.astype(np.float64)
         self._layers = [(w.astype(np.float64), b.astype(np.float64)) for w, b in layers]
+        self.lexical = lexical
 
     @property
     def input_size(self) -> int:
@@ -71,7 +83,12 @@ class Head:
                 raise ValueError(f"missing array 'b{index}'")
             layers.append((arrays[f"w{index}"], arrays[f"b{index}"]))
             index += 1
-        return cls(mean=arrays["input_mean"], scale=arrays["input_scale"], layers=layers)
+        lexical = None
+        if "lex_idf" in arrays or "lex_weight" in arrays:
+            if "lex_idf" not in arrays or "lex_weight" not in arrays:
+                raise ValueError("lex_idf and lex_weight come together")
+            lexical = Lexical(idf=arrays["lex_idf"], weight=arrays["lex_weight"])
+        return cls(mean=arrays["input_mean"], scale=arrays["input_scale"], layers=layers, lexical=lexical)
 
     def save(self, path: Path) -> None:
         """Write the head in the layout :meth:`load` reads (float32 keeps the file small)."""
@@ -79,15 +96,23 @@ class Head:
         for index, (weight, bias) in enumerate(self._layers):
             arrays[f"w{index}"] = weight.astype(np.float32)
             arrays[f"b{index}"] = bias.astype(np.float32)
+        if self.lexical is not None:
+            arrays["lex_idf"] = self.lexical.idf.astype(np.float32)
+            arrays["lex_weight"] = self.lexical.weight.astype(np.float32)
         with open(path, "wb") as handle:
             np.savez(handle, **arrays)  # type: ignore[arg-type]
 
-    def logits(self, inputs: np.ndarray) -> np.ndarray:
-        """One logit per input row."""
+    def logits(self, inputs: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
+        """One logit per input row; a head with a word term also needs the rows' prompt ``texts``."""
+        if self.lexical is not None and (texts is None or len(texts) != len(inputs)):
+            raise ValueError("this head has a word term: pass the prompt texts, one per input row")
         x = (np.asarray(inputs, dtype=np.float64) - self._mean) / self._scale
         last = len(self._layers) - 1
         for index, (weight, bias) in enumerate(self._layers):
             x = x @ weight + bias
             if index < last:
                 x = gelu(x)
-        return np.asarray(x[:, 0])
+        logits = np.asarray(x[:, 0])
+        if self.lexical is not None and texts is not None:
+            logits = logits + self.lexical.logits(texts)
+        return logits

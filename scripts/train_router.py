@@ -16,7 +16,7 @@ from pathlib import Path
 
 from training.data import TargetConfig
 from training.finetune import FinetuneConfig, finetune
-from training.head import HeadConfig
+from training.head import HeadConfig, JointConfig
 from training.pipeline import train
 
 
@@ -38,7 +38,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--extra", type=Path, action="append", default=[], help="labelled JSONL of your own traffic")
     p.add_argument("--log", help="also log to this file")
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--hidden", type=int, default=defaults_h.hidden, help="hidden units of the head (0: linear)")
+    defaults_j = JointConfig()
+    p.add_argument(
+        "--head",
+        choices=("joint", "torch"),
+        default="joint",
+        help="joint: linear head over embedding, features and word n-grams, fitted together (shipped); "
+        "torch: the embedding + features head of router v2 (optionally with a hidden layer)",
+    )
+    p.add_argument("--c", type=float, default=defaults_j.c, help="joint head: inverse L2 penalty")
+    p.add_argument(
+        "--dense-scale", type=float, default=defaults_j.dense_scale, help="joint head: scale of the embedding block"
+    )
+    p.add_argument("--hidden", type=int, default=defaults_h.hidden, help="torch head: hidden units (0: linear)")
     p.add_argument("--epochs", type=int, default=defaults_h.epochs)
     p.add_argument("--soft", type=float, default=defaults_t.soft, help="weight of the many-model difficulty signal")
     p.add_argument("--seed", type=int, default=defaults_h.seed)
@@ -69,7 +81,11 @@ def main(argv: list[str] | None = None) -> None:
         args.out,
         args.work_dir,
         targets=TargetConfig(soft=args.soft),
-        head=HeadConfig(hidden=args.hidden, epochs=args.epochs, seed=args.seed),
+        head=(
+            JointConfig(c=args.c, dense_scale=args.dense_scale)
+            if args.head == "joint"
+            else HeadConfig(hidden=args.hidden, epochs=args.epochs, seed=args.seed)
+        ),
         encoder_source=args.encoder_from,
         max_length=args.max_length,
         extra=args.extra,

@@ -114,7 +114,7 @@ def finetune(
     target, weight = data.targets(train_rows, targets)
     groups = np.array([data.INTERCEPT_GROUP.get(r.source, data.N_GROUPS - 1) for r in train_rows])
 
-    class RouterNet(torch.nn.Module):  # type: ignore[misc]
+    class RouterNet(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.bert = AutoModel.from_pretrained(str(encoder.base_model_dir()))
@@ -254,7 +254,7 @@ def finetune(
     scores = np.asarray(Router.load(tmp, threads=config.threads).score([r.prompt for r in val_rows]))
     val_prompts = [r.prompt for r in val_rows]
     results = {
-        "router": evaluate.per_source(val_rows, scores),
+        "router": evaluate.per_source(val_rows, scores.tolist()),
         "length": evaluate.per_source(val_rows, evaluate.length_scores(val_prompts)),
         "tfidf_lr": evaluate.per_source(
             val_rows, evaluate.tfidf_scorer([r for r in all_rows if not r.val])(val_prompts)

@@ -25,12 +25,13 @@ from typing import Any
 
 import numpy as np
 
+from router import lexical
 from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE
 from router.features import FEATURES
 from router.head import Head
 from router.policy import QUANTILE_LEVELS
 from training import data, encoder, evaluate
-from training.head import HeadConfig, fit
+from training.head import HeadConfig, JointConfig, fit, fit_joint
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def train(
     work: Path,
     *,
     targets: data.TargetConfig,
-    head: HeadConfig,
+    head: HeadConfig | JointConfig,
     encoder_source: Path | None = None,
     encoder_dir: Path | None = None,
     caps: dict[str, int] | None = None,
@@ -119,17 +120,21 @@ def train(
     groups = np.array([data.INTERCEPT_GROUP.get(r.source, data.N_GROUPS - 1) for r in rows])
     index, extra_target, extra_weight = data.everyday_contrast(rows, targets, ~is_val)
     t_fit = time.time()
-    fitted = fit(
+    prompts = [r.prompt for r in rows]
+    fit_args = (
         np.concatenate([inputs, inputs[index]]),
         np.concatenate([target, extra_target]),
         np.concatenate([weight, extra_weight]),
         np.concatenate([groups, np.full(len(index), data.N_GROUPS - 1)]),
-        head,
     )
+    if isinstance(head, JointConfig):
+        fitted = fit_joint(fit_args[0], prompts + [prompts[i] for i in index], *fit_args[1:], head)
+    else:
+        fitted = fit(*fit_args, head)
     fit_seconds = time.time() - t_fit
     val_rows = [r for r in rows if r.val]
-    scores = sigmoid(fitted.logits(inputs[is_val]))
     val_prompts = [r.prompt for r in val_rows]
+    scores = sigmoid(fitted.logits(inputs[is_val], val_prompts))
     results = {
         "router": evaluate.per_source(val_rows, scores.tolist()),
         "length": evaluate.per_source(val_rows, evaluate.length_scores(val_prompts)),
@@ -158,13 +163,15 @@ def train(
             "split": split,
             "caps": caps,
             "targets": asdict(targets),
-            "head_config": asdict(head),
+            "head_config": {"kind": type(head).__name__, **asdict(head)},
             "validation": results,
             "fit_seconds": round(fit_seconds, 1),
             "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "licence_note": "trained partly on AlpacaEval instructions (CC BY-NC 4.0: research use only)",
         }
     )
+    if fitted.lexical is not None:
+        meta["lexical"] = lexical.SCHEME
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     replace_dir(tmp, out)
     log.info("wrote %s (version %s) in %.0fs", out, meta["version"], time.time() - t0)
