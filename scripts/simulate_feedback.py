@@ -176,8 +176,13 @@ def main() -> None:
     val = sample_rows([r for r in rows if r.val], RetrainConfig().val_per_source, RetrainConfig().seed)
     x = encoder.cached_inputs(old.classifier, [r.prompt for r in val], work / "retrain" / "cache", old.path)
     assert old.meta.head_file is not None and new.meta.head_file is not None
-    base_before = evaluate.per_source(val, sigmoid(Head.load(old.path / old.meta.head_file).logits(x)).tolist())
-    base_after = evaluate.per_source(val, sigmoid(Head.load(new.path / new.meta.head_file).logits(x)).tolist())
+    prompts = [r.prompt for r in val]
+    base_before = evaluate.per_source(
+        val, sigmoid(Head.load(old.path / old.meta.head_file).logits(x, prompts)).tolist()
+    )
+    base_after = evaluate.per_source(
+        val, sigmoid(Head.load(new.path / new.meta.head_file).logits(x, prompts)).tolist()
+    )
 
     weak, strong = [r.weak for r in held], [r.strong for r in held]
     domain_before = summarize(before.tolist(), weak, strong)  # type: ignore[arg-type]

@@ -133,9 +133,17 @@ def read_head(path: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray
 
 
 def fit_from(head_path: Path, inputs: np.ndarray, target: np.ndarray, weight: np.ndarray, groups: np.ndarray,
-             config: RetrainConfig) -> Head:
-    """Continue training a head: full-batch Adam on weighted cross-entropy + proximity to the start weights."""
+             config: RetrainConfig, texts: list[str] | None = None) -> Head:
+    """Continue training a head: full-batch Adam on weighted cross-entropy + proximity to the start weights.
+
+    A head with a word term (:mod:`router.lexical`) keeps that term as it is: its contribution to each row's logit
+    (from ``texts``) is a fixed offset while the dense layers move.
+    """
     mean, scale, start = read_head(head_path)
+    words = Head.load(head_path).lexical
+    offset = np.zeros(len(inputs)) if words is None or texts is None else words.logits(texts)
+    if words is not None and texts is None:
+        raise ValueError(f"{head_path} has a word term: pass the rows' prompt texts")
     x = (inputs.astype(np.float64) - mean) / scale
     w = weight / weight.sum()
     params = [a.copy() for layer in start for a in layer]
@@ -152,7 +160,7 @@ def fit_from(head_path: Path, inputs: np.ndarray, target: np.ndarray, weight: np
             pre.append(a)
             if i < n_layers - 1:
                 hidden.append(gelu(a))
-        logit = pre[-1][:, 0] + bias[groups]
+        logit = pre[-1][:, 0] + bias[groups] + offset
         d_logit = (sigmoid(logit) - target) * w
         grads: list[np.ndarray] = [np.empty(0)] * (2 * n_layers)
         d_a = d_logit[:, None]
@@ -169,7 +177,7 @@ def fit_from(head_path: Path, inputs: np.ndarray, target: np.ndarray, weight: np
             v += (1 - beta2) * g * g
             p -= config.lr * (m / (1 - beta1**step)) / (np.sqrt(v / (1 - beta2**step)) + eps)
     layers = [(params[2 * i], params[2 * i + 1]) for i in range(n_layers)]
-    return Head(mean=mean, scale=scale, layers=layers)
+    return Head(mean=mean, scale=scale, layers=layers, lexical=words)
 
 
 def _feedback_metrics(rows: list[data.Row], scores: np.ndarray) -> dict[str, float]:
@@ -237,8 +245,11 @@ def retrain(data_dir: Path, feedback_paths: list[Path], *, current_dir: str | Pa
     target, weight = data.targets(base_train, data.TargetConfig())
     head_path = directory / current.meta.head_file
     current_head = Head.load(head_path)
+    def texts(rows: list[data.Row]) -> list[str]:
+        return [r.prompt for r in rows]
+
     if config.base_targets == "current":
-        target = sigmoid(current_head.logits(x_base))
+        target = sigmoid(current_head.logits(x_base, texts(base_train)))
     fb_target = np.array([min(1.0, max(0.0, float(r.strong or 0.0) - float(r.weak or 0.0))) for r in train_feedback])
     sources = np.array([r.source for r in base_train])
     totals = [weight[sources == s].sum() for s in set(sources.tolist())]
@@ -246,19 +257,19 @@ def retrain(data_dir: Path, feedback_paths: list[Path], *, current_dir: str | Pa
     groups = np.array([data.INTERCEPT_GROUP.get(r.source, data.N_GROUPS - 1) for r in base_train]
                       + [data.N_GROUPS - 1] * len(train_feedback))
     candidate = fit_from(head_path, np.concatenate([x_base, x_fb]), np.concatenate([target, fb_target]),
-                         np.concatenate([weight, fb_weight]), groups, config)
+                         np.concatenate([weight, fb_weight]), groups, config, texts(base_train + train_feedback))
 
     results: dict[str, dict[str, Any]] = {}
     for name, head in (("current", current_head), ("candidate", candidate)):
-        results[name] = {"feedback": _feedback_metrics(held, sigmoid(head.logits(x_held))),
-                         "base": evaluate.per_source(base_val, sigmoid(head.logits(x_val)).tolist())}
+        results[name] = {"feedback": _feedback_metrics(held, sigmoid(head.logits(x_held, texts(held)))),
+                         "base": evaluate.per_source(base_val, sigmoid(head.logits(x_val, texts(base_val))).tolist())}
     accepted, verdict, table = compare(results["current"], results["candidate"], config.tolerance)
     log.info("retrain: %s\n%s", verdict, table)
     if not accepted:
         return RetrainResult(False, verdict, table, results)
 
     sampled = base_train + base_val
-    sample_scores = sigmoid(candidate.logits(np.concatenate([x_base, x_val])))
+    sample_scores = sigmoid(candidate.logits(np.concatenate([x_base, x_val]), texts(sampled)))
     created = datetime.now(timezone.utc)
     tmp = out_dir / f".retrain-{created:%Y%m%d%H%M%S}.tmp"
     if tmp.exists():

@@ -94,3 +94,19 @@ def test_the_candidate_must_gain_on_feedback_and_lose_at_most_the_tolerance(
         candidate: dict[str, object], accepted: bool, why: str) -> None:
     ok, verdict, table = compare(_side(0.60, 0.60), candidate, 0.01)  # type: ignore[arg-type]
     assert ok is accepted and why in verdict and "may fall <= 0.010" in table
+
+
+def test_a_head_with_a_word_term_keeps_it_through_retraining(tmp_path: Path) -> None:
+    from router.head import Head
+    from tests.router.test_lexical import with_word_term
+
+    current = with_word_term(_format2(tmp_path))
+    result = retrain(_data(tmp_path), [_feedback(tmp_path)], current_dir=current, out_dir=tmp_path / "models",
+                     work_dir=tmp_path / "work", config=RetrainConfig(tolerance=1.0, threads=1))
+    assert result.accepted, result.table
+    assert result.path is not None
+    before, after = Head.load(current / "head.npz"), Head.load(result.path / "head.npz")
+    assert before.lexical is not None and after.lexical is not None
+    assert after.lexical.weight.tolist() == before.lexical.weight.tolist()  # the word term is frozen
+    assert json.loads((result.path / "router.json").read_text())["lexical"] == "words12-crc32"
+    assert Router.load(result.path).score(["w1 w2"])[0] != Router.load(current).score(["w1 w2"])[0]
