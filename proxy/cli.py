@@ -355,8 +355,11 @@ def feedback_group() -> None:
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True,
               help="JSONL file for the training rows (- for stdout)")
 @click.option("--strong-good", type=click.Choice(["drop", "soft"]), default="drop", show_default=True,
-              help="what a good rating of a strong answer becomes: dropped, or a soft target of 0.5")
-def feedback_export_cmd(config_path: str | None, store_dir: str | None, out_path: str, strong_good: str) -> None:
+              help="what a good rating of a tier above the cheapest becomes: dropped, or a soft target of 0.5")
+@click.option("--tiers", "tier_names", default=None, metavar="A,B,...",
+              help="the tier names, cheapest first (default: the configuration's models)")
+def feedback_export_cmd(config_path: str | None, store_dir: str | None, out_path: str, strong_good: str,
+                        tier_names: str | None) -> None:
     """Write stored ratings as training rows {"prompt", "weak_score", "strong_score"} (see the README's mapping)."""
     import sqlite3
 
@@ -365,6 +368,14 @@ def feedback_export_cmd(config_path: str | None, store_dir: str | None, out_path
     from proxy.state.records import read_feedback
 
     settings = None if store_dir else _load(config_path)
+    if tier_names is not None:
+        tiers = [t.strip() for t in tier_names.split(",")]
+        if len(tiers) < 2 or "" in tiers or len(set(tiers)) != len(tiers):
+            click.echo(f"route-llm feedback export: --tiers needs two or more distinct names, cheapest first, "
+                       f"separated by commas; got {tier_names!r}", err=True)
+            sys.exit(EXIT_CONFIG)
+    else:
+        tiers = [t.name for t in (settings or _load(config_path)).models.tiers]
     db: Database
     try:
         if settings is not None and not settings.storage_url().startswith("sqlite:///"):
@@ -383,7 +394,7 @@ def feedback_export_cmd(config_path: str | None, store_dir: str | None, out_path
         click.echo(f"route-llm feedback export: {exc}", err=True)
         sys.exit(EXIT_INPUT)
     with click.open_file(out_path, "w", encoding="utf-8") as out:
-        summary = export_rows(ratings, out, strong_good=strong_good)  # type: ignore[arg-type]
+        summary = export_rows(ratings, out, tiers=tiers, strong_good=strong_good)  # type: ignore[arg-type]
     click.echo(f"route-llm feedback export: {summary.describe()}", err=True)
 
 

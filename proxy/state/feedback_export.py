@@ -1,71 +1,97 @@
 """``route-llm feedback export``: stored ratings → training rows ``{"prompt", "weak_score", "strong_score"}``.
 
 The rows have the shape of the router's labelled training data (``training.data`` reads them as ``--extra`` /
-feedback rows), where the target is "strong needed" = the strong answer was good and the weak one was not. A
-rating says how the *answering* tier did; the other tier's outcome was never observed, so each case is mapped
-to the pair that gives the right target under that rule:
+feedback rows), where the target is "strong needed" = the strong answer was good and the weak one was not. The
+router's score is one difficulty scale whatever the number of tiers (the cuts split it), so the target stays
+two-ended: "weak" is the cheapest tier and "strong" the dearest. A rating says how the *answering* tier did; the
+other tiers' outcomes were never observed, so each case is mapped, by the answering tier's place in the
+configured list (cheapest first), to the pair that gives the right target under that rule:
 
-| answered by | rating | weak_score | strong_score | target | reading                                        |
-|-------------|--------|------------|--------------|--------|------------------------------------------------|
-| weak        | bad    | 0          | 1            | 1      | weak failed: the strong model was needed        |
-| weak        | good   | 1          | 1            | 0      | the weak model was enough                       |
-| strong      | bad    | 0          | 0            | 0      | strong failed too: paying for it bought nothing |
-| strong      | good   | dropped    |              |        | says nothing about weak (``--strong-good soft``: |
-|             |        | 0.5        | 1            | 0.5    | kept as a soft target)                           |
+| answered by     | rating | weak_score | strong_score | target | reading                                          |
+|-----------------|--------|------------|--------------|--------|--------------------------------------------------|
+| cheapest        | bad    | 0          | 1            | 1      | the cheapest failed: a dearer model was needed    |
+| cheapest        | good   | 1          | 1            | 0      | the cheapest model was enough                     |
+| between the two | bad    | 0          | 1            | 1      | a middle tier failed: the cheaper ones would too, |
+|                 |        |            |              |        | so only a dearer one could answer                 |
+| dearest         | bad    | 0          | 0            | 0      | the dearest failed too: paying bought nothing     |
+| between / dearest | good | dropped    |              |        | says nothing about the cheapest (``--strong-good |
+|                 |        | 0.5        | 1            | 0.5    | soft``: kept as a soft target)                    |
 
-"strong, bad" is exact under the rule: with a failed strong answer, strong cannot have beaten weak, whatever
-weak would have done. "weak, bad" assumes the strong model would have succeeded, the optimistic reading that
-routing can act on. The optional ``score`` of a rating is exported but not used for the target.
+With two tiers (``weak``, ``strong``) that is the two-tier table. "dearest, bad" is exact under the rule: with a
+failed strong answer, strong cannot have beaten weak, whatever weak would have done. "cheapest, bad" and
+"between, bad" assume the dearest model would have succeeded (and that a cheaper tier fails where a dearer one
+did), the optimistic reading that routing can act on. The optional ``score`` of a rating is exported but not
+used for the target.
+
+The tier list is the configuration's (``route-llm feedback export --config``, or ``--tiers a,b,c``). A rating
+names its tier; ``weak`` and ``strong`` also name the two ends of any list (as in the configuration), and a name
+the list does not know (a tier since removed) is counted and skipped.
 
 Who chose the tier does not matter: a rating of a request for a concrete model (not routed) is as much an
 observation of that tier on that prompt as a routed one, and is exported the same way. A rating of a request that
 failed (no answer, or a stream cut short: status other than ``ok``) says nothing about a model's answer and is
-counted and skipped.
-
-The mapping is two-tier: ratings of tiers other than ``weak`` and ``strong`` (in configs with more tiers) are
-dropped. Only ratings of requests recorded with ``feedback.store_prompts: true`` carry their prompt; the others have a
-hash only and cannot train a router, so they are counted and skipped.
+counted and skipped. Only ratings of requests recorded with ``feedback.store_prompts: true`` carry their prompt;
+the others have a hash only and cannot train a router, so they are counted and skipped.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
 from proxy.state.records import Feedback
 
 StrongGood = Literal["drop", "soft"]
+Place = Literal["cheapest", "between", "dearest"]
 
-#: (tier that answered, rating) -> (weak_score, strong_score); "strong"/"good" is handled by ``strong_good``.
-MAPPING: dict[tuple[str, str], tuple[float, float]] = {
-    ("weak", "bad"): (0.0, 1.0),
-    ("weak", "good"): (1.0, 1.0),
-    ("strong", "bad"): (0.0, 0.0),
+#: (place of the tier that answered, rating) -> (weak_score, strong_score); a good rating above the cheapest tier
+#: is handled by ``strong_good``.
+MAPPING: dict[tuple[Place, str], tuple[float, float]] = {
+    ("cheapest", "bad"): (0.0, 1.0),
+    ("cheapest", "good"): (1.0, 1.0),
+    ("between", "bad"): (0.0, 1.0),
+    ("dearest", "bad"): (0.0, 0.0),
 }
 SOFT_STRONG_GOOD = (0.5, 1.0)
+TWO_TIERS = ("weak", "strong")
 
 
-def target_pair(tier: str, rating: str, strong_good: StrongGood = "drop") -> tuple[float, float] | None:
-    """(weak_score, strong_score) for a rating of an answer from ``tier``, or None when it is dropped."""
-    if (tier, rating) == ("strong", "good"):
+def place_of(tier: str, tiers: Sequence[str]) -> Place | None:
+    """Where ``tier`` sits in ``tiers`` (cheapest first); ``weak``/``strong`` name the ends; None if unknown."""
+    if tier in tiers:
+        index = list(tiers).index(tier)
+    elif tier in TWO_TIERS:
+        index = 0 if tier == "weak" else len(tiers) - 1
+    else:
+        return None
+    return "cheapest" if index == 0 else "dearest" if index == len(tiers) - 1 else "between"
+
+
+def target_pair(place: Place, rating: str, strong_good: StrongGood = "drop") -> tuple[float, float] | None:
+    """(weak_score, strong_score) for a rating of an answer from a tier at ``place``, or None when dropped."""
+    if place != "cheapest" and rating == "good":
         return SOFT_STRONG_GOOD if strong_good == "soft" else None
-    return MAPPING.get((tier, rating))
+    return MAPPING.get((place, rating))
 
 
 @dataclass
 class ExportSummary:
     written: int = 0
     no_prompt: int = 0  # recorded with store_prompts off: a hash only
-    dropped: int = 0  # "strong, good" with --strong-good drop
+    dropped: int = 0  # good ratings of a tier above the cheapest, with --strong-good drop
     failed: int = 0  # the rated request was not answered (status other than "ok")
+    unknown_tier: int = 0  # a tier the list does not know, or none (the request failed before one was chosen)
     by_case: Counter[str] = field(default_factory=Counter)
 
     def describe(self) -> str:
         cases = ", ".join(f"{case}: {n}" for case, n in sorted(self.by_case.items())) or "none"
-        text = f"{self.written} training rows written ({cases}); {self.dropped} strong/good ratings dropped"
+        text = (f"{self.written} training rows written ({cases}); {self.dropped} good ratings of tiers above the "
+                "cheapest dropped")
+        if self.unknown_tier:
+            text += f"; {self.unknown_tier} ratings of tiers not in the tier list skipped"
         if self.failed:
             text += f"; {self.failed} ratings of failed requests skipped (no answer to learn from)"
         if self.no_prompt:
@@ -74,14 +100,19 @@ class ExportSummary:
         return text
 
 
-def export_rows(ratings: Iterable[Feedback], out: TextIO, *, strong_good: StrongGood = "drop") -> ExportSummary:
-    """Write one JSON line per usable rating; return what was written and skipped."""
+def export_rows(ratings: Iterable[Feedback], out: TextIO, *, tiers: Sequence[str] = TWO_TIERS,
+                strong_good: StrongGood = "drop") -> ExportSummary:
+    """Write one JSON line per usable rating; return what was written and skipped. ``tiers``: cheapest first."""
     summary = ExportSummary()
     for fb in ratings:
         if fb.status != "ok":
             summary.failed += 1
             continue
-        pair = target_pair(fb.tier, fb.rating, strong_good)
+        place = place_of(fb.tier, tiers)
+        if place is None:
+            summary.unknown_tier += 1
+            continue
+        pair = target_pair(place, fb.rating, strong_good)
         if pair is None:
             summary.dropped += 1
             continue
@@ -89,7 +120,7 @@ def export_rows(ratings: Iterable[Feedback], out: TextIO, *, strong_good: Strong
             summary.no_prompt += 1
             continue
         row: dict[str, Any] = {"prompt": fb.prompt, "weak_score": pair[0], "strong_score": pair[1],
-                               "tier": fb.tier, "routed": fb.routed, "rating": fb.rating,
+                               "tier": fb.tier, "tier_place": place, "routed": fb.routed, "rating": fb.rating,
                                "rating_score": fb.rating_score,
                                "request_id": fb.request_id, "feedback_id": fb.id,
                                "router_version": fb.router_version, "created_at": round(fb.created_at, 3)}

@@ -8,25 +8,45 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from proxy.cli import main
 from proxy.state import records
 from proxy.state.database import Database, PostgresDatabase, SqliteDatabase
-from proxy.state.feedback_export import target_pair
+from proxy.state.feedback_export import place_of, target_pair
 from proxy.state.records import DB_FILE, DecisionRecord, RecordStore, prompt_hash, read_feedback
 
 
-@pytest.mark.parametrize(("tier", "rating", "strong_good", "pair"), [
-    ("weak", "bad", "drop", (0.0, 1.0)),  # weak failed: strong was needed (target 1)
-    ("weak", "good", "drop", (1.0, 1.0)),  # weak was enough (target 0)
-    ("strong", "bad", "drop", (0.0, 0.0)),  # strong failed too: it was not needed (target 0)
-    ("strong", "good", "drop", None),  # says nothing about weak
-    ("strong", "good", "soft", (0.5, 1.0)),  # or a soft target of 0.5
+@pytest.mark.parametrize(("place", "rating", "strong_good", "pair"), [
+    ("cheapest", "bad", "drop", (0.0, 1.0)),  # the cheapest failed: a dearer one was needed (target 1)
+    ("cheapest", "good", "drop", (1.0, 1.0)),  # the cheapest was enough (target 0)
+    ("between", "bad", "drop", (0.0, 1.0)),  # a middle tier failed: cheaper ones would too (target 1)
+    ("dearest", "bad", "drop", (0.0, 0.0)),  # the dearest failed too: it was not needed (target 0)
+    ("dearest", "good", "drop", None),  # says nothing about the cheapest
+    ("between", "good", "drop", None),
+    ("dearest", "good", "soft", (0.5, 1.0)),  # or a soft target of 0.5
+    ("between", "good", "soft", (0.5, 1.0)),
 ])
-def test_each_tier_and_rating_maps_to_a_documented_target(tier: str, rating: str, strong_good: str,
-                                                          pair: tuple[float, float] | None) -> None:
-    assert target_pair(tier, rating, strong_good) == pair  # type: ignore[arg-type]
+def test_each_place_and_rating_maps_to_a_documented_target(place: str, rating: str, strong_good: str,
+                                                           pair: tuple[float, float] | None) -> None:
+    assert target_pair(place, rating, strong_good) == pair  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("tier", "tiers", "place"), [
+    ("weak", ("weak", "strong"), "cheapest"),
+    ("strong", ("weak", "strong"), "dearest"),
+    ("flash", ("flash", "pro", "ultra"), "cheapest"),
+    ("pro", ("flash", "pro", "ultra"), "between"),
+    ("ultra", ("flash", "pro", "ultra"), "dearest"),
+    ("weak", ("flash", "pro", "ultra"), "cheapest"),  # weak/strong name the ends of any list, as in the config
+    ("strong", ("flash", "pro", "ultra"), "dearest"),
+    ("gone", ("flash", "pro", "ultra"), None),  # a tier since removed from the configuration
+    ("", ("weak", "strong"), None),  # no tier was chosen
+])
+def test_a_tier_is_placed_by_its_position_in_the_configured_list(tier: str, tiers: tuple[str, ...],
+                                                                 place: str | None) -> None:
+    assert place_of(tier, tiers) == place
 
 
 def _record(request_id: str, tier: str, prompt: str | None, *, routed: bool = True,
@@ -63,8 +83,42 @@ def test_export_writes_training_rows_and_says_what_it_skipped(tmp_path: Path) ->
                                       for request_id, tier, rating, prompt in cases])
     assert [(r["prompt"], r["weak_score"], r["strong_score"]) for r in rows] == [
         ("p1", 0.0, 1.0), ("p2", 1.0, 1.0), ("p3", 0.0, 0.0)]
-    assert "3 training rows written" in output and "1 strong/good ratings dropped" in output
+    assert "3 training rows written" in output and "1 good ratings of tiers above the cheapest dropped" in output
     assert "1 ratings skipped because their prompt was not stored" in output
+
+
+THREE_TIERS = [("c1", "flash", "bad"), ("c2", "flash", "good"), ("m1", "pro", "bad"), ("m2", "pro", "good"),
+               ("d1", "ultra", "bad"), ("d2", "ultra", "good"), ("g1", "gone", "bad"), ("w1", "weak", "bad")]
+
+
+def _three_tier_records() -> list[tuple[DecisionRecord, str]]:
+    return [(_record(request_id, tier, f"prompt {request_id}"), rating) for request_id, tier, rating in THREE_TIERS]
+
+
+def test_three_tiers_export_by_place_in_the_tier_list(tmp_path: Path) -> None:
+    rows, output = _export(tmp_path, _three_tier_records(), "--tiers", "flash, pro,ultra", "--strong-good", "soft")
+    got = {r["request_id"]: (r["weak_score"], r["strong_score"], r["tier_place"]) for r in rows}
+    assert got == {"c1": (0.0, 1.0, "cheapest"), "c2": (1.0, 1.0, "cheapest"), "m1": (0.0, 1.0, "between"),
+                   "m2": (0.5, 1.0, "between"), "d1": (0.0, 0.0, "dearest"), "d2": (0.5, 1.0, "dearest"),
+                   "w1": (0.0, 1.0, "cheapest")}
+    assert "1 ratings of tiers not in the tier list skipped" in output
+
+
+def test_the_tier_list_comes_from_the_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    models = [{"name": name, "model": f"gemini/{name}"} for name in ("flash", "pro", "ultra")]
+    config.write_text(yaml.safe_dump({"models": models, "router": {"shares": [0.5, 0.3, 0.2]},
+                                      "documents": {"storage_dir": str(tmp_path)}}))
+    rows, output = _export(tmp_path, _three_tier_records(), "--config", str(config))
+    assert [r["request_id"] for r in rows] == ["c1", "c2", "m1", "d1", "w1"]
+    assert "2 good ratings of tiers above the cheapest dropped" in output
+
+
+@pytest.mark.parametrize("bad", ["", "flash", "flash,,pro", "flash,flash", " , "])
+def test_a_bad_tier_list_is_refused_naming_the_option(tmp_path: Path, bad: str) -> None:
+    _export(tmp_path, [])
+    result = CliRunner().invoke(main, ["feedback", "export", "--store", str(tmp_path), "--tiers", bad])
+    assert result.exit_code == 2 and "--tiers needs two or more distinct names" in result.output
 
 
 def test_unrouted_answers_train_like_routed_ones_and_failed_requests_are_skipped(tmp_path: Path) -> None:
