@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> None:
         help="format-1 classifier directory whose fine-tuned encoder the head reads (the shipped model: the first "
         "router, `git show 2e188f8:router/model/...`)",
     )
+    p.add_argument(
+        "--encoder-dir",
+        type=Path,
+        help="format-2 model directory whose model.onnx + tokenizer.json are reused as they are (e.g. router/model: "
+        "refit the head on the shipped encoder without git history)",
+    )
     p.add_argument("--extra", type=Path, action="append", default=[], help="labelled JSONL of your own traffic")
     p.add_argument("--log", help="also log to this file")
     p.add_argument("--max-length", type=int, default=128)
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             else HeadConfig(hidden=args.hidden, epochs=args.epochs, seed=args.seed)
         ),
         encoder_source=args.encoder_from,
+        encoder_dir=args.encoder_dir,
         max_length=args.max_length,
         extra=args.extra,
         threads=args.threads,

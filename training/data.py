@@ -256,9 +256,9 @@ class TargetConfig:
     soft: float = 0.5
     arena_target: float = 0.85
     weight_power: float = 0.5
-    source_weight: tuple[tuple[str, float], ...] = (("math", 0.5), ("arena", 0.5))
-    everyday: float = 3.0
-    everyday_targets: tuple[float, float] = (0.2, 0.9)
+    source_weight: tuple[tuple[str, float], ...] = (("math", 0.5), ("arena", 1.0), ("chat", 3.0))
+    everyday: float = 1.0
+    everyday_targets: tuple[tuple[str, float], ...] = (("chat", 0.2), ("arena", 0.9))
 
 
 def targets(rows: list[Row], config: TargetConfig, *, use: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -299,11 +299,14 @@ def targets(rows: list[Row], config: TargetConfig, *, use: np.ndarray | None = N
 def everyday_contrast(
     rows: list[Row], config: TargetConfig, use: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Extra training rows for the everyday contrast: (row index, target, weight), chat low and arena high."""
-    index = np.array([i for i, r in enumerate(rows) if use[i] and r.source in ("chat", "arena")], dtype=int)
-    target = np.array([config.everyday_targets[rows[i].source == "arena"] for i in index], dtype=float)
+    """Extra training rows for the everyday contrast: (row index, target, weight), one target per source named in
+    ``config.everyday_targets`` (AlpacaEval chat low, Arena-Hard high, ...); each source's rows share a total
+    weight of ``everyday * sqrt(n)``."""
+    wanted = dict(config.everyday_targets)
+    index = np.array([i for i, r in enumerate(rows) if use[i] and r.source in wanted], dtype=int)
+    target = np.array([wanted[rows[i].source] for i in index], dtype=float)
     weight = np.zeros(len(index))
-    for name in ("chat", "arena"):
+    for name in wanted:
         mask = np.array([rows[i].source == name for i in index], dtype=bool)
         if mask.any():
             weight[mask] = config.everyday * math.sqrt(mask.sum()) / mask.sum()

@@ -94,7 +94,7 @@ class JointConfig:
     """
 
     c: float = 1.0
-    dense_scale: float = 0.1
+    dense_scale: float = 0.05
     bits: int = 15
     group_scale: float = 10.0
 

@@ -135,9 +135,10 @@ def test_targets_are_probabilities_and_weights_sum_per_source(data_dir: Path) ->
     assert np.all(weight[~use] == 0)
     math_rows = [i for i, r in enumerate(rows) if r.source == "math"]
     assert {round(target[i], 2) for i in math_rows} <= {0.0, 0.25, 0.5, 0.75, 1.0}
+    multiplier = dict(data.TargetConfig().source_weight)
     for source in ("mmlu", "gsm8k", "chat"):
         mask = np.array([r.source == source for r in rows]) & use
-        assert weight[mask].sum() == pytest.approx(math.sqrt(mask.sum()))
+        assert weight[mask].sum() == pytest.approx(multiplier.get(source, 1.0) * math.sqrt(mask.sum()))
 
 
 def test_soft_targets_blend_the_pair_outcome_with_the_many_model_rank(data_dir: Path) -> None:
