@@ -44,14 +44,18 @@ def export(out: Path, source: Path | None = None) -> Path:
     from optimum.exporters.onnx import main_export
 
     fp32 = out.with_name(out.name + "-fp32")
+    checkpoint = source or base_model_dir()
     main_export(
-        str(base_model_dir()), output=fp32, task="feature-extraction", local_files_only=True, do_validation=False
+        str(checkpoint), output=fp32, task="feature-extraction", local_files_only=True,
+        do_validation=False,
     )
     out.mkdir(parents=True, exist_ok=True)
     # Per-channel weight scales cut the int8/fp32 score difference about threefold for 0.1 MB (measured on the
     # first MiniLM router), so fewer near-threshold decisions flip.
     quantize_dynamic(str(fp32 / "model.onnx"), str(out / MODEL_FILE), weight_type=QuantType.QInt8, per_channel=True)
-    tokenizer = load_tokenizer(fp32 / TOKENIZER_FILE)
+    # optimum writes the tokenizer it could load from the checkpoint; a checkpoint with a bare tokenizer.json has it.
+    tokenizer = load_tokenizer(fp32 / TOKENIZER_FILE if (fp32 / TOKENIZER_FILE).is_file()
+                               else checkpoint / TOKENIZER_FILE)
     tokenizer.no_truncation()
     tokenizer.no_padding()
     tokenizer.save(str(out / TOKENIZER_FILE))

@@ -26,6 +26,11 @@ only the small numpy head is refitted, on cached embeddings, starting from the c
    and the comparison table. The serving proxy picks it up on reload.
 
 Needs no torch: numpy does the fit, so it runs wherever the proxy runs plus scipy (the train extra's evaluation).
+
+``full=True`` (``route-llm retrain --full``) replaces step 2 with :func:`training.retrain_full.finetune_encoder`:
+the encoder is rebuilt from the current ONNX file and fine-tuned with the head on the same rows and targets, then
+exported; step 3 scores the candidate with its own encoder (those embeddings are computed afresh) and step 4 writes
+the new encoder. It needs torch and transformers (the train extra) and costs tens of minutes on two cores.
 """
 
 from __future__ import annotations
@@ -72,6 +77,14 @@ class RetrainConfig:
     tolerance: float = 0.01  # largest APGR drop allowed on any labelled base validation source
     seed: int = 13
     threads: int = 2
+    # --full (training.retrain_full): the encoder moves too; the settings below apply to that mode only
+    full: bool = False
+    full_epochs: float = 1.0  # passes over the fit rows (base sample + training feedback)
+    full_steps: int | None = None  # a fixed number of steps instead (tests)
+    batch_size: int = 32
+    encoder_lr: float = 2e-5
+    head_lr: float = 1e-3
+    freeze_layers: int = 2  # lowest encoder layers kept fixed (the embeddings always are)
 
 
 @dataclass
@@ -256,31 +269,50 @@ def retrain(data_dir: Path, feedback_paths: list[Path], *, current_dir: str | Pa
     fb_weight = np.full(len(train_feedback), config.feedback_weight * float(np.mean(totals)) / len(train_feedback))
     groups = np.array([data.INTERCEPT_GROUP.get(r.source, data.N_GROUPS - 1) for r in base_train]
                       + [data.N_GROUPS - 1] * len(train_feedback))
-    candidate = fit_from(head_path, np.concatenate([x_base, x_fb]), np.concatenate([target, fb_target]),
-                         np.concatenate([weight, fb_weight]), groups, config, texts(base_train + train_feedback))
+    fit = (np.concatenate([x_base, x_fb]), np.concatenate([target, fb_target]), np.concatenate([weight, fb_weight]))
+    encoder_dir = directory  # the candidate's encoder: the current one, unless --full moves it
+    if config.full:
+        from training.retrain_full import finetune_encoder
+
+        hidden = x_base.shape[1] - len(current.meta.features)
+        try:
+            encoder_dir, candidate = finetune_encoder(clf, directory, head_path, texts(base_train + train_feedback),
+                                                      fit[0][:, hidden:], fit[1], fit[2], groups, work_dir / "full",
+                                                      config)
+        except ValueError as exc:  # an encoder graph it cannot rebuild
+            raise RetrainError(str(exc)) from None
+        tuned = encoder.classifier(encoder_dir, list(current.meta.features), max_length=current.meta.max_length,
+                                   head_fraction=current.meta.head_fraction, threads=config.threads)
+        log.info("retrain --full: embedding %d rows with the new encoder", len(base_train) + len(base_val) + len(held))
+        c_base, c_val, c_held = (encoder.cached_inputs(tuned, texts(rows), cache, encoder_dir)
+                                 for rows in (base_train, base_val, held))
+    else:
+        candidate = fit_from(head_path, *fit, groups, config, texts(base_train + train_feedback))
+        c_base, c_val, c_held = x_base, x_val, x_held
 
     results: dict[str, dict[str, Any]] = {}
-    for name, head in (("current", current_head), ("candidate", candidate)):
-        results[name] = {"feedback": _feedback_metrics(held, sigmoid(head.logits(x_held, texts(held)))),
-                         "base": evaluate.per_source(base_val, sigmoid(head.logits(x_val, texts(base_val))).tolist())}
+    for name, head, h_val, h_held in (("current", current_head, x_val, x_held),
+                                      ("candidate", candidate, c_val, c_held)):
+        results[name] = {"feedback": _feedback_metrics(held, sigmoid(head.logits(h_held, texts(held)))),
+                         "base": evaluate.per_source(base_val, sigmoid(head.logits(h_val, texts(base_val))).tolist())}
     accepted, verdict, table = compare(results["current"], results["candidate"], config.tolerance)
     log.info("retrain: %s\n%s", verdict, table)
     if not accepted:
         return RetrainResult(False, verdict, table, results)
 
     sampled = base_train + base_val
-    sample_scores = sigmoid(candidate.logits(np.concatenate([x_base, x_val]), texts(sampled)))
+    sample_scores = sigmoid(candidate.logits(np.concatenate([c_base, c_val]), texts(sampled)))
     created = datetime.now(timezone.utc)
     tmp = out_dir / f".retrain-{created:%Y%m%d%H%M%S}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    shutil.copy(directory / MODEL_FILE, tmp / MODEL_FILE)
+    shutil.copy(encoder_dir / MODEL_FILE, tmp / MODEL_FILE)
     shutil.copy(directory / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
     candidate.save(tmp / "head.npz")
-    digest = hashlib.sha256((tmp / "head.npz").read_bytes()).hexdigest()[:8]
+    digest = hashlib.sha256((tmp / MODEL_FILE).read_bytes() + (tmp / "head.npz").read_bytes()).hexdigest()[:8]
     parent = str(meta.get("version", "model")).split("+", 1)[0]
-    version = f"{parent}+fb{created:%Y%m%d%H%M}-{digest}"
+    version = f"{parent}+{'ft' if config.full else 'fb'}{created:%Y%m%d%H%M}-{digest}"
     meta.update({
         "head": "head.npz",
         "quantiles": mixture_quantiles(sampled, sample_scores),
