@@ -65,6 +65,29 @@ def _select(rows: list[data.Row], config: FinetuneConfig) -> list[data.Row]:
     return [r for r in rows if not r.val and (r.source != "math" or id(r) in keep)]
 
 
+def trainable_body(bert: Any, freeze_layers: int) -> list[Any]:
+    """Freeze a BERT's embeddings and its lowest ``freeze_layers`` layers; return the parameters left to train."""
+    for p in bert.embeddings.parameters():
+        p.requires_grad = False
+    for layer in bert.encoder.layer[:freeze_layers]:
+        for p in layer.parameters():
+            p.requires_grad = False
+    return [p for p in bert.parameters() if p.requires_grad]
+
+
+def weighted_step(net: Any, optimiser: Any, logit: Any, target: Any, weight: Any) -> Any:
+    """One optimiser step on the weighted mean soft-target cross-entropy (gradients clipped to norm 1); the loss."""
+    import torch
+
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target, reduction="none")
+    loss = (loss * weight).sum() / weight.sum()
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0)
+    optimiser.step()
+    return loss
+
+
 def finetune(
     data_dir: Path,
     out: Path,
@@ -142,12 +165,7 @@ def finetune(
             return self.head(torch.cat([pooled, feats], dim=-1)).squeeze(-1)
 
     net = RouterNet()
-    for p in net.bert.embeddings.parameters():
-        p.requires_grad = False
-    for layer in net.bert.encoder.layer[: config.freeze_layers]:
-        for p in layer.parameters():
-            p.requires_grad = False
-    body = [p for p in net.bert.parameters() if p.requires_grad]
+    body = trainable_body(net.bert, config.freeze_layers)
     optimiser = torch.optim.AdamW(
         [
             {"params": body, "lr": config.lr, "weight_decay": config.weight_decay},
@@ -202,12 +220,7 @@ def finetune(
                 break
             ids_t, mask_t, feats_t = batch_tensors(index, train_ids, train_feats)
             logit = net(ids_t, mask_t, feats_t) + net.group_bias[g_all[index]]
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, t_all[index], reduction="none")
-            loss = (loss * w_all[index]).sum() / w_all[index].sum()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0)
-            optimiser.step()
+            loss = weighted_step(net, optimiser, logit, t_all[index], w_all[index])
             schedule.step()
             step += 1
             running = loss.item() if step == 1 else 0.98 * running + 0.02 * loss.item()

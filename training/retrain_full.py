@@ -170,6 +170,7 @@ def finetune_encoder(current: Classifier, model_dir: Path, head_path: Path, text
     import torch
     from transformers import BertModel
 
+    from training.finetune import trainable_body, weighted_step
     from training.retrain import read_head
 
     torch.manual_seed(config.seed)
@@ -209,12 +210,7 @@ def finetune_encoder(current: Classifier, model_dir: Path, head_path: Path, text
             return x[:, 0]
 
     net = Net()
-    for p in net.bert.embeddings.parameters():
-        p.requires_grad = False
-    for layer in net.bert.encoder.layer[:config.freeze_layers]:
-        for p in layer.parameters():
-            p.requires_grad = False
-    body = [p for p in net.bert.parameters() if p.requires_grad]
+    body = trainable_body(net.bert, config.freeze_layers)
     optimiser = torch.optim.AdamW([
         {"params": body, "lr": config.encoder_lr, "weight_decay": 0.01},
         {"params": [*net.dense.parameters(), net.group_bias], "lr": config.head_lr, "weight_decay": 0.0}])
@@ -235,12 +231,7 @@ def finetune_encoder(current: Classifier, model_dir: Path, head_path: Path, text
                 break
             b_ids, b_mask = batches.tensors(index)
             logit = net(b_ids, b_mask, t_feats[index]) + net.group_bias[t_groups[index]] + t_offset[index]
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, t_target[index], reduction="none")
-            loss = (loss * t_weight[index]).sum() / t_weight[index].sum()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0)
-            optimiser.step()
+            loss = weighted_step(net, optimiser, logit, t_target[index], t_weight[index])
             step += 1
             if step == 5 or step % 50 == 0 or step == steps:
                 spent = time.time() - t0
