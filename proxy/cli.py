@@ -417,12 +417,14 @@ EXIT_NOT_BETTER = 5  # retrain: the candidate did not beat the current model, no
 @click.option("--tolerance", type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
               help="largest APGR drop allowed on any base validation source")
 @click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--words", type=click.Choice(["fixed", "refit"]), default="fixed", show_default=True,
+              help="a head's word term: kept as it is, or refitted with the dense layers")
 @click.option("--full", is_flag=True, help="fine-tune the encoder too (torch; tens of minutes on two cores, where "
               "the default head refit takes one or two)")
 @click.option("--epochs", type=click.FloatRange(0.01, 20.0), default=1.0, show_default=True,
               help="--full: passes over the base sample and the feedback")
 def retrain_cmd(feedback_paths: tuple[str, ...], data_dir: str, model_dir: str | None, out_dir: str, work_dir: str,
-                base_per_source: int, tolerance: float, threads: int, full: bool, epochs: float) -> None:
+                base_per_source: int, tolerance: float, threads: int, words: str, full: bool, epochs: float) -> None:
     """Refit the routing head on the current encoder with feedback added (--full: the encoder too); keep the
     candidate only if it is better."""
     try:
@@ -439,8 +441,8 @@ def retrain_cmd(feedback_paths: tuple[str, ...], data_dir: str, model_dir: str |
             click.echo(f"route-llm retrain --full needs torch and transformers (pip install 'route-llm[train]'): "
                        f"{exc}", err=True)
             sys.exit(EXIT_FAILURE)
-    config = RetrainConfig(base_per_source=base_per_source or None, tolerance=tolerance, threads=threads, full=full,
-                           full_epochs=epochs)
+    config = RetrainConfig(base_per_source=base_per_source or None, tolerance=tolerance, threads=threads, words=words,
+                           full=full, full_epochs=epochs)
     try:
         result = retrain(Path(data_dir), [Path(p) for p in feedback_paths], current_dir=model_dir,
                          out_dir=Path(out_dir), work_dir=Path(work_dir), config=config)

@@ -50,6 +50,7 @@ import numpy as np
 
 from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE, Router
 from router.head import Head, gelu
+from router.lexical import Lexical, tfidf
 from training import data, encoder, evaluate
 from training.metrics import auroc, routing_curve
 from training.pipeline import mixture_quantiles, sigmoid
@@ -71,8 +72,9 @@ class RetrainConfig:
     feedback_holdout: float = 0.2
     feedback_weight: float = 1.0  # feedback's total loss weight, in units of one base source's
     proximity: float = 0.03  # pull towards the current weights (per parameter, squared distance)
+    words: str = "fixed"  # a head's word term: "fixed" (an offset) or "refit" (its weights move too)
     base_targets: str = "current"  # "current": the current model's scores (distillation); "labels": the data's
-    steps: int = 300
+    steps: int = 1000
     lr: float = 3e-3
     tolerance: float = 0.01  # largest APGR drop allowed on any labelled base validation source
     seed: int = 13
@@ -149,17 +151,24 @@ def fit_from(head_path: Path, inputs: np.ndarray, target: np.ndarray, weight: np
              config: RetrainConfig, texts: list[str] | None = None) -> Head:
     """Continue training a head: full-batch Adam on weighted cross-entropy + proximity to the start weights.
 
-    A head with a word term (:mod:`router.lexical`) keeps that term as it is: its contribution to each row's logit
-    (from ``texts``) is a fixed offset while the dense layers move.
+    A head with a word term (:mod:`router.lexical`) keeps that term as it is (``config.words == "fixed"``): its
+    contribution to each row's logit (from ``texts``) is a fixed offset while the dense layers move. With
+    ``"refit"`` its weights move too, under the same pull towards their start.
     """
     mean, scale, start = read_head(head_path)
     words = Head.load(head_path).lexical
-    offset = np.zeros(len(inputs)) if words is None or texts is None else words.logits(texts)
     if words is not None and texts is None:
         raise ValueError(f"{head_path} has a word term: pass the rows' prompt texts")
+    refit_words = words is not None and texts is not None and config.words == "refit"
+    offset = np.zeros(len(inputs)) if words is None or texts is None or refit_words else words.logits(texts)
     x = (inputs.astype(np.float64) - mean) / scale
     w = weight / weight.sum()
     params = [a.copy() for layer in start for a in layer]
+    n_dense = len(params)
+    if refit_words:
+        assert words is not None and texts is not None
+        grams = _tfidf_rows(texts, words.idf)
+        params.append(words.weight.copy())
     origin = [a.copy() for a in params]
     bias = np.zeros(int(groups.max()) + 1)
     moments = [(np.zeros_like(p), np.zeros_like(p)) for p in [*params, bias]]
@@ -173,9 +182,11 @@ def fit_from(head_path: Path, inputs: np.ndarray, target: np.ndarray, weight: np
             pre.append(a)
             if i < n_layers - 1:
                 hidden.append(gelu(a))
-        logit = pre[-1][:, 0] + bias[groups] + offset
+        logit = pre[-1][:, 0] + bias[groups] + (grams @ params[-1] if refit_words else offset)
         d_logit = (sigmoid(logit) - target) * w
-        grads: list[np.ndarray] = [np.empty(0)] * (2 * n_layers)
+        grads: list[np.ndarray] = [np.empty(0)] * len(params)
+        if refit_words:
+            grads[-1] = grams.T @ d_logit + config.proximity * (params[-1] - origin[-1])
         d_a = d_logit[:, None]
         for i in reversed(range(n_layers)):
             grads[2 * i] = hidden[i].T @ d_a + config.proximity * (params[2 * i] - origin[2 * i])
@@ -190,7 +201,24 @@ def fit_from(head_path: Path, inputs: np.ndarray, target: np.ndarray, weight: np
             v += (1 - beta2) * g * g
             p -= config.lr * (m / (1 - beta1**step)) / (np.sqrt(v / (1 - beta2**step)) + eps)
     layers = [(params[2 * i], params[2 * i + 1]) for i in range(n_layers)]
+    if refit_words:
+        assert words is not None and len(params) == n_dense + 1
+        words = Lexical(idf=words.idf, weight=params[-1])
     return Head(mean=mean, scale=scale, layers=layers, lexical=words)
+
+
+def _tfidf_rows(texts: list[str], idf: np.ndarray) -> Any:
+    """The word term's TF-IDF vectors of ``texts`` as a sparse matrix (rows x buckets)."""
+    from scipy import sparse
+
+    index, values, starts = [], [], [0]
+    for text in texts:
+        i, v = tfidf(text, idf)
+        index.append(i)
+        values.append(v)
+        starts.append(starts[-1] + len(i))
+    return sparse.csr_matrix((np.concatenate(values), np.concatenate(index), np.array(starts)),
+                             shape=(len(texts), idf.shape[0]))
 
 
 def _feedback_metrics(rows: list[data.Row], scores: np.ndarray) -> dict[str, float]:

@@ -110,3 +110,21 @@ def test_a_head_with_a_word_term_keeps_it_through_retraining(tmp_path: Path) -> 
     assert after.lexical.weight.tolist() == before.lexical.weight.tolist()  # the word term is frozen
     assert json.loads((result.path / "router.json").read_text())["lexical"] == "words12-crc32"
     assert Router.load(result.path).score(["w1 w2"])[0] != Router.load(current).score(["w1 w2"])[0]
+
+
+def test_words_refit_moves_the_word_term_where_feedback_has_words(tmp_path: Path) -> None:
+    import numpy as np
+
+    from router.head import Head
+    from router.lexical import tfidf
+    from tests.router.test_lexical import with_word_term
+
+    current = with_word_term(_format2(tmp_path))
+    result = retrain(_data(tmp_path), [_feedback(tmp_path)], current_dir=current, out_dir=tmp_path / "models",
+                     work_dir=tmp_path / "work", config=RetrainConfig(tolerance=1.0, threads=1, words="refit"))
+    assert result.accepted and result.path is not None, result.table
+    before, after = Head.load(current / "head.npz"), Head.load(result.path / "head.npz")
+    assert before.lexical is not None and after.lexical is not None
+    assert after.lexical.idf.tolist() == before.lexical.idf.tolist()  # the vocabulary statistics stay
+    hard_word = tfidf("w9", before.lexical.idf)[0]  # "w9" marks the prompts that need the strong model
+    assert np.all(after.lexical.weight[hard_word] > before.lexical.weight[hard_word])  # pushed towards "strong"

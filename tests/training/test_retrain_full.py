@@ -96,9 +96,10 @@ def test_full_mode_refuses_an_encoder_it_cannot_rebuild(tmp_path: Path) -> None:
                 work_dir=tmp_path / "work", config=RetrainConfig(full=True, full_steps=1, threads=1))
 
 
-@pytest.mark.parametrize("epochs", ["0", "-1", "abc", "21"])
-def test_a_bad_epoch_count_is_refused_by_the_cli(tmp_path: Path, epochs: str) -> None:
+@pytest.mark.parametrize(("option", "value"), [("--epochs", "0"), ("--epochs", "-1"), ("--epochs", "abc"),
+                                             ("--epochs", "21"), ("--words", "maybe"), ("--words", "")])
+def test_bad_retrain_options_are_refused_by_the_cli(tmp_path: Path, option: str, value: str) -> None:
     feedback = _feedback(tmp_path)
-    result = CliRunner().invoke(main, ["retrain", "--full", "--epochs", epochs, "--feedback", str(feedback),
+    result = CliRunner().invoke(main, ["retrain", "--full", option, value, "--feedback", str(feedback),
                                        "--data-dir", str(tmp_path)])
-    assert result.exit_code == 2 and "--epochs" in result.output
+    assert result.exit_code == 2 and option in result.output
