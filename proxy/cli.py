@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from proxy.settings import ConfigError, Settings, load_settings, tier_key
+from proxy.settings import LIMITS_DB_ENV, ConfigError, Settings, load_settings, tier_key
 
 log = logging.getLogger("route_llm")
 
@@ -175,6 +175,11 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
     # Workers rebuild the app from the config file (uvicorn needs an import string); the socket is ours.
     metrics_dir = tempfile.mkdtemp(prefix="route-llm-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # Without Redis, the workers count requests per minute in one shared file, so the limit holds for the
+    # server as a whole (proxy.edge.limits); its directory is private to this server, like the metrics one
+    # (not the same one: the metrics collector reads every *.db file there).
+    limits_dir = tempfile.mkdtemp(prefix="route-llm-limits-")
+    os.environ[LIMITS_DB_ENV] = str(Path(limits_dir) / "limits.db")
     if config_path:
         os.environ["ROUTE_LLM_CONFIG"] = str(Path(config_path).resolve())
     sock: socket.socket | None = None
@@ -195,6 +200,7 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
         if sock is not None:
             sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(limits_dir, ignore_errors=True)
 
 
 @click.group()

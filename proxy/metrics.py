@@ -58,6 +58,9 @@ RECORD_ERRORS = Counter("route_llm_decision_record_errors_total", "Decision reco
 RELOADS = Counter("route_llm_reloads_total", "Hot reloads of the router model and routing config", ["result"])
 ROUTER_INFO = Gauge("route_llm_router_info", "The router model version serving (value 1; 0 once replaced)",
                     ["version"], multiprocess_mode="livemax")
+LIMIT_STORE_ERRORS = Counter("route_llm_rate_limit_store_errors_total", "Requests whose requests-per-minute count "
+                             "could not reach Redis: let through (server.redis_failure: open, counted by this "
+                             "process alone) or refused with a 503 (closed)", ["outcome"])
 RATINGS = ("good", "bad")
 RECORD_ERROR_REASONS = ("full", "unavailable", "queue_full", "error")
 RELOAD_RESULTS = ("ok", "unchanged", "failed")
@@ -81,6 +84,8 @@ def precreate(requested: list[str], tiers: list[tuple[str, str]]) -> None:
     """
     for reason in ("unauthorized", "rate_limited", "overloaded", "too_large", "body_timeout"):
         REJECTED.labels(reason)
+    for outcome in ("allowed", "refused"):
+        LIMIT_STORE_ERRORS.labels(outcome)
     for req in requested:
         for tier, model in tiers:
             for status in ("ok", "upstream_error"):

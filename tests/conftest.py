@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-os.environ.pop("ROUTE_LLM_API_KEYS", None)
+for _name in ("ROUTE_LLM_API_KEYS", "ROUTE_LLM_DATABASE_URL", "ROUTE_LLM_REDIS_URL", "ROUTE_LLM_LIMITS_DB"):
+    os.environ.pop(_name, None)  # tests choose their own storage and limits
 
 import threading  # noqa: E402
 import time  # noqa: E402

@@ -20,13 +20,14 @@ import hashlib
 import hmac
 import tempfile
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from typing import IO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy import metrics
+from proxy.edge.limits import LimitStoreDown, make_limiter
 from proxy.errors import (
     Overloaded,
     PayloadTooLarge,
@@ -114,11 +115,13 @@ class GuardMiddleware:
         self.limit_arriving = s.limit_bodies_arriving
         self.limit_arriving_per_key = s.limit_bodies_arriving_per_key
         self.rpm = s.limit_requests_per_minute
+        # Built here, not in the lifespan: the guard runs before any handler; a Redis client connects lazily.
+        self.limiter = make_limiter(s.limit_requests_per_minute, s.resolved_redis_url(), failure=s.redis_failure,
+                                    timeout=s.timeout_redis)
         self.in_flight = 0
         self.arriving = 0
         self._in_flight_by: Counter[str] = Counter()
         self._arriving_by: Counter[str] = Counter()
-        self._recent: dict[str, deque[float]] = {}
 
     # --- checks --------------------------------------------------------------------------------------
     def _authenticate(self, scope: Scope) -> str | None:
@@ -140,17 +143,16 @@ class GuardMiddleware:
             raise Unauthorized("Incorrect API key provided for this proxy.")
         return match.decode()
 
-    def _rate_limit(self, key: str) -> None:
-        assert self.rpm is not None
-        now = time.monotonic()
-        window = self._recent.setdefault(key, deque())
-        while window and now - window[0] > 60:
-            window.popleft()
-        if len(window) >= self.rpm:
-            retry = max(1, int(60 - (now - window[0])) + 1)
+    async def _rate_limit(self, key: str) -> None:
+        """Count the request against its key's requests-per-minute (``proxy.edge.limits``), or raise."""
+        assert self.limiter is not None
+        try:
+            wait = await self.limiter.hit(key)
+        except LimitStoreDown as exc:
+            raise Overloaded(f"{exc}; retry", code="rate_limit_unavailable", headers={"retry-after": "1"}) from None
+        if wait is not None:
             raise RateLimited(f"this key is limited to {self.rpm} requests per minute",
-                              headers={"retry-after": str(retry)})
-        window.append(now)
+                              headers={"retry-after": str(max(1, int(wait) + 1))})
 
     def _too_large(self, scope: Scope, size: int | None) -> tuple[int | None, PayloadTooLarge]:
         """The body limit for this request, and the error for a body over it (``size``: as declared)."""
@@ -269,11 +271,13 @@ class GuardMiddleware:
         try:
             key = self._authenticate(scope) if (guarded and self.keys) else None
             state["owner"] = owner_of(key)
-            if guarded and self.rpm is not None:
-                self._rate_limit(key or "")
+            if guarded and self.limiter is not None:
+                await self._rate_limit(key or "")
         except ProxyError as exc:
             # Refused before any handler ran, so route_llm_requests_total never sees these.
-            metrics.REJECTED.labels("unauthorized" if isinstance(exc, Unauthorized) else "rate_limited").inc()
+            reason = ("unauthorized" if isinstance(exc, Unauthorized) else
+                      "overloaded" if isinstance(exc, Overloaded) else "rate_limited")
+            metrics.REJECTED.labels(reason).inc()
             await self._refuse(exc, scope, receive, send)
             return
         if not path.startswith("/v1/"):  # health probes and scrapes: neither limited nor counted in flight

@@ -47,6 +47,18 @@ def test_shipped_config_loads() -> None:
     ({"documents": {"limit_inline_per_request": -2}}, "documents.limit_inline_per_request"),
     ({"documents": {"limit_request_chars": 0}}, "documents.limit_request_chars"),
     ({"documents": {"limit_storage_bytes": 0}}, "documents.limit_storage_bytes"),
+    ({"storage": {"url": "mysql://db/x"}}, "storage.url: must be sqlite:///DIRECTORY"),
+    ({"storage": {"url": "sqlite:///"}}, "storage.url: must be"),
+    ({"storage": {"url": "postgresql://"}}, "storage.url: must be"),
+    ({"storage": {"url": 5}}, "storage.url: expected a string"),
+    ({"storage": {"limit_connections": 0}}, "storage.limit_connections"),
+    ({"storage": {"timeout_connect": 0}}, "storage.timeout_connect"),
+    ({"storage": {"pool": 3}}, "unknown key storage.pool"),
+    ({"storage": {"url": "postgresql://u:pw@db/x"}, "feedback": {"limit_store_bytes": 1000}},
+     "feedback.limit_store_bytes: caps the SQLite file only"),
+    ({"server": {"redis_url": "http://cache:6379"}}, "server.redis_url: must be redis://"),
+    ({"server": {"redis_failure": "maybe"}}, "server.redis_failure: must be one of open, closed"),
+    ({"server": {"timeout_redis": 0}}, "server.timeout_redis"),
 ])
 def test_bad_values_are_rejected_with_the_key_name(tmp_path: Path, change: dict[str, Any], needle: str) -> None:
     cfg = base_config(tmp_path)
@@ -94,3 +106,33 @@ def test_proxy_keys_merge_config_and_environment(tmp_path: Path, monkeypatch: py
     s = settings_from_dict(base_config(tmp_path, server={"api_keys": ["k1"]}))
     monkeypatch.setenv("ROUTE_LLM_API_KEYS", " k2, k1 ,,k3")
     assert s.all_api_keys() == ("k1", "k2", "k3")
+
+
+def test_database_and_redis_urls_come_from_the_environment_first(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    s = settings_from_dict(base_config(tmp_path, storage={"url": "os.environ/MY_DB"}))
+    monkeypatch.delenv("ROUTE_LLM_DATABASE_URL", raising=False)
+    monkeypatch.delenv("ROUTE_LLM_REDIS_URL", raising=False)
+    monkeypatch.delenv("MY_DB", raising=False)
+    assert s.storage_url() == f"sqlite:///{tmp_path / 'files'}"  # unset reference: the SQLite default
+    monkeypatch.setenv("MY_DB", "postgresql://a@db/x")
+    assert s.storage_url() == "postgresql://a@db/x"
+    monkeypatch.setenv("ROUTE_LLM_DATABASE_URL", "postgresql://b@db/y")
+    assert s.storage_url() == "postgresql://b@db/y"
+    assert s.server.resolved_redis_url() is None
+    monkeypatch.setenv("ROUTE_LLM_REDIS_URL", "redis://cache:6379/0")
+    assert s.server.resolved_redis_url() == "redis://cache:6379/0"
+
+
+def test_a_bad_url_from_the_environment_is_refused_without_its_password(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTE_LLM_DATABASE_URL", "mysql://user:hunter2@db/x")
+    with pytest.raises(ConfigError) as err:
+        settings_from_dict(base_config(tmp_path))
+    assert "storage.url" in str(err.value) and "hunter2" not in str(err.value) and "***" in str(err.value)
+
+
+def test_a_sqlite_url_names_the_directory_of_todays_layout(tmp_path: Path) -> None:
+    s = settings_from_dict(base_config(tmp_path, storage={"url": f"sqlite:///{tmp_path / 'elsewhere'}"}))
+    assert s.storage_dir() == str(tmp_path / "elsewhere")
+    assert s.feedback_dir() == tmp_path / "elsewhere"

@@ -29,8 +29,8 @@ REQUESTS = 12
 ROUTE_LLM = Path(sys.executable).with_name("route-llm")
 
 
-def _write_config(tmp: Path, standin: StandInServer) -> Path:
-    cfg = base_config(tmp, upstream={"warmup": False})
+def _write_config(tmp: Path, standin: StandInServer, **server: Any) -> Path:
+    cfg = base_config(tmp, upstream={"warmup": False}, server=server)
     for tier in ("weak", "strong"):
         cfg["models"][tier].update(api_base=standin.base_url, api_key="test-upstream-key")
     path = tmp / "config.yaml"
@@ -57,7 +57,8 @@ def _post(base_url: str, i: int) -> int:
 
 
 def test_two_workers_report_the_total_of_all_requests(tmp_path: Path, standin: StandInServer) -> None:
-    config = _write_config(tmp_path, standin)
+    """Also: without Redis the requests-per-minute limit holds for the server as a whole, not per worker."""
+    config = _write_config(tmp_path, standin, limit_requests_per_minute=REQUESTS + 3)
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
@@ -85,15 +86,20 @@ def test_two_workers_report_the_total_of_all_requests(tmp_path: Path, standin: S
         [info] = families["route_llm_info"].samples
         assert info.labels["router_model"] and "pid" not in info.labels
         assert len(list(metrics_dir.glob("counter_*.db"))) == 2  # one file per worker process
+        # 6 more, each on a new connection (so on either worker): 3 fit in the server's limit, 3 get a 429.
+        # Counted per worker, as before, 2 x 15 would have let all 6 through.
+        [limits_dir] = list(tmpdir.glob("route-llm-limits-*"))
+        with ThreadPoolExecutor(2) as pool:
+            assert sorted(pool.map(lambda i: _post(base_url, i), range(6))) == [200] * 3 + [429] * 3
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-    assert not metrics_dir.exists()
+    assert not metrics_dir.exists() and not limits_dir.exists()
     access = [json.loads(line) for line in log.read_text().splitlines() if line.startswith('{"request_id"')]
-    assert len(access) == REQUESTS  # each worker writes its JSON access lines
+    assert len(access) == REQUESTS + 3  # each worker writes its JSON access lines
     assert {a["status"] for a in access} == {"ok"}
 
 
