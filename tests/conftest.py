@@ -63,12 +63,35 @@ def services() -> Iterator[Services]:
     yield from start_services()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The storage suite runs once per backend: a SQLite directory, or an empty schema of the test Postgres."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'files'}"
     return fresh_schema(request.getfixturevalue("services").need("postgresql"))
+
+
+@pytest.fixture(scope="module")
+def backend() -> str:
+    """The storage backend of ``proxy`` and ``make_proxy``. Modules whose tests should pass on both override it
+    with ``params=BACKENDS`` and their ``proxy`` with :func:`backend_proxy` (module-scoped)."""
+    return "sqlite"
+
+
+def storage_section(backend: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The ``storage`` config of a new proxy on ``backend``: the default, or a fresh schema of the test Postgres."""
+    if backend == "sqlite":
+        return {}
+    return {"url": fresh_schema(request.getfixturevalue("services").need("postgresql"))}
+
+
+def backend_proxy(backend: str, router: Router, tmp: Path, request: pytest.FixtureRequest) -> Iterator[RunningProxy]:
+    running = start_proxy(settings_from_dict(base_config(tmp, storage=storage_section(backend, request))), router)
+    yield running
+    stop_proxy(running)
 
 
 @pytest.fixture()
@@ -142,11 +165,15 @@ def proxy(router: Router, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture()
-def make_proxy(router: Router, tmp_path: Path) -> Iterator[Callable[..., RunningProxy]]:
-    """Start a proxy with sections of the configuration replaced, e.g. ``make_proxy(server={...})``."""
+def make_proxy(router: Router, tmp_path: Path, backend: str,
+               request: pytest.FixtureRequest) -> Iterator[Callable[..., RunningProxy]]:
+    """Start a proxy with sections of the configuration replaced, e.g. ``make_proxy(server={...})``; on the
+    module's storage ``backend`` (all proxies of one test share its database, as they share ``tmp_path``)."""
     started: list[RunningProxy] = []
+    storage = storage_section(backend, request)
 
     def make(**sections: dict[str, Any]) -> RunningProxy:
+        sections = {"storage": storage, **sections}
         running = start_proxy(settings_from_dict(base_config(tmp_path, **sections)), router)
         started.append(running)
         return running

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,10 @@ import openai
 import pytest
 from prometheus_client import REGISTRY
 
-from proxy.state.records import DB_FILE, prompt_hash
+from proxy.state.database import open_databases
+from proxy.state.records import prompt_hash
 from tests.conftest import RunningProxy
+from tests.proxy.both_backends import *  # noqa: F403 (fixtures: backend, proxy)
 from tests.standin import Fault, StandInServer
 
 PROMPT = "Write a haiku about routers."
@@ -48,8 +49,15 @@ def _rate(proxy: RunningProxy, body: Any, *, key: str | None = None) -> httpx.Re
         return http.post("/v1/feedback", json=body, headers=headers)
 
 
-def _db(proxy: RunningProxy) -> sqlite3.Connection:
-    return sqlite3.connect(Path(proxy.settings.feedback_dir()) / DB_FILE)
+def _rows(proxy: RunningProxy, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """A statement on the proxy's records database (SQLite file or Postgres schema), from outside the proxy."""
+    databases = open_databases(proxy.settings)
+    try:
+        assert databases.records is not None
+        with databases.records.transaction() as tx:
+            return tx.execute(sql, params)
+    finally:
+        databases.close()
 
 
 def _error(r: httpx.Response, status: int) -> dict[str, Any]:
@@ -69,18 +77,16 @@ def test_rating_a_routed_answer_stores_it_and_counts_it_per_tier(proxy: RunningP
     assert (body["request_id"], body["rating"], body["score"], body["tier"]) == (request_id, "bad", 0.2, tier)
     assert body["router_version"] == r.headers["x-route-llm-router-version"]
     assert _sample("route_llm_feedback_total", tier=tier, rating="bad") == before + 1
-    with _db(proxy) as db:
-        stored = db.execute("SELECT id, rating, rating_score, comment, tier FROM feedback WHERE request_id = ?",
-                            (request_id,)).fetchone()
+    [stored] = _rows(proxy, "SELECT id, rating, rating_score, comment, tier FROM feedback WHERE request_id = ?",
+                     (request_id,))
     assert stored == (body["id"], "bad", 0.2, "too short", tier)
 
 
 def test_records_keep_a_hash_not_the_prompt_by_default(proxy: RunningProxy, standin: StandInServer) -> None:
     request_id, tier = _chat(proxy, content=PROMPT + " (hash only)")
     assert _rate(proxy, {"request_id": request_id, "rating": "good"}).status_code == 200
-    with _db(proxy) as db:
-        row = db.execute("SELECT prompt, prompt_hash, alias, tier, model, router_version, score, threshold "
-                         "FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
+    [row] = _rows(proxy, "SELECT prompt, prompt_hash, alias, tier, model, router_version, score, threshold "
+                  "FROM decisions WHERE request_id = ?", (request_id,))
     prompt, hashed, alias, stored_tier, model, version, score, threshold = row
     assert prompt is None and hashed == prompt_hash(PROMPT + " (hash only)")
     assert (alias, stored_tier, threshold) == ("auto", tier, 0.5)
@@ -92,9 +98,8 @@ def test_store_prompts_keeps_the_text_and_streams_are_recorded_too(make_proxy: A
     request_id, tier = _chat(proxy, content="Stream me a poem", stream=True)
     r = _rate(proxy, {"request_id": request_id, "rating": "good"})
     assert r.status_code == 200, r.text
-    with _db(proxy) as db:
-        assert db.execute("SELECT prompt, tier FROM feedback WHERE request_id = ?",
-                          (request_id,)).fetchone() == ("Stream me a poem", tier)
+    assert _rows(proxy, "SELECT prompt, tier FROM feedback WHERE request_id = ?",
+                 (request_id,)) == [("Stream me a poem", tier)]
 
 
 def test_a_later_rating_of_the_same_request_replaces_the_earlier(proxy: RunningProxy, standin: StandInServer) -> None:
@@ -102,9 +107,8 @@ def test_a_later_rating_of_the_same_request_replaces_the_earlier(proxy: RunningP
     first = _rate(proxy, {"request_id": request_id, "rating": "bad"}).json()
     second = _rate(proxy, {"request_id": request_id, "rating": "good"}).json()
     assert first["id"] != second["id"]
-    with _db(proxy) as db:
-        assert db.execute("SELECT id, rating FROM feedback WHERE request_id = ?",
-                          (request_id,)).fetchall() == [(second["id"], "good")]
+    assert _rows(proxy, "SELECT id, rating FROM feedback WHERE request_id = ?",
+                 (request_id,)) == [(second["id"], "good")]
 
 
 def test_an_unknown_request_id_is_404(proxy: RunningProxy, standin: StandInServer) -> None:
@@ -113,10 +117,8 @@ def test_an_unknown_request_id_is_404(proxy: RunningProxy, standin: StandInServe
 
 
 def _decision(proxy: RunningProxy, request_id: str) -> tuple[Any, ...]:
-    with _db(proxy) as db:
-        row: tuple[Any, ...] = db.execute(
-            "SELECT routed, status, http_status, alias, tier, model, score, threshold, router_version "
-            "FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
+    [row] = _rows(proxy, "SELECT routed, status, http_status, alias, tier, model, score, threshold, router_version "
+                  "FROM decisions WHERE request_id = ?", (request_id,))
     return row
 
 
@@ -164,8 +166,8 @@ def test_a_request_refused_before_routing_is_recorded_without_a_tier(proxy: Runn
 def test_an_expired_record_cannot_be_rated(proxy: RunningProxy, standin: StandInServer) -> None:
     request_id, _ = _chat(proxy)
     assert _rate(proxy, {"request_id": request_id, "rating": "good"}).status_code == 200
-    with _db(proxy) as db:  # age the record past feedback.retention_days (30 by default)
-        db.execute("UPDATE decisions SET created_at = ? WHERE request_id = ?", (time.time() - 31 * 86400, request_id))
+    # Age the record past feedback.retention_days (30 by default).
+    _rows(proxy, "UPDATE decisions SET created_at = ? WHERE request_id = ?", (time.time() - 31 * 86400, request_id))
     error = _error(_rate(proxy, {"request_id": request_id, "rating": "bad"}), 404)
     assert "older than 30 days" in error["message"]
 
@@ -208,8 +210,10 @@ def test_ratings_are_rate_limited_like_chat(make_proxy: Any, standin: StandInSer
     assert error["code"] == "rate_limit_exceeded"
 
 
-def test_a_full_store_drops_records_and_refuses_ratings_but_serves_every_chat(make_proxy: Any,
+def test_a_full_store_drops_records_and_refuses_ratings_but_serves_every_chat(make_proxy: Any, backend: str,
                                                                              standin: StandInServer) -> None:
+    if backend != "sqlite":
+        pytest.skip("feedback.limit_store_bytes caps the SQLite file (Postgres: size the database)")
     proxy = make_proxy(feedback={"store_prompts": True, "limit_store_bytes": 48 * 1024})
     before = _sample("route_llm_decision_record_errors_total", reason="full")
     ids = [_chat(proxy, content=f"{i} " + "long prompt " * 800)[0] for i in range(12)]  # every chat answered
@@ -225,8 +229,10 @@ def test_a_full_store_drops_records_and_refuses_ratings_but_serves_every_chat(ma
     assert 503 in statuses
 
 
-def test_an_unusable_store_leaves_chat_working_and_ratings_503(make_proxy: Any, tmp_path: Path,
+def test_an_unusable_store_leaves_chat_working_and_ratings_503(make_proxy: Any, tmp_path: Path, backend: str,
                                                                standin: StandInServer) -> None:
+    if backend != "sqlite":
+        pytest.skip("feedback.storage_dir is the SQLite store's directory")
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the store's directory should be")
     proxy = make_proxy(feedback={"storage_dir": str(blocker)})

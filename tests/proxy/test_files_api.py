@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import RunningProxy
+from tests.proxy.both_backends import *  # noqa: F403 (fixtures: backend, proxy)
 from tests.proxy.pdfs import pdf_with_pages
 from tests.proxy.test_files_e2e import REPORT, upload
 
@@ -76,7 +77,9 @@ def test_filename_of_255_characters_is_kept_whole(proxy: RunningProxy) -> None:
     assert upload(proxy.client(), REPORT, name).filename == name
 
 
-def test_refused_uploads_leave_no_partial_file(proxy: RunningProxy) -> None:
+def test_refused_uploads_leave_no_partial_file(proxy: RunningProxy, backend: str) -> None:
+    if backend != "sqlite":
+        pytest.skip("the spool directory is private to the process on Postgres (the same code spools both)")
     with pytest.raises(openai.BadRequestError):
         upload(proxy.client(), b"not a pdf at all" * 100_000, "big.txt")  # 1.6 MB: spooled to disk, then refused
     assert not list(_storage(proxy).glob("*.partial"))

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningProxy, stop_proxy
+from tests.proxy.both_backends import *  # noqa: F403 (fixtures: backend, proxy)
 from tests.proxy.pdfs import bomb_pdf, encrypted_pdf, image_only_pdf, pdf_with_pages
 from tests.standin import StandInServer
 
