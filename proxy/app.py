@@ -21,6 +21,8 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy import __version__, metrics
@@ -37,12 +39,19 @@ from proxy.edge.routes import (
     retrieve_model,
     route_only,
 )
-from proxy.errors import ProxyError, handle_http_exception, handle_proxy_error, handle_unexpected
+from proxy.errors import (
+    Overloaded,
+    ProxyError,
+    error_response,
+    handle_http_exception,
+    handle_proxy_error,
+    handle_unexpected,
+)
 from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider
 from proxy.routing.reload import Live, PinMiddleware, Reloader, admin_reload
 from proxy.services import Services
 from proxy.settings import Settings, load_settings
-from proxy.state.database import open_databases
+from proxy.state.database import StorageUnavailable, open_databases
 from proxy.state.files import FileStore
 from proxy.state.records import RecordStore
 from proxy.upstream.accounting import cuts_header
@@ -127,9 +136,16 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         routes=routes,
         middleware=[Middleware(PinMiddleware), Middleware(GuardMiddleware, settings=settings)],
         exception_handlers={ProxyError: handle_proxy_error, HTTPException: handle_http_exception,
-                            Exception: handle_unexpected},
+                            StorageUnavailable: _storage_unavailable, Exception: handle_unexpected},
         lifespan=lifespan,
     )
+
+
+async def _storage_unavailable(request: Request, exc: Exception) -> Response:
+    """The database went away mid-request (Postgres down, pool exhausted): a 503 to retry, not a 500."""
+    log.warning("storage unavailable: %s", exc)
+    return error_response(Overloaded("the proxy's file store is unavailable; retry", code="storage_unavailable",
+                                     headers={"retry-after": "1"}))
 
 
 def _info_labels(live: Live) -> tuple[str, ...]:
