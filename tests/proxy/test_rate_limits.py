@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from prometheus_client import REGISTRY
 
 from proxy.edge.limits import WINDOW, Limiter, LimitStoreDown, LocalWindow, RedisWindow, SqliteWindow
@@ -85,6 +84,8 @@ def test_concurrent_requests_through_several_counters_never_pass_the_limit(
 def test_requests_older_than_the_window_no_longer_count(redis_url: str, tmp_path: Path) -> None:
     """The window slides: entries written a window ago are trimmed (on the shared backends the log is data)."""
     async def go() -> None:
+        import redis
+
         r = RedisWindow(LIMIT, redis_url, failure="closed", timeout=2.0)
         assert await _hits(r, "alice", LIMIT) == [None] * LIMIT
         assert await r.hit("alice") is not None
@@ -112,6 +113,8 @@ def test_redis_keys_hold_a_hash_of_the_key_never_the_key(redis_url: str) -> None
         await r.hit("sk-very-secret")
         await r.close()
     asyncio.run(go())
+    import redis
+
     client = redis.Redis.from_url(redis_url)
     keys = [k.decode() for k in client.keys("*")]
     assert len(keys) == 1 and keys[0].startswith("route-llm:rpm:") and "secret" not in keys[0]
@@ -123,7 +126,12 @@ def _store_errors(outcome: str) -> float:
     return REGISTRY.get_sample_value("route_llm_rate_limit_store_errors_total", {"outcome": outcome}) or 0.0
 
 
+def _redis_client_installed() -> None:
+    pytest.importorskip("redis", reason="the redis package is not installed (pip install -e '.[redis]')")
+
+
 def test_redis_down_fails_open_by_counting_in_process(caplog: pytest.LogCaptureFixture) -> None:
+    _redis_client_installed()
     before = _store_errors("allowed")
 
     async def go() -> list[float | None]:
@@ -139,6 +147,7 @@ def test_redis_down_fails_open_by_counting_in_process(caplog: pytest.LogCaptureF
 
 
 def test_redis_down_fails_closed_when_configured() -> None:
+    _redis_client_installed()
     before = _store_errors("refused")
 
     async def go() -> None:
@@ -153,6 +162,7 @@ def test_redis_down_fails_closed_when_configured() -> None:
 
 @pytest.mark.parametrize("failure", ["open", "closed"])
 def test_a_proxy_whose_redis_is_down_answers_200_or_503_never_500(make_proxy: Any, failure: str) -> None:
+    _redis_client_installed()
     proxy: RunningProxy = make_proxy(server={"limit_requests_per_minute": 100, "redis_failure": failure,
                                              "redis_url": f"redis://127.0.0.1:{_closed_port()}/0",
                                              "timeout_redis": 0.2})
