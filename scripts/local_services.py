@@ -63,6 +63,10 @@ def start(root: Path) -> dict[str, str]:
     assert pg_bin is not None and redis is not None
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)  # the servers' users must reach their directories below
+    for parent in root.parents:
+        if os.geteuid() == 0 and not parent.stat().st_mode & 0o001:
+            sys.exit(f"{parent} is not searchable by other users: the servers (users postgres, redis) cannot "
+                     f"reach {root}; choose a directory under one they can")
     pg_user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
     redis_user = "redis" if os.geteuid() == 0 else pg_user
     pg_data, pg_port = root / "pg", _free_port()
