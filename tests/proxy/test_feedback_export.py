@@ -16,6 +16,7 @@ from proxy.state import records
 from proxy.state.database import Database, PostgresDatabase, SqliteDatabase
 from proxy.state.feedback_export import place_of, target_pair
 from proxy.state.records import DB_FILE, DecisionRecord, RecordStore, prompt_hash, read_feedback
+from tests.conftest import base_config
 
 
 @pytest.mark.parametrize(("place", "rating", "strong_good", "pair"), [
@@ -160,3 +161,21 @@ def test_a_store_of_the_first_schema_is_upgraded_and_keeps_its_ratings(storage_u
     got = [(fb.request_id, fb.routed, fb.status, fb.rating) for fb in read_feedback(db)]
     db.close()
     assert sorted(got) == [("new", False, "upstream_error", "bad"), ("old", True, "ok", "good")]
+
+
+def test_export_reads_the_store_the_config_names_on_either_backend(storage_url: str, tmp_path: Path) -> None:
+    """Without --store, `feedback export` reads where the proxy writes: storage.url (Postgres) or SQLite."""
+    db = _open(storage_url)
+    store = RecordStore(db, retention_days=30, limit_records=None)
+    store.add(_record("r1", "weak", "p1"))
+    store.flush()
+    store.rate("", "r1", "bad", None, None)
+    store.close()
+    db.close()
+    config = base_config(tmp_path, storage={"url": storage_url})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "rows.jsonl"
+    result = CliRunner().invoke(main, ["feedback", "export", "--config", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == ["p1"]
