@@ -113,6 +113,24 @@ class FileRecord:
         }
 
 
+_SPOOL_PREFIX = "route-llm-spool-"
+
+
+def _sweep_spools() -> None:
+    """Remove the spool directories of processes that are gone (a replica killed mid-upload leaves its partial
+    file behind; in a pod, /tmp outlives a restarted container)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_SPOOL_PREFIX}*-*"):
+        pid = path.name[len(_SPOOL_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 class FileStore:
     """Files of many owners in ``db``; on SQLite the bytes go to ``blobs`` (a directory), on Postgres into the
     database. ``spool_dir`` holds uploads while they are extracted (on SQLite, the blob directory itself, so that
@@ -129,7 +147,8 @@ class FileStore:
             self._blobs.mkdir(parents=True, exist_ok=True)
             self._spool = self._blobs
         else:
-            self._spool = Path(tempfile.mkdtemp(prefix="route-llm-spool-"))
+            _sweep_spools()
+            self._spool = Path(tempfile.mkdtemp(prefix=f"{_SPOOL_PREFIX}{os.getpid()}-"))
         db.migrate("files", _SQLITE if db.kind == "sqlite" else _POSTGRES)
 
     def close(self) -> None:

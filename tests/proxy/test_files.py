@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,3 +174,24 @@ def test_concurrent_adds_from_threads_all_land(store: FileStore) -> None:
 def test_ids_are_unique(store: FileStore) -> None:
     ids = {store.add("alice", "a.pdf", "user_data", b"", []).id for _ in range(50)}
     assert len(ids) == 50
+
+
+def test_spool_directories_of_dead_processes_are_swept(storage_url: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    if not storage_url.startswith("postgresql"):
+        pytest.skip("on SQLite uploads spool into the blob directory, where the stored file is a rename away")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    left = tmp_path / f"route-llm-spool-{dead.pid}-abc"
+    left.mkdir()
+    (left / "upload-1.partial").write_bytes(b"half an upload")
+    alive = tmp_path / f"route-llm-spool-{os.getpid()}-xyz"
+    alive.mkdir()
+    store, db = open_store(storage_url)
+    try:
+        assert not left.exists() and alive.exists()
+    finally:
+        store.close()
+        db.close()
