@@ -86,7 +86,12 @@ class SqliteWindow:
         self._db.execute("CREATE INDEX IF NOT EXISTS hits_by_time ON hits (at)")
 
     async def hit(self, who: str) -> float | None:
-        return await asyncio.to_thread(self._hit, who)
+        try:
+            return await asyncio.to_thread(self._hit, who)
+        except sqlite3.Error as exc:  # a locked or broken file must not fail the request: let it through, counted
+            metrics.LIMIT_STORE_ERRORS.labels("allowed").inc()
+            log.warning("rate limits: the shared count failed (%s); request let through", exc)
+            return None
 
     def _hit(self, who: str) -> float | None:
         now = time.time()  # wall clock: the one clock the processes share
@@ -96,12 +101,14 @@ class SqliteWindow:
                 self._db.execute("DELETE FROM hits WHERE at <= ?", (now - WINDOW,))
                 count, oldest = self._db.execute("SELECT COUNT(*), MIN(at) FROM hits WHERE who = ?",
                                                  (who,)).fetchone()
-                if count >= self.limit:
-                    return WINDOW - (now - float(oldest))
-                self._db.execute("INSERT INTO hits (who, at) VALUES (?, ?)", (who, now))
-                return None
-            finally:
-                self._db.execute("COMMIT")
+                if count < self.limit:
+                    self._db.execute("INSERT INTO hits (who, at) VALUES (?, ?)", (who, now))
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return None if count < self.limit else WINDOW - (now - float(oldest))
 
     async def close(self) -> None:
         with self._lock:

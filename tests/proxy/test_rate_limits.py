@@ -186,3 +186,15 @@ def test_two_proxies_on_one_redis_share_each_keys_limit(make_proxy: Any, redis_u
         statuses = [(on_a if i % 2 else on_b).get("/v1/models", headers=k1).status_code for i in range(6)]
         assert statuses == [200, 200, 200, 200, 429, 429]
         assert on_a.get("/v1/models", headers={"authorization": "Bearer k2"}).status_code == 200
+
+
+def test_a_broken_shared_count_file_lets_requests_through_counted(tmp_path: Path) -> None:
+    window = SqliteWindow(2, tmp_path / "limits.db")
+    window._db.execute("DROP TABLE hits")  # what a damaged or foreign file looks like to the query
+    before = _store_errors("allowed")
+
+    async def go() -> list[float | None]:
+        return await _hits(window, "alice", 3)
+
+    assert asyncio.run(go()) == [None, None, None]
+    assert _store_errors("allowed") - before == 3
