@@ -366,7 +366,12 @@ async def amain(args: argparse.Namespace) -> int:
                 started = time.perf_counter()
                 t.proc = start([args.route_llm, "serve", "--config", str(path), "--workers", str(workers)], env, log)
                 procs.append(t.proc)
-                await wait_ready(session, t, started, 60, log)
+                try:
+                    await wait_ready(session, t, started, args.timeout_ready, log)
+                except RuntimeError as exc:  # a loaded machine: report the others rather than lose the run
+                    print(f"skipped {t.name}: {exc}", file=sys.stderr)
+                    stop(t.proc)
+                    continue
                 targets.append(t)
                 await bench(session, t, args)
                 print(f"measured {t.name}", file=sys.stderr)
@@ -405,7 +410,12 @@ async def amain(args: argparse.Namespace) -> int:
                     t.proc = start([args.litellm, "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
                                     "--num_workers", str(workers)], lenv, log)
                     procs.append(t.proc)
-                    await wait_ready(session, t, started, 120, log)
+                    try:
+                        await wait_ready(session, t, started, 2 * args.timeout_ready, log)
+                    except RuntimeError as exc:
+                        print(f"skipped {t.name}: {exc}", file=sys.stderr)
+                        stop(t.proc)
+                        continue
                     targets.append(t)
                     await bench(session, t, args)
                     print(f"measured {t.name}", file=sys.stderr)
@@ -448,6 +458,7 @@ def main() -> None:
     p.add_argument("--litellm", default="/tmp/litellm-proxy-venv/bin/litellm",
                    help="the LiteLLM proxy CLI (installed in its own venv); '' to skip")
     p.add_argument("--litellm-workers", type=int, nargs="+", default=[1])
+    p.add_argument("--timeout-ready", type=float, default=120, help="seconds a route-llm target may take to start")
     p.add_argument("--concrete", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the 1-worker server with a configured model name (no router run)")
     p.add_argument("--soak", type=int, default=0, help="after the 1-worker run, this many more requests for RSS")

@@ -23,6 +23,7 @@ from litellm import exceptions as llm_errors
 
 from proxy.errors import BadRequest, ProxyError, RateLimited, UpstreamError, UpstreamNotConfigured
 from proxy.settings import Fallback, ModelSettings, Settings
+from proxy.upstream import lean
 from proxy.upstream.params import for_model
 from proxy.upstream.pricing import register_model
 from router.policy import Tier
@@ -269,7 +270,7 @@ class Upstream:
                        attempts: Attempts) -> Any:
         async def call(m: ModelSettings, timeout: float) -> Any:
             forwarded, attempts.dropped = for_model(params, m.model)
-            return await litellm.acompletion(messages=messages, **forwarded, **self._kwargs(m, timeout))
+            return await lean.acompletion(messages=messages, **forwarded, **self._kwargs(m, timeout))
 
         return await self._attempts(tier, attempts, call)
 
@@ -283,7 +284,7 @@ class Upstream:
 
         async def call(m: ModelSettings, timeout: float) -> tuple[Any, AsyncIterator[Any]]:
             forwarded, attempts.dropped = for_model(params, m.model)
-            response = await litellm.acompletion(messages=messages, stream=True, **forwarded,
+            response = await lean.acompletion(messages=messages, stream=True, **forwarded,
                                                  **self._kwargs(m, timeout))
             try:
                 first = await response.__anext__()
@@ -301,5 +302,5 @@ class Upstream:
         """Exercise LiteLLM's code path once with a local mock answer (no network), so the first real
         request doesn't pay for its lazy imports and set-up."""
         m = self.settings.models.weak
-        await litellm.acompletion(model=m.model, messages=[{"role": "user", "content": "warm-up"}],
+        await lean.acompletion(model=m.model, messages=[{"role": "user", "content": "warm-up"}],
                                   mock_response="ok")

@@ -10,6 +10,7 @@ import litellm
 import pytest
 
 from proxy.settings import settings_from_dict
+from proxy.upstream import lean
 from proxy.upstream.calls import Attempts, Upstream
 from tests.conftest import base_config
 
@@ -29,7 +30,7 @@ def test_litellm_gets_the_models_fixed_timeout_so_its_http_client_is_reused(
         await asyncio.sleep(0.01)
         return "answer"
 
-    monkeypatch.setattr(litellm, "acompletion", fake_acompletion)
+    monkeypatch.setattr(lean, "acompletion", fake_acompletion)  # the proxy's one entry into LiteLLM
 
     async def calls() -> None:
         for _ in range(3):

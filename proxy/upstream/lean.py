@@ -1,0 +1,64 @@
+"""LiteLLM's chat completion without the per-call work the proxy does not use.
+
+``litellm.acompletion`` wraps the provider call in three layers of its own: a callback set-up that builds a
+logging object, a hop to a thread-pool thread to run ``completion`` (the request building), and, once the
+answer is back, pricing it, filling its hidden parameters and scheduling success-logging tasks. The proxy has
+no LiteLLM callbacks, prices answers itself (:mod:`proxy.upstream.pricing`) and times its own calls, so for
+the providers in :data:`LEAN_PROVIDERS` it calls ``litellm.completion`` with ``acompletion=True`` on the
+event loop, with a bare logging object, and awaits the provider's coroutine. That is the same message and
+parameter translation, the same provider transformation and the same pooled HTTP client as before; only the
+wrapper is gone. Errors are mapped to LiteLLM's exception classes the way ``acompletion`` maps them, so
+:func:`proxy.upstream.calls._classify` sees what it always saw.
+
+Other providers keep ``litellm.acompletion``: some of them do blocking work (credential look-ups, SDK
+clients) while building a request, which must not run on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import inspect
+import uuid
+from typing import Any
+
+import litellm
+from litellm.litellm_core_utils.exception_mapping_utils import exception_type
+from litellm.litellm_core_utils.litellm_logging import Logging
+from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
+from litellm.main import completion as python_completion  # litellm.completion is its native-dispatch front
+
+#: Providers whose request building in ``completion(acompletion=True)`` does no I/O: it returns the provider's
+#: coroutine, and all network work happens when that is awaited.
+LEAN_PROVIDERS = frozenset({"gemini"})
+
+
+def provider_of(model: str) -> str:
+    return model.split("/", 1)[0] if "/" in model else ""
+
+
+async def acompletion(*, model: str, messages: list[dict[str, Any]], stream: bool = False, **kwargs: Any) -> Any:
+    """``litellm.acompletion(model=..., messages=..., **kwargs)``, with the wrapper left out for a lean provider."""
+    provider = provider_of(model)
+    if provider not in LEAN_PROVIDERS:
+        return await litellm.acompletion(model=model, messages=messages, stream=stream, **kwargs)
+    call_id = str(uuid.uuid4())
+    logging_obj = Logging(model=model, messages=messages, stream=stream, call_type="acompletion",
+                          start_time=datetime.datetime.now(), litellm_call_id=call_id, function_id="")
+    logging_obj.update_environment_variables(model=model, user="", optional_params={},
+                                             litellm_params={"api_base": ""},
+                                             stream_options=kwargs.get("stream_options"))
+    try:
+        result = python_completion(model=model, messages=messages, stream=stream, acompletion=True,
+                                    litellm_call_id=call_id, litellm_logging_obj=logging_obj, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+    except Exception as exc:
+        # Raised inside the handler without ``from``, as acompletion does: a LiteLLM error comes back as the same
+        # object (``from`` would make it its own cause), and any other keeps it as ``__context__``.
+        raise exception_type(  # type: ignore[no-untyped-call]
+            model=model, custom_llm_provider=provider, original_exception=exc,
+            completion_kwargs={}, extra_kwargs=kwargs)
+    if isinstance(result, CustomStreamWrapper):
+        result.set_logging_event_loop(loop=asyncio.get_running_loop())  # type: ignore[no-untyped-call]  # as acompletion does
+    return result
