@@ -13,6 +13,7 @@ from proxy.settings import settings_from_dict
 from proxy.upstream import lean
 from proxy.upstream.calls import Attempts, Upstream
 from tests.conftest import base_config
+from tests.standin import StandInServer
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -48,3 +49,41 @@ def test_configured_prices_are_registered_with_litellm(tmp_path: Path) -> None:
     assert entry["input_cost_per_token"] == pytest.approx(1.25e-6)
     assert entry["output_cost_per_token"] == pytest.approx(5.0e-6)
     assert entry["litellm_provider"] == "gemini"
+
+
+def test_gemini_calls_skip_litellm_acompletion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               standin: StandInServer) -> None:
+    # proxy/upstream/lean.py: a Gemini call builds its request with LiteLLM's completion() on the event loop, so it
+    # pays neither acompletion's callback set-up and thread hop nor its pricing and success logging.
+    def refuse(**kw: Any) -> Any:
+        raise AssertionError("litellm.acompletion was called for a Gemini model")
+
+    monkeypatch.setattr(litellm, "acompletion", refuse)
+    upstream = Upstream(settings_from_dict(base_config(tmp_path)))
+    weak = upstream.tiers[0]
+    answer = asyncio.run(upstream.complete(weak, MSG, {}, Attempts(weak)))
+    assert answer.choices[0].message.content
+    assert standin.state.models_called() == ["gemini-1.5-flash"]
+
+
+def test_other_providers_keep_litellm_acompletion(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Some providers do blocking work while LiteLLM builds their request; that must stay off the event loop.
+    seen: list[str] = []
+
+    async def fake_acompletion(**kw: Any) -> str:
+        seen.append(kw["model"])
+        return "answer"
+
+    monkeypatch.setattr(litellm, "acompletion", fake_acompletion)
+    assert asyncio.run(lean.acompletion(model="openai/gpt-4o-mini", messages=MSG)) == "answer"
+    assert seen == ["openai/gpt-4o-mini"]
+
+
+def test_a_request_litellm_cannot_build_raises_its_error_class_without_a_cause_cycle(standin: StandInServer) -> None:
+    # LiteLLM hands back its own exception object from exception_type; chaining it to itself made the proxy's
+    # walk along __cause__ (calls._built_nothing) loop forever.
+    bad = {"type": "json_schema", "json_schema": 5}
+    with pytest.raises(litellm.exceptions.APIConnectionError) as err:
+        asyncio.run(lean.acompletion(model="gemini/gemini-1.5-flash", messages=MSG, response_format=bad))
+    assert err.value.__cause__ is not err.value and err.value.__context__ is not err.value
+    assert standin.state.requests == []
