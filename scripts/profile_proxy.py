@@ -34,22 +34,31 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# (bucket, substrings of a frame's file path), tried on each frame from the innermost outwards; first hit wins.
+# (bucket, substrings of a frame's file path). Each sample goes to the bucket of its innermost frame that matches
+# one of these; only when none does, to the first of GENERIC that matches (so a socket write inside aiohttp counts
+# for the HTTP client, and a future's callback inside the executor for the thread hop, not for asyncio).
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("router: tokenizer + ONNX run + head", ("/router/", "onnxruntime", "tokenizers")),
     ("LiteLLM bookkeeping: cost, logging objects, hidden params",
      ("litellm/cost_calculator", "litellm_logging", "response_metadata", "litellm/integrations",
       "logging_utils", "litellm/caching")),
-    ("LiteLLM request building (completion(), params, provider transform)", ("litellm/",)),
+    ("LiteLLM request building and response parsing (completion(), params, provider transform)", ("litellm/",)),
     ("HTTP client to the upstream (httpx over aiohttp)", ("/httpx/", "/httpcore/", "/aiohttp/", "/yarl/",
                                                          "/multidict/")),
-    ("thread hops (executor, futures, anyio)", ("concurrent/futures", "threading.py", "/anyio/", "queue.py")),
+    ("thread hops (executor submit, futures, anyio)", ("concurrent/futures", "/anyio/", "queue.py")),
     ("uvicorn + starlette (HTTP server, routing, middleware)", ("/uvicorn/", "/httptools/", "/starlette/")),
     ("route-llm: parse, resolve, decide, shape, metrics, log", ("/proxy/", "prometheus_client")),
     ("pydantic (LiteLLM response objects)", ("/pydantic",)),
-    ("asyncio event loop + kernel I/O", ("asyncio/", "selectors.py")),
+]
+GENERIC: list[tuple[str, tuple[str, ...]]] = [
+    ("thread hops (executor submit, futures, anyio)", ("threading.py",)),
+    ("asyncio (Python parts of the loop)", ("asyncio/", "selectors.py")),
 ]
 OTHER = "other (interpreter, gc, stdlib)"
+# Leaf frames where a thread waits: an executor thread on its queue, a condition, and the main thread inside
+# uvloop's C loop (py-spy cannot tell its epoll wait from its own native work; both are left out).
+IDLE = ("Runner.run (asyncio/runners.py", "_worker (concurrent/futures/thread.py:81)",
+        "Condition.wait (threading.py")
 
 
 def free_port() -> int:
@@ -58,12 +67,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def bucket_of(stack: str) -> str:
-    """The bucket of one collapsed stack (``frame;frame;...``, outermost first)."""
-    for frame in reversed(stack.split(";")):
-        for name, needles in BUCKETS:
-            if any(n in frame for n in needles):
-                return name
+def bucket_of(stack: str) -> str | None:
+    """The bucket of one collapsed stack (``frame;frame;...``, outermost first); None for a waiting thread."""
+    frames = stack.split(";")
+    if frames[-1].startswith(IDLE):
+        return None
+    # py-spy names a frame "function (path:line)", the path relative to its sys.path entry: "aiohttp/client.py"
+    files = ["/" + frame[frame.rfind("(") + 1:frame.rfind(":")] for frame in reversed(frames)]
+    for table in (BUCKETS, GENERIC):
+        for file in files:
+            for name, needles in table:
+                if any(n in file for n in needles):
+                    return name
     return OTHER
 
 
@@ -144,15 +159,20 @@ def main() -> int:
         spy_proc.send_signal(signal.SIGINT)
         spy_proc.wait(timeout=30)
         counts: Counter[str] = Counter()
+        idle = 0
         for line in raw.read_text().splitlines():
             stack, _, n = line.rpartition(" ")
             if stack and n.isdigit():
-                counts[bucket_of(stack)] += int(n)
+                name = bucket_of(stack)
+                if name is None:
+                    idle += int(n)
+                else:
+                    counts[name] += int(n)
         total = sum(counts.values()) or 1
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
         print(f"`python scripts/profile_proxy.py --requests {args.requests} --model {args.model}`: "
               f"{cpu_ms:.2f} ms of worker CPU and {wall_ms:.2f} ms wall per request (sequential), "
-              f"{total} busy samples, load average {load}")
+              f"{total} busy samples ({idle} waiting left out), load average {load}")
         print()
         print("| part | share of busy samples | CPU ms per request |")
         print("|---|---|---|")
