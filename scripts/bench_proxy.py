@@ -348,7 +348,8 @@ async def amain(args: argparse.Namespace) -> int:
             shipped = yaml.safe_load((ROOT / "config.yaml").read_text())["models"]
             models = {tier: {"name": shipped[tier]["name"], "model": shipped[tier]["model"]}
                       for tier in ("weak", "strong")}
-            for workers in args.workers:
+            async def route_llm(workers: int, label: str, tree: str | None, suffix: str) -> None:
+                nonlocal soak_points
                 port = free_port()
                 # the shipped config.yaml (its timeouts, prices, router and upstream settings), pointed at the stand-in
                 cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -356,71 +357,84 @@ async def amain(args: argparse.Namespace) -> int:
                     cfg["models"][tier].update(api_base=standin_url, api_key="bench-upstream-key")
                 cfg["server"].update(host="127.0.0.1", port=port, api_keys=[])
                 cfg["documents"]["storage_dir"] = str(tmp / "files")
-                path = tmp / f"route-llm-{workers}.yaml"
+                path = tmp / f"route-llm-{workers}{suffix}{label}.yaml".replace(" ", "-").replace("/", "_")
                 path.write_text(yaml.safe_dump(cfg))
                 url = f"http://127.0.0.1:{port}"
-                t = Target(f"route-llm, {workers} worker{'s' if workers > 1 else ''} (model auto)",
-                           f"{url}/v1/chat/completions", f"{url}/v1/chat/completions", openai_body("auto"),
-                           ready_url=f"{url}/health/ready")
-                log = tmp / f"route-llm-{workers}.log"
+                name = f"route-llm{label}, {workers} worker{'s' if workers > 1 else ''}"
+                t = Target(f"{name} (model auto){suffix}", f"{url}/v1/chat/completions",
+                           f"{url}/v1/chat/completions", openai_body("auto"), ready_url=f"{url}/health/ready")
+                log = path.with_suffix(".log")
                 started = time.perf_counter()
-                t.proc = start([args.route_llm, "serve", "--config", str(path), "--workers", str(workers)], env, log)
+                # a baseline tree (--baseline-tree) is put first on the path: its proxy/ and router/ serve
+                renv = env if tree is None else {**env, "PYTHONPATH": tree}
+                t.proc = start([args.route_llm, "serve", "--config", str(path), "--workers", str(workers)], renv, log)
                 procs.append(t.proc)
                 try:
                     await wait_ready(session, t, started, args.timeout_ready, log)
                 except RuntimeError as exc:  # a loaded machine: report the others rather than lose the run
                     print(f"skipped {t.name}: {exc}", file=sys.stderr)
                     stop(t.proc)
-                    continue
+                    return
                 targets.append(t)
                 await bench(session, t, args)
                 print(f"measured {t.name}", file=sys.stderr)
                 if workers == 1 and args.concrete:
                     # the same server asked for a configured model by name: no router run, the proxy's own cost
                     pinned = models["weak"]["name"]
-                    c = Target(f"route-llm, 1 worker (model {pinned})", t.url, t.stream_url, openai_body(pinned),
+                    c = Target(f"{name} (model {pinned}){suffix}", t.url, t.stream_url, openai_body(pinned),
                                ready_url=t.ready_url, proc=t.proc, ready_s=t.ready_s)
                     targets.append(c)
                     await bench(session, c, args)
                     print(f"measured {c.name}", file=sys.stderr)
-                if workers == 1 and args.soak:
+                if workers == 1 and args.soak and tree is None and not soak_points:
                     soak_points = await soak(session, t, args.soak, args.in_flight)
                 stop(t.proc)
 
-            if args.litellm and Path(args.litellm).exists():
-                for workers in args.litellm_workers:
-                    port = free_port()
-                    cfg = {
-                        "model_list": [{"model_name": m["name"],
-                                        "litellm_params": {"model": m["model"], "api_base": standin_url,
-                                                           "api_key": "bench-upstream-key"}}
-                                       for m in models.values()],
-                        "litellm_settings": {"num_retries": 0, "request_timeout": 60},
-                    }
-                    path = tmp / f"litellm-{workers}.yaml"
-                    path.write_text(yaml.safe_dump(cfg))
-                    url = f"http://127.0.0.1:{port}"
-                    t = Target(f"LiteLLM proxy, {workers} worker{'s' if workers > 1 else ''}",
-                               f"{url}/v1/chat/completions", f"{url}/v1/chat/completions",
-                               openai_body("gemini-1.5-flash"), ready_url=f"{url}/health/readiness")
-                    log = tmp / f"litellm-{workers}.log"
-                    started = time.perf_counter()
-                    lenv = {k: v for k, v in env.items() if not k.startswith("GEMINI_")}
-                    lenv["LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY"] = "true"  # no auth, like ours here
-                    t.proc = start([args.litellm, "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
-                                    "--num_workers", str(workers)], lenv, log)
-                    procs.append(t.proc)
-                    try:
-                        await wait_ready(session, t, started, 2 * args.timeout_ready, log)
-                    except RuntimeError as exc:
-                        print(f"skipped {t.name}: {exc}", file=sys.stderr)
-                        stop(t.proc)
-                        continue
-                    targets.append(t)
-                    await bench(session, t, args)
-                    print(f"measured {t.name}", file=sys.stderr)
+            async def litellm_proxy(workers: int, suffix: str) -> None:
+                port = free_port()
+                cfg = {
+                    "model_list": [{"model_name": m["name"],
+                                    "litellm_params": {"model": m["model"], "api_base": standin_url,
+                                                       "api_key": "bench-upstream-key"}}
+                                   for m in models.values()],
+                    "litellm_settings": {"num_retries": 0, "request_timeout": 60},
+                }
+                path = tmp / f"litellm-{workers}{suffix}.yaml".replace(" ", "-")
+                path.write_text(yaml.safe_dump(cfg))
+                url = f"http://127.0.0.1:{port}"
+                t = Target(f"LiteLLM proxy, {workers} worker{'s' if workers > 1 else ''}{suffix}",
+                           f"{url}/v1/chat/completions", f"{url}/v1/chat/completions",
+                           openai_body("gemini-1.5-flash"), ready_url=f"{url}/health/readiness")
+                log = path.with_suffix(".log")
+                started = time.perf_counter()
+                lenv = {k: v for k, v in env.items() if not k.startswith("GEMINI_")}
+                lenv["LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY"] = "true"  # no auth, like ours here
+                t.proc = start([args.litellm, "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
+                                "--num_workers", str(workers)], lenv, log)
+                procs.append(t.proc)
+                try:
+                    await wait_ready(session, t, started, 2 * args.timeout_ready, log)
+                except RuntimeError as exc:
+                    print(f"skipped {t.name}: {exc}", file=sys.stderr)
                     stop(t.proc)
-            elif args.litellm:
+                    return
+                targets.append(t)
+                await bench(session, t, args)
+                print(f"measured {t.name}", file=sys.stderr)
+                stop(t.proc)
+
+            have_litellm = bool(args.litellm) and Path(args.litellm).exists()
+            # Rounds alternate the variants, so a change in the machine's load hits all of them alike.
+            for rnd in range(1, args.rounds + 1):
+                suffix = f" #{rnd}" if args.rounds > 1 else ""
+                for workers in args.workers:
+                    if args.baseline_tree:
+                        await route_llm(workers, f" ({Path(args.baseline_tree).name})", args.baseline_tree, suffix)
+                    await route_llm(workers, "", None, suffix)
+                if have_litellm:
+                    for workers in args.litellm_workers:
+                        await litellm_proxy(workers, suffix)
+            if args.litellm and not have_litellm:
                 print(f"LiteLLM proxy not found at {args.litellm}: column skipped", file=sys.stderr)
     finally:
         for p in procs:
@@ -435,11 +449,15 @@ async def amain(args: argparse.Namespace) -> int:
     print()
     client = ", ".join(f"{t.name}: {t.results.get('client_cpu', 0) * 100:.0f} %" for t in targets)
     print(f"Load generator CPU (share of one core) during the {args.in_flight}-in-flight phase: {client}")
-    ours = next((t for t in targets if t.name.startswith("route-llm, 1 worker")), None)
-    theirs = next((t for t in targets if t.name == "LiteLLM proxy, 1 worker"), None)
-    if ours and theirs and theirs.results.get("rps"):
-        print(f"\n1 worker at {args.in_flight} in flight: route-llm (model auto) / LiteLLM proxy req/s = "
-              f"{ours.results['rps'] / theirs.results['rps']:.2f}x")
+    print()
+    for rnd in range(1, args.rounds + 1):
+        suffix = f" #{rnd}" if args.rounds > 1 else ""
+        theirs = next((t for t in targets if t.name == f"LiteLLM proxy, 1 worker{suffix}"), None)
+        for ours in targets:
+            if ours.name.startswith("route-llm") and ours.name.endswith(f"(model auto){suffix}") \
+                    and ", 1 worker " in ours.name and theirs and theirs.results.get("rps") and ours.results.get("rps"):
+                print(f"req/s at {args.in_flight} in flight, {ours.name} / {theirs.name}: "
+                      f"{ours.results['rps'] / theirs.results['rps']:.2f}x")
     if soak_points:
         pts = ", ".join(f"{n}: {mb:.0f}" for n, mb in soak_points)
         print(f"\nroute-llm 1 worker, RSS MB of the worker after n requests ({args.in_flight} in flight): {pts}")
@@ -458,6 +476,9 @@ def main() -> None:
     p.add_argument("--litellm", default="/tmp/litellm-proxy-venv/bin/litellm",
                    help="the LiteLLM proxy CLI (installed in its own venv); '' to skip")
     p.add_argument("--litellm-workers", type=int, nargs="+", default=[1])
+    p.add_argument("--baseline-tree", help="also run route-llm with this tree's proxy/ and router/ first on the "
+                   "path (e.g. a `git archive` of an older commit), beside the current one in each round")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the route-llm and LiteLLM targets this many times")
     p.add_argument("--timeout-ready", type=float, default=120, help="seconds a route-llm target may take to start")
     p.add_argument("--concrete", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the 1-worker server with a configured model name (no router run)")
