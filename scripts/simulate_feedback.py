@@ -201,7 +201,7 @@ def main() -> None:
                          f"| {change:+.3f} |")
     gain = domain_after["apgr"] - domain_before["apgr"]
     verdict = (f"new-domain APGR {gain:+.3f} (target >= +0.05: {'met' if gain >= 0.05 else 'NOT met'}); largest base "
-               f"drop {-worst:.3f} (target <= 0.01: {'met' if worst >= -0.01 else 'NOT met'})")
+               f"drop {max(0.0, -worst):.3f} (target <= 0.01: {'met' if worst >= -0.01 else 'NOT met'})")
     print("\n".join(lines))
     print(verdict)
     print(f"total {time.time() - t0:.0f}s")
