@@ -38,7 +38,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # one of these; only when none does, to the first of GENERIC that matches (so a socket write inside aiohttp counts
 # for the HTTP client, and a future's callback inside the executor for the thread hop, not for asyncio).
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
-    ("router: tokenizer + ONNX run + head", ("/router/", "onnxruntime", "tokenizers")),
+    ("router: tokenizer + ONNX run + head", ("/router/", "/onnxruntime/", "site-packages/tokenizers/")),
     ("LiteLLM bookkeeping: cost, logging objects, hidden params",
      ("litellm/cost_calculator", "litellm_logging", "response_metadata", "litellm/integrations",
       "logging_utils", "litellm/caching")),
@@ -72,7 +72,8 @@ def bucket_of(stack: str) -> str | None:
     frames = stack.split(";")
     if frames[-1].startswith(IDLE):
         return None
-    # py-spy names a frame "function (path:line)", the path relative to its sys.path entry: "aiohttp/client.py"
+    # py-spy names a frame "function (path:line)"; --full-filenames keeps the whole path (without it, py-spy
+    # shortens some of LiteLLM's paths to a bare file name, which would count them as ours)
     files = ["/" + frame[frame.rfind("(") + 1:frame.rfind(":")] for frame in reversed(frames)]
     for table in (BUCKETS, GENERIC):
         for file in files:
@@ -149,7 +150,8 @@ def main() -> int:
         pid = server.pid  # one worker serves in the process `route-llm serve` started
         raw = tmp / "profile.txt"
         spy_proc = subprocess.Popen([spy, "record", "-r", str(args.rate), "-f", "raw", "-o", str(raw), "-p", str(pid),
-                                     "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     "--nonblocking", "--full-filenames"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # py-spy attaches
         cpu0, t0 = cpu_seconds(pid), time.perf_counter()
         for i in range(args.requests):
