@@ -57,8 +57,8 @@ GENERIC: list[tuple[str, tuple[str, ...]]] = [
 OTHER = "other (interpreter, gc, stdlib)"
 # Leaf frames where a thread waits: an executor thread on its queue, a condition, and the main thread inside
 # uvloop's C loop (py-spy cannot tell its epoll wait from its own native work; both are left out).
-IDLE = ("Runner.run (asyncio/runners.py", "_worker (concurrent/futures/thread.py:81)",
-        "Condition.wait (threading.py")
+IDLE = (("Runner.run ", "/asyncio/runners.py:"), ("_worker ", "/concurrent/futures/thread.py:81)"),
+        ("Condition.wait ", "/threading.py:"))
 
 
 def free_port() -> int:
@@ -70,7 +70,8 @@ def free_port() -> int:
 def bucket_of(stack: str) -> str | None:
     """The bucket of one collapsed stack (``frame;frame;...``, outermost first); None for a waiting thread."""
     frames = stack.split(";")
-    if frames[-1].startswith(IDLE):
+    leaf = frames[-1]
+    if any(leaf.startswith(function) and path in leaf for function, path in IDLE):
         return None
     # py-spy names a frame "function (path:line)"; --full-filenames keeps the whole path (without it, py-spy
     # shortens some of LiteLLM's paths to a bare file name, which would count them as ours)
@@ -102,6 +103,8 @@ def main() -> int:
     p.add_argument("--model", default="auto", help="the model name requests ask for (auto: routed)")
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--route-llm", default=str(Path(sys.executable).parent / "route-llm"))
+    p.add_argument("--config", default=str(ROOT / "config.yaml"),
+                   help="the config to point at the stand-in (an older tree needs its own)")
     args = p.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
@@ -115,7 +118,7 @@ def main() -> int:
         procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "standin.py"), "--port", str(sp)],
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       start_new_session=True))
-        cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+        cfg = yaml.safe_load(Path(args.config).read_text())
         for tier in ("weak", "strong"):
             cfg["models"][tier].update(api_base=f"http://127.0.0.1:{sp}", api_key="profile-upstream-key")
         cfg["server"].update(host="127.0.0.1", port=port, api_keys=[])
