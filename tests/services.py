@@ -54,6 +54,9 @@ def start_services() -> Iterator[Services]:
     if env_pg and env_redis:
         yield Services(env_pg, env_redis)
         return
+    if not any(importlib.util.find_spec(m) for m in ("psycopg", "redis")):  # nothing could talk to them
+        yield Services(None, None, "neither psycopg nor redis is installed (pip install -e '.[postgres,redis]')")
+        return
     root = Path(tempfile.mkdtemp(prefix="route-llm-services-"))
     done = subprocess.run([sys.executable, str(SCRIPT), "start", str(root)], capture_output=True, text=True)
     if done.returncode != 0:
