@@ -33,8 +33,16 @@ class DocumentInputError(ValueError):
 
 @dataclass(frozen=True)
 class Document:
+    """A document's name, its page texts and their ranking index."""
+
     name: str
     pages: list[str]
+    index: PageIndex
+
+    @classmethod
+    def of(cls, name: str, pages: list[str]) -> Document:
+        """Build the index here: blocking, a tenth of a second per million characters (see PageIndex)."""
+        return cls(name, pages, PageIndex.build(pages))
 
 
 @dataclass(frozen=True)
@@ -73,36 +81,94 @@ def decode_file_data(file_data: str) -> bytes:
 # everything else splits on non-word characters. Good enough for ranking pages, no language models needed.
 _IDEOGRAPHIC = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _TOKEN = re.compile(f"[{_IDEOGRAPHIC}]|[^\\W_{_IDEOGRAPHIC}]+")
+# The words of a question that are looked up: a question is short, but the "question" is the text of a whole
+# message, which may be a pasted document of its own; its last words are usually the question itself.
+QUERY_CHARS = 4000
+QUERY_TERMS = 32
 
 
 def _tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.casefold())
 
 
-def bm25_scores(query: str, passages: list[str], *, k1: float = 1.5, b: float = 0.75) -> list[float]:
-    """Okapi BM25 of each passage against ``query``, with the non-negative IDF used by Lucene.
+@dataclass(frozen=True)
+class PageIndex:
+    """What BM25 needs to know about a document's pages, built once, where the document is read.
 
-    Rare words dominate: a term in every page adds almost nothing, so "what is the name of ..." is ranked
-    by its distinctive words. Written out here (twenty lines) rather than taken from a library because
-    the corpus is one request's pages and needs no index.
+    Tokenising a 300-page document takes a tenth of a second of pure Python; done per question, for every
+    question, it holds the GIL long enough to slow every other request of the server. So it is done once:
+    in the extraction child, at upload (and for an inline document, in the child that reads it), and stored
+    with the page text. A question then costs one substring search per word of the question.
+
+    ``postings`` is text, one line per term: ``"\\n<term>\\t<page>:<count> <page>:<count>..."``. A term
+    holds no tab or line break, so looking one up is a ``str.find`` and nothing needs parsing but the lines
+    of the question's own words.
     """
-    docs = [_tokens(p) for p in passages]
-    if not docs:
+
+    lengths: tuple[int, ...]  # tokens per page
+    postings: str
+
+    @classmethod
+    def build(cls, pages: list[str]) -> PageIndex:
+        lines: dict[str, list[str]] = {}
+        lengths = []
+        for number, page in enumerate(pages):
+            tokens = _tokens(page)
+            lengths.append(len(tokens))
+            for term, count in Counter(tokens).items():
+                lines.setdefault(term, []).append(f"{number}:{count}")
+        return cls(tuple(lengths), "".join(f"\n{term}\t{' '.join(found)}" for term, found in lines.items()))
+
+    def dumps(self) -> str:
+        """The stored form: the page lengths on the first line, then the postings."""
+        return " ".join(map(str, self.lengths)) + self.postings
+
+    @classmethod
+    def loads(cls, text: str) -> PageIndex:
+        head, newline, postings = text.partition("\n")
+        return cls(tuple(int(n) for n in head.split()), newline + postings)
+
+    def counts(self, term: str) -> list[tuple[int, int]]:
+        """(page, occurrences) of ``term``, for the pages it occurs on."""
+        start = self.postings.find(f"\n{term}\t")
+        if start < 0:
+            return []
+        start += len(term) + 2
+        end = self.postings.find("\n", start)
+        found = self.postings[start:end if end >= 0 else None].split()
+        return [(int(page), int(count)) for page, _, count in (f.partition(":") for f in found)]
+
+
+def query_terms(question: str) -> list[str]:
+    """The distinct words of ``question`` that ranking looks up (its last ones, when it is long)."""
+    terms = list(dict.fromkeys(reversed(_tokens(question[-QUERY_CHARS:]))))[:QUERY_TERMS]
+    return terms[::-1]
+
+
+def bm25_scores(query: str, indexes: list[PageIndex], *, k1: float = 1.5, b: float = 0.75) -> list[float]:
+    """Okapi BM25 of every page of every index against ``query`` (in order), with Lucene's non-negative IDF.
+
+    The pages of all ``indexes`` form one corpus. Rare words dominate: a term on every page adds almost
+    nothing, so "what is the name of ..." is ranked by its distinctive words. Written out here rather than
+    taken from a library because the corpus is one request's pages and needs no search engine.
+    """
+    lengths = [n for index in indexes for n in index.lengths]
+    if not lengths:
         return []
-    average = sum(len(d) for d in docs) / len(docs) or 1.0
-    frequency = Counter(term for d in docs for term in set(d))
-    terms = list(dict.fromkeys(_tokens(query)))
-    scores = []
-    for doc in docs:
-        counts = Counter(doc)
-        norm = k1 * (1 - b + b * len(doc) / average)
-        score = 0.0
-        for term in terms:
-            tf = counts.get(term, 0)
-            if tf:
-                idf = math.log(1 + (len(docs) - frequency[term] + 0.5) / (frequency[term] + 0.5))
-                score += idf * tf * (k1 + 1) / (tf + norm)
-        scores.append(score)
+    average = sum(lengths) / len(lengths) or 1.0
+    scores = [0.0] * len(lengths)
+    for term in query_terms(query):
+        hits: list[tuple[int, int]] = []  # (page across all indexes, occurrences)
+        offset = 0
+        for index in indexes:
+            hits += [(offset + page, count) for page, count in index.counts(term)]
+            offset += len(index.lengths)
+        if not hits:
+            continue
+        idf = math.log(1 + (len(lengths) - len(hits) + 0.5) / (len(hits) + 0.5))
+        for page, tf in hits:
+            norm = k1 * (1 - b + b * lengths[page] / average)
+            scores[page] += idf * tf * (k1 + 1) / (tf + norm)
     return scores
 
 
@@ -146,7 +212,7 @@ def render_documents(
     if truncated:
         order = list(full)
         if selection == "bm25":
-            scores = dict(zip(order, bm25_scores(question, list(full.values()))))
+            scores = dict(zip(order, bm25_scores(question, [doc.index for doc in docs])))
             order.sort(key=lambda key: -scores[key])  # stable: equal scores keep document and page order
         kept = {}
         room = budget_chars or 0

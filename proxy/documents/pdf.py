@@ -6,7 +6,7 @@ CPU time (pathological content streams), memory (decompression bombs) and plain 
 1. Cheap checks on the raw bytes before parsing: size, the ``%PDF-`` header, the ``%%EOF`` trailer marker.
 2. pypdf's own limits (``pypdf.Configuration``, applied with ``apply_configuration`` for this call only), so a
    stream that inflates past ``limit_decompressed_bytes`` raises instead of allocating.
-3. A wall-time limit enforced from outside: :func:`extract_pages_async` runs the parse in a child process and
+3. A wall-time limit enforced from outside: :func:`extract_document_async` runs the parse in a child process and
    kills it when ``timeout_extract`` passes. A thread could not be stopped, and a timed-out
    ``ProcessPoolExecutor`` task would keep its worker busy; a process of our own can be killed outright.
 
@@ -33,6 +33,8 @@ from typing import Any, Literal
 
 from pypdf import Configuration, PasswordType, PdfReader, apply_configuration
 from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError
+
+from proxy.documents.assemble import Document
 
 PdfErrorReason = Literal[
     "not_pdf", "too_large", "truncated", "corrupt", "encrypted", "too_many_pages", "bomb", "no_text", "timeout"
@@ -120,7 +122,7 @@ def _check_raw(data: bytes, limits: PdfLimits, filename: str) -> None:
 
 def extract_pages(data: bytes, *, limits: PdfLimits, filename: str = "the file") -> list[str]:
     """Return the text of each page, in order. Blocking and CPU-bound: call it through
-    :func:`extract_pages_async` in a server, which adds the wall-time limit.
+    :func:`extract_document_async` in a server, which adds the wall-time limit.
 
     ``filename`` only goes into error messages, so users learn which attachment failed.
     """
@@ -272,7 +274,10 @@ def _ppid(proc: Path, pid: int | None) -> int | None:
 
 def _child(conn: multiprocessing.connection.Connection, data: bytes | Path, limits: PdfLimits, filename: str,
            server: int) -> None:
-    """Child-process entry point: one extraction, one message back, exit."""
+    """Child-process entry point: one extraction, one message back, exit.
+
+    The pages' ranking index is built here too: it is pure Python and, in the server, would hold the GIL.
+    """
     _die_with_server(server, conn)
     # A broken file can make pypdf log a line per damaged object; the child has no log configuration, so
     # these would go to the server's stderr unfiltered. The outcome is reported through PdfError instead.
@@ -283,7 +288,7 @@ def _child(conn: multiprocessing.connection.Connection, data: bytes | Path, limi
             if limits.limit_bytes is not None and size > limits.limit_bytes:
                 raise PdfError("too_large", f"{filename} is {size} bytes; the limit is {limits.limit_bytes} bytes")
             data = data.read_bytes()
-        result: tuple[str, Any] = ("ok", extract_pages(data, limits=limits, filename=filename))
+        result: tuple[str, Any] = ("ok", Document.of(filename, extract_pages(data, limits=limits, filename=filename)))
     except PdfError as exc:
         result = ("error", exc)
     except BaseException as exc:  # noqa: BLE001 - anything else still has to reach the parent as an answer
@@ -309,10 +314,10 @@ class PdfExecutor:
             raise ValueError("max_workers must be at least 1")
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload([__name__])
-        # Public so extract_pages_async can hold a slot while it waits; bounds CPU and memory use.
+        # Public so extract_document_async can hold a slot while it waits; bounds CPU and memory use.
         self.slots = asyncio.Semaphore(max_workers)
 
-    def run(self, data: bytes | Path, limits: PdfLimits, filename: str) -> list[str]:
+    def run(self, data: bytes | Path, limits: PdfLimits, filename: str) -> Document:
         """Blocking: extract in a child process, killing it after ``limits.timeout_extract`` seconds."""
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
@@ -343,14 +348,17 @@ class PdfExecutor:
             process.join()
             process.close()
         if status == "ok":
-            return list(payload)
+            assert isinstance(payload, Document)
+            return payload
         raise payload
 
 
-async def extract_pages_async(
+async def extract_document_async(
     data: bytes | Path, *, limits: PdfLimits, executor: PdfExecutor, filename: str = "the file"
-) -> list[str]:
-    """Extract off the event loop with a wall-time limit; raises :class:`PdfError` (reason ``timeout`` too).
+) -> Document:
+    """The pages and their index (named ``filename``), extracted off the event loop with a wall-time limit.
+
+    Raises :class:`PdfError` (reason ``timeout`` too).
 
     The semaphore bounds concurrent child processes; the waiting itself happens in a thread because
     ``Connection.poll`` blocks. If the awaiting request is cancelled, its slot is freed at once but the

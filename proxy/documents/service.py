@@ -23,8 +23,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from proxy import metrics
-from proxy.documents.assemble import Document, DocumentInputError, decode_file_data, render_documents
-from proxy.documents.pdf import PdfError, PdfExecutor, PdfLimits, extract_pages_async, sweep_orphans
+from proxy.documents.assemble import Document, DocumentInputError, PageIndex, decode_file_data, render_documents
+from proxy.documents.pdf import PdfError, PdfExecutor, PdfLimits, extract_document_async, sweep_orphans
 from proxy.edge.chat import ChatRequest, FilePart
 from proxy.errors import BadRequest, NotFound, PayloadTooLarge
 from proxy.settings import Settings
@@ -73,18 +73,18 @@ class DocumentService:
     def close(self) -> None:
         self.store.close()
 
-    async def extract(self, data: bytes | Path, filename: str) -> builtins.list[str]:
-        """Page texts of a PDF given as bytes or as a file the extraction child reads itself."""
+    async def extract(self, data: bytes | Path, filename: str) -> Document:
+        """Page texts and index of a PDF given as bytes or as a file the extraction child reads itself."""
         start = time.perf_counter()
         try:
-            pages = await extract_pages_async(data, limits=self.limits, executor=self.executor, filename=filename)
+            doc = await extract_document_async(data, limits=self.limits, executor=self.executor, filename=filename)
         except PdfError as exc:
             metrics.DOC_FAILURES.labels(exc.reason).inc()
             status = 413 if exc.reason == "too_large" else 400
             raise BadRequest(str(exc), param="file", code=f"pdf_{exc.reason}", status_code=status) from exc
         metrics.DOC_SECONDS.observe(time.perf_counter() - start)
-        metrics.DOC_PAGES.inc(len(pages))
-        return pages
+        metrics.DOC_PAGES.inc(len(doc.pages))
+        return doc
 
     async def expand(self, request: Request,
                      chat: ChatRequest) -> tuple[builtins.list[dict[str, Any]], dict[str, str]]:
@@ -131,17 +131,21 @@ class DocumentService:
     async def _load(self, owner: str, part: FilePart) -> Document:
         where = _where(part)
         if part.file_id is not None:
-            record = await run_in_threadpool(self.store.get, owner, part.file_id)
-            pages = await run_in_threadpool(self.store.pages, owner, part.file_id) if record else None
-            if record is None or pages is None:
+            found = await run_in_threadpool(self.store.document, owner, part.file_id)
+            if found is None:
                 raise NotFound(f"No such file: {part.file_id!r}", param=where, code="file_not_found")
-            return Document(record.filename, pages)
+            record, pages, index = found
+            if index is None:  # stored before indexes were: built once, now, and kept
+                doc = await run_in_threadpool(Document.of, record.filename, pages)
+                await run_in_threadpool(self.store.set_index, owner, part.file_id, doc.index.dumps())
+                return doc
+            return Document(record.filename, pages, PageIndex.loads(index))
         assert part.file_data is not None and part.filename is not None
         try:
             data = await run_in_threadpool(decode_file_data, part.file_data)
         except DocumentInputError as exc:
             raise BadRequest(f"{where}.file_data: {exc}", param=f"{where}.file_data") from exc
-        return Document(part.filename, await self.extract(data, part.filename))
+        return await self.extract(data, part.filename)
 
     def _render(self, chat: ChatRequest, docs: dict[tuple[int, int], Document],
                 dropped: set[tuple[int, int]]) -> tuple[builtins.list[dict[str, Any]], dict[str, str]]:
@@ -212,9 +216,9 @@ class DocumentService:
             if size > d.limit_bytes:
                 raise PayloadTooLarge(f"the file exceeds the {d.limit_bytes}-byte limit", param="file")
             await run_in_threadpool(self.store.check_quota, owner, size, d.limit_storage_bytes)
-            pages = await self.extract(spooled, filename)
-            record = await run_in_threadpool(self.store.add, owner, filename, purpose, spooled, pages,
-                                             quota=d.limit_storage_bytes)
+            doc = await self.extract(spooled, filename)
+            record = await run_in_threadpool(self.store.add, owner, filename, purpose, spooled, doc.pages,
+                                             index=doc.index.dumps(), quota=d.limit_storage_bytes)
             partial = None  # it is the stored file now
         except QuotaExceeded as exc:
             raise PayloadTooLarge(str(exc), param="file", code="storage_quota_exceeded") from exc

@@ -36,6 +36,9 @@ from proxy.state.database import Database, Migration, Tx
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _ID_PATTERN = re.compile(r"file-[A-Za-z0-9_-]{24}")
 
+# The pages' ranking index (proxy.documents.assemble.PageIndex), built at upload; NULL for files stored before
+# version 2, whose index is built on first use (FileStore.set_index).
+_ADD_PAGE_INDEX = "ALTER TABLE files ADD COLUMN page_index TEXT"
 _SQLITE = (Migration(1, (
     """CREATE TABLE IF NOT EXISTS files (
         id TEXT PRIMARY KEY,
@@ -45,10 +48,10 @@ _SQLITE = (Migration(1, (
         bytes INTEGER NOT NULL,
         created_at INTEGER NOT NULL,
         page_count INTEGER NOT NULL,
-        pages TEXT NOT NULL  -- JSON array of page texts; only read by FileStore.pages
+        pages TEXT NOT NULL  -- JSON array of page texts; only read by FileStore.document
     )""",
     "CREATE INDEX IF NOT EXISTS files_by_owner ON files (owner, created_at)",
-)),)
+)), Migration(2, (_ADD_PAGE_INDEX,)))
 _POSTGRES = (Migration(1, (
     """CREATE TABLE IF NOT EXISTS files (
         seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,  -- insertion order, SQLite's rowid
@@ -68,7 +71,7 @@ _POSTGRES = (Migration(1, (
         data BYTEA NOT NULL,
         PRIMARY KEY (file_id, part)
     )""",
-)),)
+)), Migration(2, (_ADD_PAGE_INDEX,)))
 _COLUMNS = "id, owner, filename, purpose, bytes, created_at, page_count"
 _CHUNK = 1 << 20
 
@@ -192,8 +195,11 @@ class FileStore:
         _check(used, size, quota)
 
     def add(self, owner: str, filename: str, purpose: str, data: bytes | Path, pages: builtins.list[str], *,
-            quota: int | None = None) -> FileRecord:
-        """Store a file given as bytes or as a partial file from :meth:`spool` (moved or copied in, then gone)."""
+            index: str | None = None, quota: int | None = None) -> FileRecord:
+        """Store a file given as bytes or as a partial file from :meth:`spool` (moved or copied in, then gone).
+
+        ``index`` is the pages' ranking index in its stored form; the store keeps it and does not read it.
+        """
         record = FileRecord(
             id=new_file_id(),
             owner=owner,
@@ -210,9 +216,9 @@ class FileStore:
             with self.db.transaction(lock=f"files:{owner}" if quota is not None else None) as tx:
                 if quota is not None:
                     _check(self._used(tx, owner), record.bytes, quota)
-                tx.execute(f"INSERT INTO files ({_COLUMNS}, pages) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                tx.execute(f"INSERT INTO files ({_COLUMNS}, pages, page_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (record.id, owner, filename, purpose, record.bytes, record.created_at,
-                            record.page_count, json.dumps(pages, ensure_ascii=False)))
+                            record.page_count, json.dumps(pages, ensure_ascii=False), index))
                 if blob is None:
                     self._put_chunks(tx, record.id, data)
         except BaseException:
@@ -278,10 +284,20 @@ class FileStore:
             rows = tx.execute(query, params)
         return [FileRecord(*row) for row in rows]
 
-    def pages(self, owner: str, file_id: str) -> builtins.list[str] | None:
+    def document(self, owner: str, file_id: str) -> tuple[FileRecord, builtins.list[str], str | None] | None:
+        """The file's record, page texts and stored index (None for a file stored before indexes were)."""
         with self.db.transaction() as tx:
-            rows = tx.execute("SELECT pages FROM files WHERE id = ? AND owner = ?", (file_id, owner))
-        return list(json.loads(rows[0][0])) if rows else None
+            rows = tx.execute(f"SELECT {_COLUMNS}, pages, page_index FROM files WHERE id = ? AND owner = ?",
+                              (file_id, owner))
+        if not rows:
+            return None
+        row = tuple(rows[0])
+        return FileRecord(*row[:-2]), list(json.loads(row[-2])), row[-1]
+
+    def set_index(self, owner: str, file_id: str, index: str) -> None:
+        """Keep the index of a file stored without one, built on its first use."""
+        with self.db.transaction() as tx:
+            tx.execute("UPDATE files SET page_index = ? WHERE id = ? AND owner = ?", (index, file_id, owner))
 
     def content(self, owner: str, file_id: str) -> bytes | None:
         """The uploaded bytes, or None when ``owner`` has no such file (or it was deleted meanwhile)."""

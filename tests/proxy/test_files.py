@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -57,22 +58,44 @@ def test_add_returns_an_openai_file_object(store: FileStore) -> None:
     assert record.page_count == 2
 
 
-def test_get_and_pages_return_what_was_added(store: FileStore) -> None:
-    record = store.add("alice", "résumé.pdf", "user_data", b"bytes", ["Привет", "東京"])
+def test_get_and_document_return_what_was_added(store: FileStore) -> None:
+    record = store.add("alice", "résumé.pdf", "user_data", b"bytes", ["Привет", "東京"], index="3 1\nx\t0:1")
     assert store.get("alice", record.id) == record
-    assert store.pages("alice", record.id) == ["Привет", "東京"]
+    assert store.document("alice", record.id) == (record, ["Привет", "東京"], "3 1\nx\t0:1")
+    assert store.document("bob", record.id) is None
+    store.set_index("alice", record.id, "1 1\ny\t0:1")
+    assert store.document("alice", record.id) == (record, ["Привет", "東京"], "1 1\ny\t0:1")
+
+
+def test_a_store_from_before_page_indexes_gains_the_column_and_keeps_its_files(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "files.db") as old:  # the table as it was before migrations and page_index
+        old.execute("CREATE TABLE files (id TEXT PRIMARY KEY, owner TEXT NOT NULL, filename TEXT NOT NULL, "
+                    "purpose TEXT NOT NULL, bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, "
+                    "page_count INTEGER NOT NULL, pages TEXT NOT NULL)")
+        old.execute("INSERT INTO files VALUES ('file-AAAAAAAAAAAAAAAAAAAAAAAA', 'alice', 'old.pdf', 'user_data', 5,"
+                    " 1, 1, '[\"old text\"]')")
+    db = SqliteDatabase(tmp_path / "files.db")
+    store = FileStore(db, blobs=tmp_path / "blobs")
+    try:
+        found = store.document("alice", "file-AAAAAAAAAAAAAAAAAAAAAAAA")
+        assert found is not None and found[1:] == (["old text"], None)
+        store.set_index("alice", "file-AAAAAAAAAAAAAAAAAAAAAAAA", "2\nold\t0:1")
+        assert store.document("alice", "file-AAAAAAAAAAAAAAAAAAAAAAAA")[2] == "2\nold\t0:1"  # type: ignore[index]
+    finally:
+        store.close()
+        db.close()
 
 
 def test_unknown_id_is_none(store: FileStore) -> None:
     assert store.get("alice", "file-doesnotexist000000000") is None
-    assert store.pages("alice", "file-doesnotexist000000000") is None
+    assert store.document("alice", "file-doesnotexist000000000") is None
     assert store.delete("alice", "file-doesnotexist000000000") is False
 
 
 def test_another_owners_file_is_invisible(store: FileStore) -> None:
     mine = store.add("alice", "a.pdf", "user_data", b"a", ["a"])
     assert store.get("bob", mine.id) is None
-    assert store.pages("bob", mine.id) is None
+    assert store.document("bob", mine.id) is None
     assert store.list("bob") == []
     assert store.delete("bob", mine.id) is False
     assert store.get("alice", mine.id) == mine
@@ -119,7 +142,7 @@ def test_files_and_text_survive_reopening(storage_url: str) -> None:
     second, db = open_store(storage_url)
     try:
         assert second.get("alice", record.id) == record
-        assert second.pages("alice", record.id) == ["kept across restarts"]
+        assert second.document("alice", record.id)[1] == ["kept across restarts"]  # type: ignore[index]
         assert second.content("alice", record.id) == b"abc"
     finally:
         second.close()

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from proxy.documents.pdf import PdfError, PdfExecutor, PdfLimits, extract_pages, extract_pages_async
+from proxy.documents.assemble import PageIndex
+from proxy.documents.pdf import PdfError, PdfExecutor, PdfLimits, extract_document_async, extract_pages
 from tests.proxy import pdfs
 
 LIMITS = PdfLimits()
@@ -149,13 +150,14 @@ def _run(coro: Any) -> Any:
 
 def test_async_extraction_returns_the_pages(executor: PdfExecutor) -> None:
     data = pdfs.pdf_with_pages(["alpha page", "beta page"])
-    pages = _run(extract_pages_async(data, limits=LIMITS, executor=executor))
-    assert [p.strip() for p in pages] == ["alpha page", "beta page"]
+    doc = _run(extract_document_async(data, limits=LIMITS, executor=executor, filename="ab.pdf"))
+    assert [p.strip() for p in doc.pages] == ["alpha page", "beta page"]
+    assert doc.name == "ab.pdf" and doc.index == PageIndex.build(doc.pages)  # built in the child
 
 
 def test_async_extraction_reports_the_child_error_reason(executor: PdfExecutor) -> None:
     with pytest.raises(PdfError) as info:
-        _run(extract_pages_async(pdfs.image_only_pdf(), limits=LIMITS, executor=executor, filename="scan.pdf"))
+        _run(extract_document_async(pdfs.image_only_pdf(), limits=LIMITS, executor=executor, filename="scan.pdf"))
     assert info.value.reason == "no_text"
     assert str(info.value).startswith("scan.pdf has no extractable text")
 
@@ -178,7 +180,7 @@ def _children_of(pid: int) -> list[int]:
 def test_timeout_kills_the_worker_and_the_executor_keeps_working(executor: PdfExecutor) -> None:
     started = time.monotonic()
     with pytest.raises(PdfError) as info:
-        _run(extract_pages_async(pdfs.slow_pdf(), limits=PdfLimits(timeout_extract=0.2), executor=executor,
+        _run(extract_document_async(pdfs.slow_pdf(), limits=PdfLimits(timeout_extract=0.2), executor=executor,
                                  filename="s.pdf"))
     # The parse alone takes seconds; returning this fast means the child was killed, not waited for.
     assert time.monotonic() - started < 1.5
@@ -187,16 +189,17 @@ def test_timeout_kills_the_worker_and_the_executor_keeps_working(executor: PdfEx
     # Extraction children are forked by the forkserver; none may be left running after the timeout.
     forkserver_pid = multiprocessing.forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
     assert forkserver_pid and _children_of(forkserver_pid) == []
-    assert _run(extract_pages_async(pdfs.pdf_with_pages(["after"]), limits=LIMITS, executor=executor)) == ["after"]
+    after = _run(extract_document_async(pdfs.pdf_with_pages(["after"]), limits=LIMITS, executor=executor))
+    assert after.pages == ["after"]
 
 
 def test_concurrent_extractions_all_complete(executor: PdfExecutor) -> None:
     docs = [pdfs.pdf_with_pages([f"document {n}"]) for n in range(5)]
 
     async def all_of_them() -> list[list[str]]:
-        return await asyncio.gather(*(extract_pages_async(d, limits=LIMITS, executor=executor) for d in docs))
+        return await asyncio.gather(*(extract_document_async(d, limits=LIMITS, executor=executor) for d in docs))
 
-    assert [pages[0].strip() for pages in _run(all_of_them())] == [f"document {n}" for n in range(5)]
+    assert [doc.pages[0].strip() for doc in _run(all_of_them())] == [f"document {n}" for n in range(5)]
 
 
 def test_executor_needs_at_least_one_worker() -> None:
