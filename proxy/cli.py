@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import ipaddress
 import json
 import logging
@@ -30,6 +31,8 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2  # also click's usage-error code: the command line or config is wrong
 EXIT_MODEL = 3  # the router model could not be loaded
 EXIT_INPUT = 4  # bad input data for score / calibrate
+# Seconds a server may take, past server.timeout_shutdown, to close its stores and exit before it exits by force.
+SHUTDOWN_SLACK = 10
 
 
 def _load(config: str | None) -> Settings:
@@ -123,6 +126,34 @@ def public_url(host: str, port: int) -> str:
     return f"http://{_url_host(host)}:{port}/v1"
 
 
+def bounded_server(config: Any, within: float) -> Any:
+    """uvicorn's Server, which exits by force ``within`` seconds after the first SIGTERM or SIGINT.
+
+    uvicorn bounds the wait for requests (``timeout_graceful_shutdown``) but not what follows: the
+    lifespan's shutdown, threads still running (asyncio joins its thread pool without a limit) and the
+    interpreter's exit. An orchestrator that is kept waiting sends SIGKILL; exiting by ourselves first says why.
+    """
+    import uvicorn
+
+    class BoundedServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:  # the first signal starts the clock
+                timer = threading.Timer(within, _exit_now, args=(within,))
+                timer.daemon = True
+                timer.start()
+            super().handle_exit(sig, frame)
+
+    return BoundedServer(config)
+
+
+def _exit_now(within: float) -> None:
+    log.error("route-llm: still shutting down %.0f s after the signal (server.timeout_shutdown + %d s); exiting now",
+              within, SHUTDOWN_SLACK)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(EXIT_FAILURE)
+
+
 def announce_when_ready(host: str, port: int, started: float) -> threading.Thread:
     """Log "ready" with the URL once ``/health/ready`` answers 200 on the listening socket.
 
@@ -169,7 +200,11 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
 
         config = uvicorn_config(create_app(settings, router=router), settings, host=host, port=port,
                                 log_level="warning", log_config=_log_config(), access_log=False)
-        uvicorn.Server(config).run()
+        bounded_server(config, settings.server.timeout_shutdown + SHUTDOWN_SLACK).run()
+        # What is left is the interpreter's own exit, whose final garbage collection walks every object the
+        # server ever made: seconds on a busy machine, a minute after a day of traffic. The OS frees it all
+        # anyway, so the collector is told to leave the heap alone.
+        gc.freeze()
         return
     _check_model_in_subprocess(settings.router.model_dir)
     # Workers rebuild the app from the config file (uvicorn needs an import string); the socket is ours.

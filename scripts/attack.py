@@ -72,6 +72,7 @@ from tests.proxy.pdfs import pdf_with_pages, slow_pdf  # noqa: E402  (small PDFs
 from tests.standin import Fault, StandInServer, free_port  # noqa: E402
 
 ATTACKER, NORMAL = "sk-attacker", "sk-normal"
+SHUTDOWN, SIGKILL = "8 streams of ~9 s, then SIGTERM", "SIGKILL during 2 PDF extractions"
 CONFIG: dict[str, Any] = {
     "server": {"api_keys": [ATTACKER, NORMAL], "timeout_shutdown": 3},
     "documents": {"limit_storage_bytes": 10_000_000},
@@ -409,7 +410,7 @@ def streams_at_shutdown(server: Server, standin: StandInServer) -> Row:
     logged = sum(1 for line in server.log.read_text().splitlines()
                  if line.startswith('{"request_id"') and json.loads(line)["status"] == "shutdown")
     endings = ", ".join(f"{n}× {what}" for what, n in Counter(results).most_common())
-    return Row("8 streams of ~9 s, then SIGTERM", "server.timeout_shutdown 3 s",
+    return Row(SHUTDOWN, "server.timeout_shutdown 3 s",
                f"{endings}; {logged} logged as \"shutdown\"")
 
 
@@ -450,7 +451,7 @@ def children_after_sigkill(work: Path, standin: StandInServer) -> Row:
     left = alive()
     for t in threads:
         t.join(timeout=30)
-    return Row("SIGKILL during 2 PDF extractions", "children exit with the server",
+    return Row(SIGKILL, "children exit with the server",
                f"{running} running before, {left} left 3 s after")
 
 
@@ -470,6 +471,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--uploads", type=int, default=24, help="concurrent big uploads (default 24)")
     parser.add_argument("--upload-mb", type=int, default=24, help="size of each big upload in MB (default 24)")
+    parser.add_argument("--only", action="append", default=[], metavar="WORDS",
+                        help="run only the attacks whose description contains WORDS (repeatable); the baseline "
+                             "always runs")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="route-llm-attack-"))
     standin = StandInServer().start()
@@ -499,15 +503,21 @@ def main() -> int:
          lambda: big_uploads(server, args.uploads, args.upload_mb)),
         ("uploads of a 2 MB PDF until refused", "documents.limit_storage_bytes 10 MB", lambda: storage_quota(server)),
     ]
+    def chosen(attack: str) -> bool:
+        return not args.only or attack == plans[0][0] or any(words in attack for words in args.only)
+
     rows: list[Row] = []
     load = os.getloadavg()[0]
     try:
         for attack, limit, run in plans:
-            rows.append(_guarded(attack, limit, functools.partial(measure, server, attack, limit, run)))
-        rows.append(_guarded("8 streams of ~9 s, then SIGTERM", "server.timeout_shutdown 3 s",
-                             lambda: streams_at_shutdown(server, standin)))
-        rows.append(_guarded("SIGKILL during 2 PDF extractions", "children exit with the server",
-                             lambda: children_after_sigkill(work, standin)))
+            if chosen(attack):
+                rows.append(_guarded(attack, limit, functools.partial(measure, server, attack, limit, run)))
+        if chosen(SHUTDOWN):
+            rows.append(_guarded(SHUTDOWN, "server.timeout_shutdown 3 s",
+                                 lambda: streams_at_shutdown(server, standin)))
+        if chosen(SIGKILL):
+            rows.append(_guarded(SIGKILL, "children exit with the server",
+                                 lambda: children_after_sigkill(work, standin)))
     finally:
         server.stop()
         standin.stop()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import tempfile
 import time
 from collections import Counter
@@ -43,6 +44,8 @@ MEMORY_BODY_BYTES = 1 << 20  # beyond this a body waits on disk
 CHUNK = 64 * 1024
 UPLOAD_OVERHEAD = 64 * 1024  # multipart framing and the `purpose` field around an uploaded file
 _BODYLESS = {"GET", "HEAD", "DELETE", "OPTIONS"}
+
+log = logging.getLogger("route_llm")
 
 
 def owner_of(key: str | None) -> str:
@@ -332,10 +335,18 @@ class GuardMiddleware:
             if not started:
                 await error_response(Overloaded("the proxy is shutting down; retry", code="shutting_down",
                                                 headers={"retry-after": "1"}))(scope, receive, send)
+                what = "answered 503 shutting_down"
             elif life.ending and not finished and not life.disconnected:
                 await send({"type": "http.response.body", "body": life.ending, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-            raise
+                what = "ended its stream with a shutting_down error event"
+            else:
+                what = "closed its response"
+            # The request is answered: ending here, rather than re-raising, spares the log uvicorn's
+            # "Exception in ASGI application" and a traceback per request, for what is an orderly stop.
+            # Nothing awaits this task (uvicorn only cancels it), so no caller misses the cancellation.
+            log.warning("%s %s: cut at the shutdown deadline (server.timeout_shutdown), %s", scope["method"],
+                        scope["path"], what)
 
     @staticmethod
     async def _refuse(error: ProxyError, scope: Scope, receive: Receive, send: Send, *, close: bool = False) -> None:

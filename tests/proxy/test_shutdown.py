@@ -153,6 +153,8 @@ def test_requests_past_the_shutdown_deadline_get_a_503_and_the_process_still_exi
     r = results["r"]
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert r.json()["error"]["code"] == "shutting_down"
+    assert "POST /v1/chat/completions: cut at the shutdown deadline" in log.read_text()
+    assert "Traceback" not in log.read_text() and "Exception in ASGI" not in log.read_text()
 
 
 def _corrupt_model(tmp_path: Path) -> Path:

@@ -68,6 +68,9 @@ def test_streams_at_the_shutdown_deadline_end_with_an_error_event_and_done(tmp_p
         assert json.loads(events[0][len("data: "):])["object"] == "chat.completion.chunk"
     access = [json.loads(line) for line in log.read_text().splitlines() if line.startswith('{"request_id"')]
     assert [a["status"] for a in access] == ["shutdown"] * 3, log.read_text()
+    # One plain line per stream cut, not uvicorn's "Exception in ASGI application" with a traceback.
+    assert log.read_text().count("cut at the shutdown deadline") == 3, log.read_text()
+    assert "Traceback" not in log.read_text() and "Exception in ASGI" not in log.read_text()
 
 
 def _requests(status: str) -> float:
