@@ -35,6 +35,7 @@ from pypdf import Configuration, PasswordType, PdfReader, apply_configuration
 from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError
 
 from proxy.documents.assemble import Document
+from proxy.documents.slots import FairSlots
 
 PdfErrorReason = Literal[
     "not_pdf", "too_large", "truncated", "corrupt", "encrypted", "too_many_pages", "bomb", "no_text", "timeout"
@@ -314,8 +315,9 @@ class PdfExecutor:
             raise ValueError("max_workers must be at least 1")
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload([__name__])
-        # Public so extract_document_async can hold a slot while it waits; bounds CPU and memory use.
-        self.slots = asyncio.Semaphore(max_workers)
+        # Public so extract_document_async can hold a slot while it waits; bounds CPU and memory use, and
+        # shares the children fairly between keys (one key's pile of slow PDFs delays another's by one slot).
+        self.slots = FairSlots(max_workers)
 
     def run(self, data: bytes | Path, limits: PdfLimits, filename: str) -> Document:
         """Blocking: extract in a child process, killing it after ``limits.timeout_extract`` seconds."""
@@ -354,15 +356,16 @@ class PdfExecutor:
 
 
 async def extract_document_async(
-    data: bytes | Path, *, limits: PdfLimits, executor: PdfExecutor, filename: str = "the file"
+    data: bytes | Path, *, limits: PdfLimits, executor: PdfExecutor, filename: str = "the file", who: str = ""
 ) -> Document:
     """The pages and their index (named ``filename``), extracted off the event loop with a wall-time limit.
 
     Raises :class:`PdfError` (reason ``timeout`` too).
 
-    The semaphore bounds concurrent child processes; the waiting itself happens in a thread because
+    The slots bound concurrent child processes, shared fairly between parties (``who``: the key's owner id,
+    or the client's address); the waiting itself happens in a thread because
     ``Connection.poll`` blocks. If the awaiting request is cancelled, its slot is freed at once but the
     thread still finishes (or times out and kills the child), so no child outlives ``timeout_extract``.
     """
-    async with executor.slots:
+    async with executor.slots.hold(who):
         return await asyncio.to_thread(executor.run, data, limits, filename)

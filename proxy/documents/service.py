@@ -7,7 +7,6 @@ Inline ``file_data`` parts are extracted per request under the same limits.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import copy
 import hashlib
@@ -25,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 from proxy import metrics
 from proxy.documents.assemble import Document, DocumentInputError, PageIndex, decode_file_data, render_documents
 from proxy.documents.pdf import PdfError, PdfExecutor, PdfLimits, extract_document_async, sweep_orphans
+from proxy.documents.slots import FairSlots
 from proxy.edge.chat import ChatRequest, FilePart
 from proxy.errors import BadRequest, NotFound, PayloadTooLarge
 from proxy.settings import Settings
@@ -64,20 +64,24 @@ class DocumentService:
                                 timeout_extract=d.timeout_extract)
         self.store = store
         self.executor = PdfExecutor(max_workers=2)
-        # Ranking is pure Python: in a thread it leaves the event loop free, but several at once hold the GIL
-        # in turn and every other request waits its share, and each holds its documents' pages in memory.
-        # One request's documents at a time keeps the loop's share large and the memory of one request.
-        self._render_slot = asyncio.Semaphore(1)
+        # Loading and ranking hold a request's documents in memory (and ranking the GIL, for milliseconds now
+        # that pages are indexed at upload): one request's documents at a time, taken in turn by keys, bounds
+        # both to one request's worth.
+        self._render_slot = FairSlots(1)
         sweep_orphans()  # extraction children of a server that was killed
 
     def close(self) -> None:
         self.store.close()
 
-    async def extract(self, data: bytes | Path, filename: str) -> Document:
-        """Page texts and index of a PDF given as bytes or as a file the extraction child reads itself."""
+    async def extract(self, data: bytes | Path, filename: str, party: str) -> Document:
+        """Page texts and index of a PDF given as bytes or as a file the extraction child reads itself.
+
+        ``party`` (the guard's fairness key) takes its turn for an extraction slot with the other parties.
+        """
         start = time.perf_counter()
         try:
-            doc = await extract_document_async(data, limits=self.limits, executor=self.executor, filename=filename)
+            doc = await extract_document_async(data, limits=self.limits, executor=self.executor, filename=filename,
+                                               who=party)
         except PdfError as exc:
             metrics.DOC_FAILURES.labels(exc.reason).inc()
             status = 413 if exc.reason == "too_large" else 400
@@ -112,13 +116,14 @@ class DocumentService:
                              f"most {d.limit_inline_per_request} per request: upload them with POST /v1/files and "
                              "refer to them by file_id", param=_where(inline[-1]), code="too_many_inline_documents")
         owner: str = request.state.owner
-        extracted = {id(p): await self._load(owner, p) for p in inline}  # in child processes, own slots
+        party: str = request.state.party
+        extracted = {id(p): await self._load(owner, party, p) for p in inline}  # in child processes, own slots
         # Stored pages are loaded inside the slot too, so that waiting requests do not hold them in memory.
-        async with self._render_slot:
+        async with self._render_slot.hold(party):
             docs: dict[tuple[int, int], Document] = {}
             total = 0
             for part in parts:
-                doc = extracted.get(id(part)) or await self._load(owner, part)
+                doc = extracted.get(id(part)) or await self._load(owner, party, part)
                 total += sum(map(len, doc.pages))
                 if d.limit_request_chars is not None and total > d.limit_request_chars:
                     raise PayloadTooLarge(f"the documents of this request hold more than {d.limit_request_chars} "
@@ -128,7 +133,7 @@ class DocumentService:
             dropped = {(p.message_index, p.part_index) for p in chat.files} - set(docs)
             return await run_in_threadpool(self._render, chat, docs, dropped)
 
-    async def _load(self, owner: str, part: FilePart) -> Document:
+    async def _load(self, owner: str, party: str, part: FilePart) -> Document:
         where = _where(part)
         if part.file_id is not None:
             found = await run_in_threadpool(self.store.document, owner, part.file_id)
@@ -145,7 +150,7 @@ class DocumentService:
             data = await run_in_threadpool(decode_file_data, part.file_data)
         except DocumentInputError as exc:
             raise BadRequest(f"{where}.file_data: {exc}", param=f"{where}.file_data") from exc
-        return await self.extract(data, part.filename)
+        return await self.extract(data, part.filename, party)
 
     def _render(self, chat: ChatRequest, docs: dict[tuple[int, int], Document],
                 dropped: set[tuple[int, int]]) -> tuple[builtins.list[dict[str, Any]], dict[str, str]]:
@@ -216,7 +221,7 @@ class DocumentService:
             if size > d.limit_bytes:
                 raise PayloadTooLarge(f"the file exceeds the {d.limit_bytes}-byte limit", param="file")
             await run_in_threadpool(self.store.check_quota, owner, size, d.limit_storage_bytes)
-            doc = await self.extract(spooled, filename)
+            doc = await self.extract(spooled, filename, request.state.party)
             record = await run_in_threadpool(self.store.add, owner, filename, purpose, spooled, doc.pages,
                                              index=doc.index.dumps(), quota=d.limit_storage_bytes)
             partial = None  # it is the stored file now

@@ -288,6 +288,7 @@ class GuardMiddleware:
             return
         client = scope.get("client")
         who = key if key is not None else f"addr:{client[0] if client else ''}"
+        state["party"] = state["owner"] or who  # the fairness key handlers share work by, never the key itself
         body: _Body | None = None
         try:
             if self._has_body(scope):
