@@ -31,6 +31,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 @dataclass
@@ -221,11 +222,22 @@ def build_app(state: StandIn) -> Starlette:
 
 
 async def _reset_handler(request: Request, exc: Exception) -> Response:
-    # Abort the transport so the client sees a dropped connection, as with a crashed upstream.
-    transport = request.scope.get("transport")
-    if transport is not None:
-        transport.abort()
-    raise ConnectionResetError("stand-in dropped the connection")
+    """Drop the connection with no answer, as a crashed upstream does (the client sees a reset).
+
+    An exception raised from here instead would become a complete 500 and a connection closed only after
+    it: a client may have put the connection back in its pool by then, and whether its next request (a
+    retry) meets the closed connection is a race. That made a test of retries pass or fail by timing.
+    """
+    request.scope["transport"].abort()
+    return Response(status_code=500)  # written to an aborted transport: nothing is sent
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's protocol with each request's transport in its scope, for the "reset" fault."""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["transport"] = self.transport  # type: ignore[typeddict-unknown-key]
 
 
 async def _sse(state: StandIn, model: str, parts: list[dict[str, Any]], usage: dict[str, int], midstream: bool,
@@ -271,7 +283,7 @@ class StandInServer:
         self.state = StandIn()
         self.port = port or free_port()
         config = uvicorn.Config(build_app(self.state), host="127.0.0.1", port=self.port, log_level="error",
-                                lifespan="off")
+                                lifespan="off", http=_Protocol)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
@@ -306,7 +318,7 @@ def main() -> None:
 def serve(*, host: str = "127.0.0.1", port: int = 8765, fault_rate: float = 0.0, fault_mix: bool = False) -> None:
     """Run the stand-in in the foreground (``route-llm standin``, ``python tests/standin.py``)."""
     state = StandIn(fault_rate=fault_rate, fault_mix=fault_mix)
-    uvicorn.run(build_app(state), host=host, port=port, log_level="warning", lifespan="off")
+    uvicorn.run(build_app(state), host=host, port=port, log_level="warning", lifespan="off", http=_Protocol)
 
 
 if __name__ == "__main__":

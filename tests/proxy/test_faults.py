@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -43,6 +44,15 @@ def test_connection_reset_is_retried(proxy: RunningProxy, standin: StandInServer
     out = proxy.client().chat.completions.create(model="gemini-1.5-flash", messages=MSG)
     assert out.model == "gemini-1.5-flash"
     assert len(standin.state.requests) == 2
+
+
+def test_the_standins_reset_drops_the_connection_without_an_answer(standin: StandInServer) -> None:
+    # Not a 500 followed by a close: a client could pool that connection before the close arrived, and the
+    # test above would then pass or fail by timing.
+    standin.state.faults.append(Fault("reset"))
+    with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+        httpx.post(f"{standin.base_url}/v1beta/models/gemini-1.5-flash:generateContent",
+                   json={"contents": [{"parts": [{"text": "hi"}]}]}, timeout=30)
 
 
 def test_all_upstreams_down_returns_openai_error_quickly(proxy: RunningProxy, standin: StandInServer) -> None:
