@@ -6,9 +6,11 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from proxy.edge.jsonbody import check_json
+from proxy.edge.jsonbody import check_json, too_deep
 from proxy.errors import BadRequest
 from tests.conftest import RunningProxy
 from tests.standin import StandInServer
@@ -110,3 +112,33 @@ def test_check_is_iterative_so_extreme_depth_cannot_overflow_it() -> None:
         check_json(value, limit_depth=64)
     assert info.value.code == "nesting_too_deep"
     check_json(value, limit_depth=None)  # unlimited: walks all of it without a RecursionError
+
+
+def test_a_body_nested_past_the_json_decoders_own_limit_is_too_deep_not_unparseable(
+        proxy: RunningProxy, standin: StandInServer) -> None:
+    raw = '{"model": "gemini-1.5-flash", "messages": [{"role": "user", "content": "hi"}], "metadata": ' + \
+        '{"a": ' * 5000 + "1" + "}" * 5000 + "}"
+    r = proxy.http().post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "nesting_too_deep", r.text
+    assert standin.state.requests == []
+    assert proxy.client().models.list().data  # and the server serves on
+
+
+_json_values = st.recursive(
+    st.none() | st.integers() | st.text(st.sampled_from('ab{}[]"\\:,')),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(st.sampled_from('k{["\\'), max_size=3),
+                                                                inner, max_size=3),
+    max_leaves=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_json_values, limit=st.integers(1, 8), indent=st.sampled_from([None, 1]))
+def test_the_raw_byte_depth_check_agrees_with_the_walk(value: Any, limit: int, indent: int | None) -> None:
+    raw = json.dumps(value, indent=indent).encode()  # strings full of brackets, quotes and backslashes
+    walked = False
+    if isinstance(value, (dict, list)):
+        try:
+            check_json(value, limit_depth=limit)
+        except BadRequest:
+            walked = True
+    assert too_deep(raw, limit) == walked
