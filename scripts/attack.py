@@ -247,6 +247,12 @@ def idle_for(seconds: float) -> Callable[[], str]:
     return run
 
 
+def plain_chats(server: Server) -> str:
+    """The reference for the document rows: the same four clients asking without a document."""
+    with server.client(ATTACKER) as http:
+        return statuses(repeat(8, 4, lambda: chat(http, "the revenue?")))
+
+
 def file_id_repeats(server: Server, big: bytes) -> Callable[[], str]:
     with server.client(ATTACKER) as http:
         file_id = http.post("/v1/files", files={"file": ("big.pdf", big)}, data={"purpose": "user_data"}).json()["id"]
@@ -487,6 +493,7 @@ def main() -> int:
     idle = rss_mib(server.proc.pid)
     plans: list[tuple[str, str, Callable[[], str]]] = [
         ("no attack (baseline)", "-", idle_for(5)),
+        ("reference: plain short chats, no document, 4 clients, 8 s", "-", lambda: plain_chats(server)),
         ("same file_id ×200 per chat, 4 clients, 8 s", "duplicates resolved once", file_id_repeats(server, big)),
         ("21 distinct file_ids per chat, 4 clients, 4 s", "documents.limit_documents_per_request 20",
          distinct_files(server)),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -93,3 +96,26 @@ def test_too_much_document_text_per_request_is_a_413(make_proxy: Any, standin: S
     error = _error(info.value)
     assert error["code"] == "documents_too_large" and error["param"] == "messages[0].content[1].file"
     assert len(standin.state.requests) == 1
+
+
+def test_a_file_stored_before_page_indexes_is_indexed_on_first_use_and_ranked(make_proxy: Any, tmp_path: Path,
+                                                                              standin: StandInServer) -> None:
+    store = tmp_path / "old-store"
+    store.mkdir()
+    pages = ["Minutes of the meeting. " * 20, "The kiwifruit export quota rose to 40 tonnes. " * 4,
+             "Closing remarks and thanks. " * 20]
+    with sqlite3.connect(store / "files.db") as db:  # the schema before page_index existed
+        db.execute("CREATE TABLE files (id TEXT PRIMARY KEY, owner TEXT NOT NULL, filename TEXT NOT NULL, "
+                   "purpose TEXT NOT NULL, bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, "
+                   "page_count INTEGER NOT NULL, pages TEXT NOT NULL)")
+        db.execute("INSERT INTO files VALUES (?, '', 'old.pdf', 'user_data', 10, 1, 3, ?)",
+                   ("file-OLDOLDOLDOLDOLDOLDOLDOLDO", json.dumps(pages)))
+    proxy = make_proxy(documents={"storage_dir": str(store), "budget_chars": 150})
+    raw = _chat(proxy, [file_part_by_id("file-OLDOLDOLDOLDOLDOLDOLDOLDO"),
+                        {"type": "text", "text": "What was the kiwifruit quota?"}])
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-route-llm-document-pages"] == "old.pdf:2"  # ranked: the page with the question's words
+    assert "kiwifruit export quota" in sent_text(standin)
+    with sqlite3.connect(store / "files.db") as db:
+        [(index,)] = db.execute("SELECT page_index FROM files").fetchall()
+    assert index is not None and "\nkiwifruit\t1:4" in index  # built once and kept
