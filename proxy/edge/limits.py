@@ -35,6 +35,7 @@ from typing import Any
 
 from proxy import metrics
 from proxy.settings import LIMITS_DB_ENV, FailureMode, redact
+from proxy.state.database import connect_sqlite
 
 log = logging.getLogger("route_llm")
 
@@ -78,8 +79,7 @@ class SqliteWindow:
     def __init__(self, limit: int, path: Path) -> None:
         self.limit = limit
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=10, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect_sqlite(path, timeout=10)
         self._db.execute("PRAGMA synchronous=OFF")  # a lost count after a power cut is harmless
         self._db.execute("CREATE TABLE IF NOT EXISTS hits (who TEXT NOT NULL, at REAL NOT NULL)")
         self._db.execute("CREATE INDEX IF NOT EXISTS hits_by_who ON hits (who, at)")

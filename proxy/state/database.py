@@ -19,6 +19,7 @@ import contextlib
 import re
 import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -98,6 +99,31 @@ class _SqliteTx:
         self.rowcount = self._db.executemany(sql, [tuple(r) for r in rows]).rowcount
 
 
+def connect_sqlite(path: Path | str, *, timeout: float) -> sqlite3.Connection:
+    """A WAL-mode connection to ``path`` shared across threads (callers serialise it), for any process.
+
+    Switching a new file to WAL takes an exclusive lock, and SQLite answers "database is locked" to a second
+    connection doing the same at that moment without calling its busy handler (seen with replicas or workers
+    starting together). The switch is therefore retried, with short sleeps, until ``timeout``.
+    """
+    db = sqlite3.connect(path, timeout=timeout, check_same_thread=False, isolation_level=None)
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return db
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                db.close()
+                raise
+            if time.monotonic() + pause > deadline:
+                db.close()
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+
 class SqliteDatabase(Database):
     """One SQLite file. One connection, serialised by a lock (the stores' queries take microseconds, and
     SQLite serialises writers anyway); WAL and a busy timeout let the workers of ``--workers N`` share it."""
@@ -111,8 +137,7 @@ class SqliteDatabase(Database):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         # check_same_thread=False: the lock, not the thread, guarantees one user at a time.
-        self._db = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect_sqlite(self.path, timeout=timeout)
         self._db.execute("PRAGMA synchronous=NORMAL")
 
     def pragma(self, statement: str) -> list[tuple[Any, ...]]:
