@@ -256,7 +256,7 @@ def finetune(
         layers=layers,
     )
 
-    tmp = stage_dir(tuned_dir, head, out)
+    tmp = stage_dir(tuned_dir, head, out.with_name(out.name + ".tmp"))
     meta = encoder.encoder_meta(
         names, max_length=config.max_length, head_fraction=config.head_fraction, pad_token_id=pad_id
     )

@@ -49,9 +49,9 @@ def mixture_quantiles(rows: list[data.Row], scores: np.ndarray) -> list[list[flo
     return [[round(level, 2), round(float(value), 6)] for level, value in zip(QUANTILE_LEVELS, points)]
 
 
-def stage_dir(encoder_dir: Path, head: Head, out: Path) -> Path:
-    """A fresh ``<out>.tmp`` holding the encoder, its tokenizer and the head; router.json is written after."""
-    tmp = out.with_name(out.name + ".tmp")
+def stage_dir(encoder_dir: Path, head: Head, tmp: Path) -> Path:
+    """A fresh staging directory ``tmp`` holding the encoder, its tokenizer and the head; router.json is written
+    after, and the caller renames it into place (:func:`replace_dir`)."""
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -144,7 +144,7 @@ def train(
     }
     log.info("validation per source (APGR):\n%s", evaluate.table(results))
 
-    tmp = stage_dir(encoder_dir, fitted, out)
+    tmp = stage_dir(encoder_dir, fitted, out.with_name(out.name + ".tmp"))
     created = datetime.now(timezone.utc)
     digest = hashlib.sha256((tmp / MODEL_FILE).read_bytes() + (tmp / "head.npz").read_bytes()).hexdigest()
     meta = encoder.encoder_meta(

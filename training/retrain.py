@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import random
-import shutil
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,12 +47,12 @@ from typing import Any
 
 import numpy as np
 
-from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE, Router
+from router.classifier import META_FILE, MODEL_FILE, Router
 from router.head import Head, gelu
 from router.lexical import Lexical, tfidf
 from training import data, encoder, evaluate
 from training.metrics import auroc, routing_curve
-from training.pipeline import mixture_quantiles, sigmoid
+from training.pipeline import mixture_quantiles, sigmoid, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -331,13 +330,8 @@ def retrain(data_dir: Path, feedback_paths: list[Path], *, current_dir: str | Pa
     sampled = base_train + base_val
     sample_scores = sigmoid(candidate.logits(np.concatenate([c_base, c_val]), texts(sampled)))
     created = datetime.now(timezone.utc)
-    tmp = out_dir / f".retrain-{created:%Y%m%d%H%M%S}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    shutil.copy(encoder_dir / MODEL_FILE, tmp / MODEL_FILE)
-    shutil.copy(directory / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
-    candidate.save(tmp / "head.npz")
+    # the encoder directory carries the current model's tokenizer (--full's export copies it there)
+    tmp = stage_dir(encoder_dir, candidate, out_dir / f".retrain-{created:%Y%m%d%H%M%S}.tmp")
     digest = hashlib.sha256((tmp / MODEL_FILE).read_bytes() + (tmp / "head.npz").read_bytes()).hexdigest()[:8]
     parent = str(meta.get("version", "model")).split("+", 1)[0]
     version = f"{parent}+{'ft' if config.full else 'fb'}{created:%Y%m%d%H%M}-{digest}"
