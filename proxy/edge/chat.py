@@ -120,14 +120,20 @@ def _check_content(i: int, msg: dict[str, Any], files: list[FilePart]) -> int:
     return size
 
 
-def parse_chat_request(body: Any, *, limit_messages: int | None, limit_content_chars: int | None) -> ChatRequest:
+def check_top_level(body: Any, known: frozenset[str] | set[str]) -> dict[str, Any]:
+    """The checks every OpenAI-style body gets first: a JSON object, only known arguments, a model named."""
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
-    unknown = sorted(set(body) - KNOWN)
+    unknown = sorted(set(body) - known)
     if unknown:
         raise BadRequest(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
     if "model" not in body:
         raise BadRequest("you must provide a model parameter", param="model")
+    return body
+
+
+def parse_chat_request(body: Any, *, limit_messages: int | None, limit_content_chars: int | None) -> ChatRequest:
+    body = check_top_level(body, KNOWN)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("`messages` must be a non-empty list of message objects", param="messages")

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.edge.chat import ChatRequest, parse_chat_request
+from proxy.edge.chat import ChatRequest, check_top_level, parse_chat_request
 from proxy.edge.routes import ChatHandler, StreamFormat
 from proxy.errors import BadRequest, ProxyError
 from proxy.upstream.params import integer, of_type, one_of
@@ -231,13 +231,7 @@ def _text(text: Any, params: dict[str, Any]) -> None:
 
 def parse_responses_request(body: Any, *, limit_messages: int | None,
                             limit_content_chars: int | None) -> ResponsesRequest:
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    unknown = sorted(set(body) - KNOWN)
-    if unknown:
-        raise BadRequest(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
-    if "model" not in body:
-        raise BadRequest("you must provide a model parameter", param="model")
+    body = check_top_level(body, KNOWN)
     for key, why in STATEFUL.items():
         if body.get(key) not in (None, False):
             raise BadRequest(why, param=key, code="unsupported_parameter")
