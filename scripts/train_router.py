@@ -63,6 +63,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--finetune", action="store_true", help="train the encoder too (the shipped model; ~1 h on 2 cores)")
     p.add_argument("--ft-epochs", type=float, default=FinetuneConfig().epochs)
     p.add_argument("--ft-hidden", type=int, default=FinetuneConfig().hidden)
+    p.add_argument(
+        "--ft-mmlu-limit", type=int, default=FinetuneConfig().mmlu_limit, help="fine-tuning: MMLU rows kept (0: all)"
+    )
+    p.add_argument(
+        "--everyday",
+        type=float,
+        default=defaults_t.everyday,
+        help="weight of the everyday contrast (AlpacaEval low, Arena-Hard high); 0 leaves it out",
+    )
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     handlers: list[logging.Handler] = [logging.StreamHandler()]
@@ -76,9 +85,13 @@ def main(argv: list[str] | None = None) -> None:
             args.out,
             args.work_dir,
             config=FinetuneConfig(
-                max_length=args.max_length, epochs=args.ft_epochs, hidden=args.ft_hidden, threads=args.threads
+                max_length=args.max_length,
+                epochs=args.ft_epochs,
+                hidden=args.ft_hidden,
+                mmlu_limit=args.ft_mmlu_limit,
+                threads=args.threads,
             ),
-            targets=TargetConfig(soft=args.soft),
+            targets=TargetConfig(soft=args.soft, everyday=args.everyday),
             extra=args.extra,
         )
         return
@@ -86,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         args.data_dir,
         args.out,
         args.work_dir,
-        targets=TargetConfig(soft=args.soft),
+        targets=TargetConfig(soft=args.soft, everyday=args.everyday),
         head=(
             JointConfig(c=args.c, dense_scale=args.dense_scale)
             if args.head == "joint"

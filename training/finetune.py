@@ -52,17 +52,23 @@ class FinetuneConfig:
     freeze_layers: int = 2
     hidden: int = 0
     math_limit: int = 1500
+    mmlu_limit: int = 0
     seed: int = 13
     threads: int = 2
 
 
 def _select(rows: list[data.Row], config: FinetuneConfig) -> list[data.Row]:
-    """Training rows: the training part of every source, with MATH capped (it is large and only a level)."""
+    """Training rows: the training part of every source, with MATH capped (it is large and only a level) and MMLU
+    capped when ``mmlu_limit`` is set (it is most of the data, and the per-source weights make its extra rows cost
+    time rather than add weight)."""
     rng = random.Random(config.seed)
-    math_rows = [r for r in rows if not r.val and r.source == "math"]
-    rng.shuffle(math_rows)
-    keep = {id(r) for r in math_rows[: config.math_limit]}
-    return [r for r in rows if not r.val and (r.source != "math" or id(r) in keep)]
+    caps = {"math": config.math_limit, **({"mmlu": config.mmlu_limit} if config.mmlu_limit else {})}
+    keep: set[int] = set()
+    for name, cap in caps.items():
+        pool = [r for r in rows if not r.val and r.source == name]
+        rng.shuffle(pool)
+        keep |= {id(r) for r in pool[:cap]}
+    return [r for r in rows if not r.val and (r.source not in caps or id(r) in keep)]
 
 
 def trainable_body(bert: Any, freeze_layers: int) -> list[Any]:
@@ -136,6 +142,17 @@ def finetune(
     feat_scale = train_feats.std(axis=0) + 1e-6
     target, weight = data.targets(train_rows, targets)
     groups = np.array([data.INTERCEPT_GROUP.get(r.source, data.N_GROUPS - 1) for r in train_rows])
+    # The everyday contrast (AlpacaEval instructions low, Arena-Hard prompts high, in a group of their own) is
+    # added as extra rows exactly as the head-only training does, so the encoder learns it too.
+    extra_index, extra_target, extra_weight = data.everyday_contrast(
+        train_rows, targets, np.ones(len(train_rows), bool)
+    )
+    if len(extra_index):
+        train_ids += [train_ids[i] for i in extra_index]
+        train_feats = np.concatenate([train_feats, train_feats[extra_index]])
+        target = np.concatenate([target, extra_target])
+        weight = np.concatenate([weight, extra_weight])
+        groups = np.concatenate([groups, np.full(len(extra_index), data.N_GROUPS - 1)])
 
     class RouterNet(torch.nn.Module):
         def __init__(self) -> None:
@@ -172,7 +189,7 @@ def finetune(
             {"params": [*net.head.parameters(), net.group_bias], "lr": config.head_lr, "weight_decay": 0.01},
         ]
     )
-    steps = int(math.ceil(len(train_rows) / config.batch_size) * config.epochs)
+    steps = int(math.ceil(len(train_ids) / config.batch_size) * config.epochs)
     schedule = get_linear_schedule_with_warmup(optimiser, int(config.warmup * steps), steps)  # type: ignore[no-untyped-call]
 
     def batch_tensors(index: list[int], ids: list[list[int]], feats: np.ndarray) -> tuple[Any, Any, Any]:

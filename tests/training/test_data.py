@@ -169,3 +169,21 @@ def test_training_subset_caps_sources_but_keeps_every_validation_row(data_dir: P
     assert chosen == sorted(chosen)
     assert sum(1 for i in chosen if rows[i].source == "mmlu" and not rows[i].val) == 10
     assert {i for i, r in enumerate(rows) if r.val} <= set(chosen)
+
+
+def test_finetune_selection_caps_mmlu_and_math_only_when_asked(data_dir: Path) -> None:
+    from training.finetune import FinetuneConfig, _select
+
+    rows = data.load(data_dir)
+    data.assign_split(rows)
+    train = [r for r in rows if not r.val]
+    count = {name: sum(r.source == name for r in train) for name in ("mmlu", "gsm8k", "math")}
+    assert count["mmlu"] > 10 and count["math"] > 5
+    uncapped = _select(rows, FinetuneConfig(math_limit=5))
+    assert sum(r.source == "mmlu" for r in uncapped) == count["mmlu"]
+    assert sum(r.source == "math" for r in uncapped) == 5
+    capped = _select(rows, FinetuneConfig(math_limit=5, mmlu_limit=10))
+    assert sum(r.source == "mmlu" for r in capped) == 10
+    assert sum(r.source == "gsm8k" for r in capped) == count["gsm8k"]
+    assert not any(r.val for r in capped)
+    assert capped == _select(rows, FinetuneConfig(math_limit=5, mmlu_limit=10))  # seeded
