@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--ft-mmlu-limit", type=int, default=FinetuneConfig().mmlu_limit, help="fine-tuning: MMLU rows kept (0: all)"
     )
+    p.add_argument("--ft-lr", type=float, default=FinetuneConfig().lr, help="fine-tuning: encoder learning rate")
+    p.add_argument(
+        "--ft-init", type=Path, help="fine-tuning: start from this model directory's encoder instead of the base MiniLM"
+    )
     p.add_argument(
         "--everyday",
         type=float,
@@ -74,6 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    if args.ft_init is not None and not (args.ft_init / "model.onnx").is_file():
+        p.error(f"--ft-init: {args.ft_init} has no model.onnx (give a router model directory)")
+    for name in ("ft_epochs", "ft_lr"):
+        if not getattr(args, name) > 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.ft_mmlu_limit < 0 or args.everyday < 0:
+        p.error("--ft-mmlu-limit and --everyday cannot be negative")
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if args.log:
         Path(args.log).parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
                 epochs=args.ft_epochs,
                 hidden=args.ft_hidden,
                 mmlu_limit=args.ft_mmlu_limit,
+                lr=args.ft_lr,
+                init=str(args.ft_init or ""),
                 threads=args.threads,
             ),
             targets=TargetConfig(soft=args.soft, everyday=args.everyday),

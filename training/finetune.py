@@ -54,6 +54,7 @@ class FinetuneConfig:
     math_limit: int = 1500
     mmlu_limit: int = 0
     seed: int = 13
+    init: str = ""  # a model directory whose (int8 or fp32) ONNX encoder is the starting point; "": the base MiniLM
     threads: int = 2
 
 
@@ -125,6 +126,13 @@ def finetune(
     budget = config.max_length - 2
     head_len = round(config.head_fraction * budget)
 
+    start_dir = encoder.base_model_dir()
+    if config.init:
+        from training.retrain_full import recover_encoder
+
+        start_dir = recover_encoder(Path(config.init), work / "init-encoder")
+        log.info("starting from the encoder of %s (rebuilt from its ONNX graph)", config.init)
+
     def encode(prompts: list[str]) -> list[list[int]]:
         out_ids = []
         for start in range(0, len(prompts), 1024):
@@ -157,7 +165,7 @@ def finetune(
     class RouterNet(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.bert = AutoModel.from_pretrained(str(encoder.base_model_dir()))
+            self.bert = AutoModel.from_pretrained(str(start_dir))
             width = self.bert.config.hidden_size + len(names)
             if config.hidden:
                 self.head = torch.nn.Sequential(

@@ -1,0 +1,40 @@
+"""scripts/train_router.py refuses bad options before reading any data."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_router.py"
+
+
+def _main():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("train_router_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--ft-init", "missing-dir", "--ft-init"),
+        ("--ft-lr", "0", "--ft-lr"),
+        ("--ft-lr", "abc", "--ft-lr"),
+        ("--ft-epochs", "-1", "--ft-epochs"),
+        ("--ft-mmlu-limit", "-5", "--ft-mmlu-limit"),
+        ("--everyday", "-1", "--everyday"),
+    ],
+)
+def test_bad_training_options_exit_2_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    main = _main()
+    with pytest.raises(SystemExit) as stopped:
+        main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--finetune", option, value])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
