@@ -105,6 +105,7 @@ def main() -> int:
     p.add_argument("--route-llm", default=str(Path(sys.executable).parent / "route-llm"))
     p.add_argument("--config", default=str(ROOT / "config.yaml"),
                    help="the config to point at the stand-in (an older tree needs its own)")
+    p.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks in this file")
     args = p.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
@@ -173,6 +174,8 @@ def main() -> int:
                     idle += int(n)
                 else:
                     counts[name] += int(n)
+        if args.raw:
+            shutil.copyfile(raw, args.raw)
         total = sum(counts.values()) or 1
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
         print(f"`python scripts/profile_proxy.py --requests {args.requests} --model {args.model}`: "
