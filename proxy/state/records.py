@@ -8,11 +8,11 @@ keyed by (owner, x-request-id): what the router decided (empty when nothing was 
 retention; they are the training data. Requests refused by the guard (no key, rate limit, overload) leave none.
 
 A request must never wait for, or fail because of, this store. Records go into a bounded in-memory queue that
-one writer thread drains in batches, every ``_INTERVAL`` seconds (sooner once ``_BATCH`` are waiting, when a rating
-needs its record, and at shutdown, when everything queued is written). A request never wakes the writer on its
-own: one wake-up and one transaction per request cost the event loop a GIL hand-off and the writer a commit each
-time, which was a tenth of a routed request's CPU. A full queue, a full disk or a broken database drops the
-record, logs and counts ``route_llm_decision_record_errors_total{reason}``. Ratings are written synchronously (in the thread pool)
+one writer thread drains in batches every ``_INTERVAL`` seconds, sooner once ``_BATCH`` are waiting, when a
+rating needs its record, and at shutdown (everything queued is written). A request does not wake the writer:
+a wake-up per request put a thread switch and a commit in the middle of every answer, which is where the event
+loop was about to send it. A full queue, a full disk or a broken database drops the record, logs and counts
+``route_llm_decision_record_errors_total{reason}``. Ratings are written synchronously (in the thread pool)
 because the client is told whether it was stored.
 """
 

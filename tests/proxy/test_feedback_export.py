@@ -179,3 +179,17 @@ def test_export_reads_the_store_the_config_names_on_either_backend(storage_url: 
     result = CliRunner().invoke(main, ["feedback", "export", "--config", str(path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == ["p1"]
+
+
+def test_records_still_queued_at_shutdown_are_all_written(tmp_path: Path) -> None:
+    """The writer batches on a timer; closing the store writes whatever is queued, more than one batch of it."""
+    db = SqliteDatabase(tmp_path / DB_FILE)
+    store = RecordStore(db, retention_days=30, limit_records=None)
+    count = 2 * records._BATCH + 7
+    for i in range(count):
+        store.add(_record(f"req-close-{i}", "weak", None))
+    store.close()
+    with db.transaction() as tx:
+        [(stored,)] = tx.execute("SELECT COUNT(*) FROM decisions WHERE request_id LIKE 'req-close-%'")
+    db.close()
+    assert stored == count
