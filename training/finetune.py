@@ -62,14 +62,8 @@ def _select(rows: list[data.Row], config: FinetuneConfig) -> list[data.Row]:
     """Training rows: the training part of every source, with MATH capped (it is large and only a level) and MMLU
     capped when ``mmlu_limit`` is set (it is most of the data, and the per-source weights make its extra rows cost
     time rather than add weight)."""
-    rng = random.Random(config.seed)
     caps = {"math": config.math_limit, **({"mmlu": config.mmlu_limit} if config.mmlu_limit else {})}
-    keep: set[int] = set()
-    for name, cap in caps.items():
-        pool = [r for r in rows if not r.val and r.source == name]
-        rng.shuffle(pool)
-        keep |= {id(r) for r in pool[:cap]}
-    return [r for r in rows if not r.val and (r.source not in caps or id(r) in keep)]
+    return [rows[i] for i in data.training_subset(rows, caps, seed=config.seed) if not rows[i].val]
 
 
 def trainable_body(bert: Any, freeze_layers: int) -> list[Any]:

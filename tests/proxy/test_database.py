@@ -30,6 +30,15 @@ STEPS = (
 )
 
 
+def _run_at_once(target: Any, count: int) -> None:
+    """Run ``target`` in ``count`` threads started together, and wait for all of them."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def _open(url: str) -> Database:
     if url.startswith("sqlite:///"):
         return SqliteDatabase(Path(url[len("sqlite:///"):]) / "test.db")
@@ -62,11 +71,7 @@ def test_replicas_starting_at_once_migrate_once(storage_url: str) -> None:
         finally:
             db.close()
 
-    threads = [threading.Thread(target=replica) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_at_once(replica, 6)
     assert errors == []
     db = _open(storage_url)
     with db.transaction() as tx:
@@ -153,9 +158,5 @@ def test_many_connections_switching_a_new_file_to_wal_at_once_all_succeed(tmp_pa
             except Exception as exc:  # noqa: BLE001 (collected and asserted below)
                 errors.append(repr(exc))
 
-        threads = [threading.Thread(target=connect) for _ in range(12)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _run_at_once(connect, 12)
     assert errors == []
