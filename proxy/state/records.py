@@ -293,9 +293,13 @@ class RecordStore:
             with self._db.transaction() as tx:
                 tx.executemany(_INSERT_DECISION, [r.row() for r in records])
         except self._db.errors as exc:
-            reason = _reason(exc)
-            metrics.RECORD_ERRORS.labels(reason).inc(len(records) - 1)
-            self._failed(reason, str(exc))
+            if len(records) > 1:
+                # One record too many (a full store) must not cost the batch: write them one at a time, so every
+                # record that fits is kept and each one that does not is counted, however the queue was batched.
+                for record in records:
+                    self._write([record])
+                return
+            self._failed(_reason(exc), str(exc))
 
     def prune(self) -> None:
         """Delete records past their retention and beyond ``limit_records`` (the oldest first); ratings too."""
