@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from training.data import TargetConfig
+from training.data import SOURCES, TargetConfig
 from training.finetune import FinetuneConfig, finetune
 from training.head import HeadConfig, JointConfig
 from training.pipeline import train
@@ -76,8 +76,27 @@ def main(argv: list[str] | None = None) -> None:
         default=defaults_t.everyday,
         help="weight of the everyday contrast (AlpacaEval low, Arena-Hard high); 0 leaves it out",
     )
+    p.add_argument(
+        "--source-weight",
+        action="append",
+        default=[],
+        metavar="SOURCE=W",
+        help="multiply a source's total loss weight (repeatable; defaults: "
+        + ", ".join(f"{k}={v:g}" for k, v in defaults_t.source_weight)
+        + f"; others 1). Sources: {', '.join(SOURCES)}, feedback",
+    )
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    weights = dict(defaults_t.source_weight)
+    for item in args.source_weight:
+        name, _, value = item.partition("=")
+        try:
+            w = float(value)
+        except ValueError:
+            w = -1.0
+        if name not in (*SOURCES, "feedback") or not w >= 0:
+            p.error(f"--source-weight: {item!r} is not SOURCE=W with a known source and a weight >= 0")
+        weights[name] = w
     if args.ft_init is not None and not (args.ft_init / "model.onnx").is_file():
         p.error(f"--ft-init: {args.ft_init} has no model.onnx (give a router model directory)")
     for name in ("ft_epochs", "ft_lr"):
@@ -104,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
                 init=str(args.ft_init or ""),
                 threads=args.threads,
             ),
-            targets=TargetConfig(soft=args.soft, everyday=args.everyday),
+            targets=TargetConfig(soft=args.soft, everyday=args.everyday, source_weight=tuple(weights.items())),
             extra=args.extra,
         )
         return
@@ -112,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         args.data_dir,
         args.out,
         args.work_dir,
-        targets=TargetConfig(soft=args.soft, everyday=args.everyday),
+        targets=TargetConfig(soft=args.soft, everyday=args.everyday, source_weight=tuple(weights.items())),
         head=(
             JointConfig(c=args.c, dense_scale=args.dense_scale)
             if args.head == "joint"

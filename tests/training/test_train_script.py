@@ -27,6 +27,10 @@ def _main():  # type: ignore[no-untyped-def]
         ("--ft-epochs", "-1", "--ft-epochs"),
         ("--ft-mmlu-limit", "-5", "--ft-mmlu-limit"),
         ("--everyday", "-1", "--everyday"),
+        ("--source-weight", "chat", "--source-weight"),
+        ("--source-weight", "chat=-1", "--source-weight"),
+        ("--source-weight", "chat=x", "--source-weight"),
+        ("--source-weight", "nosuch=2", "--source-weight"),
     ],
 )
 def test_bad_training_options_exit_2_naming_the_option(
