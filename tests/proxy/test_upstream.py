@@ -87,3 +87,29 @@ def test_a_request_litellm_cannot_build_raises_its_error_class_without_a_cause_c
         asyncio.run(lean.acompletion(model="gemini/gemini-1.5-flash", messages=MSG, response_format=bad))
     assert err.value.__cause__ is not err.value and err.value.__context__ is not err.value
     assert standin.state.requests == []
+
+
+def test_a_gemini_call_never_loads_tiktoken_but_anything_that_counts_still_gets_it(standin: StandInServer) -> None:
+    # LiteLLM passes its default encoding to every handler eagerly; Gemini reports usage itself, so loading the
+    # encoding (~40 MB, 0.1-0.3 s) is deferred to the first real use (proxy/upstream/lean.py: defer_encoding).
+    import litellm.main
+    from litellm._lazy_imports import get_default_encoding
+
+    assert lean.defer_encoding()
+    deferred = litellm.main._encoding_cache
+    assert isinstance(deferred, lean._DeferredEncoding)
+    deferred.loaded = None  # as in a fresh worker, whatever ran before in this process
+
+    async def both() -> tuple[Any, list[Any]]:
+        answer = await lean.acompletion(model="gemini/gemini-1.5-flash", messages=MSG)
+        stream = await lean.acompletion(model="gemini/gemini-1.5-flash", messages=MSG, stream=True,
+                                        stream_options={"include_usage": True})
+        return answer, [chunk async for chunk in stream]
+
+    answer, chunks = asyncio.run(both())
+    assert answer.usage.total_tokens > 0 and chunks[-1].usage.total_tokens > 0
+    assert deferred.loaded is None, "a Gemini call loaded LiteLLM's tiktoken encoding"
+    # Anything that does read the encoding gets the real one, loaded on the spot.
+    assert deferred.encode("route me") == get_default_encoding().encode("route me")
+    assert deferred.loaded is not None
+    assert litellm.main._get_encoding() is deferred
