@@ -47,7 +47,7 @@ from proxy.errors import (
     handle_proxy_error,
     handle_unexpected,
 )
-from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider
+from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider, short_gil_switch
 from proxy.routing.reload import Live, PinMiddleware, Reloader, admin_reload
 from proxy.services import Services
 from proxy.settings import Settings, load_settings
@@ -106,18 +106,20 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         log.info("route-llm worker loaded in %.2fs (router %s, version %s, %d tiers, default cuts %s)",
                  time.time() - started, the_router.version, reloader.current.version, len(settings.models.tiers),
                  cuts_header(decider.default_policy.cuts))
-        try:
-            # PinMiddleware replaces settings, router and decider here with the reloader's current ones, per request.
-            yield {"services": Services(settings=settings, router=the_router, decider=decider, upstream=upstream,
-                                        documents=documents, ready=ready, started_at=started, records=records,
-                                        reloader=reloader, router_version=reloader.current.version)}
-        finally:
-            if hup:
-                reloader.remove_signal_handler()
-            documents.close()
-            if records is not None:
-                records.close()
-            databases.close()
+        # The router thread gets the GIL back sooner after each ONNX run while the loop is busy (decider.py).
+        with short_gil_switch():
+            try:
+                # PinMiddleware replaces settings, router and decider with the reloader's current ones, per request.
+                yield {"services": Services(settings=settings, router=the_router, decider=decider, upstream=upstream,
+                                            documents=documents, ready=ready, started_at=started, records=records,
+                                            reloader=reloader, router_version=reloader.current.version)}
+            finally:
+                if hup:
+                    reloader.remove_signal_handler()
+                documents.close()
+                if records is not None:
+                    records.close()
+                databases.close()
 
     routes = [
         Route("/v1/chat/completions", chat.chat, methods=["POST"]),

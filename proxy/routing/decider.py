@@ -9,12 +9,14 @@ the thread pool one by one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
+import sys
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,26 @@ DEFAULT_STRONG_SHARE = 0.3
 #: follow-up. Scores are deterministic per text (the classifier runs each sequence alone), so a cached score is
 #: the score; the cache belongs to one Decider and so to one loaded router model.
 LIMIT_SCORE_CACHE = 4096
+
+
+#: The interpreter's GIL switch interval while the proxy serves (CPython's default is 5 ms). The router thread
+#: gives the GIL up for every ONNX run and needs it back to pool and score the result; when the event loop is
+#: busy (many requests in flight) it waits up to one switch interval for that, so with 5 ms neither thread was
+#: busy: at 32 in flight one worker ran its event loop at 57% of a core and its router thread at 46%, and
+#: served 250 req/s. At 1 ms: 301 req/s, same prompts (docs/performance.md, "Fourth round"). Traffic with a
+#: concrete model name has no second thread wanting the GIL, so nothing changes for it.
+SWITCH_INTERVAL = 0.001
+
+
+@contextlib.contextmanager
+def short_gil_switch() -> Iterator[None]:
+    """Lower the GIL switch interval to :data:`SWITCH_INTERVAL` (never raise it) while serving, then restore it."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, SWITCH_INTERVAL))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 @functools.cache

@@ -123,3 +123,37 @@ def test_prompt_the_tokenizer_cannot_encode_is_a_400_not_a_router_failure(proxy:
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "prompt" and r.json()["error"]["code"] == "invalid_unicode"
     assert _failures() == before
+
+
+def test_a_serving_proxy_shortens_the_gil_switch_interval_and_gives_it_back(router: Router, tmp_path: Path) -> None:
+    # decider.SWITCH_INTERVAL: after each ONNX run the router thread needs the GIL back from a busy event loop;
+    # CPython's 5 ms default left both threads half idle at 32 in flight.
+    import sys
+
+    from proxy.routing.decider import SWITCH_INTERVAL
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        running = start_proxy(settings_from_dict(base_config(tmp_path)), router)
+        try:
+            deadline = time.monotonic() + 10
+            while sys.getswitchinterval() != SWITCH_INTERVAL and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert sys.getswitchinterval() == SWITCH_INTERVAL
+            with running.client() as client:
+                assert client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+        finally:
+            stop_proxy(running)
+        deadline = time.monotonic() + 10
+        while sys.getswitchinterval() != 0.005 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sys.getswitchinterval() == 0.005  # restored at shutdown
+        # never raised: a process that already runs a shorter interval keeps it
+        from proxy.routing.decider import short_gil_switch
+
+        sys.setswitchinterval(0.0002)
+        with short_gil_switch():
+            assert sys.getswitchinterval() == pytest.approx(0.0002, abs=2e-6)
+    finally:
+        sys.setswitchinterval(before)
