@@ -18,7 +18,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from router import lexical
-from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE
+from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE, Classifier
 from router.features import FEATURES
 from router.head import Head
 from router.policy import QUANTILE_LEVELS
@@ -79,6 +79,83 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -700, 700))))
 
 
+def fit_head(
+    rows: list[data.Row],
+    inputs: np.ndarray,
+    use: np.ndarray,
+    targets: data.TargetConfig,
+    head: HeadConfig | JointConfig,
+) -> Head:
+    """Fit a head on the rows in ``use`` (their targets, per-source weights and intercept groups) plus the everyday
+    contrast drawn from the same rows; the training run and the cross-validation (:mod:`training.crossval`) both
+    fit through here, so a fold's head is built exactly as the shipped one is."""
+    target, weight = data.targets(rows, targets, use=use)
+    groups = np.array([data.INTERCEPT_GROUP.get(r.source, data.N_GROUPS - 1) for r in rows])
+    index, extra_target, extra_weight = data.everyday_contrast(rows, targets, use)
+    prompts = [r.prompt for r in rows]
+    fit_args = (
+        np.concatenate([inputs, inputs[index]]),
+        np.concatenate([target, extra_target]),
+        np.concatenate([weight, extra_weight]),
+        np.concatenate([groups, np.full(len(index), data.N_GROUPS - 1)]),
+    )
+    if isinstance(head, JointConfig):
+        return fit_joint(fit_args[0], prompts + [prompts[i] for i in index], *fit_args[1:], head)
+    return fit(*fit_args, head)
+
+
+#: Training rows kept per source (MMLU and MATH are most of the data; see :func:`training.data.training_subset`).
+DEFAULT_CAPS = {"mmlu": 4000, "math": 1500}
+
+
+@dataclass
+class Prepared:
+    """The split rows of a training run and their head inputs (embedding + features), ready for fitting."""
+
+    all_rows: list[data.Row]  # every row read, split marked
+    rows: list[data.Row]  # the validation rows plus the capped training rows, in file order
+    split: dict[str, Any]  # the split's description for router.json
+    encoder_dir: Path  # the directory whose model.onnx + tokenizer.json computed ``inputs``
+    clf: Classifier
+    inputs: np.ndarray  # one row of head inputs per entry of ``rows``
+
+
+def prepare(
+    data_dir: Path,
+    work: Path,
+    *,
+    encoder_source: Path | None = None,
+    encoder_dir: Path | None = None,
+    caps: dict[str, int] | None = None,
+    max_length: int = 128,
+    head_fraction: float = 0.5,
+    extra: list[Path] | None = None,
+    threads: int = 2,
+) -> Prepared:
+    """Read and split the data, pick the encoder, and compute (or read from ``work``/cache) every row's head inputs.
+
+    ``encoder_source`` is a format-1 classifier directory whose fine-tuned encoder the head reads (the shipped
+    model uses the first router's); without it the base MiniLM is exported and used. ``encoder_dir`` instead
+    reuses a format-2 model directory's ``model.onnx`` + ``tokenizer.json`` as they are (a deployed model's).
+    """
+    t0 = time.time()
+    all_rows = data.load(data_dir, extra or [])
+    split = data.assign_split(all_rows)
+    caps = DEFAULT_CAPS if caps is None else caps
+    rows = [all_rows[i] for i in data.training_subset(all_rows, caps)]
+    log.info("split: %s; %d rows after caps %s", json.dumps(split), len(rows), caps)
+    if encoder_dir is None and encoder_source is not None:
+        encoder_dir = encoder.expose_hidden_states(encoder_source, work / "encoder-tuned")
+    elif encoder_dir is None:
+        encoder_dir = encoder.export(work / "encoder")
+    clf = encoder.classifier(
+        encoder_dir, list(FEATURES), max_length=max_length, head_fraction=head_fraction, threads=threads
+    )
+    inputs = encoder.cached_inputs(clf, [r.prompt for r in rows], work / "cache", encoder_dir)
+    log.info("head inputs ready (%s) after %.0fs", inputs.shape, time.time() - t0)
+    return Prepared(all_rows, rows, split, encoder_dir, clf, inputs)
+
+
 def train(
     data_dir: Path,
     out: Path,
@@ -94,43 +171,25 @@ def train(
     extra: list[Path] | None = None,
     threads: int = 2,
 ) -> dict[str, Any]:
-    """Build the model directory ``out`` (replaced atomically) and return the metadata written to router.json.
-
-    ``encoder_source`` is a format-1 classifier directory whose fine-tuned encoder the head reads (the shipped
-    model uses the first router's); without it the base MiniLM is exported and used. ``encoder_dir`` instead
-    reuses a format-2 model directory's ``model.onnx`` + ``tokenizer.json`` as they are (a deployed model's).
-    """
+    """Build the model directory ``out`` (replaced atomically) and return the metadata written to router.json
+    (the encoder and data options are :func:`prepare`'s)."""
     t0 = time.time()
-    all_rows = data.load(data_dir, extra or [])
-    split = data.assign_split(all_rows)
-    caps = {"mmlu": 4000, "math": 1500} if caps is None else caps
-    rows = [all_rows[i] for i in data.training_subset(all_rows, caps)]
-    log.info("split: %s; %d rows after caps %s", json.dumps(split), len(rows), caps)
-    names = list(FEATURES)
-    if encoder_dir is None and encoder_source is not None:
-        encoder_dir = encoder.expose_hidden_states(encoder_source, work / "encoder-tuned")
-    elif encoder_dir is None:
-        encoder_dir = encoder.export(work / "encoder")
-    clf = encoder.classifier(encoder_dir, names, max_length=max_length, head_fraction=head_fraction, threads=threads)
-    inputs = encoder.cached_inputs(clf, [r.prompt for r in rows], work / "cache", encoder_dir)
-    log.info("head inputs ready (%s) after %.0fs", inputs.shape, time.time() - t0)
-
-    is_val = np.array([r.val for r in rows])
-    target, weight = data.targets(rows, targets, use=~is_val)
-    groups = np.array([data.INTERCEPT_GROUP.get(r.source, data.N_GROUPS - 1) for r in rows])
-    index, extra_target, extra_weight = data.everyday_contrast(rows, targets, ~is_val)
-    t_fit = time.time()
-    prompts = [r.prompt for r in rows]
-    fit_args = (
-        np.concatenate([inputs, inputs[index]]),
-        np.concatenate([target, extra_target]),
-        np.concatenate([weight, extra_weight]),
-        np.concatenate([groups, np.full(len(index), data.N_GROUPS - 1)]),
+    caps = DEFAULT_CAPS if caps is None else caps
+    prep = prepare(
+        data_dir,
+        work,
+        encoder_source=encoder_source,
+        encoder_dir=encoder_dir,
+        caps=caps,
+        max_length=max_length,
+        head_fraction=head_fraction,
+        extra=extra,
+        threads=threads,
     )
-    if isinstance(head, JointConfig):
-        fitted = fit_joint(fit_args[0], prompts + [prompts[i] for i in index], *fit_args[1:], head)
-    else:
-        fitted = fit(*fit_args, head)
+    all_rows, rows, inputs, clf = prep.all_rows, prep.rows, prep.inputs, prep.clf
+    is_val = np.array([r.val for r in rows])
+    t_fit = time.time()
+    fitted = fit_head(rows, inputs, ~is_val, targets, head)
     fit_seconds = time.time() - t_fit
     val_rows = [r for r in rows if r.val]
     val_prompts = [r.prompt for r in val_rows]
@@ -144,11 +203,11 @@ def train(
     }
     log.info("validation per source (APGR):\n%s", evaluate.table(results))
 
-    tmp = stage_dir(encoder_dir, fitted, out.with_name(out.name + ".tmp"))
+    tmp = stage_dir(prep.encoder_dir, fitted, out.with_name(out.name + ".tmp"))
     created = datetime.now(timezone.utc)
     digest = hashlib.sha256((tmp / MODEL_FILE).read_bytes() + (tmp / "head.npz").read_bytes()).hexdigest()
     meta = encoder.encoder_meta(
-        names, max_length=max_length, head_fraction=head_fraction, pad_token_id=clf.meta.pad_token_id
+        list(FEATURES), max_length=max_length, head_fraction=head_fraction, pad_token_id=clf.meta.pad_token_id
     )
     meta.update(
         {
@@ -160,7 +219,7 @@ def train(
             "base_model": encoder.BASE_MODEL_NAME,
             "encoder": "fine-tuned encoder of " + str(encoder_source) if encoder_source else "base encoder",
             "data": {name: data.FILES[name] for name in data.FILES if (data_dir / data.FILES[name]).is_file()},
-            "split": split,
+            "split": prep.split,
             "caps": caps,
             "targets": asdict(targets),
             "head_config": {"kind": type(head).__name__, **asdict(head)},
