@@ -89,6 +89,27 @@ def test_neighbour_scores_cover_training_and_validation_rows_apart() -> None:
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "crossval_router.py"
 
 
+def _main():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("crossval_router_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _line(i: int, topic: str, benchmark: str, category: str) -> dict[str, object]:
+    """A train.jsonl row: odd ``i`` is a hard prompt the weak model got wrong, even ``i`` an easy one it got right."""
+    hard = i % 2 == 1
+    prompt = (HARD[i % 3] if hard else EASY[i % 4]).format(topic)
+    return {
+        "prompt": prompt,
+        "benchmark": benchmark,
+        "category": category,
+        "weak_score": 0.0 if hard else 1.0,
+        "strong_score": 1.0,
+    }
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -103,12 +124,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "crossval_router.py"
 def test_bad_crossval_options_exit_2_naming_the_option(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
-    spec = importlib.util.spec_from_file_location("crossval_router_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     with pytest.raises(SystemExit) as stopped:
-        module.main(["--data-dir", str(tmp_path), *args])
+        _main()(["--data-dir", str(tmp_path), *args])
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -120,42 +137,14 @@ def test_the_script_prints_both_tables_for_a_small_data_directory(
     blend on both the training folds and the validation split, and the JSON."""
     import json
 
-    lines = []
-    for s in range(10):  # ten subjects: nine or so train in five folds, at least one is held out whole
-        for i in range(6):
-            hard = i % 2 == 1
-            prompt = (HARD[i % 3] if hard else EASY[i % 4]).format(f"subject {s} item {i}")
-            lines.append(
-                {
-                    "prompt": prompt,
-                    "benchmark": "mmlu",
-                    "category": f"s{s}",
-                    "weak_score": 0.0 if hard else 1.0,
-                    "strong_score": 1.0,
-                }
-            )
-    for i in range(40):
-        hard = i % 2 == 1
-        prompt = (HARD[i % 3] if hard else EASY[i % 4]).format(f"word problem {i}")
-        lines.append(
-            {
-                "prompt": prompt,
-                "benchmark": "gsm8k",
-                "category": "gsm8k",
-                "weak_score": 0.0 if hard else 1.0,
-                "strong_score": 1.0,
-            }
-        )
+    lines = [_line(i, f"subject {s} item {i}", "mmlu", f"s{s}") for s in range(10) for i in range(6)]
+    lines += [_line(i, f"word problem {i}", "gsm8k", "gsm8k") for i in range(40)]
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    spec = importlib.util.spec_from_file_location("crossval_router_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     model = Path(__file__).resolve().parents[2] / "router" / "model"
     out = tmp_path / "cv.json"
-    module.main(
+    _main()(
         [
             "--data-dir",
             str(data_dir),
