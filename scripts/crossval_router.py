@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--encoder-dir: {args.encoder_dir} has no model.onnx")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    prep = prepare(args.data_dir, args.work_dir, encoder_dir=args.encoder_dir, threads=args.threads)
+    try:
+        prep = prepare(args.data_dir, args.work_dir, encoder_dir=args.encoder_dir, threads=args.threads)
+    except (OSError, ValueError, KeyError) as exc:  # unreadable, malformed or missing data files
+        p.error(f"--data-dir: {exc}")
     rows, inputs = prep.rows, prep.inputs
     head = JointConfig(c=args.c, dense_scale=args.dense_scale)
     targets = data.TargetConfig(everyday=args.everyday)

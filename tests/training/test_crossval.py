@@ -119,6 +119,7 @@ def _line(i: int, topic: str, benchmark: str, category: str) -> dict[str, object
         (["--c", "0"], "--c"),
         (["--everyday", "-1"], "--everyday"),
         (["--encoder-dir", "no-such-dir"], "--encoder-dir"),
+        ([], "--data-dir"),  # the data directory holds none of the data files
     ],
 )
 def test_bad_crossval_options_exit_2_naming_the_option(
@@ -171,3 +172,14 @@ def test_the_script_prints_both_tables_for_a_small_data_directory(
     # the hard prompts' words ("prove", "design", "derive") separate them: the folds' heads rank them first
     assert results["out_of_fold"]["head"]["gsm8k"]["apgr"] > 0.6
     assert results["validation"]["head"]["gsm8k"]["n"] + results["out_of_fold"]["head"]["gsm8k"]["n"] == 40
+
+
+@pytest.mark.parametrize("line", ["{not json", '{"prompt": "hi"}'])
+def test_a_malformed_data_file_exits_2_naming_the_data_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str
+) -> None:
+    (tmp_path / "train.jsonl").write_text(line + "\n")
+    with pytest.raises(SystemExit) as stopped:
+        _main()(["--data-dir", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "--data-dir" in capsys.readouterr().err
