@@ -3,7 +3,6 @@ neighbour term reads only other folds' labels; scripts/crossval_router.py refuse
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 pytest.importorskip("sklearn")  # the train extra; CI without it skips these
 
+from tests.training import script_main  # noqa: E402
 from training import crossval, data  # noqa: E402
 from training.head import JointConfig  # noqa: E402
 
@@ -86,17 +86,6 @@ def test_neighbour_scores_cover_training_and_validation_rows_apart() -> None:
     assert train[hard & ~is_val].mean() > train[~hard & ~is_val].mean()
 
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "crossval_router.py"
-
-
-def _main():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("crossval_router_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def _line(i: int, topic: str, benchmark: str, category: str) -> dict[str, object]:
     """A train.jsonl row: odd ``i`` is a hard prompt the weak model got wrong, even ``i`` an easy one it got right."""
     hard = i % 2 == 1
@@ -126,7 +115,7 @@ def test_bad_crossval_options_exit_2_naming_the_option(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     with pytest.raises(SystemExit) as stopped:
-        _main()(["--data-dir", str(tmp_path), *args])
+        script_main("crossval_router")(["--data-dir", str(tmp_path), *args])
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -145,7 +134,7 @@ def test_the_script_prints_both_tables_for_a_small_data_directory(
     (data_dir / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     model = Path(__file__).resolve().parents[2] / "router" / "model"
     out = tmp_path / "cv.json"
-    _main()(
+    script_main("crossval_router")(
         [
             "--data-dir",
             str(data_dir),
@@ -180,6 +169,6 @@ def test_a_malformed_data_file_exits_2_naming_the_data_dir(
 ) -> None:
     (tmp_path / "train.jsonl").write_text(line + "\n")
     with pytest.raises(SystemExit) as stopped:
-        _main()(["--data-dir", str(tmp_path)])
+        script_main("crossval_router")(["--data-dir", str(tmp_path)])
     assert stopped.value.code == 2
     assert "--data-dir" in capsys.readouterr().err

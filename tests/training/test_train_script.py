@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_router.py"
-
-
-def _main():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("train_router_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+from tests.training import script_main
 
 
 @pytest.mark.parametrize(
@@ -36,7 +27,7 @@ def _main():  # type: ignore[no-untyped-def]
 def test_bad_training_options_exit_2_naming_the_option(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
 ) -> None:
-    main = _main()
+    main = script_main("train_router")
     with pytest.raises(SystemExit) as stopped:
         main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--finetune", option, value])
     assert stopped.value.code == 2
