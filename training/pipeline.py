@@ -115,6 +115,7 @@ class Prepared:
     all_rows: list[data.Row]  # every row read, split marked
     rows: list[data.Row]  # the validation rows plus the capped training rows, in file order
     split: dict[str, Any]  # the split's description for router.json
+    caps: dict[str, int]  # training rows kept per capped source
     encoder_dir: Path  # the directory whose model.onnx + tokenizer.json computed ``inputs``
     clf: Classifier
     inputs: np.ndarray  # one row of head inputs per entry of ``rows``
@@ -153,7 +154,7 @@ def prepare(
     )
     inputs = encoder.cached_inputs(clf, [r.prompt for r in rows], work / "cache", encoder_dir)
     log.info("head inputs ready (%s) after %.0fs", inputs.shape, time.time() - t0)
-    return Prepared(all_rows, rows, split, encoder_dir, clf, inputs)
+    return Prepared(all_rows, rows, split, caps, encoder_dir, clf, inputs)
 
 
 def train(
@@ -174,7 +175,6 @@ def train(
     """Build the model directory ``out`` (replaced atomically) and return the metadata written to router.json
     (the encoder and data options are :func:`prepare`'s)."""
     t0 = time.time()
-    caps = DEFAULT_CAPS if caps is None else caps
     prep = prepare(
         data_dir,
         work,
@@ -220,7 +220,7 @@ def train(
             "encoder": "fine-tuned encoder of " + str(encoder_source) if encoder_source else "base encoder",
             "data": {name: data.FILES[name] for name in data.FILES if (data_dir / data.FILES[name]).is_file()},
             "split": prep.split,
-            "caps": caps,
+            "caps": prep.caps,
             "targets": asdict(targets),
             "head_config": {"kind": type(head).__name__, **asdict(head)},
             "validation": results,
