@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--c and --dense-scale must be positive, --everyday at least 0")
     if any(k < 1 for k in args.knn) or any(not b >= 0 for b in args.knn_beta):
         p.error("--knn must be at least 1 and --knn-beta at least 0")
+    if args.threads < 1:
+        p.error("--threads must be at least 1")
     if not (args.encoder_dir / "model.onnx").is_file():
         p.error(f"--encoder-dir: {args.encoder_dir} has no model.onnx")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

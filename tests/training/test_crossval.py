@@ -107,6 +107,7 @@ def _line(i: int, topic: str, benchmark: str, category: str) -> dict[str, object
         (["--knn-beta", "-1"], "--knn-beta"),
         (["--c", "0"], "--c"),
         (["--everyday", "-1"], "--everyday"),
+        (["--threads", "0"], "--threads"),
         (["--encoder-dir", "no-such-dir"], "--encoder-dir"),
         ([], "--data-dir"),  # the data directory holds none of the data files
     ],
