@@ -12,6 +12,7 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 for _name in ("ROUTE_LLM_API_KEYS", "ROUTE_LLM_DATABASE_URL", "ROUTE_LLM_REDIS_URL", "ROUTE_LLM_LIMITS_DB"):
     os.environ.pop(_name, None)  # tests choose their own storage and limits
 
+import asyncio  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
@@ -153,6 +154,25 @@ def start_proxy(settings: Settings, router: Router, **uvicorn_kw: Any) -> Runnin
 
 def stop_proxy(proxy: RunningProxy) -> None:
     proxy.server.should_exit = True
+
+
+async def until_upstream_has(standin: StandInServer, count: int, clients: list[asyncio.Task[Any]],
+                             timeout: float = 120) -> None:
+    """Wait until the stand-in has seen ``count`` requests from ``clients``.
+
+    A client task that ends first has failed (a client library that rejects our arguments fails every task at
+    once): its own error is raised here, so the test names it within seconds instead of spinning until the
+    suite's global timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while len(standin.state.requests) < count:
+        for task in clients:
+            if task.done():
+                task.result()  # re-raises the client's error
+                pytest.fail("a client finished before the upstream had seen every client's request")
+        if time.monotonic() > deadline:
+            pytest.fail(f"the upstream saw {len(standin.state.requests)} of {count} requests in {timeout:.0f} s")
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from proxy.routing.reload import model_version
 from proxy.settings import load_settings
 from router import Router
-from tests.conftest import RunningProxy, base_config, start_proxy, stop_proxy
+from tests.conftest import RunningProxy, base_config, start_proxy, stop_proxy, until_upstream_has
 from tests.proxy.test_workers import _wait_for_workers
 from tests.router.conftest import SHIPPED_MODEL_DIR
 from tests.standin import StandInServer, free_port
@@ -71,11 +71,13 @@ def reloadable(tmp_path: Path, router: Router) -> Any:
 
 
 def _client(proxy: RunningProxy) -> Any:
-    """Generous timeouts: on a loaded two-core machine a connect can take longer than the SDK's default 5 s."""
+    """A generous timeout: on a loaded two-core machine a connect can take longer than the SDK's default 5 s.
+
+    A plain number, not an `httpx.Timeout`: the SDK's own HTTP types are its business (openai 3.x rejects httpx's).
+    """
     import openai
 
-    return openai.AsyncOpenAI(base_url=proxy.base_url + "/v1", api_key="unused", max_retries=0,
-                              timeout=httpx.Timeout(120, connect=60))
+    return openai.AsyncOpenAI(base_url=proxy.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 async def _one(client: Any, i: int) -> str:
@@ -118,8 +120,7 @@ def test_reload_under_load_fails_no_request_and_changes_the_version(reloadable: 
 
         clients = [asyncio.create_task(client(i)) for i in range(IN_FLIGHT)]
         await asyncio.sleep(0)
-        while len(standin.state.requests) < IN_FLIGHT:  # every client has a request upstream
-            await asyncio.sleep(0.01)
+        await until_upstream_has(standin, IN_FLIGHT, clients)
         _write_config(tmp_path, model_b)
         async with httpx.AsyncClient(base_url=proxy.base_url, timeout=120) as http:
             r = await http.post("/admin/reload", headers={"authorization": f"Bearer {ADMIN}"})
