@@ -63,3 +63,21 @@ def test_node_lockfile_problems_are_reported_not_raised(tmp_path: Path, content:
         lockfile.write_text(content)
     last = _run("--lockfile", str(lockfile)).splitlines()[-1]
     assert last.startswith("openai (Node, lockfile)") and expected in last
+
+
+def test_every_cap_in_pyproject_is_a_documented_one() -> None:
+    """The dependency policy (README): caps only where a major release is known to break us, each named there.
+
+    The ``[train]`` extra is exempt: its exact pins reproduce the shipped model, as the README says.
+    """
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml without a dependency")
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"]] + [r for extra, reqs in project["optional-dependencies"].items()
+                                                  if extra != "train" for r in reqs]
+    capped = {Requirement(r).name for r in requirements
+              if any(spec.operator in ("<", "<=", "==", "~=", "===") for spec in Requirement(r).specifier)}
+    readme = (ROOT / "README.md").read_text()
+    policy = readme[readme.index("### Dependency policy"):readme.index("## Using it")]
+    assert all(f"`{name}<" in policy for name in capped), policy
