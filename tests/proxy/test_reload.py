@@ -225,7 +225,7 @@ def test_sighup_and_admin_reload_swap_every_worker(tmp_path: Path, standin: Stan
         deadline = time.monotonic() + 120
         while log.read_text(errors="replace").count("router reload (SIGHUP): ok") < 2:
             assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-            assert proc.poll() is None
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
             time.sleep(0.2)
         assert _versions(base_url, 6) == {model_version(model_b)}
 
@@ -235,6 +235,7 @@ def test_sighup_and_admin_reload_swap_every_worker(tmp_path: Path, standin: Stan
         assert r.status_code == 200 and r.json()["workers"] == "all signalled", r.text
         while log.read_text(errors="replace").count("router reload (SIGHUP): ok") < 3:  # the other worker
             assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
             time.sleep(0.2)
         assert _versions(base_url, 6) == {model_version(model_a)}
     finally:
