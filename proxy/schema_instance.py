@@ -103,7 +103,9 @@ class _Generator:
         return node
 
     def _object(self, schema: dict[str, Any], depth: int, seen: tuple[str, ...]) -> dict[str, Any]:
-        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        properties = schema.get("properties")
+        if not isinstance(properties, dict):
+            properties = {}
         required = schema.get("required")
         deep = depth > _MAX_DEPTH or len(seen) != len(set(seen))
         if isinstance(required, list):
@@ -120,7 +122,9 @@ class _Generator:
         return result
 
     def _array(self, schema: dict[str, Any], depth: int, seen: tuple[str, ...]) -> list[Any]:
-        prefix = schema.get("prefixItems") if isinstance(schema.get("prefixItems"), list) else []
+        prefix = schema.get("prefixItems")
+        if not isinstance(prefix, list):
+            prefix = []
         items = schema.get("items", {})
         if isinstance(items, list):  # draft 4-2019 tuple form
             prefix, items = items, schema.get("additionalItems", {})
