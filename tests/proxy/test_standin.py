@@ -82,3 +82,17 @@ def test_json_object_answer_is_an_object(proxy: RunningProxy, standin: StandInSe
         {"role": "system", "content": system}, {"role": "user", "content": "An order"}])
     value = json.loads(answer.choices[0].message.content)
     assert isinstance(value, dict) and set(value) == expected_keys
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "required": ["xs"], "properties": {"xs": {"type": "array", "minItems": 3, "maxItems": 1}}},
+    {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer", "minimum": 5, "maximum": 4}}},
+    {"type": "object", "required": "n", "properties": {"n": {"type": "integer", "minItems": "many"}}},
+])
+def test_a_tool_schema_without_a_valid_value_still_gets_an_answer(proxy: RunningProxy, standin: StandInServer,
+                                                                  schema: dict[str, Any]) -> None:
+    """The stand-in never fails on a client's schema: it calls the tool with what it can give (here nothing)."""
+    tools = [{"type": "function", "function": {"name": "odd", "parameters": schema}}]
+    answer = ask(proxy, "go", tools=tools, tool_choice="required")
+    [call] = answer.choices[0].message.tool_calls
+    assert call.function.name == "odd" and isinstance(json.loads(call.function.arguments), dict)
