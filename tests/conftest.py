@@ -169,11 +169,25 @@ async def until_upstream_has(standin: StandInServer, count: int, clients: list[a
     while len(standin.state.requests) < count:
         for task in clients:
             if task.done():
+                await _settle(clients)
                 task.result()  # re-raises the client's error
                 pytest.fail("a client finished before the upstream had seen every client's request")
         if time.monotonic() > deadline:
             pytest.fail(f"the upstream saw {len(standin.state.requests)} of {count} requests in {timeout:.0f} s")
         await asyncio.sleep(0.01)
+
+
+async def _settle(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel the clients still running and collect every outcome, so that no task's error goes unretrieved.
+
+    An unretrieved one is logged when the task is garbage-collected; on CPython 3.11.7 that log, written from
+    inside the collector, left the interpreter failing every later ``ast.parse`` ("SystemError: AST constructor
+    recursion depth mismatch"), which broke pytest's own reporting of the failure.
+    """
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class ClientThread(threading.Thread):
