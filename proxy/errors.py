@@ -8,6 +8,7 @@ classes. Starlette finds the handler along the exception's MRO, so the subclasse
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -120,12 +121,44 @@ async def handle_proxy_error(request: Request, exc: Exception) -> Response:
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 (unknown path or method) in OpenAI's shape."""
+    """Starlette's own 404/405 (unknown path or method) in OpenAI's shape, saying what is not served and what is.
+
+    These come only from routing (no handler raises HTTPException), so a 404 means the path is not served:
+    ``/v1/embeddings`` is the common case, from clients that expect every OpenAI endpoint.
+    """
     assert isinstance(exc, HTTPException)
-    err = ProxyError(str(exc.detail), status_code=exc.status_code,
-                     code="not_found" if exc.status_code == 404 else "method_not_allowed")
+    asked = f"{request.method} {_clipped(request.url.path)}"
+    if exc.status_code == 404:
+        served = ", ".join(_served_paths(request))
+        message = f"route-llm does not serve {asked}: unknown path. It serves {served}."
+        code = "not_found"
+    elif exc.status_code == 405:
+        allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
+        message = f"route-llm does not serve {asked}: method not allowed here" + (f" (allowed: {allowed})"
+                                                                                   if allowed else "") + "."
+        code = "method_not_allowed"
+    else:
+        message, code = str(exc.detail), None
+    err = ProxyError(message, status_code=exc.status_code, code=code)
     err.type = "invalid_request_error"
     return JSONResponse(err.body(), status_code=exc.status_code, headers=dict(exc.headers or {}))
+
+
+def _clipped(path: str, limit: int = 200) -> str:
+    """The client's path, bounded: it is echoed back, and a path can be as long as the header limit allows."""
+    return path if len(path) <= limit else path[:limit] + "…"
+
+
+def _served_paths(request: Request) -> list[str]:
+    """The app's API paths (``/v1/...``), each once, with path parameters written as in OpenAI's reference."""
+    paths = []
+    for route in getattr(request.app, "routes", []):
+        path = getattr(route, "path", "")
+        if path.startswith("/v1/"):
+            path = re.sub(r"\{(\w+)(:\w+)?\}", r"{\1}", path)
+            if path not in paths:
+                paths.append(path)
+    return paths
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

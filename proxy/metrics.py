@@ -64,6 +64,9 @@ LIMIT_STORE_ERRORS = Counter("route_llm_rate_limit_store_errors_total", "Request
 RATINGS = ("good", "bad")
 RECORD_ERROR_REASONS = ("full", "unavailable", "queue_full", "error")
 RELOAD_RESULTS = ("ok", "unchanged", "failed")
+# Every reason upstream/calls._classify gives a failed attempt, and the edge's broken stream.
+UPSTREAM_ERROR_REASONS = ("rate_limited", "timeout", "connection", "unavailable", "server_error", "bad_request",
+                          "context_window", "auth", "not_found", "stream_broken", "error")
 
 
 def precreate_feedback(tier_names: list[str]) -> None:
@@ -96,6 +99,8 @@ def precreate(requested: list[str], tiers: list[tuple[str, str]]) -> None:
             if other != tier:
                 FALLBACKS.labels(tier, other)
     for _, model in tiers:
+        for reason in UPSTREAM_ERROR_REASONS:  # the dashboard's errors panel shows 0, not "No data"
+            UPSTREAM_ERRORS.labels(model, reason)
         UPSTREAM_SECONDS.labels(model)
         UPSTREAM_TTFT.labels(model)
         COST.labels(model)

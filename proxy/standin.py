@@ -4,9 +4,11 @@ The upstream API is the one component that cannot run everywhere: tests, benchma
 --demo`` point LiteLLM's real Gemini provider at this server (``GEMINI_API_BASE`` or a model's
 ``api_base``). It speaks just enough of ``generativelanguage.googleapis.com`` for chat:
 ``POST /models/{model}:generateContent`` and ``POST /models/{model}:streamGenerateContent?alt=sse``, and
-answers with a fixed, deterministic text (it is not a model). It records every request so tests can assert
-what was forwarded, and it can be told to misbehave (status codes, delays, dropped connections, a stream
-that breaks half-way) through ``POST /_control`` or, in-process, through :class:`StandIn` directly.
+answers with a fixed, deterministic text (it is not a model), or with a tool call or JSON shaped by the
+request's schemas (``proxy/standin_reply.py``), so that clients validating structured output accept it. It
+records every request so tests can assert what was forwarded, and it can be told to misbehave (status codes,
+delays, dropped connections, a stream that breaks half-way) through ``POST /_control`` or, in-process, through
+:class:`StandIn` directly.
 
 It ships in the package, not only under tests/, so that a user without a Gemini key can see a whole
 round trip: ``route-llm standin --port 8765`` (or ``python tests/standin.py``, as the scripts do).
@@ -32,6 +34,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from proxy.standin_reply import reply_parts
 
 
 @dataclass
@@ -126,40 +130,6 @@ def _usage(body: dict[str, Any], reply: str) -> dict[str, int]:
     }
 
 
-def _reply_parts(state: StandIn, model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """A deterministic answer; a function call when the request offers tools and forces one."""
-    tools = body.get("tools") or []
-    mode = ((body.get("toolConfig") or {}).get("functionCallingConfig") or {}).get("mode")
-    declarations = [d for t in tools for d in t.get("functionDeclarations", t.get("function_declarations", []))]
-    if declarations and mode == "ANY":
-        return [{"functionCall": {"name": declarations[0]["name"], "args": {"city": "Paris"}}}]
-    words = " ".join(f"w{i}" for i in range(state.reply_words))
-    config = body.get("generationConfig") or {}
-    if (config.get("response_mime_type") or config.get("responseMimeType")) == "application/json":
-        schema = next((config[k] for k in ("response_json_schema", "responseJsonSchema", "response_schema",
-                                           "responseSchema") if isinstance(config.get(k), dict)), None)
-        value = _instance(schema, f"answer from {model}") if schema else {"answer": f"answer from {model}: {words}"}
-        return [{"text": json.dumps(value)}]
-    return [{"text": f"answer from {model}: {words}"}]
-
-
-def _instance(schema: dict[str, Any], text: str) -> Any:
-    """A small value that satisfies ``schema`` (JSON Schema or Gemini's OpenAPI subset), so that clients
-    asking for structured output get JSON they can parse."""
-    if "enum" in schema and schema["enum"]:
-        return schema["enum"][0]
-    for key in ("anyOf", "oneOf", "allOf"):
-        if schema.get(key):
-            return _instance(schema[key][0], text)
-    kind = schema.get("type")
-    kind = (kind[0] if isinstance(kind, list) and kind else kind or "object").lower()
-    if kind == "object":
-        return {name: _instance(sub, text) for name, sub in (schema.get("properties") or {}).items()}
-    if kind == "array":
-        return [_instance(schema.get("items") or {"type": "string"}, text)]
-    return {"string": text, "integer": 1, "number": 1.5, "boolean": True, "null": None}.get(kind, text)
-
-
 def _google_error(status: int, retry_after: float | None) -> JSONResponse:
     names = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
              503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
@@ -187,7 +157,7 @@ def build_app(state: StandIn) -> Starlette:
                 await asyncio.sleep(fault.seconds)
             if fault.kind == "reset":
                 raise _Reset()
-        parts = _reply_parts(state, model, body)
+        parts = reply_parts(model, body, state.reply_words)
         reply_text = " ".join(p.get("text", "") for p in parts)
         usage = _usage(body, reply_text)
         if not stream:

@@ -13,9 +13,10 @@ for _name in ("ROUTE_LLM_API_KEYS", "ROUTE_LLM_DATABASE_URL", "ROUTE_LLM_REDIS_U
     os.environ.pop(_name, None)  # tests choose their own storage and limits
 
 import asyncio  # noqa: E402
+import subprocess  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable, Iterable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -168,11 +169,61 @@ async def until_upstream_has(standin: StandInServer, count: int, clients: list[a
     while len(standin.state.requests) < count:
         for task in clients:
             if task.done():
+                await _settle(clients)
                 task.result()  # re-raises the client's error
                 pytest.fail("a client finished before the upstream had seen every client's request")
         if time.monotonic() > deadline:
             pytest.fail(f"the upstream saw {len(standin.state.requests)} of {count} requests in {timeout:.0f} s")
         await asyncio.sleep(0.01)
+
+
+async def _settle(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel the clients still running and collect every outcome, so that no task's error goes unretrieved.
+
+    An unretrieved one is logged when the task is garbage-collected; on CPython 3.11.7 that log, written from
+    inside the collector, left the interpreter failing every later ``ast.parse`` ("SystemError: AST constructor
+    recursion depth mismatch"), which broke pytest's own reporting of the failure.
+    """
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class ClientThread(threading.Thread):
+    """A test's client running in the background that keeps the exception which ended it, so that a wait on it
+    (:func:`wait_until`) fails at once naming that error, not at its deadline with a guess."""
+
+    def __init__(self, target: Callable[[], object]) -> None:
+        super().__init__(daemon=True)
+        self._target_fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as exc:  # kept for the waiting test to raise
+            self.error = exc
+
+
+def wait_until(condition: Callable[[], bool], what: str, *, timeout: float, clients: Iterable[ClientThread] = (),
+               processes: Iterable[subprocess.Popen[Any]] = (), log: Path | None = None) -> None:
+    """Poll ``condition`` until it holds; fail at once when a client it waits on has died with an error (that
+    error is raised) or a server process it waits on has exited (its exit status and ``log``'s tail are shown).
+    """
+    clients, processes = list(clients), list(processes)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for client in clients:
+            if client.error is not None:
+                raise client.error
+        for proc in processes:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
+                pytest.fail(f"waiting for {what}: the server exited with {proc.returncode}\n{tail}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.02)
 
 
 @pytest.fixture(scope="session")

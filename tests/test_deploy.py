@@ -154,3 +154,22 @@ def test_the_image_is_slim_non_root_and_starts_offline() -> None:
                 assert (ROOT / source).exists(), source
     # The router model is baked in because it ships inside the package the image installs.
     assert list((ROOT / "router" / "model").glob("*.onnx"))
+
+
+def test_local_prometheus_snippet_scrapes_a_default_local_serve(proxy: Any) -> None:
+    """deploy/prometheus/local.yml: one job on the address `route-llm serve` listens on by default, at a path
+    that answers Prometheus text (checked against a running proxy on its own port)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from proxy.settings import ServerSettings
+
+    config = yaml.safe_load((DEPLOY / "prometheus" / "local.yml").read_text())
+    [job] = config["scrape_configs"]
+    [targets] = [c["targets"] for c in job["static_configs"]]
+    default = ServerSettings()
+    assert targets == [f"{default.host}:{default.port}"] and job["job_name"] == "route-llm"
+    assert config["global"]["scrape_interval"].endswith("s")
+    scraped = httpx.get(proxy.base_url + job.get("metrics_path", "/metrics"), timeout=30)
+    assert scraped.status_code == 200
+    assert "route_llm_info" in {f.name for f in text_string_to_metric_families(scraped.text)}

@@ -14,6 +14,9 @@ from typing import Any
 _COMPLETION = ("id", "object", "created", "model", "choices", "usage", "system_fingerprint", "service_tier")
 _CHOICE = ("index", "message", "delta", "finish_reason", "logprobs")
 _MESSAGE = ("role", "content", "refusal", "tool_calls", "function_call", "annotations", "audio")
+# A tool call in a whole message has no ``index``; in a stream's delta the index says which call a piece extends.
+_TOOL_CALL = {"message": ("id", "type", "function"), "delta": ("index", "id", "type", "function")}
+_FUNCTION = ("name", "arguments")
 _USAGE = ("prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details", "completion_tokens_details")
 _USAGE_DETAILS = {
     "prompt_tokens_details": ("audio_tokens", "cached_tokens"),
@@ -24,6 +27,15 @@ _USAGE_DETAILS = {
 
 def _keep(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: data[k] for k in keys if k in data}
+
+
+def _tool_call(call: Any, part: str) -> Any:
+    if not isinstance(call, dict):
+        return call
+    out = _keep(call, _TOOL_CALL[part])
+    if isinstance(out.get("function"), dict):
+        out["function"] = _keep(out["function"], _FUNCTION)
+    return out
 
 
 def usage(data: dict[str, Any]) -> dict[str, Any]:
@@ -44,6 +56,8 @@ def completion(data: dict[str, Any], model: str) -> dict[str, Any]:
         for part in ("message", "delta"):
             if isinstance(c.get(part), dict):
                 c[part] = _keep(c[part], _MESSAGE)
+                if isinstance(c[part].get("tool_calls"), list):
+                    c[part]["tool_calls"] = [_tool_call(call, part) for call in c[part]["tool_calls"]]
         choices.append(c)
     out["choices"] = choices
     if isinstance(out.get("usage"), dict):

@@ -125,6 +125,24 @@ def publish(live: Live, info_labels: InfoLabels, previous: Live | None = None) -
     metrics.ROUTER_INFO.labels(live.version).set(1)
 
 
+def restart_only_changes(started: Settings, edited: Settings) -> list[str]:
+    """The settings outside :data:`RELOADED` that differ between two readings of the file, named down to the
+    key (``server.port``, ``upstream.retries``; a whole section where it is not a settings record)."""
+    changed: list[str] = []
+    for section in dataclasses.fields(Settings):
+        if section.name in (*RELOADED, "source"):
+            continue
+        before, after = getattr(started, section.name), getattr(edited, section.name)
+        if before == after:
+            continue
+        if dataclasses.is_dataclass(before) and type(before) is type(after):
+            changed += [f"{section.name}.{f.name}" for f in dataclasses.fields(before)
+                        if getattr(before, f.name) != getattr(after, f.name)]
+        else:
+            changed.append(section.name)
+    return changed
+
+
 class Reloader:
     """Holds the live model and config and replaces them, one reload at a time."""
 
@@ -134,6 +152,17 @@ class Reloader:
         self._lock = asyncio.Lock()
         source = Path(live.settings.source)
         self.config_path = source if source.is_file() else None  # settings built in code (tests) have no file
+        # The file as this process started from it: restart-only settings are compared with it, not with the
+        # running values, which the command line's --host/--port override (that hid a server.port edit).
+        self._started_from = self._file_settings() or live.settings
+
+    def _file_settings(self) -> Settings | None:
+        if self.config_path is None:
+            return None
+        try:
+            return load_settings(self.config_path)
+        except (ConfigError, OSError, ValueError):  # edited since serve read it: the running values stand in
+            return None
 
     @classmethod
     def start(cls, settings: Settings, router: Router, decider: Decider, info_labels: InfoLabels) -> Reloader:
@@ -146,12 +175,8 @@ class Reloader:
         if self.config_path is None:
             return old, []
         new = load_settings(self.config_path)
-        # The command line's --host/--port override the file; they are not changes to report.
-        new = dataclasses.replace(new, server=dataclasses.replace(new.server, host=old.server.host,
-                                                                  port=old.server.port))
-        ignored = [f.name for f in dataclasses.fields(Settings)
-                   if f.name not in (*RELOADED, "source") and getattr(new, f.name) != getattr(old, f.name)]
-        return dataclasses.replace(old, router=new.router, aliases=new.aliases), ignored
+        return dataclasses.replace(old, router=new.router, aliases=new.aliases), restart_only_changes(
+            self._started_from, new)
 
     async def reload(self, trigger: str) -> ReloadReport:
         async with self._lock:

@@ -3,7 +3,8 @@
 // on the output; this script only reports, so a failure shows up there with the whole report.
 import OpenAI from "openai";
 
-const client = new OpenAI({ baseURL: process.argv[2], apiKey: "unused", maxRetries: 0 });
+// A 30 s request timeout: a stuck call becomes that step's error in the report instead of a hung process.
+const client = new OpenAI({ baseURL: process.argv[2], apiKey: "unused", maxRetries: 0, timeout: 30_000 });
 const report = {};
 const question = [{ role: "user", content: "What is the capital of France?" }];
 

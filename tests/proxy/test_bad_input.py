@@ -128,8 +128,27 @@ def test_route_endpoint_rejects_bad_bodies(proxy: RunningProxy) -> None:
 
 def test_unknown_path_and_method_use_openai_error_shape(proxy: RunningProxy) -> None:
     http = proxy.http()
-    _error(http.get("/v1/nothing-here"), 404)
-    _error(http.get("/v1/chat/completions"), 405)
+    missing = _error(http.get("/v1/nothing-here"), 404)
+    assert missing["message"].startswith("route-llm does not serve GET /v1/nothing-here: unknown path.")
+    assert "/v1/chat/completions" in missing["message"] and missing["code"] == "not_found"
+    wrong = _error(http.get("/v1/chat/completions"), 405)
+    assert wrong["message"] == "route-llm does not serve GET /v1/chat/completions: method not allowed here " \
+                               "(allowed: POST)." and wrong["code"] == "method_not_allowed"
+
+
+def test_embeddings_through_the_sdk_is_a_clear_404(proxy: RunningProxy) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        proxy.client().embeddings.create(model="text-embedding-3-small", input="hello")
+    assert caught.value.status_code == 404
+    assert "does not serve POST /v1/embeddings: unknown path" in caught.value.message
+
+
+@pytest.mark.parametrize("path", ["/", "/v1", "/v2/chat/completions", "/v1/audio/speech", "/v1/chat/completions/x",
+                                  "/%00", "/v1/" + "x" * 5000, "/v1/\u00e9t\u00e9"])
+def test_any_unknown_path_is_404_in_openai_shape_with_the_path_bounded(proxy: RunningProxy, path: str) -> None:
+    err = _error(proxy.http().post(path, json={}), 404)
+    assert err["type"] == "invalid_request_error" and "unknown path" in err["message"]
+    assert len(err["message"]) < 1000  # the path is echoed clipped
 
 
 def test_server_keeps_serving_after_bad_requests(proxy: RunningProxy, standin: StandInServer) -> None:

@@ -90,7 +90,8 @@ def test_parameters_system_messages_and_tools_are_forwarded(proxy: RunningProxy,
         messages=[{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Weather in Paris?"}],
         temperature=0.3, max_tokens=55, stop=["END"], top_p=0.9, seed=7, tools=tools, tool_choice="required")
     call = completion.choices[0].message.tool_calls[0]
-    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "answer from gemini-1.5-flash"}  # valid under its schema
     body = standin.state.requests[0].body
     gen = body["generationConfig"]
     assert gen["temperature"] == 0.3 and gen["max_output_tokens"] == 55 and gen["stop_sequences"] == ["END"]

@@ -165,6 +165,28 @@ def test_stream_keeps_one_id_and_openai_fields_only(proxy: RunningProxy, standin
         "answer from")
 
 
+TOOL = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def test_a_whole_tool_call_has_openai_fields_only_and_no_index(proxy: RunningProxy, standin: StandInServer) -> None:
+    with proxy.http() as http:
+        body = http.post("/v1/chat/completions", json={"model": FLASH, "messages": HI, "tools": TOOL,
+                                                       "tool_choice": "required"}).json()
+    [call] = body["choices"][0]["message"]["tool_calls"]
+    assert set(call) == {"id", "type", "function"} and set(call["function"]) == {"name", "arguments"}
+    assert call["type"] == "function" and call["function"]["name"] == "get_weather"
+
+
+def test_a_streamed_tool_call_keeps_its_index(proxy: RunningProxy, standin: StandInServer) -> None:
+    with proxy.http() as http, http.stream("POST", "/v1/chat/completions", json={
+            "model": FLASH, "messages": HI, "tools": TOOL, "tool_choice": "required", "stream": True}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    calls = [c for e in events if e["choices"] for c in e["choices"][0]["delta"].get("tool_calls") or []]
+    assert calls and all(c["index"] == 0 for c in calls)  # which call each piece extends, as OpenAI streams it
+    assert {k for c in calls for k in c} <= {"index", "id", "type", "function"}
+
+
 # --- system messages -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("role", ["system", "developer"])

@@ -211,6 +211,26 @@ def test_exposition_parses_and_has_every_family_with_its_type(proxy: RunningProx
             "strong_share_default": "none"} in info  # base_config fixes the threshold: no share target
 
 
+def test_upstream_errors_have_a_zero_series_per_model_and_reason_from_the_start(proxy: RunningProxy) -> None:
+    """Every (model, reason) exists before any failure, so the dashboard's errors panel shows 0, not "No data"."""
+    from proxy.metrics import UPSTREAM_ERROR_REASONS
+
+    families = {f.name: f for f in text_string_to_metric_families(scrape(proxy))}
+    series = {(s.labels["routed_model"], s.labels["reason"]) for s in families["route_llm_upstream_errors"].samples
+              if s.name.endswith("_total")}
+    assert {(m, r) for m in (FLASH, PRO) for r in UPSTREAM_ERROR_REASONS} <= series
+
+
+def test_every_reason_an_attempt_can_fail_with_is_precreated() -> None:
+    """The closed set in proxy/metrics.py covers what upstream/calls._classify and the edge's broken stream give."""
+    from proxy.metrics import UPSTREAM_ERROR_REASONS
+
+    root = Path(__file__).resolve().parents[2] / "proxy"
+    given = set(re.findall(r'_Failure\("(\w+)"', (root / "upstream" / "calls.py").read_text()))
+    given |= set(re.findall(r'reason="(\w+)"', (root / "edge" / "routes.py").read_text()))
+    assert given and given <= set(UPSTREAM_ERROR_REASONS)
+
+
 def test_info_gauge_reports_the_strong_share_target(make_proxy: Any, router: Any) -> None:
     make_proxy(router={"threshold": None, "strong_share": 0.25})
     labels = {s.labels["strong_share_default"] for f in REGISTRY.collect() if f.name == "route_llm_info"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from proxy.documents.pdf import CHILD_PREFIX, sweep_orphans
+from tests.conftest import ClientThread, wait_until
 from tests.proxy.pdfs import slow_pdf
 from tests.proxy.test_shutdown import _serve, _wait_ready, _write_config
 from tests.standin import StandInServer, free_port
@@ -57,10 +57,11 @@ def test_sigkill_of_the_server_takes_its_extraction_children_with_it(tmp_path: P
             except httpx.TransportError:
                 pass  # the server is killed under it
 
-        threads = [threading.Thread(target=upload) for _ in range(2)]
+        threads = [ClientThread(upload) for _ in range(2)]
         for t in threads:
             t.start()
-        assert _wait_for(lambda: len(_named(name)) == 2, 90), "the extractions never started"
+        wait_until(lambda: len(_named(name)) == 2, "both extractions started", timeout=90, clients=threads,
+                   processes=[proc], log=log)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         assert _wait_for(lambda: not _named(name), 20), f"children outlived the server: {_named(name)}"

@@ -173,11 +173,27 @@ def test_a_reload_takes_new_thresholds_and_aliases_and_names_what_needs_a_restar
     proxy, config, model_a = reloadable
     _write_config(tmp_path, model_a, aliases={"auto-new": {"threshold": 0.0}}, server={"limit_messages": 7})
     body = _reload(proxy).json()
-    assert body["result"] == "ok" and body["ignored"] == ["server"]
+    assert body["result"] == "ok" and body["ignored"] == ["server.limit_messages"]
     raw = proxy.client().chat.completions.with_raw_response.create(
         model="auto-new", messages=[{"role": "user", "content": "hi"}])
     assert raw.headers["x-route-llm-tier"] == "strong" and raw.headers["x-route-llm-threshold"] == "0.0000"
     assert "auto-new" in [m.id for m in proxy.client().models.list()]
+
+
+def test_a_port_edit_is_listed_as_needing_a_restart_until_then(reloadable: Any, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The running port may come from --port, not the file: the edit is judged against the file as started."""
+    proxy, config, model_a = reloadable
+    _write_config(tmp_path, model_a, server={"port": 9321}, upstream={"retries": 3})
+    with caplog.at_level("INFO", logger="route_llm"):
+        first = _reload(proxy).json()
+    assert first["result"] == "unchanged" and first["ignored"] == ["server.port", "upstream.retries"]
+    assert "changes to server.port, upstream.retries need a restart" in caplog.text
+    _write_config(tmp_path, model_a, server={"port": 9321}, upstream={"retries": 3}, router={"threshold": 0.3})
+    second = _reload(proxy).json()
+    assert second["result"] == "ok" and second["ignored"] == ["server.port", "upstream.retries"]  # still pending
+    _write_config(tmp_path, model_a, router={"threshold": 0.3})  # the file as started, but for the threshold
+    assert _reload(proxy).json()["ignored"] == []
 
 
 def test_reload_needs_an_admin_key(reloadable: Any, make_proxy: Any) -> None:
@@ -225,7 +241,7 @@ def test_sighup_and_admin_reload_swap_every_worker(tmp_path: Path, standin: Stan
         deadline = time.monotonic() + 120
         while log.read_text(errors="replace").count("router reload (SIGHUP): ok") < 2:
             assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-            assert proc.poll() is None
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
             time.sleep(0.2)
         assert _versions(base_url, 6) == {model_version(model_b)}
 
@@ -235,6 +251,7 @@ def test_sighup_and_admin_reload_swap_every_worker(tmp_path: Path, standin: Stan
         assert r.status_code == 200 and r.json()["workers"] == "all signalled", r.text
         while log.read_text(errors="replace").count("router reload (SIGHUP): ok") < 3:  # the other worker
             assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
             time.sleep(0.2)
         assert _versions(base_url, 6) == {model_version(model_a)}
     finally:

@@ -92,7 +92,7 @@ def test_function_tools_round_trip(proxy: RunningProxy, standin: StandInServer) 
                                     tool_choice={"type": "function", "name": "get_weather"})
     [call] = first.output
     assert call.type == "function_call" and call.name == "get_weather"
-    assert json.loads(call.arguments) == {"city": "Paris"} and call.call_id
+    assert json.loads(call.arguments) == {"city": f"answer from {FLASH}"} and call.call_id
     declared = standin.state.requests[-1].body["tools"][0]["function_declarations"][0]
     assert declared["name"] == "get_weather"
     follow_up = [{"role": "user", "content": "Weather in Paris?"},
@@ -112,7 +112,7 @@ def test_streamed_function_call_is_assembled(proxy: RunningProxy, standin: Stand
         final = stream.get_final_response()
     assert "response.function_call_arguments.done" in kinds and kinds[-1] == "response.completed"
     [call] = final.output
-    assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Paris"}
+    assert call.type == "function_call" and json.loads(call.arguments) == {"city": f"answer from {FLASH}"}
 
 
 def test_json_schema_text_format_reaches_gemini(proxy: RunningProxy, standin: StandInServer) -> None:

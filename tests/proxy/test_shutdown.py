@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import base_config
+from tests.conftest import ClientThread, base_config, wait_until
 from tests.standin import Fault, StandInServer, free_port
 
 ROUTE_LLM = Path(sys.executable).with_name("route-llm")
@@ -90,13 +89,12 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path: Path, standi
                               json={"model": "gemini-1.5-pro", "messages": MSG, "stream": True}) as r:
                 results["stream"] = (r.status_code, r.read().decode())
 
-        threads = [threading.Thread(target=plain), threading.Thread(target=streamed)]
+        threads = [ClientThread(plain), ClientThread(streamed)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 20
-        while len(standin.state.requests) < 2:  # both are now waiting on the slow upstream
-            assert time.monotonic() < deadline, "requests never reached the upstream"
-            time.sleep(0.02)
+        # both are now waiting on the slow upstream
+        wait_until(lambda: len(standin.state.requests) >= 2, "both requests upstream", timeout=20, clients=threads,
+                   processes=[proc], log=log)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert any(t.is_alive() for t in threads), "the slow requests finished before the test could check"
@@ -133,12 +131,10 @@ def test_requests_past_the_shutdown_deadline_get_a_503_and_the_process_still_exi
             results["r"] = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
                                       json={"model": "gemini-1.5-flash", "messages": MSG})
 
-        thread = threading.Thread(target=slow)
+        thread = ClientThread(slow)
         thread.start()
-        deadline = time.monotonic() + 20
-        while not standin.state.requests:
-            assert time.monotonic() < deadline, "the request never reached the upstream"
-            time.sleep(0.02)
+        wait_until(lambda: bool(standin.state.requests), "the request upstream", timeout=20, clients=[thread],
+                   processes=[proc], log=log)
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()
