@@ -113,6 +113,7 @@ class RetrainResult:
     path: Path | None = None
     version: str | None = None
     explanation: str = ""  # which rows were used and the rule, in words, with the numbers
+    candidate: Head | None = None  # the fitted head, kept or not (the simulation scores refused ones too)
 
 
 def sample_rows(rows: list[data.Row], limit: int | None, seed: int) -> list[data.Row]:
@@ -307,10 +308,10 @@ def judge(held: RowSet, held_scores: tuple[np.ndarray, np.ndarray], val: RowSet,
         outcome = "refuse" if change < -config.tolerance and high < 0 else "pass"
         checks.append(Check(f"base {source}", len(rows), cur, cur + change, change, low, high, outcome))
 
-    lines = [f"{'':22}{'n':>6}{'current':>10}{'candidate':>11}{'change':>9}  {'95% interval':17}result"]
+    lines = [f"{'':22}{'n':>6}{'current':>10}{'candidate':>11}{'change':>9}  {'95% interval':18}result"]
     for c in checks:
         numbers = (f"{c.current:>10.3f}{c.candidate:>11.3f}{c.change:>+9.3f}  [{c.low:+.3f}, {c.high:+.3f}]  "
-                   if not math.isnan(c.change) else f"{'-':>10}{'-':>11}{'-':>9}  {'-':17}")
+                   if not math.isnan(c.change) else f"{'-':>10}{'-':>11}{'-':>9}  {'-':18}")
         lines.append(f"{c.name:22}{c.n:>6}{numbers}{c.outcome}")
     table = "\n".join(lines)
 
@@ -498,7 +499,7 @@ def retrain(data_dir: Path | None, feedback_paths: list[Path], *, current_dir: s
     ])
     log.info("retrain: %s", verdict)
     if not accepted:
-        return RetrainResult(False, verdict, table, results, explanation=explanation)
+        return RetrainResult(False, verdict, table, results, explanation=explanation, candidate=candidate)
 
     sampled = _concat(base.train, base.val)
     current_scores = sigmoid(head_logits(current_head, sampled))
@@ -531,4 +532,4 @@ def retrain(data_dir: Path | None, feedback_paths: list[Path], *, current_dir: s
     out = out_dir / version
     tmp.rename(out)
     log.info("retrain: wrote %s", out)
-    return RetrainResult(True, verdict, table, results, out, version, explanation)
+    return RetrainResult(True, verdict, table, results, out, version, explanation, candidate)
