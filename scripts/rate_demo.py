@@ -72,7 +72,7 @@ def prompts(count: int, seed: int) -> list[tuple[str, bool]]:
             raise ValueError(f"cannot make {count} distinct prompts")
         hard = rng.random() < 0.45
         template = rng.choice(HARD if hard else EVERYDAY)
-        values = {name: rng.choice(options) for name, options in FILL.items()}
+        values: dict[str, object] = {name: rng.choice(options) for name, options in FILL.items()}
         values |= {"k": rng.randint(2, 9), "m": rng.randint(3, 12)}
         chosen.setdefault(template.format(**values), hard)
     return list(chosen.items())

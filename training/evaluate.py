@@ -65,7 +65,7 @@ def per_source(rows: list[Row], scores: Sequence[float]) -> dict[str, Any]:
             out[name] = {"n": len(index), **summarize(values[index].tolist(), weak, strong)}  # type: ignore[arg-type]
     math_rows = np.nonzero(source == "math")[0]
     if len(math_rows) > 1:
-        levels = [rows[i].level for i in math_rows]
+        levels = [float(rows[i].level or 0) for i in math_rows]  # every MATH row has a level
         out["math"] = {"n": len(math_rows), "level_spearman": round(spearman(levels, values[math_rows]), 4)}
     arena = np.nonzero(source == "arena")[0]
     if len(arena) and len(set(source)) > 1:
