@@ -143,3 +143,26 @@ def test_a_refit_of_the_shipped_head_without_feedback_keeps_its_scores() -> None
                      RetrainConfig(steps=50), rows.train.terms)
     before, after = sigmoid(head_logits(head, rows.val)), sigmoid(head_logits(refit, rows.val))
     assert np.abs(after - before).max() < 0.01
+
+
+def test_the_pipeline_export_writes_the_rows_beside_the_model(tmp_path: Path) -> None:
+    """scripts/train_router.py's export (training.pipeline.train) writes base_rows.npz for the encoder it used."""
+    pytest.importorskip("sklearn")  # the joint head fit and the TF-IDF baseline (the dev and train extras)
+    from tests.training.test_retrain import _data
+    from training.head import JointConfig
+    from training.pipeline import train
+
+    encoder_dir = build_format2_dir(tmp_path / "encoder")
+    out = tmp_path / "model"
+    meta = train(_data(tmp_path), out, tmp_path / "work", targets=data.TargetConfig(), head=JointConfig(bits=10),
+                 encoder_dir=encoder_dir, threads=1)
+    rows = base_rows.load(out)
+    assert meta["base_rows"]["rows"] == {"train": len(rows.train), "val": len(rows.val)}
+    assert len(rows.train) + len(rows.val) == 400 and rows.train.terms is not None and rows.train.terms.bits == 10
+    head = Head.load(out / "head.npz")
+    written = json.loads((out / "router.json").read_text())
+    for source in ("mmlu", "gsm8k"):  # the stored rows give the validation figures the export wrote
+        index = np.nonzero(rows.val.source == source)[0]
+        apgr = routing_curve(sigmoid(head_logits(head, rows.val))[index], rows.val.weak[index],
+                             rows.val.strong[index]).apgr
+        assert apgr == pytest.approx(written["validation"]["router"][source]["apgr"], abs=0.01)

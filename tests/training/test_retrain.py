@@ -290,3 +290,30 @@ main(["retrain", "--feedback", {str(_feedback(tmp_path))!r}, "--model-dir", {str
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "wrote" in done.stderr
+
+
+def test_an_unchanged_head_keeps_its_quantile_table_and_a_raised_one_moves_it_up() -> None:
+    from training.retrain import carry_quantiles
+
+    rng = np.random.default_rng(0)
+    n = 300
+    rows = RowSet(inputs=np.zeros((n, 1)), terms=None, source=np.array(["mmlu", "gsm8k", "arc"] * 100),
+                  target=np.zeros(n), weight=np.zeros(n), weak=np.zeros(n), strong=np.ones(n),
+                  level=np.zeros(n, int))
+    current = rng.uniform(0.1, 0.9, n)
+    table = [[0.0, 0.1], [0.3, 0.35], [0.5, 0.5], [0.7, 0.62], [1.0, 0.9]]
+    assert carry_quantiles(table, rows, current, current) == table
+    raised = carry_quantiles(table, rows, current, np.clip(current + 0.05, 0, 1))
+    assert [level for level, _ in raised] == [0.0, 0.3, 0.5, 0.7, 1.0]
+    assert all(new > old for (_, new), (_, old) in zip(raised[1:-1], table[1:-1], strict=True))
+    assert [v for _, v in raised] == sorted(v for _, v in raised)  # still a table: non-decreasing
+
+
+def test_the_interval_brackets_the_change_and_collapses_for_identical_scorers() -> None:
+    from training.retrain import change_interval
+
+    rows = _held(80)
+    current, candidate = _scores(rows, 0.5, 1), _scores(rows, 1.5, 2)
+    change, low, high = change_interval(rows.weak, rows.strong, current, candidate, rounds=300, seed=0)
+    assert low <= change <= high and high - low > 0.01
+    assert change_interval(rows.weak, rows.strong, current, current, rounds=300, seed=0) == (0.0, 0.0, 0.0)
