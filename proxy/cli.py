@@ -436,44 +436,53 @@ def feedback_export_cmd(config_path: str | None, store_dir: str | None, out_path
         sys.exit(EXIT_INPUT)
     with click.open_file(out_path, "w", encoding="utf-8") as out:
         summary = export_rows(ratings, out, tiers=tiers, strong_good=strong_good)  # type: ignore[arg-type]
-    click.echo(f"route-llm feedback export: {summary.describe()}", err=True)
+    from training.retrain import MIN_JUDGE_ROWS, MIN_TRAIN_ROWS
+
+    click.echo("route-llm feedback export: " + summary.describe().replace("\n", "\n  "), err=True)
+    click.echo(f"  route-llm retrain holds out a fifth of the rows to judge by: it needs at least {MIN_TRAIN_ROWS} "
+               f"rows left to train on, and judges only from {MIN_JUDGE_ROWS} held-out rows (about "
+               f"{5 * MIN_JUDGE_ROWS} exported); with fewer it refuses unless given --accept", err=True)
 
 
-EXIT_NOT_BETTER = 5  # retrain: the candidate did not beat the current model, nothing written
+EXIT_NOT_BETTER = 5  # retrain: the candidate was refused (worse, or too little held-out feedback), nothing written
 
 
 @main.command("retrain")
 @click.option("--feedback", "feedback_paths", multiple=True, required=True,
               type=click.Path(exists=True, dir_okay=False), help="training rows from `route-llm feedback export`")
-@click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="the base training data (train.jsonl, chat_alpacaeval.jsonl, ...)")
+@click.option("--data-dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="the base training data (train.jsonl, chat_alpacaeval.jsonl, ...); default: the base rows shipped "
+                   "beside the model (base_rows.npz)")
 @click.option("--model-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="the current model (default: the shipped one)")
 @click.option("--out-dir", type=click.Path(file_okay=False), default="models", show_default=True,
-              help="where the new versioned model directory is written, if the candidate is better")
+              help="where the new versioned model directory is written, if the candidate is kept")
 @click.option("--work-dir", type=click.Path(file_okay=False), default=".route-llm-retrain", show_default=True,
               help="embedding cache")
 @click.option("--base-per-source", type=click.IntRange(0), default=400, show_default=True,
-              help="base training rows sampled per source (0: all, slow)")
+              help="with --data-dir: base training rows sampled per source (0: all, slow)")
 @click.option("--tolerance", type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
-              help="largest APGR drop allowed on any base validation source")
+              help="largest APGR drop beyond noise allowed on any base validation source")
+@click.option("--accept", is_flag=True,
+              help="keep the candidate even if the held-out feedback is too small to judge (the base checks apply)")
+@click.option("--holdout-seed", type=click.IntRange(0), default=0, show_default=True,
+              help="which hash split of the feedback is held out to judge by")
 @click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--words", type=click.Choice(["fixed", "refit"]), default="fixed", show_default=True,
               help="a head's word term: kept as it is, or refitted with the dense layers")
-@click.option("--full", is_flag=True, help="fine-tune the encoder too (torch; tens of minutes on two cores, where "
-              "the default head refit takes one or two)")
+@click.option("--full", is_flag=True, help="fine-tune the encoder too (torch, and --data-dir; tens of minutes on two "
+              "cores, where the default head refit takes one or two)")
 @click.option("--epochs", type=click.FloatRange(0.01, 20.0), default=1.0, show_default=True,
               help="--full: passes over the base sample and the feedback")
-def retrain_cmd(feedback_paths: tuple[str, ...], data_dir: str, model_dir: str | None, out_dir: str, work_dir: str,
-                base_per_source: int, tolerance: float, threads: int, words: str, full: bool, epochs: float) -> None:
+def retrain_cmd(feedback_paths: tuple[str, ...], data_dir: str | None, model_dir: str | None, out_dir: str,
+                work_dir: str, base_per_source: int, tolerance: float, accept: bool, holdout_seed: int, threads: int,
+                words: str, full: bool, epochs: float) -> None:
     """Refit the routing head on the current encoder with feedback added (--full: the encoder too); keep the
-    candidate only if it is better."""
-    try:
-        from training.retrain import RetrainConfig, RetrainError, retrain
-    except ImportError as exc:
-        click.echo(f"route-llm retrain needs the train extra (pip install 'route-llm[train]'): {exc}", err=True)
-        sys.exit(EXIT_FAILURE)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    candidate unless it is worse beyond noise."""
+    from training.retrain import RetrainConfig, RetrainError, retrain
+
+    # --full runs for tens of minutes and logs its progress; the head refit's output is the explanation and table
+    logging.basicConfig(level=logging.INFO if full else logging.WARNING, format="%(asctime)s %(message)s")
     if full:
         try:
             import torch  # noqa: F401
@@ -482,17 +491,18 @@ def retrain_cmd(feedback_paths: tuple[str, ...], data_dir: str, model_dir: str |
             click.echo(f"route-llm retrain --full needs torch and transformers (pip install 'route-llm[train]'): "
                        f"{exc}", err=True)
             sys.exit(EXIT_FAILURE)
-    config = RetrainConfig(base_per_source=base_per_source or None, tolerance=tolerance, threads=threads, words=words,
-                           full=full, full_epochs=epochs)
+    config = RetrainConfig(base_per_source=base_per_source or None, tolerance=tolerance, accept=accept,
+                           holdout_seed=holdout_seed, threads=threads, words=words, full=full, full_epochs=epochs)
     try:
-        result = retrain(Path(data_dir), [Path(p) for p in feedback_paths], current_dir=model_dir,
-                         out_dir=Path(out_dir), work_dir=Path(work_dir), config=config)
+        result = retrain(Path(data_dir) if data_dir else None, [Path(p) for p in feedback_paths],
+                         current_dir=model_dir, out_dir=Path(out_dir), work_dir=Path(work_dir), config=config)
     except RetrainError as exc:
         click.echo(f"route-llm retrain: {exc}", err=True)
         sys.exit(EXIT_INPUT)
+    click.echo(result.explanation)
     click.echo(result.table)
     if result.path is None:
-        click.echo(f"route-llm retrain: not written: {result.verdict}", err=True)
+        click.echo(f"route-llm retrain: refused, nothing written: {result.verdict}", err=True)
         sys.exit(EXIT_NOT_BETTER)
     click.echo(f"route-llm retrain: {result.verdict}; wrote {result.path} (version {result.version}); point "
                "router.model_dir at it and reload (kill -HUP or POST /admin/reload)", err=True)

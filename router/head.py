@@ -106,13 +106,17 @@ class Head:
         """One logit per input row; a head with a word term also needs the rows' prompt ``texts``."""
         if self.lexical is not None and (texts is None or len(texts) != len(inputs)):
             raise ValueError("this head has a word term: pass the prompt texts, one per input row")
+        logits = self.dense_logits(inputs)
+        if self.lexical is not None and texts is not None:
+            logits = logits + self.lexical.logits(texts)
+        return logits
+
+    def dense_logits(self, inputs: np.ndarray) -> np.ndarray:
+        """The logit without the word term: retraining adds that term from stored word counts, not from texts."""
         x = (np.asarray(inputs, dtype=np.float64) - self._mean) / self._scale
         last = len(self._layers) - 1
         for index, (weight, bias) in enumerate(self._layers):
             x = x @ weight + bias
             if index < last:
                 x = gelu(x)
-        logits = np.asarray(x[:, 0])
-        if self.lexical is not None and texts is not None:
-            logits = logits + self.lexical.logits(texts)
-        return logits
+        return np.asarray(x[:, 0])

@@ -11,6 +11,7 @@ TF-IDF (word 1-2 grams) + logistic regression fitted on the training part's labe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,10 +34,26 @@ def mixture_threshold(rows: list[Row], scores: np.ndarray, share: float) -> floa
     return float(scores[order][min(int(np.searchsorted(cumulative, 1.0 - share)), len(rows) - 1)])
 
 
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return np.asarray(sums[inverse] / counts[inverse])
+
+
+def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Spearman's rank correlation (ties averaged), numpy only so evaluation runs on the base dependencies."""
+    x, y = _ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64))
+    x, y = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float(np.dot(x, x) * np.dot(y, y)))
+    return float(np.dot(x, y) / denominator) if denominator else float("nan")
+
+
 def per_source(rows: list[Row], scores: Sequence[float]) -> dict[str, Any]:
     """Metrics per source for one scorer's scores of ``rows`` (validation rows, typically)."""
-    from scipy.stats import spearmanr
-
     values = np.asarray(scores, dtype=np.float64)
     source = np.array([r.source for r in rows])
     out: dict[str, Any] = {}
@@ -48,8 +65,8 @@ def per_source(rows: list[Row], scores: Sequence[float]) -> dict[str, Any]:
             out[name] = {"n": len(index), **summarize(values[index].tolist(), weak, strong)}  # type: ignore[arg-type]
     math_rows = np.nonzero(source == "math")[0]
     if len(math_rows) > 1:
-        levels = [rows[i].level for i in math_rows]
-        out["math"] = {"n": len(math_rows), "level_spearman": round(float(spearmanr(levels, values[math_rows])[0]), 4)}
+        levels = [float(rows[i].level or 0) for i in math_rows]  # every MATH row has a level
+        out["math"] = {"n": len(math_rows), "level_spearman": round(spearman(levels, values[math_rows]), 4)}
     arena = np.nonzero(source == "arena")[0]
     if len(arena) and len(set(source)) > 1:
         threshold = mixture_threshold(rows, values, 0.3)

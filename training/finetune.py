@@ -31,7 +31,7 @@ import numpy as np
 from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE, Router, load_tokenizer
 from router.features import FEATURES, compute
 from router.head import Head
-from training import data, encoder, evaluate
+from training import base_rows, data, encoder, evaluate
 from training.pipeline import mixture_quantiles, replace_dir, stage_dir
 
 log = logging.getLogger(__name__)
@@ -313,6 +313,16 @@ def finetune(
             "licence_note": "trained partly on AlpacaEval instructions (CC BY-NC 4.0: research use only)",
         }
     )
+    # What `route-llm retrain` needs to keep this model's behaviour without the data (training.base_rows): every
+    # row embedded once more, by the new encoder through the runtime (cached in the work directory).
+    clf = encoder.classifier(tmp, names, max_length=config.max_length, head_fraction=config.head_fraction,
+                             threads=config.threads)
+
+    def embed(rows: list[data.Row]) -> np.ndarray:
+        return encoder.cached_inputs(clf, [r.prompt for r in rows], work / "cache", tmp)
+
+    meta["base_rows"] = base_rows.export(tmp, train_rows, val_rows, targets, embed(train_rows), embed(val_rows),
+                                         len(names))
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     np.save(work / "val_scores.npy", scores)
     replace_dir(tmp, out)

@@ -30,7 +30,7 @@ from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE, Classifier
 from router.features import FEATURES
 from router.head import Head
 from router.policy import QUANTILE_LEVELS
-from training import data, encoder, evaluate
+from training import base_rows, data, encoder, evaluate
 from training.head import HeadConfig, JointConfig, fit, fit_joint
 
 log = logging.getLogger(__name__)
@@ -226,11 +226,15 @@ def train(
             "validation": results,
             "fit_seconds": round(fit_seconds, 1),
             "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "licence_note": "trained partly on AlpacaEval instructions (CC BY-NC 4.0: research use only)",
+            "licence_note": "trained partly on AlpacaEval instructions (CC BY-NC 4.0: research use only); "
+            "base_rows.npz leaves those rows out (see base_rows.licences)",
         }
     )
     if fitted.lexical is not None:
         meta["lexical"] = lexical.SCHEME
+    # What `route-llm retrain` needs to keep this model's behaviour without the data (training.base_rows).
+    meta["base_rows"] = base_rows.export(tmp, [r for r in rows if not r.val], val_rows, targets, inputs[~is_val],
+                                         inputs[is_val], len(FEATURES))
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     replace_dir(tmp, out)
     log.info("wrote %s (version %s) in %.0fs", out, meta["version"], time.time() - t0)

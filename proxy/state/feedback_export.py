@@ -87,17 +87,25 @@ class ExportSummary:
     by_case: Counter[str] = field(default_factory=Counter)
 
     def describe(self) -> str:
+        """What was written and, a line each, what was skipped, why, and what would change it."""
         cases = ", ".join(f"{case}: {n}" for case, n in sorted(self.by_case.items())) or "none"
-        text = (f"{self.written} training rows written ({cases}); {self.dropped} good ratings of tiers above the "
-                "cheapest dropped")
-        if self.unknown_tier:
-            text += f"; {self.unknown_tier} ratings of tiers not in the tier list skipped"
-        if self.failed:
-            text += f"; {self.failed} ratings of failed requests skipped (no answer to learn from)"
+        read = self.written + self.no_prompt + self.dropped + self.failed + self.unknown_tier
+        lines = [f"{read} ratings read; {self.written} training rows written ({cases})"]
         if self.no_prompt:
-            text += (f"; {self.no_prompt} ratings skipped because their prompt was not stored (set "
-                     "feedback.store_prompts: true to keep prompts of future requests)")
-        return text
+            lines.append(f"{self.no_prompt} ratings skipped because their prompt was not stored: their requests were "
+                         "recorded with feedback.store_prompts off (the default, so that no prompt text is kept). "
+                         "Set `feedback: {store_prompts: true}` in config.yaml and restart the server; ratings of "
+                         "requests made after that can be exported (these ones cannot)")
+        if self.dropped:
+            lines.append(f"{self.dropped} good ratings of tiers above the cheapest dropped: a good answer from a "
+                         "dearer model does not say whether the cheapest would have done (--strong-good soft keeps "
+                         "them as a target of 0.5)")
+        if self.failed:
+            lines.append(f"{self.failed} ratings of failed requests skipped (no answer to learn from)")
+        if self.unknown_tier:
+            lines.append(f"{self.unknown_tier} ratings of tiers not in the tier list skipped (the configuration's "
+                         "models, or --tiers)")
+        return "\n".join(lines)
 
 
 def export_rows(ratings: Iterable[Feedback], out: TextIO, *, tiers: Sequence[str] = TWO_TIERS,

@@ -88,6 +88,15 @@ def test_export_writes_training_rows_and_says_what_it_skipped(tmp_path: Path) ->
     assert "1 ratings skipped because their prompt was not stored" in output
 
 
+def test_an_export_of_ratings_without_prompts_names_the_setting_and_what_retrain_needs(tmp_path: Path) -> None:
+    rows, output = _export(tmp_path, [(_record(f"r{i}", "weak", None), "bad") for i in range(4)])
+    assert rows == []
+    assert "4 ratings read; 0 training rows written" in output
+    assert "feedback.store_prompts off (the default" in output and "`feedback: {store_prompts: true}`" in output
+    assert "restart the server" in output
+    assert "needs at least 10 rows left to train on" in output and "--accept" in output
+
+
 THREE_TIERS = [("c1", "flash", "bad"), ("c2", "flash", "good"), ("m1", "pro", "bad"), ("m2", "pro", "good"),
                ("d1", "ultra", "bad"), ("d2", "ultra", "good"), ("g1", "gone", "bad"), ("w1", "weak", "bad")]
 
