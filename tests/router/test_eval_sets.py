@@ -5,8 +5,8 @@ The sets are hand-written and frozen before any model was trained against them (
 written so that prompt length alone scores an AUROC between 0.45 and 0.60, in characters and in tokens of the
 shipped tokenizer, so a floor above 0.60 is one length alone fails.
 
-Measured for the shipped router v3 (all-MiniLM-L6-v2, English-only): documents 0.587 (lookup vs analysis; length
-0.549), languages 0.559 (everyday vs hard, eleven languages; length 0.587). The documents floor sits a little under
+Measured for the shipped router v3 (all-MiniLM-L6-v2, English-only): documents 0.593 (lookup vs analysis; length
+0.552), languages 0.559 (everyday vs hard, eleven languages; length 0.587). The documents floor sits a little under
 v3's figure and above length's; raise it when a better model ships. On the languages v3 is below length alone, so
 no floor can be both met by v3 and failed by length: the languages floor is set at the length ceiling (0.60) and
 marked as an expected failure until a model that reads every language ships.
@@ -32,7 +32,7 @@ REQUIRED_LANGUAGES = {"zh", "ja", "ko", "ru", "ar", "hi", "es", "fr", "de", "pt"
 TOKENIZER = Path(__file__).resolve().parents[2] / "router" / "model" / "tokenizer.json"
 
 #: The shipped model's floors (AUROC); length alone scores at most 0.60 on either set.
-FLOOR_DOCUMENTS = 0.57  # v3: 0.587
+FLOOR_DOCUMENTS = 0.57  # v3: 0.593
 FLOOR_LANGUAGES = 0.60  # v3: 0.559 (expected failure, see the module docstring)
 LENGTH_BAND = (0.45, 0.60)
 
