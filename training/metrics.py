@@ -65,7 +65,7 @@ def routing_curve(scores: Iterable[float], weak: Iterable[float], strong: Iterab
     return RoutingCurve(share=k / n, pgr=pgr, perf=perf, weak_perf=weak_perf, strong_perf=strong_perf)
 
 
-def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
     """Rank AUROC (Mann-Whitney with average ranks for ties); NaN when only one class is present."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=bool)

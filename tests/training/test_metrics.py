@@ -3,6 +3,8 @@ beside each figure, so that "not worse than v3 beyond its interval" can be judge
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -16,7 +18,7 @@ def _scores(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return rng.normal(size=n) + labels, labels
 
 
-def _auroc_of(scores: np.ndarray, labels: np.ndarray):  # type: ignore[no-untyped-def]
+def _auroc_of(scores: np.ndarray, labels: np.ndarray) -> Callable[[np.ndarray], float]:
     return lambda index: auroc(scores[index], labels[index])
 
 
