@@ -13,6 +13,13 @@ beta times the similarity-weighted difficulty residual of the K most similar lab
 fold, and the same blend on the validation split with a head fitted on the whole training part. The head
 inputs are cached in ``--work-dir`` with ``train_router.py``'s cache, so after a training run this takes the
 five head fits (about five minutes on two cores).
+
+Each source's figures for the head carry a 95% bootstrap interval (1,000 seeded resamples of the out-of-fold
+scores; whole MMLU subjects, which is how its folds are drawn, rows elsewhere): a new model is worse than the shipped
+one on a source only where its figure falls below the shipped model's interval. The project's own evaluation sets
+(``--eval-sets``) are external test sets: they are scored by one more head, fitted on the whole training part as the
+shipped head is (so the figure is the model that would ship, not an average of five that would not), beside the
+length baseline and the TF-IDF + LR baseline fitted on every training row.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from training import crossval, data, evaluate
+from training import crossval, data, encoder, evalsets, evaluate
 from training.head import JointConfig
 from training.pipeline import fit_head, prepare
 
@@ -49,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-tfidf", action="store_true", help="skip the TF-IDF baseline")
     p.add_argument("--json", type=Path, help="write every metric here")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--eval-sets", type=Path, default=evalsets.DEFAULT_DIR, help="folder of documents.jsonl and languages.jsonl"
+    )
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per interval")
     args = p.parse_args(argv)
     if not (args.c > 0 and args.dense_scale > 0 and args.everyday >= 0):
         p.error("--c and --dense-scale must be positive, --everyday at least 0")
@@ -56,6 +67,10 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--knn must be at least 1 and --knn-beta at least 0")
     if args.threads < 1:
         p.error("--threads must be at least 1")
+    if args.resamples < 1:
+        p.error("--resamples must be at least 1")
+    if not all((args.eval_sets / f"{name}.jsonl").is_file() for name in evalsets.SETS):
+        p.error(f"--eval-sets: {args.eval_sets} lacks " + " or ".join(f"{name}.jsonl" for name in evalsets.SETS))
     if not (args.encoder_dir / "model.onnx").is_file():
         p.error(f"--encoder-dir: {args.encoder_dir} has no model.onnx")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -76,7 +91,20 @@ def main(argv: list[str] | None = None) -> None:
     }
     if not args.no_tfidf:
         folds["tfidf_lr"] = evaluate.per_source(train_rows, crossval.tfidf_scores(rows, prep.all_rows)[train].tolist())
-    results: dict[str, Any] = {"out_of_fold": folds}
+    results: dict[str, Any] = {
+        "out_of_fold": folds,
+        "intervals": evaluate.source_intervals(train_rows, logits[train].tolist(), resamples=args.resamples),
+    }
+    full = fit_head(rows, inputs, train, targets, head)
+
+    def full_head(prompts: list[str]) -> list[float]:
+        own_inputs = encoder.cached_inputs(prep.clf, prompts, args.work_dir / "cache", prep.encoder_dir)
+        return full.logits(own_inputs, prompts).tolist()  # type: ignore[no-any-return]
+
+    own_scorers: dict[str, evaluate.Scorer] = {"head": full_head}
+    if not args.no_tfidf:
+        own_scorers["tfidf_lr"] = evaluate.tfidf_scorer([r for r in prep.all_rows if not r.val])
+    results["eval_sets"] = evalsets.evaluate(args.eval_sets, own_scorers, resamples=args.resamples)
     if args.knn:
         embeddings = inputs[:, : inputs.shape[1] - len(prep.clf.meta.features)].astype(np.float64)
         embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True) + 1e-12
@@ -94,9 +122,13 @@ def main(argv: list[str] | None = None) -> None:
     counts = ", ".join(f"{name} {m['n']}" for name, m in folds["head"].items())
     print(f"out of fold, training part ({counts}); APGR per source:")
     print(evaluate.table(folds))
+    print("head, 95% bootstrap intervals (out of fold):")
+    print(evaluate.interval_table(folds["head"], results["intervals"]))
     if "validation" in results:
         print("validation split, head fitted on the whole training part:")
         print(evaluate.table(results["validation"]))
+    print("own evaluation sets, head fitted on the whole training part:")
+    print(evalsets.tables(results["eval_sets"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -2,8 +2,10 @@
 
 The validation rows are the group-held-out split of :mod:`training.data` (nine whole MMLU subjects; a hashed
 share of every other source), the same rows the training run held out. The baselines are fitted on the
-training part of the same split. ``--compare`` adds other model directories (e.g. the previous shipped model,
-from ``git show``) to the table; a model is only worth shipping if it is not worse on any source.
+training part of the same split. The project's own evaluation sets (document questions, eleven languages;
+``--eval-sets``) are scored by the same models and baselines. ``--compare`` adds other model directories (e.g. the
+previous shipped model, from ``git show``) to the tables; a model is only worth shipping if it is not worse on any
+source.
 
     python scripts/evaluate_router.py --data-dir ../shared/data/router --json runs/eval.json
 """
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 
 from router import Router
-from training import data, evaluate
+from training import data, evalsets, evaluate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,6 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-tfidf", action="store_true", help="skip the TF-IDF baseline (about a minute)")
     p.add_argument("--json", type=Path, help="write every metric (APGR, CPT50, AUROC per source) here")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--eval-sets", type=Path, default=evalsets.DEFAULT_DIR, help="folder of documents.jsonl and languages.jsonl"
+    )
     args = p.parse_args(argv)
 
     rows = data.load(args.data_dir)
@@ -38,20 +43,25 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(val)} validation prompts: " + ", ".join(f"{s} {sum(r.source == s for r in val)}" for s in data.SOURCES)
     )
     results = {}
+    scorers: dict[str, evaluate.Scorer] = {}
     for name, directory in [("router", args.model_dir), *((str(d.name), d) for d in args.compare)]:
         t0 = time.time()
-        results[name] = evaluate.per_source(val, Router.load(directory, threads=args.threads).score(prompts))
+        scorers[name] = Router.load(directory, threads=args.threads).score
+        results[name] = evaluate.per_source(val, scorers[name](prompts))
         print(f"scored with {directory or 'the shipped model'} in {time.time() - t0:.0f}s")
     results["length"] = evaluate.per_source(val, evaluate.length_scores(prompts))
     if not args.no_tfidf:
-        results["tfidf_lr"] = evaluate.per_source(val, evaluate.tfidf_scorer([r for r in rows if not r.val])(prompts))
+        scorers["tfidf_lr"] = evaluate.tfidf_scorer([r for r in rows if not r.val])
+        results["tfidf_lr"] = evaluate.per_source(val, scorers["tfidf_lr"](prompts))
     results["random"] = {s: {"apgr": 0.5, "cpt50": 0.5, "auroc": 0.5} for s in data.LABELLED}
     print("APGR per source (math: Spearman of score with level; arena/chat@30%: share sent strong at the")
     print("threshold that sends 30% of the mixture strong):")
     print(evaluate.table(results))
+    own = evalsets.evaluate(args.eval_sets, scorers)
+    print(evalsets.tables(own))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        args.json.write_text(json.dumps({**results, "eval_sets": own}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

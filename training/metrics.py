@@ -1,4 +1,4 @@
-"""Routing-quality metrics: RouteLLM's APGR and CPT, computed exactly from the ranking, and AUROC.
+"""Routing-quality metrics: RouteLLM's APGR and CPT, computed exactly from the ranking; AUROC; bootstrap intervals.
 
 For every threshold, prompts scoring at or above it go to the strong model; performance is the mean score of the
 answers actually used. PGR (performance gap recovered) normalises that between always-weak (0) and
@@ -8,7 +8,7 @@ strong share, 0.5 for a random router.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +65,7 @@ def routing_curve(scores: Iterable[float], weak: Iterable[float], strong: Iterab
     return RoutingCurve(share=k / n, pgr=pgr, perf=perf, weak_perf=weak_perf, strong_perf=strong_perf)
 
 
-def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
     """Rank AUROC (Mann-Whitney with average ranks for ties); NaN when only one class is present."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=bool)
@@ -100,3 +100,41 @@ def summarize(scores: Sequence[float], weak: Sequence[float], strong: Sequence[f
 def random_baseline() -> dict[str, float]:
     """A random router's expected curve is PGR = share, so APGR 0.5, CPT(x) = x and AUROC 0.5 analytically."""
     return {"apgr": 0.5, "cpt50": 0.5, "cpt80": 0.8, "auroc": 0.5}
+
+
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    *,
+    groups: Sequence[str] | None = None,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(index)`` over resamples of the ``n`` rows' indices.
+
+    With ``groups``, whole groups are drawn with replacement (as many as there are) and every row of a drawn group
+    comes along: rows that share an MMLU subject or a document are not independent, and resampling them one by one
+    would give an interval that is too narrow. Resamples on which the statistic is undefined (NaN: an AUROC drawn
+    with one class only) are left out. Seeded, so a rerun prints the same interval.
+    """
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        blocks = [np.array([i]) for i in range(n)]
+    else:
+        if len(groups) != n:
+            raise ValueError(f"groups has {len(groups)} entries for {n} rows")
+        members: dict[str, list[int]] = {}
+        for i, g in enumerate(groups):
+            members.setdefault(g, []).append(i)
+        blocks = [np.array(v) for v in members.values()]
+    values = []
+    for _ in range(resamples):
+        drawn = rng.integers(0, len(blocks), size=len(blocks))
+        values.append(statistic(np.concatenate([blocks[j] for j in drawn])))
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if not len(finite):
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2.0 * 100.0
+    return float(np.percentile(finite, tail)), float(np.percentile(finite, 100.0 - tail))

@@ -108,6 +108,8 @@ def _line(i: int, topic: str, benchmark: str, category: str) -> dict[str, object
         (["--c", "0"], "--c"),
         (["--everyday", "-1"], "--everyday"),
         (["--threads", "0"], "--threads"),
+        (["--resamples", "0"], "--resamples"),
+        (["--eval-sets", "no-such-dir"], "--eval-sets"),
         (["--encoder-dir", "no-such-dir"], "--encoder-dir"),
         ([], "--data-dir"),  # the data directory holds none of the data files
     ],
@@ -135,8 +137,13 @@ def test_the_script_prints_both_tables_for_a_small_data_directory(
     (data_dir / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     model = Path(__file__).resolve().parents[2] / "router" / "model"
     out = tmp_path / "cv.json"
+    own = _own_sets(tmp_path / "sets")
     script_main("crossval_router")(
         [
+            "--eval-sets",
+            str(own),
+            "--resamples",
+            "50",
             "--data-dir",
             str(data_dir),
             "--encoder-dir",
@@ -156,12 +163,40 @@ def test_the_script_prints_both_tables_for_a_small_data_directory(
     )
     printed = capsys.readouterr().out
     assert "out of fold" in printed and "validation split" in printed
+    assert "bootstrap intervals" in printed and "own evaluation sets" in printed
     results = json.loads(out.read_text())
     assert set(results["out_of_fold"]) == {"head", "length", "k3 b0.5"}
+    lo, hi = results["intervals"]["gsm8k"]["apgr"]
+    assert lo <= results["out_of_fold"]["head"]["gsm8k"]["apgr"] <= hi and lo < hi
+    documents = results["eval_sets"]["documents"]
+    assert set(documents) == {"head", "length"}
+    assert documents["length"]["auroc"] == 1.0  # the toy set's analyses are the longer rows
+    assert set(documents["head"]["slices"]) == {"manual", "paper"}
+    assert set(results["eval_sets"]["languages"]["head"]["slices"]) == {"de", "ja"}
     assert set(results["validation"]) == {"head", "k3 b0.5"}
     # the hard prompts' words ("prove", "design", "derive") separate them: the folds' heads rank them first
     assert results["out_of_fold"]["head"]["gsm8k"]["apgr"] > 0.6
     assert results["validation"]["head"]["gsm8k"]["n"] + results["out_of_fold"]["head"]["gsm8k"]["n"] == 40
+
+
+def _own_sets(directory: Path) -> Path:
+    """A toy pair of evaluation sets in the repository's format: 8 rows each, both labels in every slice."""
+    import json
+
+    directory.mkdir()
+    documents = [
+        {"id": f"d{i}", "prompt": ("what is the " if i % 2 == 0 else "weigh the risks and judge the ") + f"item {i}",
+         "label": i % 2, "kind": ["manual", "paper"][i // 4], "group": f"doc-{i // 2}"}
+        for i in range(8)
+    ]
+    languages = [
+        {"id": f"l{i}", "prompt": ("hallo " if i % 2 == 0 else "beweise den satz ") + str(i), "label": i % 2,
+         "language": ["de", "ja"][i // 4], "group": f"topic-{i // 2}"}
+        for i in range(8)
+    ]
+    for name, rows in [("documents", documents), ("languages", languages)]:
+        (directory / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return directory
 
 
 @pytest.mark.parametrize("line", ["{not json", '{"prompt": "hi"}'])
