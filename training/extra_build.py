@@ -1,0 +1,346 @@
+"""Build the extra router rows (questions about documents; prompts in many languages) from source snapshots.
+
+The readers in :mod:`training.extra_sources` give questions with the passage they are about; this module turns
+them into prompts as a user would send them, caps and balances them, and writes them with their provenance.
+
+Why each step:
+
+- **Composition.** The router scores the user's text only (an attached PDF is not part of it), so most document
+  rows are the bare question. A share carry a pasted excerpt of the passage, with the same share and the same
+  wordings on both labels, so neither an excerpt nor its framing says "lookup" or "analysis". Short everyday
+  requests are sometimes joined in twos or threes (one message asking for several small things), and hard tasks
+  sometimes lose their code signature, so the two labels' lengths overlap.
+- **Caps.** Per source and language, then per source and kind, so that no one source outweighs the 13k rows of
+  the main data (``cap_per_kind``) and no one language dominates a kind.
+- **Length matching.** The project's evaluation sets are length-balanced (length alone scores about 0.5 on
+  them); if every lookup were short and every analysis long, a model would learn length. Within each kind pair
+  (lookup/analysis; everyday/hard; per language for the latter) the rows are binned by log length and each bin
+  keeps as many rows of each label as the scarcer label has there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training import extra_sources as src
+from training.extra_sources import Item, Mirror
+
+
+@dataclass(frozen=True)
+class Source:
+    """A public repository, the commit read, its licence and the reader that turns it into items."""
+
+    name: str
+    repo: str
+    commit: str
+    license: str
+    family: str  # doc_qa or multilingual: the output file and the training source
+    read: Callable[[Mirror], Iterator[Item]]
+    note: str = ""
+
+
+SOURCES = (
+    Source("tatqa", "NExTplusplus/TAT-QA", "870accc41953dcde885aabeb963d94aabdc0fbc3", "CC BY 4.0", "doc_qa",
+           src.tatqa, "dev and test_gold files (the training file is over the snapshot's size limit)"),
+    Source("squality", "nyu-mll/SQuALITY", "dc08d4f574639d773bc64ef3ab3527043108fb4e",
+           "CC BY 4.0 (questions); stories: Project Gutenberg licence", "doc_qa", src.squality),
+    Source("qmsum", "Yale-LILY/QMSum", "83d7768c1f2b4dfeb091385d3dc7e239b8e5bb7e",
+           "MIT (transcripts: AMI and ICSI CC BY 4.0, parliamentary committees Open Government Licence)", "doc_qa",
+           src.qmsum),
+    Source("xquad", "google-deepmind/xquad", "7d30520c717524000f0d9d2f9c10a069acd9d285", "CC BY-SA 4.0", "doc_qa",
+           src.xquad),
+    Source("xsid", "mainlp/xsid", "761d926c3f2e9f6bea13192d2f39cec1d04d9777", "CC BY-SA 4.0", "multilingual",
+           src.xsid, "xSID 0.7 valid and test files, standard-language files only"),
+    Source("mhumaneval", "mraihan-gmu/mHumanEval-Benchmark", "b4ac5b3f59bb8a9b27fabd2d63080963995b1388",
+           "Apache-2.0 (HumanEval: MIT)", "multilingual", src.mhumaneval, "Python tasks, descriptions only"),
+    Source("gaokao", "ruixiangcui/AGIEval", "5c77d073fda993f1652eaae3cf5d04cc5fd21d40", "MIT", "multilingual",
+           src.gaokao, "Gaokao files only (LogiQA and JEC-QA are non-commercial; MATH is in the main data)"),
+)  # fmt: skip
+
+FAMILIES = ("doc_qa", "multilingual")
+HIGH = 0.5  # a row's label for balancing and reports: target >= HIGH means "strong needed"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Knobs of :func:`build`; the defaults made the published files."""
+
+    seed: int = 25
+    excerpt_share: float = 0.4  # document questions shown with a pasted excerpt
+    excerpt_chars: tuple[int, int] = (150, 900)
+    join_share: float = 0.6  # everyday requests joined with one to three others
+    signature_share: float = 0.5  # programming tasks shown with their function signature
+    max_chars: int = 1500
+    short_share: float = 0.4  # programming tasks cut to their description's first sentence
+    dedupe_keep: int = 3  # copies kept of a question asked of many documents ("What is the plot of the story?")
+    cap_per_language: int = 300  # per (source, language, kind), for sources in several languages
+    language_caps: tuple[tuple[str, int], ...] = (("xquad", 120),)  # per-source exceptions
+    cap_per_kind: int = 3000  # per (source, kind)
+    bin_width: float = 0.35  # length bins, in log2(characters)
+    max_ratio: float = 1.5  # per length bin, the plentiful label keeps at most this many times the scarcer one
+
+
+# --- composition -------------------------------------------------------------------------------------------------
+
+_FRAMES_EN = (
+    "{excerpt}\n\n{question}",
+    "Here is an excerpt from the document:\n\n{excerpt}\n\n{question}",
+    "{question}\n\nRelevant part of the document:\n{excerpt}",
+    "Context:\n{excerpt}\n\nQuestion: {question}",
+)
+_FRAMES_ANY = ("{excerpt}\n\n{question}", "{question}\n\n{excerpt}")
+
+
+def excerpt(passage: str, rng: random.Random, size: tuple[int, int]) -> str:
+    """A window of the passage between ``size`` characters long, cut at whitespace."""
+    length = rng.randint(*size)
+    if len(passage) <= length:
+        return passage.strip()
+    start = 0 if rng.random() < 0.5 else rng.randrange(0, len(passage) - length)
+    window = passage[start : start + length]
+    if start:
+        window = window.split(None, 1)[-1] if " " in window else window
+    return window.rsplit(None, 1)[0].strip() + " …"
+
+
+def compose_document(item: Item, rng: random.Random, config: BuildConfig) -> str:
+    """The question alone, or with a pasted excerpt in one of a few framings (the same for both labels)."""
+    if not item.passage or rng.random() >= config.excerpt_share:
+        return item.question
+    frames = _FRAMES_EN if item.language == "en" else _FRAMES_ANY
+    room = config.max_chars - len(item.question) - 60
+    size = (min(config.excerpt_chars[0], room), min(config.excerpt_chars[1], room))
+    if size[1] < 50:
+        return item.question
+    return rng.choice(frames).format(excerpt=excerpt(item.passage, rng, size), question=item.question)
+
+
+def compose_multilingual(items: list[Item], rng: random.Random, config: BuildConfig) -> Iterator[tuple[str, Item]]:
+    """Everyday requests, some joined into one message (within a language and a group); hard tasks with or
+    without their signature or answer options."""
+    by_group: dict[tuple[str, str], list[Item]] = defaultdict(list)
+    for item in items:
+        if item.kind == "everyday":
+            by_group[(item.language, item.group)].append(item)
+        elif item.source_kind == "code" and rng.random() < config.short_share and _first_sentence(item.question):
+            yield _first_sentence(item.question), item
+        elif item.passage and rng.random() < config.signature_share:
+            body = f"```python\n{item.passage}\n```" if item.passage.startswith("def ") else item.passage
+            yield f"{item.question}\n\n{body}", item
+        else:
+            yield item.question, item
+    for members in by_group.values():
+        rng.shuffle(members)
+        while members:
+            take = rng.choice((2, 3, 4)) if rng.random() < config.join_share and len(members) > 1 else 1
+            chunk, members = members[:take], members[take:]
+            joiner = "" if chunk[0].language in ("ja", "zh") else " "
+            text = joiner.join(_sentence(m.question, m.language) for m in chunk) if take > 1 else chunk[0].question
+            yield text, chunk[0]
+
+
+def _first_sentence(text: str) -> str:
+    """The description's first sentence if it is a usable task on its own (25+ characters), else ''."""
+    head = re.split(r"(?<=[.!?。！？])\s*", text, maxsplit=1)[0]
+    return head if 25 <= len(head) < len(text) else ""
+
+
+def _sentence(text: str, language: str) -> str:
+    """End a joined request with punctuation, so two requests do not run together."""
+    if text and text[-1] in ".?!。？！؟":
+        return text
+    return text + ("。" if language in ("ja", "zh") else ".")
+
+
+# --- balance -----------------------------------------------------------------------------------------------------
+
+
+def dedupe(rows: list[dict[str, Any]], keep: int, rng: random.Random) -> list[dict[str, Any]]:
+    """At most ``keep`` rows per (source, prompt), chosen at random."""
+    rng.shuffle(rows)
+    seen: Counter[tuple[str, str]] = Counter()
+    out = []
+    for r in rows:
+        key = (r["source"], r["prompt"].casefold())
+        seen[key] += 1
+        if seen[key] <= keep:
+            out.append(r)
+    return out
+
+
+def cap(rows: list[dict[str, Any]], keys: tuple[str, ...], limit: int, rng: random.Random) -> list[dict[str, Any]]:
+    """At most ``limit`` rows per combination of ``keys`` (a seeded sample)."""
+    pools: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        pools[tuple(r[k] for k in keys)].append(r)
+    out: list[dict[str, Any]] = []
+    for key in sorted(pools):
+        pool = pools[key]
+        rng.shuffle(pool)
+        out += pool[:limit]
+    return out
+
+
+def length_match(
+    rows: list[dict[str, Any]], strata: Callable[[dict[str, Any]], str], width: float, ratio: float, rng: random.Random
+) -> list[dict[str, Any]]:
+    """Per stratum and log-length bin, keep every row of the scarcer label and at most ``ratio`` times as many of
+    the other (1.0: exactly as many, so length says nothing within a stratum)."""
+    bins: dict[tuple[str, int, bool], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        bins[(strata(r), int(math.log2(len(r["prompt"]) + 1) / width), r["target"] >= HIGH)].append(r)
+    out: list[dict[str, Any]] = []
+    for (stratum, number, high), pool in sorted(bins.items()):
+        if high:
+            continue
+        other = bins.get((stratum, number, True), [])
+        n = int(ratio * min(len(pool), len(other)))
+        rng.shuffle(pool)
+        rng.shuffle(other)
+        out += pool[:n] + other[:n]
+    return out
+
+
+# --- build -------------------------------------------------------------------------------------------------------
+
+
+def rows_of(source: Source, mirror: Mirror, config: BuildConfig, rng: random.Random) -> list[dict[str, Any]]:
+    """Every composed row of one source, with its provenance."""
+    items = list(source.read(mirror))
+    pairs = (
+        ((compose_document(i, rng, config), i) for i in items)
+        if source.family == "doc_qa"
+        else compose_multilingual(items, rng, config)
+    )
+    return [
+        {
+            "prompt": prompt[: config.max_chars],
+            "target": item.target,
+            "source": source.name,
+            "license": source.license,
+            "repo": source.repo,
+            "commit": mirror.commit,
+            "path": item.path,
+            "group": item.group,
+            "language": item.language,
+            "kind": item.kind,
+        }
+        for prompt, item in pairs
+        if prompt.strip()
+    ]
+
+
+def balance(rows: list[dict[str, Any]], family: str, config: BuildConfig, rng: random.Random) -> list[dict[str, Any]]:
+    """Dedupe, cap and length-match one family's rows."""
+    rows = dedupe(rows, config.dedupe_keep, rng)
+    languages: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        languages[r["source"]].add(r["language"])
+    limits = dict(config.language_caps)
+    several = [r for r in rows if len(languages[r["source"]]) > 1]
+    rows = [r for r in rows if len(languages[r["source"]]) == 1]
+    for name in sorted({r["source"] for r in several}):
+        limit = limits.get(name, config.cap_per_language)
+        rows += cap([r for r in several if r["source"] == name], ("source", "language", "kind"), limit, rng)
+    rows = cap(rows, ("source", "kind"), config.cap_per_kind, rng)
+    # Document questions are matched across languages (the non-English ones are lookups only); everyday and hard
+    # prompts within each language, so that a language never predicts the label.
+    strata: Callable[[dict[str, Any]], str] = (lambda r: "all") if family == "doc_qa" else (lambda r: r["language"])
+    matched = length_match(rows, strata, config.bin_width, config.max_ratio, rng)
+    return sorted(matched, key=lambda r: (r["source"], r["group"], r["prompt"]))
+
+
+def build(mirrors: dict[str, Mirror], config: BuildConfig) -> dict[str, list[dict[str, Any]]]:
+    """The balanced rows of each family from the sources whose mirror is given (others are skipped)."""
+    rng = random.Random(config.seed)
+    raw: dict[str, list[dict[str, Any]]] = {f: [] for f in FAMILIES}
+    for source in SOURCES:
+        if source.name in mirrors:
+            raw[source.family] += rows_of(source, mirrors[source.name], config, rng)
+    return {family: balance(rows, family, config, rng) for family, rows in raw.items()}
+
+
+def write(out: Path, families: dict[str, list[dict[str, Any]]], mirrors: dict[str, Mirror]) -> dict[str, Any]:
+    """Write ``<family>.jsonl``, ``manifest.json`` and ``SOURCES.md`` under ``out``; return the manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    for family, rows in families.items():
+        with open(out / f"{family}.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    manifest = summary(families, mirrors)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "SOURCES.md").write_text(sources_markdown(manifest), encoding="utf-8")
+    return manifest
+
+
+def _lengths(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    values = np.array([len(r["prompt"]) for r in rows])
+    if not len(values):
+        return {}
+    return {f"p{q}": int(np.percentile(values, q)) for q in (10, 25, 50, 75, 90)} | {"n": int(len(values))}
+
+
+def summary(families: dict[str, list[dict[str, Any]]], mirrors: dict[str, Mirror]) -> dict[str, Any]:
+    """Counts per source/kind/language/label and the length distribution per label, per family."""
+    out: dict[str, Any] = {"sources": [], "families": {}}
+    for s in SOURCES:
+        if s.name in mirrors:
+            out["sources"].append(
+                {
+                    "name": s.name,
+                    "repo": s.repo,
+                    "commit": mirrors[s.name].commit,
+                    "license": s.license,
+                    "family": s.family,
+                    "note": s.note,
+                }
+            )
+    for family, rows in families.items():
+        table: Counter[str] = Counter(
+            f"{r['source']}|{r['kind']}|{r['language']}|{int(r['target'] >= HIGH)}" for r in rows
+        )
+        out["families"][family] = {
+            "rows": len(rows),
+            "counts": dict(sorted(table.items())),
+            "length_low": _lengths(r for r in rows if r["target"] < HIGH),
+            "length_high": _lengths(r for r in rows if r["target"] >= HIGH),
+        }
+    return out
+
+
+def sources_markdown(manifest: dict[str, Any]) -> str:
+    """SOURCES.md: each source with its commit, licence and row counts, and the length distribution per label."""
+    lines = [
+        "# Extra router rows: sources",
+        "",
+        "Built by `scripts/data/build_router_extra.py`.",
+        "",
+        "| source | repository | commit | licence | rows (low / high) |",
+        "|---|---|---|---|---|",
+    ]
+    for s in manifest["sources"]:
+        counts = manifest["families"][s["family"]]["counts"]
+        low = sum(n for k, n in counts.items() if k.startswith(s["name"] + "|") and k.endswith("|0"))
+        high = sum(n for k, n in counts.items() if k.startswith(s["name"] + "|") and k.endswith("|1"))
+        lines.append(f"| {s['name']} | {s['repo']} | `{s['commit'][:12]}` | {s['license']} | {low} / {high} |")
+    for family, info in manifest["families"].items():
+        lines += [
+            "",
+            f"## {family}.jsonl: {info['rows']} rows",
+            "",
+            "| source | kind | language | label | rows |",
+            "|---|---|---|---|---|",
+        ]
+        for key, n in info["counts"].items():
+            lines.append("| " + " | ".join(key.split("|")) + f" | {n} |")
+        lines += ["", f"Prompt length (characters), label 0: {info['length_low']}", f"label 1: {info['length_high']}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,227 @@
+"""Readers for the public sources behind the extra router rows: questions about documents and prompts in many
+languages, read from git snapshots of their repositories (no network at build time).
+
+Each reader takes a :class:`Mirror` (a git directory and the commit to read) and returns :class:`Item` values:
+the user's question, an optional passage it is about (a caller may show part of it as pasted context), a target
+p(strong model needed) and the grouping id that keeps related rows (one report, one story, one utterance and its
+translations) on the same side of every split. Which rows count as lookups and which as analyses is decided here,
+from each source's own annotation, and written beside the reader.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """A repository snapshot: ``git_dir`` is a bare git directory, ``commit`` the pinned commit read."""
+
+    git_dir: str
+    repo: str
+    commit: str
+
+    def show(self, path: str) -> str:
+        """The text of ``path`` at the pinned commit."""
+        out = subprocess.run(
+            ["git", "--git-dir", self.git_dir, "show", f"{self.commit}:{path}"], capture_output=True, check=False
+        )
+        if out.returncode:
+            raise FileNotFoundError(f"{self.repo}@{self.commit[:10]}:{path}: {out.stderr.decode().strip()}")
+        return out.stdout.decode("utf-8")
+
+    def ls(self, folder: str) -> list[str]:
+        """Paths of the files directly under ``folder`` at the pinned commit."""
+        out = subprocess.run(
+            ["git", "--git-dir", self.git_dir, "ls-tree", "--name-only", f"{self.commit}:{folder}"],
+            capture_output=True,
+            check=True,
+        )
+        return [f"{folder}/{name}" for name in out.stdout.decode("utf-8").split("\n") if name]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One prompt before composition: ``passage`` (may be empty) is what the question is about."""
+
+    question: str
+    passage: str
+    target: float
+    kind: str  # document_lookup, document_analysis, everyday, hard
+    group: str
+    language: str
+    path: str
+    source_kind: str = ""  # "code" for programming tasks (composition may cut them to their first sentence)
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+# --- questions about documents -----------------------------------------------------------------------------------
+
+
+#: TAT-QA answer types. A span (one value read off the report) is a lookup; a multi-span answer collects several
+#: read-off values, still a lookup. Arithmetic questions need values found, combined and computed (changes,
+#: averages, ratios across years): the weak model fails these more often, so they lean strong, but less than an
+#: open analysis. Count questions are few and in between: left out.
+TATQA_TARGETS = {"span": 0.0, "multi-span": 0.1, "arithmetic": 0.7}
+TATQA_FILES = ("dataset_raw/tatqa_dataset_dev.json", "dataset_raw/tatqa_dataset_test_gold.json")
+
+
+def _table_text(table: list[list[str]]) -> str:
+    return "\n".join(" | ".join(_clean(cell) for cell in row) for row in table if any(c.strip() for c in row))
+
+
+def tatqa(mirror: Mirror) -> Iterator[Item]:
+    """Questions over real annual reports (a table and its paragraphs), typed by the answer they need."""
+    for path in TATQA_FILES:
+        for doc in json.loads(mirror.show(path)):
+            passage = "\n".join(p["text"] for p in sorted(doc["paragraphs"], key=lambda p: p["order"]))
+            passage = _table_text(doc["table"]["table"]) + "\n\n" + passage
+            for q in doc["questions"]:
+                target = TATQA_TARGETS.get(q.get("answer_type", ""))
+                if target is None:
+                    continue
+                kind = "document_analysis" if target >= 0.5 else "document_lookup"
+                yield Item(_clean(q["question"]), passage, target, kind, "tatqa:" + doc["table"]["uid"], "en", path)
+
+
+#: XQuAD: SQuAD v1.1 paragraphs and questions, professionally translated; every answer is a span of the paragraph,
+#: so each question is a lookup. The article title is the group, so a paragraph's translations share it.
+XQUAD_LANGUAGES = ("en", "ar", "de", "el", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
+
+
+def xquad(mirror: Mirror) -> Iterator[Item]:
+    """Extractive questions over Wikipedia paragraphs in twelve languages: lookups."""
+    for language in XQUAD_LANGUAGES:
+        path = f"xquad.{language}.json"
+        for article in json.loads(mirror.show(path))["data"]:
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    group = "xquad:" + article["title"]
+                    yield Item(
+                        _clean(qa["question"]), paragraph["context"], 0.0, "document_lookup", group, language, path
+                    )
+
+
+SQUALITY_FILES = ("data/v1-3/txt/train.jsonl", "data/v1-3/txt/dev.jsonl", "data/v1-3/txt/test.jsonl")
+
+
+def squality(mirror: Mirror) -> Iterator[Item]:
+    """Questions over whole short stories whose answers are written summaries ("What is the relationship between
+    X and Y?", "What is the significance of ...?"): synthesis across a document, so analyses."""
+    for path in SQUALITY_FILES:
+        for line in mirror.show(path).splitlines():
+            if not line.strip():
+                continue
+            story = json.loads(line)
+            group = "squality:" + str(story["metadata"]["passage_id"])
+            for q in story["questions"]:
+                yield Item(_clean(q["question_text"]), story["document"], 0.9, "document_analysis", group, "en", path)
+
+
+def qmsum(mirror: Mirror) -> Iterator[Item]:
+    """Queries over meeting transcripts ("Summarize the discussion about ...", "Why did the group decide ...?"):
+    every answer is a summary drawn from several places in the transcript, so analyses, a little below SQuALITY's
+    because many are narrow ("What did A say about X?")."""
+    for split in ("train", "val", "test"):
+        for path in mirror.ls(f"data/ALL/{split}"):
+            meeting = json.loads(mirror.show(path))
+            turns = "\n".join(f"{t['speaker']}: {_clean(t['content'])}" for t in meeting["meeting_transcripts"])
+            group = "qmsum:" + path.rsplit("/", 1)[-1].removesuffix(".json")
+            for q in meeting["general_query_list"] + meeting["specific_query_list"]:
+                yield Item(_clean(q["query"]), turns, 0.75, "document_analysis", group, "en", path)
+
+
+# --- prompts in many languages -----------------------------------------------------------------------------------
+
+#: xSID 0.7 (valid + test): voice-assistant requests (alarms, reminders, weather) translated from English. Dialect
+#: files (de-st, gsw, nap, ...) are left out.
+XSID_LANGUAGES = ("ar", "da", "de", "en", "id", "it", "ja", "kk", "lt", "nl", "sr", "tr", "zh")
+_CJK = r"[\u3040-\u30ff\u3400-\u9fff\uff00-\uffef。、，？！]"
+
+
+def _join_tokens(text: str, language: str) -> str:
+    """xSID stores Chinese and Japanese text tokenised with spaces; a user would not type those."""
+    if language in ("ja", "zh"):
+        return re.sub(rf"(?<={_CJK}) +|(?<=\S) +(?={_CJK})", "", text)
+    return text
+
+
+def xsid(mirror: Mirror) -> Iterator[Item]:
+    """Everyday requests to an assistant in thirteen languages."""
+    for language in XSID_LANGUAGES:
+        for split in ("valid", "test"):
+            path = f"data/xSID-0.7/{language}.{split}.conll"
+            uid = ""
+            for line in mirror.show(path).splitlines():
+                if line.startswith("# id = "):
+                    uid = line[7:].strip()
+                elif line.startswith("# text = "):
+                    text = _join_tokens(line[9:].strip(), language)
+                    # ids are shared by an utterance's translations; blocks of ten are the group, so requests
+                    # joined into one message (see extra_build) stay inside one group
+                    block = int(uid) // 10 if uid.isdigit() else uid
+                    yield Item(text, "", 0.0, "everyday", f"xsid:{split}:{block}", language, path)
+
+
+#: mHumanEval: the 164 HumanEval programming tasks with their descriptions machine-translated (NLLB) into 200+
+#: languages. Writing a correct function from a description is where the weak model falls behind most often in
+#: the labelled code data (MBPP); the task id is the group, shared by a task's translations.
+MHUMANEVAL_LANGUAGES = {
+    "arb_Arab": "ar", "deu_Latn": "de", "eng_Latn": "en", "hin_Deva": "hi", "ind_Latn": "id", "ita_Latn": "it",
+    "jpn_Jpan": "ja", "nld_Latn": "nl", "rus_Cyrl": "ru", "spa_Latn": "es", "tur_Latn": "tr", "zho_Hans": "zh",
+    "dan_Latn": "da", "vie_Latn": "vi", "ell_Grek": "el", "tha_Thai": "th",
+}  # fmt: skip
+
+
+def _docstring(stub: str) -> tuple[str, str]:
+    """(description, signature line) of a HumanEval prompt stub."""
+    doc = re.search(r'"""(.*?)"""|\'\'\'(.*?)\'\'\'', stub, re.S)
+    signature = next((line.strip() for line in stub.splitlines() if line.strip().startswith("def ")), "")
+    text = (doc.group(1) or doc.group(2)) if doc else ""
+    return _clean(text.split(">>>")[0]), signature
+
+
+def mhumaneval(mirror: Mirror) -> Iterator[Item]:
+    """Programming tasks described in sixteen languages: hard."""
+    for code, language in MHUMANEVAL_LANGUAGES.items():
+        path = f"mHumanEval-{{NL}}/{code}/mHumanEval-{code}-python.json"
+        for task in json.loads(mirror.show(path)):
+            description, signature = _docstring(task["prompt"])
+            if len(description) < 20:
+                continue
+            yield Item(description, signature, 1.0, "hard", "mhumaneval:" + task["task_id"], language, path, "code")
+
+
+#: AGIEval's Gaokao questions (China's university entrance exam, MIT): exam problems in physics, chemistry,
+#: biology, mathematics, history and geography, hard in Chinese as MATH is in English. The Chinese-language
+#: and English-language papers are left out (reading passages), as are LogiQA and JEC-QA (non-commercial licences).
+GAOKAO_FILES = tuple(
+    f"data/v1/gaokao-{s}.jsonl"
+    for s in ("physics", "chemistry", "biology", "mathqa", "mathcloze", "history", "geography")
+)
+
+
+def gaokao(mirror: Mirror) -> Iterator[Item]:
+    """Entrance-exam problems in Chinese: hard."""
+    for path in GAOKAO_FILES:
+        for number, line in enumerate(mirror.show(path).splitlines()):
+            if not line.strip():
+                continue
+            q: dict[str, Any] = json.loads(line)
+            options = "\n".join(q.get("options") or [])
+            group = f"gaokao:{path.rsplit('-', 1)[-1].removesuffix('.jsonl')}:{number}"
+            yield Item(_clean(q["question"]), options, 1.0, "hard", group, "zh", path)
+
+
+def counts(items: list[Item]) -> Counter[tuple[str, str]]:
+    """Items per (kind, language), for logs."""
+    return Counter((i.kind, i.language) for i in items)
