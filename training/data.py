@@ -134,7 +134,9 @@ def load_extra_dir(extra_dir: str | Path) -> list[Row]:
             target = float(r["target"])
             if not 0.0 <= target <= 1.0:
                 raise ValueError(f"{base / name}:{number}: target {target} is not in [0, 1]")
-            group = f"{source}:{r['group']}"
+            # the group is the split key as it is, without the source: the build script gives a passage's lookups
+            # and its plain questions (in different files) the same group, and they must fall on one side
+            group = str(r["group"])
             extra = {"origin": r.get("source", source), "kind": r.get("kind", ""), "language": r.get("language", "")}
             rows.append(Row(r["prompt"], source, group, group, target=target, extra=extra))
     if not rows:

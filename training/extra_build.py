@@ -34,6 +34,7 @@ import numpy as np
 
 from training import extra_sources as src
 from training.extra_sources import Item, Mirror
+from training.metrics import auroc
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,14 @@ SOURCES = (
            src.qmsum),
     Source("xquad", "google-deepmind/xquad", "7d30520c717524000f0d9d2f9c10a069acd9d285", "CC BY-SA 4.0", "doc_qa",
            src.xquad),
+    Source("gaokao_reading", "ruixiangcui/AGIEval", "5c77d073fda993f1652eaae3cf5d04cc5fd21d40", "MIT", "doc_qa",
+           src.gaokao_reading, "Gaokao Chinese paper: questions judging analyses of a passage"),
+    Source("xquad_plain", "google-deepmind/xquad", "7d30520c717524000f0d9d2f9c10a069acd9d285", "CC BY-SA 4.0",
+           "multilingual", src.xquad_questions, "questions without their paragraph, for languages xSID lacks"),
+    Source("xpersona", "HLTCHKUST/Xpersona", "1da049a1bbf3b01548f98cc23ba75ef871416e50", "MIT", "multilingual",
+           src.xpersona, "valid and test dialogues, the user's first three turns"),
+    Source("kochat", "songys/Chatbot_data", "4cf20d13fc46f5037fd1c531cd566e2dd9f72974", "MIT", "multilingual",
+           src.korean_chat),
     Source("xsid", "mainlp/xsid", "761d926c3f2e9f6bea13192d2f39cec1d04d9777", "CC BY-SA 4.0", "multilingual",
            src.xsid, "xSID 0.7 valid and test files, standard-language files only"),
     Source("mhumaneval", "mraihan-gmu/mHumanEval-Benchmark", "b4ac5b3f59bb8a9b27fabd2d63080963995b1388",
@@ -78,10 +87,9 @@ class BuildConfig:
     seed: int = 25
     excerpt_share: float = 0.4  # document questions shown with a pasted excerpt
     excerpt_chars: tuple[int, int] = (150, 900)
-    join_share: float = 0.6  # everyday requests joined with one to three others
+    join_share: float = 0.6  # assistant requests joined with one to three others
     signature_share: float = 0.5  # programming tasks shown with their function signature
     max_chars: int = 1500
-    short_share: float = 0.4  # programming tasks cut to their description's first sentence
     dedupe_keep: int = 3  # copies kept of a question asked of many documents ("What is the plot of the story?")
     cap_per_language: int = 300  # per (source, language, kind), for sources in several languages
     language_caps: tuple[tuple[str, int], ...] = (("xquad", 120),)  # per-source exceptions
@@ -126,14 +134,17 @@ def compose_document(item: Item, rng: random.Random, config: BuildConfig) -> str
 
 
 def compose_multilingual(items: list[Item], rng: random.Random, config: BuildConfig) -> Iterator[tuple[str, Item]]:
-    """Everyday requests, some joined into one message (within a language and a group); hard tasks with or
-    without their signature or answer options."""
+    """Assistant requests, some joined into one message (within a language and a group); programming tasks as a
+    one-sentence request and as their full description; other hard tasks with or without their signature or answer
+    options; everything else as it is."""
     by_group: dict[tuple[str, str], list[Item]] = defaultdict(list)
     for item in items:
-        if item.kind == "everyday":
+        if item.source_kind == "command":
             by_group[(item.language, item.group)].append(item)
-        elif item.source_kind == "code" and rng.random() < config.short_share and _first_sentence(item.question):
+        elif item.source_kind == "code" and _first_sentence(item.question):
+            # both a one-sentence request and the full description: the same task at two lengths
             yield _first_sentence(item.question), item
+            yield item.question, item
         elif item.passage and rng.random() < config.signature_share:
             body = f"```python\n{item.passage}\n```" if item.passage.startswith("def ") else item.passage
             yield f"{item.question}\n\n{body}", item
@@ -308,8 +319,10 @@ def summary(families: dict[str, list[dict[str, Any]]], mirrors: dict[str, Mirror
         table: Counter[str] = Counter(
             f"{r['source']}|{r['kind']}|{r['language']}|{int(r['target'] >= HIGH)}" for r in rows
         )
+        labels = [int(r["target"] >= HIGH) for r in rows]
         out["families"][family] = {
             "rows": len(rows),
+            "length_auroc": round(auroc([len(r["prompt"]) for r in rows], labels), 4) if rows else None,
             "counts": dict(sorted(table.items())),
             "length_low": _lengths(r for r in rows if r["target"] < HIGH),
             "length_high": _lengths(r for r in rows if r["target"] >= HIGH),
@@ -342,5 +355,10 @@ def sources_markdown(manifest: dict[str, Any]) -> str:
         ]
         for key, n in info["counts"].items():
             lines.append("| " + " | ".join(key.split("|")) + f" | {n} |")
-        lines += ["", f"Prompt length (characters), label 0: {info['length_low']}", f"label 1: {info['length_high']}"]
+        lines += [
+            "",
+            f"Prompt length (characters), label 0: {info['length_low']}",
+            f"label 1: {info['length_high']}",
+            f"AUROC of length alone: {info['length_auroc']}",
+        ]
     return "\n".join(lines) + "\n"

@@ -10,6 +10,8 @@ from each source's own annotation, and written beside the reader.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import subprocess
@@ -57,7 +59,8 @@ class Item:
     group: str
     language: str
     path: str
-    source_kind: str = ""  # "code" for programming tasks (composition may cut them to their first sentence)
+    source_kind: str = ""  # "code": a programming task (may be cut to its first sentence); "command": an assistant
+    # request (may be joined with others of its group into one message)
 
 
 def _clean(text: str) -> str:
@@ -127,6 +130,9 @@ def squality(mirror: Mirror) -> Iterator[Item]:
                 yield Item(_clean(q["question_text"]), story["document"], 0.9, "document_analysis", group, "en", path)
 
 
+_NOISE = re.compile(r"\{(disfmarker|vocalsound|gap|pause|nonvocalsound|comment)\}\s*")
+
+
 def qmsum(mirror: Mirror) -> Iterator[Item]:
     """Queries over meeting transcripts ("Summarize the discussion about ...", "Why did the group decide ...?"):
     every answer is a summary drawn from several places in the transcript, so analyses, a little below SQuALITY's
@@ -134,7 +140,9 @@ def qmsum(mirror: Mirror) -> Iterator[Item]:
     for split in ("train", "val", "test"):
         for path in mirror.ls(f"data/ALL/{split}"):
             meeting = json.loads(mirror.show(path))
-            turns = "\n".join(f"{t['speaker']}: {_clean(t['content'])}" for t in meeting["meeting_transcripts"])
+            turns = "\n".join(
+                f"{t['speaker']}: {_clean(_NOISE.sub('', t['content']))}" for t in meeting["meeting_transcripts"]
+            )
             group = "qmsum:" + path.rsplit("/", 1)[-1].removesuffix(".json")
             for q in meeting["general_query_list"] + meeting["specific_query_list"]:
                 yield Item(_clean(q["query"]), turns, 0.75, "document_analysis", group, "en", path)
@@ -169,7 +177,7 @@ def xsid(mirror: Mirror) -> Iterator[Item]:
                     # ids are shared by an utterance's translations; blocks of ten are the group, so requests
                     # joined into one message (see extra_build) stay inside one group
                     block = int(uid) // 10 if uid.isdigit() else uid
-                    yield Item(text, "", 0.0, "everyday", f"xsid:{split}:{block}", language, path)
+                    yield Item(text, "", 0.0, "everyday", f"xsid:{split}:{block}", language, path, "command")
 
 
 #: mHumanEval: the 164 HumanEval programming tasks with their descriptions machine-translated (NLLB) into 200+
@@ -178,7 +186,8 @@ def xsid(mirror: Mirror) -> Iterator[Item]:
 MHUMANEVAL_LANGUAGES = {
     "arb_Arab": "ar", "deu_Latn": "de", "eng_Latn": "en", "hin_Deva": "hi", "ind_Latn": "id", "ita_Latn": "it",
     "jpn_Jpan": "ja", "nld_Latn": "nl", "rus_Cyrl": "ru", "spa_Latn": "es", "tur_Latn": "tr", "zho_Hans": "zh",
-    "dan_Latn": "da", "vie_Latn": "vi", "ell_Grek": "el", "tha_Thai": "th",
+    "dan_Latn": "da", "vie_Latn": "vi", "ell_Grek": "el", "tha_Thai": "th", "kor_Hang": "ko", "fra_Latn": "fr",
+    "ron_Latn": "ro",
 }  # fmt: skip
 
 
@@ -191,7 +200,7 @@ def _docstring(stub: str) -> tuple[str, str]:
 
 
 def mhumaneval(mirror: Mirror) -> Iterator[Item]:
-    """Programming tasks described in sixteen languages: hard."""
+    """Programming tasks described in nineteen languages: hard."""
     for code, language in MHUMANEVAL_LANGUAGES.items():
         path = f"mHumanEval-{{NL}}/{code}/mHumanEval-{code}-python.json"
         for task in json.loads(mirror.show(path)):
@@ -220,6 +229,72 @@ def gaokao(mirror: Mirror) -> Iterator[Item]:
             options = "\n".join(q.get("options") or [])
             group = f"gaokao:{path.rsplit('-', 1)[-1].removesuffix('.jsonl')}:{number}"
             yield Item(_clean(q["question"]), options, 1.0, "hard", group, "zh", path)
+
+
+#: AGIEval's Gaokao Chinese paper: reading-comprehension questions over essays and classical texts that ask which
+#: analysis of the passage is (in)correct. Judging interpretations of a text is analysis; these are the Chinese
+#: document analyses beside XQuAD's Chinese lookups.
+GAOKAO_READING = "data/v1/gaokao-chinese.jsonl"
+
+
+def gaokao_reading(mirror: Mirror) -> Iterator[Item]:
+    """Chinese questions that judge analyses of a passage (the options are part of the question)."""
+    for number, line in enumerate(mirror.show(GAOKAO_READING).splitlines()):
+        if not line.strip():
+            continue
+        q: dict[str, Any] = json.loads(line)
+        if not q.get("passage"):
+            continue
+        question = _clean(q["question"]) + "\n" + "\n".join(q.get("options") or [])
+        yield Item(question, q["passage"], 0.85, "document_analysis", f"gaokao:chinese:{number}", "zh", GAOKAO_READING)
+
+
+def xquad_questions(mirror: Mirror) -> Iterator[Item]:
+    """XQuAD's questions without their paragraph: short factual questions ("When was the university founded?"),
+    easy for any model, in languages that have no everyday requests here otherwise. Same groups as :func:`xquad`,
+    so a question never sits on one side of the split as a lookup and on the other as an everyday question."""
+    for item in xquad(mirror):
+        if item.language not in XSID_LANGUAGES:
+            yield Item(item.question, "", 0.1, "everyday", item.group, item.language, item.path)
+
+
+#: XPersona: PersonaChat dialogues translated (and checked by people) into six languages; the user's turns of a
+#: dialogue's opening are small talk ("Hi! How is your evening going?"): the everyday end of chat.
+XPERSONA_FILES = {
+    "en": ("dataset/En_persona_valid.json", "dataset/En_persona_test.json"),
+    **{
+        code: (f"dataset/{name}_persona_split_valid_human_annotated.json",
+               f"dataset/{name}_persona_split_test_human_annotated.json")
+        for code, name in (("fr", "Fr"), ("id", "Id"), ("it", "It"), ("ja", "Jp"), ("ko", "Ko"), ("zh", "Zh"))
+    },
+}  # fmt: skip
+
+
+def _tidy(text: str, language: str) -> str:
+    """Undo the corpus's tokenisation: no space before punctuation (French keeps its own spacing)."""
+    if language == "fr":
+        return text
+    return re.sub(r"\s+([,.!?！？。、，])", r"\1", text)
+
+
+def xpersona(mirror: Mirror, turns: int = 3) -> Iterator[Item]:
+    """The user's first ``turns`` turns of each dialogue, in seven languages: small talk."""
+    for language, paths in XPERSONA_FILES.items():
+        for path in paths:
+            for number, dialogue in enumerate(json.loads(mirror.show(path))):
+                for user, _reply in dialogue["dialogue"][:turns]:
+                    text = _tidy(_clean(user), language)
+                    if text and not text.startswith("__"):
+                        group = f"xpersona:{path.rsplit('_', 1)[-1].split('.')[0]}:{number}"
+                        yield Item(text, "", 0.0, "everyday", group, language, path)
+
+
+def korean_chat(mirror: Mirror) -> Iterator[Item]:
+    """Korean everyday chat openers (Chatbot_data_for_Korean: daily life, breakups, love): everyday."""
+    for number, row in enumerate(csv.DictReader(io.StringIO(mirror.show("ChatbotData.csv")))):
+        question = (row.get("Q") or "").strip()
+        if question:
+            yield Item(question, "", 0.0, "everyday", f"kochat:{number // 10}", "ko", "ChatbotData.csv")
 
 
 def counts(items: list[Item]) -> Counter[tuple[str, str]]:

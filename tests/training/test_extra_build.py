@@ -96,8 +96,8 @@ def test_length_matching_leaves_each_bin_with_as_many_rows_of_either_label() -> 
 
 
 def test_everyday_requests_are_joined_only_within_a_language_and_group() -> None:
-    items = [Item(f"request {g}-{i}", "", 0.0, "everyday", f"g{g}", lang, "p") for g in range(3) for i in range(6)
-             for lang in ("de", "ja")]  # fmt: skip
+    items = [Item(f"request {g}-{i}", "", 0.0, "everyday", f"g{g}", lang, "p", "command") for g in range(3)
+             for i in range(6) for lang in ("de", "ja")]  # fmt: skip
     config = build.BuildConfig(join_share=1.0)
     out = list(build.compose_multilingual(items, random.Random(1), config))
     assert sum(len(i.question) for i in items) < sum(len(p) for p, _ in out)  # punctuation joins the requests

@@ -107,7 +107,7 @@ def test_extra_rows_load_as_their_own_sources_with_their_targets(data_dir: Path,
     assert len(doc) == 80 and len(langs) == 120
     assert {r.target for r in doc} == {0.0, 0.7}
     assert doc[1].extra == {"origin": "tatqa", "kind": "document_analysis", "language": "en"}
-    assert doc[0].key == doc[0].group == "doc_qa:tatqa:0"  # the group is the split key
+    assert doc[0].key == doc[0].group == "tatqa:0"  # the group is the split key
     target, weight = data.targets(rows, data.TargetConfig())
     index = [i for i, r in enumerate(rows) if r.source == "doc_qa"]
     assert [target[i] for i in index] == [r.target for r in doc]
