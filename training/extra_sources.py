@@ -148,6 +148,33 @@ def qmsum(mirror: Mirror) -> Iterator[Item]:
                 yield Item(_clean(q["query"]), turns, 0.75, "document_analysis", group, "en", path)
 
 
+#: ConditionalQA: people describe their situation and ask about a UK government guidance page (benefits, leave,
+#: adoption, tax). A short answer read off the page ("aged 21 or over") is a lookup; a yes/no verdict on the
+#: person's case needs the page's rules applied to the scenario, and an answer that holds only under conditions
+#: needs those conditions found and weighed: analyses. The page is the group. Unanswerable questions are left out.
+CONDITIONALQA_FILES = ("v1_0/train.json", "v1_0/dev.json")
+
+
+def _conditionalqa_target(answers: list[list[Any]]) -> float:
+    conditional = any(len(a) > 1 and a[1] for a in answers)
+    verdict = all(str(a[0]).strip().lower() in ("yes", "no") for a in answers)
+    if conditional:
+        return 0.75
+    return 0.6 if verdict else 0.1
+
+
+def conditionalqa(mirror: Mirror) -> Iterator[Item]:
+    """A person's situation and their question about a guidance page, typed by the answer it needs."""
+    for path in CONDITIONALQA_FILES:
+        for q in json.loads(mirror.show(path)):
+            if q.get("not_answerable") or not q.get("answers"):
+                continue
+            target = _conditionalqa_target(q["answers"])
+            kind = "document_analysis" if target >= 0.5 else "document_lookup"
+            question = _clean(q["scenario"] + " " + q["question"])
+            yield Item(question, "", target, kind, "conditionalqa:" + q["url"], "en", path)
+
+
 # --- prompts in many languages -----------------------------------------------------------------------------------
 
 #: xSID 0.7 (valid + test): voice-assistant requests (alarms, reminders, weather) translated from English. Dialect
