@@ -71,10 +71,12 @@ def _clean(text: str) -> str:
 
 
 #: TAT-QA answer types. A span (one value read off the report) is a lookup; a multi-span answer collects several
-#: read-off values, still a lookup. Arithmetic questions need values found, combined and computed (changes,
-#: averages, ratios across years): the weak model fails these more often, so they lean strong, but less than an
-#: open analysis. Count questions are few and in between: left out.
-TATQA_TARGETS = {"span": 0.0, "multi-span": 0.1, "arithmetic": 0.7}
+#: read-off values, still a lookup. Arithmetic questions ("What was the change in revenue between 2018 and 2019?")
+#: find two values and compute one more: harder than a read-off, so a higher target, but the same question form as
+#: "What was Q3 revenue?" and nothing like "compare the risks and judge which matters most", so still on the lookup
+#: side of the line (an earlier build put them at 0.7 as analyses; a head fitted on that build ranked arithmetic
+#: forms of lookups as analyses). Count questions are few and in between: left out.
+TATQA_TARGETS = {"span": 0.0, "multi-span": 0.1, "arithmetic": 0.4}
 TATQA_FILES = ("dataset_raw/tatqa_dataset_dev.json", "dataset_raw/tatqa_dataset_test_gold.json")
 
 

@@ -50,34 +50,82 @@ def tatqa_mirror(tmp_path: Path) -> Mirror:
     return Mirror(str(root / ".git"), "example/tatqa", commit_repo(root, files))
 
 
-def test_tatqa_types_spans_as_lookups_and_arithmetic_as_analysis_and_drops_counts(tatqa_mirror: Mirror) -> None:
+def test_tatqa_types_spans_and_arithmetic_as_lookups_of_rising_target_and_drops_counts(tatqa_mirror: Mirror) -> None:
     items = list(src.tatqa(tatqa_mirror))
     assert len(items) == 35 * 3
     kinds = {i.question.split("(")[1].split(")")[0]: (i.kind, i.target) for i in items}
     assert kinds == {
         "span": ("document_lookup", 0.0),
         "multi-span": ("document_lookup", 0.1),
-        "arithmetic": ("document_analysis", 0.7),
+        "arithmetic": ("document_lookup", 0.4),
     }
     assert all(i.group == "tatqa:" + i.question.split(" in ")[1].rstrip("?") for i in items)
     assert "Revenue | 1,200 | 1,000" in items[0].passage
 
 
-def test_build_writes_rows_with_provenance_and_balanced_labels(tatqa_mirror: Mirror, tmp_path: Path) -> None:
+@pytest.fixture
+def conditionalqa_mirror(tmp_path: Path) -> Mirror:
+    root = tmp_path / "cqa"
+    questions = []
+    for i in range(40):
+        page = f"https://example.org/page{i % 8}"
+        scenario = "I live alone and work part time. " * (1 + i % 25)
+        questions.append(
+            {
+                "url": page,
+                "scenario": scenario,
+                "question": f"Where do I apply {i}?",
+                "not_answerable": False,
+                "answers": [["the council office", []]],
+            }
+        )
+        questions.append(
+            {
+                "url": page,
+                "scenario": scenario,
+                "question": f"Can I claim the benefit {i}?",
+                "not_answerable": False,
+                "answers": [["yes", ["<p>if you earn under the limit</p>"]]],
+            }
+        )
+        questions.append(
+            {"url": page, "scenario": scenario, "question": "Unanswerable?", "not_answerable": True, "answers": []}
+        )
+    files = {path: json.dumps(questions) for path in src.CONDITIONALQA_FILES}
+    return Mirror(str(root / ".git"), "example/cqa", commit_repo(root, files))  # fmt: skip
+
+
+def test_conditionalqa_verdicts_with_conditions_are_analyses_of_the_same_pages_as_lookups(
+    conditionalqa_mirror: Mirror,
+) -> None:
+    items = list(src.conditionalqa(conditionalqa_mirror))
+    assert len(items) == 160  # unanswerable questions left out
+    lookups = {i.group for i in items if i.kind == "document_lookup" and i.target == 0.1}
+    analyses = {i.group for i in items if i.kind == "document_analysis" and i.target == 0.75}
+    assert lookups == analyses == {f"conditionalqa:https://example.org/page{k}" for k in range(8)}
+    assert all(i.question.startswith("I live alone") for i in items)  # the situation comes first, as people write
+
+
+def test_build_writes_rows_with_provenance_and_balanced_labels(
+    tatqa_mirror: Mirror, conditionalqa_mirror: Mirror, tmp_path: Path
+) -> None:
     config = build.BuildConfig(excerpt_share=0.5, max_ratio=1.0)
-    families = build.build({"tatqa": tatqa_mirror}, config)
+    mirrors = {"tatqa": tatqa_mirror, "conditionalqa": conditionalqa_mirror}
+    families = build.build(mirrors, config)
     rows = families["doc_qa"]
     assert families["multilingual"] == []
-    assert rows and all(r["commit"] == tatqa_mirror.commit and r["repo"] == "NExTplusplus/TAT-QA" for r in rows)
-    assert {r["license"] for r in rows} == {"CC BY 4.0"}
+    assert all(r["commit"] == mirrors[r["source"]].commit for r in rows)
+    tatqa = [r for r in rows if r["source"] == "tatqa"]
+    assert tatqa and all(r["repo"] == "NExTplusplus/TAT-QA" for r in tatqa)
+    assert {r["license"] for r in tatqa} == {"CC BY 4.0"}
     assert set(rows[0]) == {"prompt", "target", "source", "license", "repo", "commit", "path", "group", "language",
                             "kind"}  # fmt: skip
     high = [r for r in rows if r["target"] >= build.HIGH]
     assert len(high) == len(rows) - len(high)  # max_ratio 1: as many of each label
-    assert any("Revenue rose" in r["prompt"] for r in rows)  # some carry an excerpt ...
-    assert any(r["prompt"].startswith("Question") for r in rows)  # ... some are the bare question
+    assert any("Revenue rose" in r["prompt"] for r in tatqa)  # some carry an excerpt ...
+    assert any(r["prompt"].startswith("Question") for r in tatqa)  # ... some are the bare question
     assert all(len(r["prompt"]) <= config.max_chars for r in rows)
-    manifest = build.write(tmp_path / "out", families, {"tatqa": tatqa_mirror})
+    manifest = build.write(tmp_path / "out", families, mirrors)
     assert (tmp_path / "out" / "doc_qa.jsonl").read_text(encoding="utf-8").count("\n") == len(rows)
     assert manifest["families"]["doc_qa"]["rows"] == len(rows)
     assert tatqa_mirror.commit[:12] in (tmp_path / "out" / "SOURCES.md").read_text(encoding="utf-8")
