@@ -1,7 +1,8 @@
 """Build the extra router rows (questions about documents; prompts in many languages) from source snapshots.
 
 The readers in :mod:`training.extra_sources` give questions with the passage they are about; this module turns
-them into prompts as a user would send them, caps and balances them, and writes them with their provenance.
+them into prompts as a user would send them with their provenance, and caps and balances them
+(:mod:`training.extra_manifest` writes them).
 
 Why each step:
 
@@ -20,21 +21,17 @@ Why each step:
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from training import extra_languages as lang
 from training import extra_sources as src
 from training.extra_sources import Item, Mirror
-from training.metrics import auroc
 
 
 @dataclass(frozen=True)
@@ -66,17 +63,17 @@ SOURCES = (
     Source("gaokao_reading", "ruixiangcui/AGIEval", "5c77d073fda993f1652eaae3cf5d04cc5fd21d40", "MIT", "doc_qa",
            src.gaokao_reading, "Gaokao Chinese paper: questions judging analyses of a passage"),
     Source("xquad_plain", "google-deepmind/xquad", "7d30520c717524000f0d9d2f9c10a069acd9d285", "CC BY-SA 4.0",
-           "multilingual", src.xquad_questions, "questions without their paragraph, for languages xSID lacks"),
+           "multilingual", lang.xquad_questions, "questions without their paragraph, for languages xSID lacks"),
     Source("xpersona", "HLTCHKUST/Xpersona", "1da049a1bbf3b01548f98cc23ba75ef871416e50", "MIT", "multilingual",
-           src.xpersona, "valid and test dialogues, the user's first three turns"),
+           lang.xpersona, "valid and test dialogues, the user's first three turns"),
     Source("kochat", "songys/Chatbot_data", "4cf20d13fc46f5037fd1c531cd566e2dd9f72974", "MIT", "multilingual",
-           src.korean_chat),
+           lang.korean_chat),
     Source("xsid", "mainlp/xsid", "761d926c3f2e9f6bea13192d2f39cec1d04d9777", "CC BY-SA 4.0", "multilingual",
-           src.xsid, "xSID 0.7 valid and test files, standard-language files only"),
+           lang.xsid, "xSID 0.7 valid and test files, standard-language files only"),
     Source("mhumaneval", "mraihan-gmu/mHumanEval-Benchmark", "b4ac5b3f59bb8a9b27fabd2d63080963995b1388",
-           "Apache-2.0 (HumanEval: MIT)", "multilingual", src.mhumaneval, "Python tasks, descriptions only"),
+           "Apache-2.0 (HumanEval: MIT)", "multilingual", lang.mhumaneval, "Python tasks, descriptions only"),
     Source("gaokao", "ruixiangcui/AGIEval", "5c77d073fda993f1652eaae3cf5d04cc5fd21d40", "MIT", "multilingual",
-           src.gaokao, "Gaokao files only (LogiQA and JEC-QA are non-commercial; MATH is in the main data)"),
+           lang.gaokao, "Gaokao files only (LogiQA and JEC-QA are non-commercial; MATH is in the main data)"),
 )  # fmt: skip
 
 FAMILIES = ("doc_qa", "multilingual")
@@ -282,86 +279,3 @@ def build(mirrors: dict[str, Mirror], config: BuildConfig) -> dict[str, list[dic
         if source.name in mirrors:
             raw[source.family] += rows_of(source, mirrors[source.name], config, rng)
     return {family: balance(rows, family, config, rng) for family, rows in raw.items()}
-
-
-def write(out: Path, families: dict[str, list[dict[str, Any]]], mirrors: dict[str, Mirror]) -> dict[str, Any]:
-    """Write ``<family>.jsonl``, ``manifest.json`` and ``SOURCES.md`` under ``out``; return the manifest."""
-    out.mkdir(parents=True, exist_ok=True)
-    for family, rows in families.items():
-        with open(out / f"{family}.jsonl", "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    manifest = summary(families, mirrors)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "SOURCES.md").write_text(sources_markdown(manifest), encoding="utf-8")
-    return manifest
-
-
-def _lengths(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
-    values = np.array([len(r["prompt"]) for r in rows])
-    if not len(values):
-        return {}
-    return {f"p{q}": int(np.percentile(values, q)) for q in (10, 25, 50, 75, 90)} | {"n": int(len(values))}
-
-
-def summary(families: dict[str, list[dict[str, Any]]], mirrors: dict[str, Mirror]) -> dict[str, Any]:
-    """Counts per source/kind/language/label and the length distribution per label, per family."""
-    out: dict[str, Any] = {"sources": [], "families": {}}
-    for s in SOURCES:
-        if s.name in mirrors:
-            out["sources"].append(
-                {
-                    "name": s.name,
-                    "repo": s.repo,
-                    "commit": mirrors[s.name].commit,
-                    "license": s.license,
-                    "family": s.family,
-                    "note": s.note,
-                }
-            )
-    for family, rows in families.items():
-        table: Counter[str] = Counter(
-            f"{r['source']}|{r['kind']}|{r['language']}|{int(r['target'] >= HIGH)}" for r in rows
-        )
-        labels = [int(r["target"] >= HIGH) for r in rows]
-        out["families"][family] = {
-            "rows": len(rows),
-            "length_auroc": round(auroc([len(r["prompt"]) for r in rows], labels), 4) if rows else None,
-            "counts": dict(sorted(table.items())),
-            "length_low": _lengths(r for r in rows if r["target"] < HIGH),
-            "length_high": _lengths(r for r in rows if r["target"] >= HIGH),
-        }
-    return out
-
-
-def sources_markdown(manifest: dict[str, Any]) -> str:
-    """SOURCES.md: each source with its commit, licence and row counts, and the length distribution per label."""
-    lines = [
-        "# Extra router rows: sources",
-        "",
-        "Built by `scripts/data/build_router_extra.py`.",
-        "",
-        "| source | repository | commit | licence | rows (low / high) |",
-        "|---|---|---|---|---|",
-    ]
-    for s in manifest["sources"]:
-        counts = manifest["families"][s["family"]]["counts"]
-        low = sum(n for k, n in counts.items() if k.startswith(s["name"] + "|") and k.endswith("|0"))
-        high = sum(n for k, n in counts.items() if k.startswith(s["name"] + "|") and k.endswith("|1"))
-        lines.append(f"| {s['name']} | {s['repo']} | `{s['commit'][:12]}` | {s['license']} | {low} / {high} |")
-    for family, info in manifest["families"].items():
-        lines += [
-            "",
-            f"## {family}.jsonl: {info['rows']} rows",
-            "",
-            "| source | kind | language | label | rows |",
-            "|---|---|---|---|---|",
-        ]
-        for key, n in info["counts"].items():
-            lines.append("| " + " | ".join(key.split("|")) + f" | {n} |")
-        lines += [
-            "",
-            f"Prompt length (characters), label 0: {info['length_low']}",
-            f"label 1: {info['length_high']}",
-            f"AUROC of length alone: {info['length_auroc']}",
-        ]
-    return "\n".join(lines) + "\n"

@@ -17,7 +17,8 @@ import logging
 import subprocess
 from pathlib import Path
 
-from training.extra_build import SOURCES, BuildConfig, build, write
+from training.extra_build import SOURCES, BuildConfig, build
+from training.extra_manifest import write
 from training.extra_sources import Mirror
 
 log = logging.getLogger("build_router_extra")

@@ -14,6 +14,8 @@ import pytest
 
 from tests.training import script_main
 from training import extra_build as build
+from training import extra_languages as lang
+from training import extra_manifest as manifest_module
 from training import extra_sources as src
 from training.extra_sources import Item, Mirror
 
@@ -125,7 +127,7 @@ def test_build_writes_rows_with_provenance_and_balanced_labels(
     assert any("Revenue rose" in r["prompt"] for r in tatqa)  # some carry an excerpt ...
     assert any(r["prompt"].startswith("Question") for r in tatqa)  # ... some are the bare question
     assert all(len(r["prompt"]) <= config.max_chars for r in rows)
-    manifest = build.write(tmp_path / "out", families, mirrors)
+    manifest = manifest_module.write(tmp_path / "out", families, mirrors)
     assert (tmp_path / "out" / "doc_qa.jsonl").read_text(encoding="utf-8").count("\n") == len(rows)
     assert manifest["families"]["doc_qa"]["rows"] == len(rows)
     assert tatqa_mirror.commit[:12] in (tmp_path / "out" / "SOURCES.md").read_text(encoding="utf-8")
@@ -157,15 +159,15 @@ def test_everyday_requests_are_joined_only_within_a_language_and_group() -> None
 
 
 def test_xsid_text_loses_the_tokenising_spaces_in_chinese_and_japanese() -> None:
-    assert src._join_tokens("すべて の リマインダー を 表示", "ja") == "すべてのリマインダーを表示"
-    assert src._join_tokens("播放 Taylor Swift 的 歌", "zh") == "播放Taylor Swift的歌"
-    assert src._join_tokens("wake me up at 7", "en") == "wake me up at 7"
+    assert lang._join_tokens("すべて の リマインダー を 表示", "ja") == "すべてのリマインダーを表示"
+    assert lang._join_tokens("播放 Taylor Swift 的 歌", "zh") == "播放Taylor Swift的歌"
+    assert lang._join_tokens("wake me up at 7", "en") == "wake me up at 7"
 
 
 def test_a_humaneval_stub_gives_its_description_without_examples_and_its_signature() -> None:
     stub = 'from typing import List\n\n\ndef f(xs: List[int]) -> int:\n    """ Gib die Summe zurück.\n'
     stub += '    >>> f([1])\n    1\n    """\n'
-    assert src._docstring(stub) == ("Gib die Summe zurück.", "def f(xs: List[int]) -> int:")
+    assert lang._docstring(stub) == ("Gib die Summe zurück.", "def f(xs: List[int]) -> int:")
 
 
 def test_the_script_skips_missing_snapshots_and_refuses_when_none_is_found(
