@@ -94,6 +94,9 @@ class BuildConfig:
     cap_per_language: int = 300  # per (source, language, kind), for sources in several languages
     language_caps: tuple[tuple[str, int], ...] = (("xquad", 120),)  # per-source exceptions
     cap_per_kind: int = 3000  # per (source, kind)
+    #: TAT-QA alone would be over half the document lookups, and it is the only annual-report source: with no
+    #: report analyses to set against it, a model could learn "financial wording means lookup".
+    kind_caps: tuple[tuple[str, int], ...] = (("tatqa", 1200),)
     bin_width: float = 0.35  # length bins, in log2(characters)
     max_ratio: float = 1.5  # per length bin, the plentiful label keeps at most this many times the scarcer one
 
@@ -263,7 +266,12 @@ def balance(rows: list[dict[str, Any]], family: str, config: BuildConfig, rng: r
     for name in sorted({r["source"] for r in several}):
         limit = limits.get(name, config.cap_per_language)
         rows += cap([r for r in several if r["source"] == name], ("source", "language", "kind"), limit, rng)
-    rows = cap(rows, ("source", "kind"), config.cap_per_kind, rng)
+    kind_limits = dict(config.kind_caps)
+    capped: list[dict[str, Any]] = []
+    for name in sorted({r["source"] for r in rows}):
+        limit = kind_limits.get(name, config.cap_per_kind)
+        capped += cap([r for r in rows if r["source"] == name], ("source", "kind"), limit, rng)
+    rows = capped
     # Document questions are matched across languages (the non-English ones are lookups only); everyday and hard
     # prompts within each language, so that a language never predicts the label.
     strata: Callable[[dict[str, Any]], str] = (lambda r: "all") if family == "doc_qa" else (lambda r: r["language"])
