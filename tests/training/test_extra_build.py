@@ -182,3 +182,32 @@ def test_the_script_skips_missing_snapshots_and_refuses_when_none_is_found(
     with pytest.raises(SystemExit):
         main(["--mirror-root", str(tmp_path), "--out", str(tmp_path / "out"), "--mirror", "nosuch=/x"])
     assert "--mirror" in capsys.readouterr().err
+
+
+def test_balance_caps_each_language_of_a_many_language_source_and_the_named_sources_per_kind() -> None:
+    def row(source: str, language: str, high: bool, i: int) -> dict[str, object]:
+        return {
+            "prompt": f"{source} {language} {'hard' if high else 'easy'} prompt {i:04d}",
+            "target": float(high),
+            "source": source,
+            "language": language,
+            "kind": "hard" if high else "everyday",
+            "group": f"g{i}",
+        }
+
+    rows = [row("multi", lang, high, i) for lang in ("de", "ja") for high in (False, True) for i in range(50)]
+    rows += [row("single", "en", high, i) for high in (False, True) for i in range(50)]
+    config = build.BuildConfig(cap_per_language=20, kind_caps=(("single", 7),), max_ratio=1.0)
+    out = build.balance(rows, "multilingual", config, random.Random(0))
+    counts: dict[tuple[str, str, float], int] = {}
+    for r in out:
+        key = (str(r["source"]), str(r["language"]), float(r["target"]))
+        counts[key] = counts.get(key, 0) + 1
+    assert counts == {
+        ("multi", "de", 0.0): 20,
+        ("multi", "de", 1.0): 20,
+        ("multi", "ja", 0.0): 20,
+        ("multi", "ja", 1.0): 20,
+        ("single", "en", 0.0): 7,
+        ("single", "en", 1.0): 7,
+    }
