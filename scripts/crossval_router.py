@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--knn-beta", type=float, nargs="+", default=[0.1, 0.2, 0.3], help="blend weights of the neighbour term"
     )
+    p.add_argument(
+        "--extra-dir", type=Path, help="directory of built extra rows (scripts/data/build_router_extra.py's output)"
+    )
     p.add_argument("--no-tfidf", action="store_true", help="skip the TF-IDF baseline")
     p.add_argument("--json", type=Path, help="write every metric here")
     p.add_argument("--threads", type=int, default=2)
@@ -73,10 +76,14 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--eval-sets: {args.eval_sets} lacks " + " or ".join(f"{name}.jsonl" for name in evalsets.SETS))
     if not (args.encoder_dir / "model.onnx").is_file():
         p.error(f"--encoder-dir: {args.encoder_dir} has no model.onnx")
+    if args.extra_dir is not None and not any((args.extra_dir / name).is_file() for name in data.EXTRA_FILES.values()):
+        p.error(f"--extra-dir: {args.extra_dir} has none of {', '.join(sorted(data.EXTRA_FILES.values()))}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     try:
-        prep = prepare(args.data_dir, args.work_dir, encoder_dir=args.encoder_dir, threads=args.threads)
+        prep = prepare(
+            args.data_dir, args.work_dir, encoder_dir=args.encoder_dir, extra_dir=args.extra_dir, threads=args.threads
+        )
     except (OSError, ValueError, KeyError) as exc:  # unreadable, malformed or missing data files
         p.error(f"--data-dir: {exc}")
     rows, inputs = prep.rows, prep.inputs

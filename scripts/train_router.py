@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from training.data import SOURCES, TargetConfig
+from training.data import EXTRA_FILES, EXTRA_SOURCES, SOURCES, TargetConfig
 from training.finetune import FinetuneConfig, finetune
 from training.head import HeadConfig, JointConfig
 from training.pipeline import train
@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> None:
         "refit the head on the shipped encoder without git history)",
     )
     p.add_argument("--extra", type=Path, action="append", default=[], help="labelled JSONL of your own traffic")
+    p.add_argument(
+        "--extra-dir",
+        type=Path,
+        help="directory of built extra rows (doc_qa.jsonl, multilingual.jsonl: scripts/data/build_router_extra.py): "
+        "questions about documents and prompts in many languages, as sources of their own",
+    )
     p.add_argument("--log", help="also log to this file")
     p.add_argument("--max-length", type=int, default=128)
     defaults_j = JointConfig()
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="SOURCE=W",
         help="multiply a source's total loss weight (repeatable; defaults: "
         + ", ".join(f"{k}={v:g}" for k, v in defaults_t.source_weight)
-        + f"; others 1). Sources: {', '.join(SOURCES)}, feedback",
+        + f"; others 1). Sources: {', '.join((*SOURCES, 'feedback', *EXTRA_SOURCES))}",
     )
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             w = float(value)
         except ValueError:
             w = -1.0
-        if name not in (*SOURCES, "feedback") or not w >= 0:
+        if name not in (*SOURCES, "feedback", *EXTRA_SOURCES) or not w >= 0:
             p.error(f"--source-weight: {item!r} is not SOURCE=W with a known source and a weight >= 0")
         weights[name] = w
     if args.ft_init is not None and not (args.ft_init / "model.onnx").is_file():
@@ -104,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.ft_mmlu_limit < 0 or args.everyday < 0:
         p.error("--ft-mmlu-limit and --everyday cannot be negative")
+    if args.extra_dir is not None and not any((args.extra_dir / name).is_file() for name in EXTRA_FILES.values()):
+        p.error(f"--extra-dir: {args.extra_dir} has none of {', '.join(sorted(EXTRA_FILES.values()))}")
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if args.log:
         Path(args.log).parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             ),
             targets=TargetConfig(soft=args.soft, everyday=args.everyday, source_weight=tuple(weights.items())),
             extra=args.extra,
+            extra_dir=args.extra_dir,
         )
         return
     train(
@@ -141,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         encoder_dir=args.encoder_dir,
         max_length=args.max_length,
         extra=args.extra,
+        extra_dir=args.extra_dir,
         threads=args.threads,
     )
 

@@ -10,6 +10,14 @@ Sources (files under a data directory, each optional; see the README for where t
 | math         | aux_math.jsonl            | MATH level 1-5 only                                        |
 | arena        | aux_hard.jsonl            | none: real hard chat prompts                               |
 | feedback     | --extra files             | weak/strong scores from a deployment's own traffic         |
+| doc_qa       | --extra-dir doc_qa.jsonl  | a target per row: lookup (low) or analysis (high) of a document |
+| multilingual | --extra-dir multilingual.jsonl | a target per row: everyday (low) or hard (high), 20+ languages |
+
+The two ``--extra-dir`` sources are built by ``scripts/data/build_router_extra.py`` from public repositories (see
+docs/router-data.md). Their rows carry an absolute target instead of a model pair's outcome; they share the
+everyday contrast's intercept group (the spare one), because like the contrast they say where a prompt sits on
+one scale ("a greeting is easy next to a proof"), not only how it ranks within its source. They are split by their
+``group`` (a report, a story, an utterance and its translations), never by row.
 
 The base rate of "strong needed" differs between sources for reasons that are not difficulty (81% of MMLU rows
 are weak-ok, 26% of the judged chat rows), so a model trained on pooled rows would learn to recognise the
@@ -44,6 +52,9 @@ FILES = {
 #: Sources with a weak/strong outcome per prompt, on which APGR is measured.
 LABELLED = ("mmlu", "gsm8k", "chat", "arc", "mbpp", "winogrande")
 SOURCES = (*LABELLED, "math", "arena")
+#: Sources read from ``--extra-dir`` (the built extra rows), each from its own file.
+EXTRA_FILES = {"doc_qa": "doc_qa.jsonl", "multilingual": "multilingual.jsonl"}
+EXTRA_SOURCES = tuple(EXTRA_FILES)
 _BENCH_NAMES = {"arc_challenge": "arc", "mbpp": "mbpp", "winogrande": "winogrande"}
 
 #: Intercept groups: Arena-Hard shares the chat intercept, which is what lets "hard, as judged by real users"
@@ -100,6 +111,7 @@ class Row:
     strong: float | None = None
     others: float | None = None  # difficulty from many other models, higher = harder
     level: int | None = None  # MATH level 1..5
+    target: float | None = None  # an absolute p(strong needed), for the --extra-dir sources
     val: bool = False
     fold: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -110,8 +122,31 @@ def _math_level(difficulty: Any) -> int | None:
     return int(words[-1]) if words and words[-1].isdigit() and 1 <= int(words[-1]) <= 5 else None
 
 
-def load(data_dir: str | Path, extra: Iterable[str | Path] = ()) -> list[Row]:
-    """Read every source file present under ``data_dir`` (and labelled ``extra`` files), without splitting."""
+def load_extra_dir(extra_dir: str | Path) -> list[Row]:
+    """The rows of the built extra sources under ``extra_dir`` (files that are absent are skipped); each row keeps
+    its origin (the public source), kind and language in ``extra``."""
+    base = Path(extra_dir)
+    rows: list[Row] = []
+    for source, name in EXTRA_FILES.items():
+        if not (base / name).is_file():
+            continue
+        for number, r in enumerate(read_jsonl(base / name), 1):
+            target = float(r["target"])
+            if not 0.0 <= target <= 1.0:
+                raise ValueError(f"{base / name}:{number}: target {target} is not in [0, 1]")
+            # the group is the split key as it is, without the source: the build script gives a passage's lookups
+            # and its plain questions (in different files) the same group, and they must fall on one side
+            group = str(r["group"])
+            extra = {"origin": r.get("source", source), "kind": r.get("kind", ""), "language": r.get("language", "")}
+            rows.append(Row(r["prompt"], source, group, group, target=target, extra=extra))
+    if not rows:
+        raise ValueError(f"{base}: none of {sorted(EXTRA_FILES.values())} found")
+    return rows
+
+
+def load(data_dir: str | Path, extra: Iterable[str | Path] = (), extra_dir: str | Path | None = None) -> list[Row]:
+    """Read every source file present under ``data_dir`` (and labelled ``extra`` files, and the built extra rows
+    under ``extra_dir``), without splitting."""
     base = Path(data_dir)
     rows: list[Row] = []
 
@@ -170,6 +205,8 @@ def load(data_dir: str | Path, extra: Iterable[str | Path] = ()) -> list[Row]:
             )
     if not rows:
         raise ValueError(f"{base}: none of {sorted(FILES.values())} found")
+    if extra_dir is not None:
+        rows += load_extra_dir(extra_dir)
     return rows
 
 
@@ -204,7 +241,8 @@ def assign_split(rows: list[Row], *, folds: int = 5) -> dict[str, Any]:
 
     MMLU: nine whole subjects for validation, the other subjects dealt into folds. GSM8K and the aux sets: 15%
     by prompt hash (as the first model did); the RouterBench and chat sources: 20% by prompt hash. Feedback rows
-    always train (``route-llm retrain`` holds out its own share).
+    always train (``route-llm retrain`` holds out its own share). The extra sources: 20% by a hash of the row's
+    group (their ``key`` is the group), so a document's questions or an utterance's translations stay together.
     """
     val_subjects = set(choose_val_subjects(rows))
     train_subjects = sorted({r.group for r in rows if r.source == "mmlu" and r.group not in val_subjects})
@@ -218,12 +256,14 @@ def assign_split(rows: list[Row], *, folds: int = 5) -> dict[str, Any]:
         share = 0.15 if r.source in ("gsm8k", "math", "arena") else 0.2
         r.val = r.source != "feedback" and hash_fraction(r.key, VAL_SALT) < share
         r.fold = int(hash_fraction(r.key, FOLD_SALT) * folds)
+    present = [s for s in EXTRA_SOURCES if any(r.source == s for r in rows)]  # absent: the description is unchanged
     return {
         "method": "group: nine MMLU subjects held out whole; gsm8k/math/arena 15% and chat/arc/mbpp/winogrande 20% "
-        "by prompt hash (salt 'seed13:')",
+        "by prompt hash (salt 'seed13:')"
+        + ("; doc_qa/multilingual 20% by a hash of the row's group" if present else ""),
         "val_mmlu_subjects": sorted(val_subjects),
-        "n_val": {s: sum(1 for r in rows if r.val and r.source == s) for s in SOURCES},
-        "n_train": {s: sum(1 for r in rows if not r.val and r.source == s) for s in (*SOURCES, "feedback")},
+        "n_val": {s: sum(1 for r in rows if r.val and r.source == s) for s in (*SOURCES, *present)},
+        "n_train": {s: sum(1 for r in rows if not r.val and r.source == s) for s in (*SOURCES, "feedback", *present)},
     }
 
 
@@ -281,6 +321,8 @@ def targets(rows: list[Row], config: TargetConfig, *, use: np.ndarray | None = N
             target[i] = (r.level - 1) / 4
         elif r.source == "arena":
             target[i] = config.arena_target
+        elif r.target is not None:
+            target[i] = r.target
     if config.soft:
         for name in ("chat", "arc", "mbpp", "winogrande"):
             mask = (source == name) & use & np.array([r.others is not None for r in rows])
@@ -288,7 +330,7 @@ def targets(rows: list[Row], config: TargetConfig, *, use: np.ndarray | None = N
                 others = np.array([rows[i].others for i in np.nonzero(mask)[0]], dtype=float)
                 target[mask] = (1 - config.soft) * target[mask] + config.soft * _percentile(others)
     multipliers = dict(config.source_weight)
-    for name in (*SOURCES, "feedback"):
+    for name in (*SOURCES, "feedback", *EXTRA_SOURCES):
         mask = (source == name) & use
         count = int(mask.sum())
         if count:

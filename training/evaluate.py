@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from training.data import LABELLED, MIXTURE, Row
+from training.data import EXTRA_SOURCES, LABELLED, MIXTURE, Row
 from training.metrics import auroc, bootstrap_interval, routing_curve, summarize
 
 Scorer = Callable[[list[str]], Sequence[float]]
@@ -77,6 +77,11 @@ def per_source(rows: list[Row], scores: Sequence[float]) -> dict[str, Any]:
         chat = np.nonzero(source == "chat")[0]
         if len(chat):
             out["chat"]["strong_at_30pct"] = round(float(np.mean(values[chat] >= threshold)), 4)
+    for name in EXTRA_SOURCES:
+        index = np.nonzero(source == name)[0]
+        labels = [int((rows[i].target or 0.0) >= 0.5) for i in index]
+        if 0 < sum(labels) < len(labels):  # AUROC of "strong needed" (target >= 0.5) within the source
+            out[name] = {"n": len(index), "auroc": round(auroc(values[index].tolist(), labels), 4)}
     return out
 
 
@@ -140,8 +145,11 @@ def tfidf_scorer(train_rows: list[Row]) -> Scorer:
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    """One text table: a row per scorer, APGR per labelled source, then the MATH and Arena-Hard checks."""
-    columns = [*LABELLED, "math ρ", "arena@30%", "chat@30%"]
+    """One text table: a row per scorer, APGR per labelled source, then the MATH and Arena-Hard checks, then the
+    AUROC of the extra sources where any scorer has them."""
+    extras = [name for name in EXTRA_SOURCES if any(name in metrics for metrics in results.values())]
+    short = {"doc_qa": "docs auc", "multilingual": "langs auc"}
+    columns = [*LABELLED, "math ρ", "arena@30%", "chat@30%", *(short[name] for name in extras)]
     lines = [f"{'':10}" + "".join(f"{c:>11}" for c in columns)]
     for name, metrics in results.items():
         cells = []
@@ -152,5 +160,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         cells.append(f"{arena:>11.3f}" if arena is not None else f"{'-':>11}")
         chat = metrics.get("chat", {}).get("strong_at_30pct")
         cells.append(f"{chat:>11.3f}" if chat is not None else f"{'-':>11}")
+        for extra in extras:
+            cells.append(f"{metrics[extra]['auroc']:>11.3f}" if extra in metrics else f"{'-':>11}")
         lines.append(f"{name[:10]:10}" + "".join(cells))
     return "\n".join(lines)

@@ -97,8 +97,10 @@ def finetune(
     config: FinetuneConfig,
     targets: data.TargetConfig,
     extra: list[Path] | None = None,
+    extra_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Train, export and write ``out`` (replaced atomically); return router.json's content."""
+    """Train, export and write ``out`` (replaced atomically); return router.json's content. ``extra_dir`` adds the
+    built extra rows (:func:`training.data.load_extra_dir`)."""
     import torch
     from transformers import AutoModel, get_linear_schedule_with_warmup
 
@@ -106,7 +108,7 @@ def finetune(
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     rng = random.Random(config.seed)
-    all_rows = data.load(data_dir, extra or [])
+    all_rows = data.load(data_dir, extra or [], extra_dir)
     split = data.assign_split(all_rows)
     train_rows = _select(all_rows, config)
     val_rows = [r for r in all_rows if r.val]

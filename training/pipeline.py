@@ -74,6 +74,13 @@ def replace_dir(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
+def extra_files(extra_dir: Path | None) -> dict[str, str]:
+    """The built extra files a run read, for router.json (none without ``--extra-dir``)."""
+    if extra_dir is None:
+        return {}
+    return {name: str(extra_dir / file) for name, file in data.EXTRA_FILES.items() if (extra_dir / file).is_file()}
+
+
 def sigmoid(z: np.ndarray) -> np.ndarray:
     """Logistic function of logits, clipped so exp cannot overflow."""
     return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -700, 700))))
@@ -131,6 +138,7 @@ def prepare(
     max_length: int = 128,
     head_fraction: float = 0.5,
     extra: list[Path] | None = None,
+    extra_dir: Path | None = None,
     threads: int = 2,
 ) -> Prepared:
     """Read and split the data, pick the encoder, and compute (or read from ``work``/cache) every row's head inputs.
@@ -138,9 +146,10 @@ def prepare(
     ``encoder_source`` is a format-1 classifier directory whose fine-tuned encoder the head reads (the shipped
     model uses the first router's); without it the base MiniLM is exported and used. ``encoder_dir`` instead
     reuses a format-2 model directory's ``model.onnx`` + ``tokenizer.json`` as they are (a deployed model's).
+    ``extra_dir`` adds the built extra rows (:func:`training.data.load_extra_dir`).
     """
     t0 = time.time()
-    all_rows = data.load(data_dir, extra or [])
+    all_rows = data.load(data_dir, extra or [], extra_dir)
     split = data.assign_split(all_rows)
     caps = DEFAULT_CAPS if caps is None else caps
     rows = [all_rows[i] for i in data.training_subset(all_rows, caps)]
@@ -170,6 +179,7 @@ def train(
     max_length: int = 128,
     head_fraction: float = 0.5,
     extra: list[Path] | None = None,
+    extra_dir: Path | None = None,
     threads: int = 2,
 ) -> dict[str, Any]:
     """Build the model directory ``out`` (replaced atomically) and return the metadata written to router.json
@@ -184,6 +194,7 @@ def train(
         max_length=max_length,
         head_fraction=head_fraction,
         extra=extra,
+        extra_dir=extra_dir,
         threads=threads,
     )
     all_rows, rows, inputs, clf = prep.all_rows, prep.rows, prep.inputs, prep.clf
@@ -218,7 +229,8 @@ def train(
             "version": f"minilm-head-{created:%Y%m%d}-{digest[:8]}",
             "base_model": encoder.BASE_MODEL_NAME,
             "encoder": "fine-tuned encoder of " + str(encoder_source) if encoder_source else "base encoder",
-            "data": {name: data.FILES[name] for name in data.FILES if (data_dir / data.FILES[name]).is_file()},
+            "data": {name: data.FILES[name] for name in data.FILES if (data_dir / data.FILES[name]).is_file()}
+            | extra_files(extra_dir),
             "split": prep.split,
             "caps": prep.caps,
             "targets": asdict(targets),
