@@ -99,7 +99,7 @@ def numpy_forward(w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
     """BERT (post-LayerNorm, exact GELU, positions from 0) over one unpadded sequence, in float64."""
     def norm(x: np.ndarray, prefix: str) -> np.ndarray:
         mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-        return (x - mean) / np.sqrt(var + 1e-12) * w[f"{prefix}.w"] + w[f"{prefix}.b"]
+        return np.asarray((x - mean) / np.sqrt(var + 1e-12) * w[f"{prefix}.w"] + w[f"{prefix}.b"])
 
     erf = np.vectorize(math.erf)
     n, d = len(ids), HIDDEN // HEADS
