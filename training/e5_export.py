@@ -215,10 +215,12 @@ def build_graph(m: PackedModel, *, name: str = "multilingual-e5-small") -> Any:
         nodes.append(helper.make_node(kind, inputs, [out], name=f"{kind}_{count[0]}", **attrs))
         return out
 
-    def linear(x: str, prefix: str) -> str:
-        weight = m.q4(f"{prefix}.w").dequantize()  # (out, in); the graph multiplies by its transpose
-        w = const(f"{prefix}.weight", np.ascontiguousarray(weight.T))
-        b = const(f"{prefix}.bias", m.dense(f"{prefix}.b"))
+    def linear(x: str, *prefixes: str) -> str:
+        """x @ W.T + b; several layers reading the same input become one wider MatMul (quantised once)."""
+        # (out, in) each; the graph multiplies by the transpose
+        weight = np.concatenate([m.q4(f"{prefix}.w").dequantize() for prefix in prefixes])
+        w = const(f"{prefixes[0]}.weight", np.ascontiguousarray(weight.T))
+        b = const(f"{prefixes[0]}.bias", np.concatenate([m.dense(f"{prefix}.b") for prefix in prefixes]))
         return op("Add", [op("MatMul", [x, w]), b])
 
     def layer_norm(x: str, prefix: str) -> str:
@@ -250,15 +252,21 @@ def build_graph(m: PackedModel, *, name: str = "multilingual-e5-small") -> Any:
     blocked = op("Mul", [op("Sub", [const("one_f", np.array(1.0, dtype=np.float32)), mask]),
                          const("neg", np.array(-1e4, dtype=np.float32))])
     bias = op("Unsqueeze", [blocked, const("axes12", np.array([1, 2], dtype=np.int64))])
+    thirds = const("split_qkv", np.array([h, h, h], dtype=np.int64))
     split_heads = const("shape_heads", np.array([0, 0, heads, h // heads], dtype=np.int64))
     inv_sqrt = const("inv_sqrt_d", np.array(1.0 / math.sqrt(h // heads), dtype=np.float32))
     half = const("half", np.array(0.5, dtype=np.float32))
     sqrt2 = const("sqrt2", np.array(math.sqrt(2.0), dtype=np.float32))
     for layer in range(m.layers):
         p = f"l{layer}"
-        q = op("Transpose", [op("Reshape", [linear(x, f"{p}.q"), split_heads])], perm=[0, 2, 1, 3])
-        k = op("Transpose", [op("Reshape", [linear(x, f"{p}.k"), split_heads])], perm=[0, 2, 3, 1])
-        v = op("Transpose", [op("Reshape", [linear(x, f"{p}.v"), split_heads])], perm=[0, 2, 1, 3])
+        # Q, K and V in one MatMul: the int8 graph then quantises x once per layer instead of three times.
+        qkv = linear(x, f"{p}.q", f"{p}.k", f"{p}.v")
+        count[0] += 1
+        parts = [f"{p}.{part}" for part in ("q", "k", "v")]
+        nodes.append(helper.make_node("Split", [qkv, thirds], parts, axis=-1, name=f"Split_{count[0]}"))
+        q = op("Transpose", [op("Reshape", [parts[0], split_heads])], perm=[0, 2, 1, 3])
+        k = op("Transpose", [op("Reshape", [parts[1], split_heads])], perm=[0, 2, 3, 1])
+        v = op("Transpose", [op("Reshape", [parts[2], split_heads])], perm=[0, 2, 1, 3])
         weights = op("Softmax", [op("Add", [op("Mul", [op("MatMul", [q, k]), inv_sqrt]), bias])], axis=-1)
         context = op("Reshape", [op("Transpose", [op("MatMul", [weights, v])], perm=[0, 2, 1, 3]), "shape_bsh"])
         x = layer_norm(op("Add", [linear(context, f"{p}.ao"), x]), f"{p}.aln")
