@@ -32,11 +32,15 @@ FORMATS = (1, 2)
 
 #: Characters kept from each end of a very long prompt before tokenizing. Tokenizing 100k characters costs
 #: far more than the model run, yet at most ``max_length`` tokens survive truncation. A WordPiece token
-#: covers well under 12 characters of ordinary text in any script, so ``max_length * 12`` characters per end
-#: hold more tokens than the head or the tail can keep, and truncation on the cut text gives the same ids as
-#: on the full text. Only text with extremely long "words" (e.g. a base64 blob, which WordPiece turns into a
-#: single [UNK]) can differ, and there the middle is noise anyway.
+#: covers well under 12 characters of ordinary text in any script (so does a SentencePiece one: XLM-R's longest
+#: piece has 16, its pieces average under 8), so ``max_length * 12`` characters per end hold more tokens than
+#: the head or the tail can keep, and truncation on the cut text gives the same ids as on the full text. Only text
+#: with extremely long "words" (e.g. a base64 blob, which WordPiece turns into a single [UNK]) can differ, and
+#: there the middle is noise anyway.
 CHARS_PER_TOKEN_BOUND = 12
+
+#: Longest ``text_prefix`` router.json may set: an instruction tag, not a system prompt (it is tokenized per request).
+MAX_PREFIX_CHARS = 64
 
 _TRUNCATIONS = ("head_tail", "head")
 _ALLOWED_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
@@ -71,6 +75,9 @@ class ModelMeta:
     features: tuple[str, ...] = ()
     head_file: str | None = None
     lexical: str | None = None  # the word-term scheme (router.lexical.SCHEME) when head.npz carries one
+    #: Text put before every prompt before tokenizing: encoders trained with an instruction prefix (e5's
+    #: ``"query: "``) embed a bare prompt differently from the way they were trained. Empty for MiniLM.
+    text_prefix: str = ""
 
     @property
     def strong_index(self) -> int:
@@ -144,6 +151,11 @@ class ModelMeta:
         pad = data["pad_token_id"]
         if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
             raise ValueError(f"'pad_token_id' must be a non-negative integer, got {pad!r}")
+        text_prefix = data.get("text_prefix", "")
+        if not isinstance(text_prefix, str) or len(text_prefix) > MAX_PREFIX_CHARS:
+            raise ValueError(
+                f"'text_prefix' must be a string of at most {MAX_PREFIX_CHARS} characters, got {text_prefix!r}"
+            )
         if not isinstance(data["version"], str) or not data["version"]:
             raise ValueError(f"'version' must be a non-empty string, got {data['version']!r}")
         try:
@@ -163,6 +175,7 @@ class ModelMeta:
             features=tuple(names),
             head_file=head_file,
             lexical=lexical,
+            text_prefix=text_prefix,
         )
 
 
@@ -278,7 +291,12 @@ class Classifier:
             raise ValueError(f"max_length {meta.max_length} leaves no room for text tokens")
         head_fraction = 1.0 if meta.truncation == "head" else meta.head_fraction
         self._budget = budget
-        self._head = round(head_fraction * budget)
+        # The prefix is tokenized with the text (so its ids are exactly those of "prefix + text") and is always
+        # kept: the head holds at least its tokens (its bare tokenization, which can only be one longer).
+        prefix_tokens = len(tokenizer.encode(meta.text_prefix, add_special_tokens=False).ids) if meta.text_prefix else 0
+        if prefix_tokens >= budget:
+            raise ValueError(f"max_length {meta.max_length} leaves no room for text after text_prefix")
+        self._head = max(round(head_fraction * budget), prefix_tokens)
         self._char_limit = meta.max_length * CHARS_PER_TOKEN_BOUND
         # The attention mask and token types of an unpadded single sequence are all ones and all zeros: one
         # read-only row of each per input dtype, allocated here and sliced per run, instead of three fresh
@@ -300,9 +318,10 @@ class Classifier:
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Return the exact ids the model sees for each text: truncated to head + tail, then wrapped.
 
-        Truncation keeps the first ``round(head_fraction * budget)`` tokens and fills the rest of the budget
-        from the end, because a long prompt usually states its task at the start (instructions) or at the
-        end (the question after a pasted document); the middle is the least informative part.
+        The text is ``text_prefix`` + the prompt. Truncation keeps the first ``round(head_fraction * budget)``
+        tokens (at least the prefix's) and fills the rest of the budget from the end, because a long prompt usually
+        states its task at the start (instructions) or at the end (the question after a pasted document); the middle
+        is the least informative part.
         """
         for text in texts:
             if not isinstance(text, str):
@@ -313,6 +332,8 @@ class Classifier:
         # `route-llm score`, calibration and the proxy all score such input, and score it the same. ASCII text
         # (CPython knows it without a scan) has none.
         cut = [t if t.isascii() else t.encode("utf-8", "replace").decode("utf-8") for t in cut]
+        if self._meta.text_prefix:
+            cut = [self._meta.text_prefix + t for t in cut]
         try:
             # One text, the proxy's usual case: ``encode`` gives the same ids as ``encode_batch`` without handing
             # the text to the tokenizer's thread pool and back.

@@ -8,6 +8,13 @@ may hold other sessions, which would hide what loading the router alone costs.
 
 Example:
     python scripts/bench_router.py --model-dir router/model --threads 1 2
+
+``--encoder-dir`` times a bare encoder directory (model.onnx + tokenizer.json + encoder.json, e.g. the
+multilingual one from scripts/data/build_multilingual_encoder.py) before a head is trained for it: it is wrapped
+in a model directory with a zero head, which costs the same microseconds as a trained one. Several model and
+encoder directories are timed one after another in the same run, so their figures are comparable:
+
+    python scripts/bench_router.py --model-dir router/model --encoder-dir /work/models/e5-int8 --max-length 512
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -25,7 +33,9 @@ from typing import Any
 import numpy as np
 
 from router import Router
-from router.classifier import MODEL_FILE, load_session
+from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE, load_session
+from router.features import FEATURES
+from router.head import Head
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,12 +62,17 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "total_s": t2 - t0,
 
 
 def prompt_of_tokens(router: Router, n_tokens: int) -> str:
-    """A prompt whose tokenisation has at least ``n_tokens`` tokens (before truncation)."""
+    """A prompt of about ``n_tokens`` text tokens, or of as many as the model's max_length keeps.
+
+    Counted on the runtime's own (truncated) ids, so the target is capped at the budget: asking a 128-token model
+    for 510 used to grow the prompt forever.
+    """
+    target = min(n_tokens, router.meta.max_length - 2) + 2
     text = FILLER
-    while len(router.classifier.token_ids([text])[0]) < n_tokens + 2:
+    while len(router.classifier.token_ids([text])[0]) < target:
         text += FILLER
     words = text.split()
-    while len(router.classifier.token_ids([" ".join(words)])[0]) > n_tokens + 2:
+    while len(router.classifier.token_ids([" ".join(words)])[0]) > target:
         words.pop()
     return " ".join(words)
 
@@ -80,6 +95,37 @@ class RawSession:
         return self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})
 
 
+def wrap_encoder(encoder_dir: Path, max_length: int, out: Path) -> Path:
+    """A model directory in ``out`` around a bare encoder: its files linked, a zero head, a minimal router.json.
+
+    The encoder's settings (``text_prefix``, ``pad_token_id``) come from its encoder.json, as training reads them.
+    """
+    out.mkdir(parents=True)
+    for name in (MODEL_FILE, TOKENIZER_FILE):
+        (out / name).symlink_to((encoder_dir / name).resolve())
+    described_path = encoder_dir / "encoder.json"
+    described = json.loads(described_path.read_text(encoding="utf-8")) if described_path.is_file() else {}
+    hidden = load_session(encoder_dir / MODEL_FILE).get_outputs()[0].shape[-1]
+    width = hidden + len(FEATURES)
+    Head(mean=np.zeros(width), scale=np.ones(width), layers=[(np.zeros((width, 1)), np.zeros(1))]).save(
+        out / "head.npz"
+    )
+    meta = {
+        "format": 2,
+        "features": list(FEATURES),
+        "head": "head.npz",
+        "max_length": max_length,
+        "truncation": "head_tail",
+        "head_fraction": 0.5,
+        "pad_token_id": described.get("pad_token_id", 0),
+        "text_prefix": described.get("text_prefix", ""),
+        "quantiles": [[0.0, 0.0], [1.0, 1.0]],
+        "version": f"bench-{encoder_dir.name}",
+    }
+    (out / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
+    return out
+
+
 def timed(fn: Callable[[], Any], repeats: int, min_seconds: float = 0.0) -> np.ndarray:
     """Wall-clock seconds of each call, after two warm-up calls (first runs allocate arenas)."""
     fn()
@@ -98,7 +144,9 @@ def bench(model_dir: Path, threads: int, repeats: int) -> dict[str, Any]:
     raw = RawSession(model_dir, threads)
     wrapper = Router.load(model_dir, threads=threads)
     wrapper_name = f"router.Router.load(..., threads={threads})"
-    cases = {"short": SHORT, "128 tokens": prompt_of_tokens(wrapper, 126), "512 tokens": prompt_of_tokens(wrapper, 510)}
+    # the last case is the longest input the model reads: its max_length (512 tokens when that is more)
+    longest = f"max ({wrapper.meta.max_length})" if wrapper.meta.max_length <= 512 else "512 tokens"
+    cases = {"short": SHORT, "128 tokens": prompt_of_tokens(wrapper, 126), longest: prompt_of_tokens(wrapper, 510)}
     result: dict[str, Any] = {"threads": threads, "wrapper": wrapper_name, "latency_ms": {}, "throughput": {}}
     for name, prompt in cases.items():
         seq = wrapper.classifier.token_ids([prompt])
@@ -139,22 +187,24 @@ def load_cost(model_dir: Path) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark for each thread count and print a table (and optionally JSON)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", default=str(ROOT / "router" / "model"))
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--repeats", type=int, default=200)
-    p.add_argument("--json", help="also write the results here")
-    args = p.parse_args(argv)
-    model_dir = Path(args.model_dir)
+def directory_mb(directory: Path) -> float:
+    """Size of the regular files in a model directory (links followed), in MB."""
+    return round(sum(f.stat().st_size for f in directory.iterdir() if f.is_file()) / 1e6, 2)
 
-    files = [f for f in model_dir.iterdir() if f.is_file()]
-    report: dict[str, Any] = {"model_mb": round(sum(f.stat().st_size for f in files) / 1e6, 2)}
-    report["load"] = {"router": load_cost(model_dir)}
-    report["runs"] = [bench(model_dir, t, args.repeats) for t in args.threads]
 
-    print(f"model directory {report['model_mb']} MB")
+def report_for(model_dir: Path, threads: list[int], repeats: int) -> dict[str, Any]:
+    """Size, load cost and latency runs of one model directory."""
+    return {
+        "model_dir": str(model_dir),
+        "model_mb": directory_mb(model_dir),
+        "load": {"router": load_cost(model_dir)},
+        "runs": [bench(model_dir, t, repeats) for t in threads],
+    }
+
+
+def print_report(report: dict[str, Any], label: str) -> None:
+    """The human-readable table of one :func:`report_for` result."""
+    print(f"### {label}\nmodel directory {report['model_mb']} MB")
     for mode, res in report["load"].items():
         if "error" in res:
             print(f"load ({mode}): {res['error']}")
@@ -174,8 +224,36 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'batch (128 tok)':16} {'wrapper/s':>10} {'raw/s':>8}")
         for name, m in run["throughput"].items():
             print(f"{name:16} {m['wrapper_per_s']:>10} {m['raw_per_s']:>8}")
+    print()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark for each directory and thread count and print tables (and optionally JSON)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", type=Path, action="append", default=[], help="model directory (repeatable)")
+    p.add_argument("--encoder-dir", type=Path, action="append", default=[], help="bare encoder directory (repeatable)")
+    p.add_argument("--max-length", type=int, default=128, help="max_length of the wrapped encoder directories")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--repeats", type=int, default=200)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    if args.max_length < 3:
+        p.error("--max-length must be at least 3")
+    for encoder_dir in args.encoder_dir:
+        if not (encoder_dir / MODEL_FILE).is_file() or not (encoder_dir / TOKENIZER_FILE).is_file():
+            p.error(f"--encoder-dir: {encoder_dir} lacks {MODEL_FILE} or {TOKENIZER_FILE}")
+    model_dirs = args.model_dir or ([] if args.encoder_dir else [ROOT / "router" / "model"])
+    reports: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model_dir in model_dirs:
+            reports.append(report_for(model_dir, args.threads, args.repeats))
+            print_report(reports[-1], str(model_dir))
+        for index, encoder_dir in enumerate(args.encoder_dir):
+            wrapped = wrap_encoder(encoder_dir, args.max_length, Path(tmp) / f"encoder{index}")
+            reports.append(report_for(wrapped, args.threads, args.repeats) | {"encoder_dir": str(encoder_dir)})
+            print_report(reports[-1], f"{encoder_dir} (max_length {args.max_length}, zero head)")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1) + "\n")
 
 
 if __name__ == "__main__":

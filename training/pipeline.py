@@ -57,6 +57,8 @@ def stage_dir(encoder_dir: Path, head: Head, tmp: Path) -> Path:
     tmp.mkdir(parents=True)
     shutil.copy(encoder_dir / MODEL_FILE, tmp / MODEL_FILE)
     shutil.copy(encoder_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+    if (encoder_dir / encoder.ENCODER_FILE).is_file():  # the encoder's provenance and licences ship with it
+        shutil.copy(encoder_dir / encoder.ENCODER_FILE, tmp / encoder.ENCODER_FILE)
     head.save(tmp / "head.npz")
     return tmp
 
@@ -218,16 +220,21 @@ def train(
     created = datetime.now(timezone.utc)
     digest = hashlib.sha256((tmp / MODEL_FILE).read_bytes() + (tmp / "head.npz").read_bytes()).hexdigest()
     meta = encoder.encoder_meta(
-        list(FEATURES), max_length=max_length, head_fraction=head_fraction, pad_token_id=clf.meta.pad_token_id
+        list(FEATURES),
+        max_length=max_length,
+        head_fraction=head_fraction,
+        pad_token_id=clf.meta.pad_token_id,
+        text_prefix=clf.meta.text_prefix,
     )
+    described = encoder.encoder_settings(prep.encoder_dir)
     meta.update(
         {
             "quantiles": mixture_quantiles(val_rows, scores),
             "mixture": data.MIXTURE,
             "quantile_sample": "scores of the validation rows of every source, each source weighted by 'mixture', "
             "split equally among its rows",
-            "version": f"minilm-head-{created:%Y%m%d}-{digest[:8]}",
-            "base_model": encoder.BASE_MODEL_NAME,
+            "version": f"{described['name']}-head-{created:%Y%m%d}-{digest[:8]}",
+            "base_model": described["base_model"],
             "encoder": "fine-tuned encoder of " + str(encoder_source) if encoder_source else "base encoder",
             "data": {name: data.FILES[name] for name in data.FILES if (data_dir / data.FILES[name]).is_file()}
             | extra_files(extra_dir),

@@ -136,6 +136,26 @@ def test_head_fraction_sets_the_head_share(make_model_dir: MakeModelDir) -> None
     assert ids == [2] + [4 + i for i in range(4)] + [4 + i for i in range(90, 100)] + [3]
 
 
+def test_text_prefix_is_tokenized_in_front_of_every_prompt(make_model_dir: MakeModelDir) -> None:
+    plain, prefixed = Router.load(make_model_dir()), Router.load(make_model_dir(text_prefix="w7 w8 "))
+    assert prefixed.meta.text_prefix == "w7 w8 "
+    assert prefixed.classifier.token_ids(["w1 w2", ""]) == [[2, 11, 12, 5, 6, 3], [2, 11, 12, 3]]
+    assert plain.classifier.token_ids(["w1 w2"]) == [[2, 5, 6, 3]]  # no prefix unless router.json sets one
+    assert prefixed.score(["w1 w2"]) == plain.score(["w7 w8 w1 w2"])
+
+
+def test_text_prefix_survives_truncation_even_without_a_head_share(make_model_dir: MakeModelDir) -> None:
+    # head_fraction 0 keeps only the tail, yet the prefix (3 tokens) stays: 3 prefix + 11 tail = 14 text tokens
+    loaded = Router.load(make_model_dir(text_prefix="w7 w8 w9 ", head_fraction=0.0))
+    ids = loaded.classifier.token_ids([words(100, 100)])[0]
+    assert ids == [2, 11, 12, 13] + [4 + i for i in range(189, 200)] + [3]
+
+
+def test_text_prefix_filling_max_length_raises_model_load_error(make_model_dir: MakeModelDir) -> None:
+    with pytest.raises(ModelLoadError, match="max_length 16 leaves no room for text after text_prefix"):
+        Router.load(make_model_dir(text_prefix="w1 " * 14))
+
+
 def test_100k_character_prompt_matches_truncation_of_the_full_text(fixture_router: Router, model_dir: Path) -> None:
     text = words(0, 25_000)  # about 120k characters
     assert len(text) > 100_000
@@ -321,6 +341,8 @@ def test_unparsable_router_json_raises_model_load_error(model_dir: Path, content
         ({"truncation": "middle"}, "'truncation'"),
         ({"head_fraction": 1.5}, "'head_fraction'"),
         ({"pad_token_id": -1}, "'pad_token_id'"),
+        ({"text_prefix": 3}, "'text_prefix'"),
+        ({"text_prefix": "w1 " * 30}, "'text_prefix' must be a string of at most 64"),
         ({"version": ""}, "'version'"),
         ({"quantiles": [[0.0, 0.5], [1.0, 0.2]]}, "'quantiles'"),
         ({"quantiles": "none"}, "'quantiles'"),
