@@ -168,23 +168,73 @@ def classifier(
 
 
 def cached_inputs(clf: Classifier, prompts: list[str], cache_dir: Path, encoder_dir: Path) -> np.ndarray:
-    """Head inputs for ``prompts``, cached on disk by encoder file, settings and prompt list (minutes to compute)."""
-    digest = hashlib.sha256()
-    digest.update(hashlib.sha256((encoder_dir / MODEL_FILE).read_bytes()).digest())
+    """Head inputs for ``prompts``, cached on disk one prompt at a time (minutes to compute).
+
+    The cache is keyed by encoder file and settings, then by each prompt's hash, so adding a source to a run
+    embeds only the new prompts, and a run that is stopped keeps what it embedded (saved every 1,000 prompts).
+    A whole-list file of the earlier layout (``inputs-*.npy``) is still read, and seeds the per-prompt store.
+    """
     settings = [clf.meta.max_length, clf.meta.head_fraction, list(clf.meta.features)]
     if clf.meta.text_prefix:  # appended only when set, so caches of prefix-less encoders keep their names
         settings.append(clf.meta.text_prefix)
+    encoder_digest = hashlib.sha256((encoder_dir / MODEL_FILE).read_bytes()).digest()
+    keys = [hashlib.sha256(prompt.encode("utf-8", "replace")).digest() for prompt in prompts]
+    store = _PromptStore(cache_dir, encoder_digest, json.dumps(settings).encode())
+    legacy = cache_dir / f"inputs-{_list_digest(encoder_digest, settings, keys)}.npy"
+    if legacy.is_file():
+        inputs = np.asarray(np.load(legacy))
+        if not store.has_all(keys):
+            store.add(keys, inputs)
+            store.save()
+        return inputs
+    first = {key: i for i, key in reversed(list(enumerate(keys)))}  # one embedding per distinct prompt
+    missing = sorted(i for key, i in first.items() if key not in store)
+    if missing:
+        log.info("%d of %d prompts are not in the cache; embedding them", len(missing), len(prompts))
+    for start in range(0, len(missing), 1000):
+        chunk = missing[start : start + 1000]
+        store.add([keys[i] for i in chunk], clf.head_inputs([prompts[i] for i in chunk]))
+        store.save()
+        log.info("embedded %d/%d prompts", min(start + 1000, len(missing)), len(missing))
+    return store.take(keys)
+
+
+def _list_digest(encoder_digest: bytes, settings: list[Any], keys: list[bytes]) -> str:
+    """The name of the earlier whole-list cache file for this prompt list."""
+    digest = hashlib.sha256(encoder_digest)
     digest.update(json.dumps(settings).encode())
-    for prompt in prompts:
-        digest.update(hashlib.sha256(prompt.encode("utf-8", "replace")).digest())
-    path = cache_dir / f"inputs-{digest.hexdigest()[:16]}.npy"
-    if path.is_file():
-        return np.asarray(np.load(path))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    parts = []
-    for start in range(0, len(prompts), 1000):
-        parts.append(clf.head_inputs(prompts[start : start + 1000]))
-        log.info("embedded %d/%d prompts", min(start + 1000, len(prompts)), len(prompts))
-    inputs = np.concatenate(parts).astype(np.float32)
-    np.save(path, inputs)
-    return inputs
+    for key in keys:
+        digest.update(key)
+    return digest.hexdigest()[:16]
+
+
+class _PromptStore:
+    """Head inputs by prompt hash, in one ``.npz`` file per encoder and settings."""
+
+    def __init__(self, cache_dir: Path, encoder_digest: bytes, settings: bytes) -> None:
+        self.path = cache_dir / f"prompts-{hashlib.sha256(encoder_digest + settings).hexdigest()[:16]}.npz"
+        self.rows: dict[bytes, np.ndarray] = {}
+        if self.path.is_file():
+            with np.load(self.path) as saved:
+                self.rows = {bytes(k): v for k, v in zip(saved["keys"], saved["inputs"].astype(np.float32))}
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self.rows
+
+    def has_all(self, keys: list[bytes]) -> bool:
+        return all(key in self.rows for key in keys)
+
+    def add(self, keys: list[bytes], inputs: np.ndarray) -> None:
+        for key, row in zip(keys, np.asarray(inputs, dtype=np.float32)):
+            self.rows[key] = row
+
+    def take(self, keys: list[bytes]) -> np.ndarray:
+        return np.stack([self.rows[key] for key in keys]).astype(np.float32)
+
+    def save(self) -> None:
+        """Written beside and renamed into place, so a stopped run never leaves a torn file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp.npz")
+        keys = np.array(list(self.rows), dtype="S32")
+        np.savez(tmp, keys=keys, inputs=np.stack(list(self.rows.values())))
+        tmp.replace(self.path)
