@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -234,9 +235,10 @@ class _PromptStore:
         return np.stack([self.rows[key] for key in keys]).astype(np.float32)
 
     def save(self) -> None:
-        """Written beside and renamed into place, so a stopped run never leaves a torn file."""
+        """Written beside (a name of this process's own) and renamed into place, so a stopped run never leaves a torn
+        file and two runs sharing a cache never rename each other's file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp.npz")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp.npz")
         keys = np.array(list(self.rows), dtype="S32")
         np.savez(tmp, keys=keys, inputs=np.stack(list(self.rows.values())))
         tmp.replace(self.path)
