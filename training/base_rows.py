@@ -48,6 +48,12 @@ LICENCES = {
     "winogrande": "WinoGrande via RouterBench (CC BY; RouterBench outcomes MIT)",
     "math": "MATH problems, level only (MIT)",
     "arena": "Arena-Hard prompts (Apache-2.0)",
+    "doc_qa": "document questions built by scripts/data/build_router_extra.py (TAT-QA CC BY 4.0, ConditionalQA "
+    "BSD-2-Clause with gov.uk pages under the Open Government Licence v3.0, SQuALITY CC BY 4.0, QMSum MIT, XQuAD "
+    "CC BY-SA 4.0, AGIEval MIT; each row's source, commit and licence in docs/router-data.md)",
+    "multilingual": "prompts in many languages built by scripts/data/build_router_extra.py (XQuAD and xSID CC BY-SA "
+    "4.0, "
+    "XPersona MIT, Chatbot_data MIT, mHumanEval Apache-2.0, AGIEval MIT; see docs/router-data.md)",
     "feedback": "a deployment's own exported ratings (training --extra files): the operator's own data",
 }
 #: Sources never written to the file, and why.

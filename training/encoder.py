@@ -219,7 +219,9 @@ class _PromptStore:
         self.rows: dict[bytes, np.ndarray] = {}
         if self.path.is_file():
             with np.load(self.path) as saved:
-                self.rows = {bytes(k): v for k, v in zip(saved["keys"], saved["inputs"].astype(np.float32))}
+                # ljust: files of the first layout kept keys as "S32", which had dropped trailing NUL bytes
+                inputs = saved["inputs"].astype(np.float32)
+                self.rows = {k.tobytes().ljust(32, b"\0"): v for k, v in zip(saved["keys"], inputs)}
 
     def __contains__(self, key: bytes) -> bool:
         return key in self.rows
@@ -239,6 +241,7 @@ class _PromptStore:
         file and two runs sharing a cache never rename each other's file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp.npz")
-        keys = np.array(list(self.rows), dtype="S32")
+        # Raw bytes, not numpy's "S32": that type drops trailing NUL bytes, and one digest in 256 ends in one.
+        keys = np.frombuffer(b"".join(self.rows), dtype=np.uint8).reshape(len(self.rows), 32)
         np.savez(tmp, keys=keys, inputs=np.stack(list(self.rows.values())))
         tmp.replace(self.path)

@@ -56,3 +56,14 @@ def test_a_whole_list_file_of_the_earlier_layout_is_read_and_seeds_the_store(tmp
     again = encoder.cached_inputs(clf, ["beta", "gamma"], tmp_path, SHIPPED_MODEL_DIR)  # type: ignore[arg-type]
     assert clf.embedded == ["gamma"]
     np.testing.assert_array_equal(again[0], marked[1])
+
+
+def test_prompts_whose_hash_ends_in_a_zero_byte_are_found_again(tmp_path: Path) -> None:
+    clf = CountingClassifier()
+    prompts = [f"prompt {i}" for i in range(2000)]
+    ending = [p for p in prompts if hashlib.sha256(p.encode()).digest()[-1] == 0][:2]
+    assert ending  # about one prompt in 256
+    encoder.cached_inputs(clf, ending, tmp_path, SHIPPED_MODEL_DIR)  # type: ignore[arg-type]
+    clf.embedded.clear()
+    encoder.cached_inputs(clf, ending, tmp_path, SHIPPED_MODEL_DIR)  # type: ignore[arg-type]
+    assert clf.embedded == []
