@@ -135,7 +135,11 @@ def test_each_server_gets_a_fresh_private_metrics_dir_removed_on_exit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import uvicorn.supervisors
 
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # serve() sets the variable in this process; set-then-delete makes monkeypatch restore its absence afterwards
+    # (a bare delenv of an absent variable records nothing, and later in-process scrapes would look for the
+    # removed directory).
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     monkeypatch.delenv("ROUTE_LLM_CONFIG", raising=False)
     monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", _FakeMultiprocess)
     monkeypatch.setattr(_FakeMultiprocess, "seen", [])

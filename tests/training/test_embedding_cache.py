@@ -44,7 +44,9 @@ def test_a_second_run_with_more_prompts_embeds_only_the_new_ones(tmp_path: Path)
 def test_a_whole_list_file_of_the_earlier_layout_is_read_and_seeds_the_store(tmp_path: Path) -> None:
     clf = CountingClassifier()
     prompts = ["alpha", "beta"]
-    settings = [clf.meta.max_length, clf.meta.head_fraction, list(clf.meta.features)]
+    settings: list[Any] = [clf.meta.max_length, clf.meta.head_fraction, list(clf.meta.features)]
+    if clf.meta.text_prefix:
+        settings.append(clf.meta.text_prefix)
     digest = hashlib.sha256(hashlib.sha256((SHIPPED_MODEL_DIR / MODEL_FILE).read_bytes()).digest())
     digest.update(json.dumps(settings).encode())
     for prompt in prompts:
