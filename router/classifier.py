@@ -39,6 +39,15 @@ FORMATS = (1, 2)
 #: there the middle is noise anyway.
 CHARS_PER_TOKEN_BOUND = 12
 
+#: Range of router.json's ``max_length``. The encoders this runtime serves (MiniLM, multilingual-e5: see
+#: encoder.json's ``max_positions``) have 512 position embeddings; a longer ``max_length`` loads, yet every prompt
+#: longer than the positions then fails in the model and falls back. Below 8 the head and tail hold a word or two.
+MAX_LENGTH_RANGE = (8, 512)
+
+#: Longest ``version`` router.json may set: it is sent as a response header and a metric label on every request,
+#: so it is printable ASCII (no line breaks or characters a header cannot carry) of bounded length.
+MAX_VERSION_CHARS = 256
+
 #: Longest ``text_prefix`` router.json may set: an instruction tag, not a system prompt (it is tokenized per request).
 MAX_PREFIX_CHARS = 64
 
@@ -137,8 +146,10 @@ class ModelMeta:
                 f"got {lexical!r}"
             )
         max_length = data["max_length"]
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
-            raise ValueError(f"'max_length' must be an integer >= 3, got {max_length!r}")
+        low, high = MAX_LENGTH_RANGE
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or not low <= max_length <= high:
+            raise ValueError(f"'max_length' must be an integer from {low} to {high} (the encoder's positions), "
+                             f"got {max_length!r}")
         if data["truncation"] not in _TRUNCATIONS:
             raise ValueError(f"'truncation' must be one of {_TRUNCATIONS}, got {data['truncation']!r}")
         head_fraction = data["head_fraction"]
@@ -156,8 +167,16 @@ class ModelMeta:
             raise ValueError(
                 f"'text_prefix' must be a string of at most {MAX_PREFIX_CHARS} characters, got {text_prefix!r}"
             )
-        if not isinstance(data["version"], str) or not data["version"]:
-            raise ValueError(f"'version' must be a non-empty string, got {data['version']!r}")
+        version = data["version"]
+        if (
+            not isinstance(version, str)
+            or not 0 < len(version) <= MAX_VERSION_CHARS
+            or not all(" " <= char <= "~" for char in version)
+        ):
+            raise ValueError(
+                f"'version' must be a non-empty string of at most {MAX_VERSION_CHARS} printable ASCII characters, "
+                f"got {(version[:80] if isinstance(version, str) else version)!r}"
+            )
         try:
             quantiles = check_quantiles(data["quantiles"])
         except (TypeError, ValueError) as exc:

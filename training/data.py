@@ -82,13 +82,19 @@ FOLD_SALT = "fold:"
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """One JSON object per non-empty line; the line number is in the error so bad files are easy to fix."""
-    rows: list[dict[str, Any]] = []
+    return [row for _, row in read_jsonl_lines(path)]
+
+
+def read_jsonl_lines(path: str | Path) -> list[tuple[int, Any]]:
+    """(line number, value) for every non-empty line: blank lines are skipped, so a caller checking the values
+    needs the file's own numbering to name the line it refuses."""
+    rows: list[tuple[int, Any]] = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append((number, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
     return rows

@@ -136,21 +136,31 @@ def load_feedback(paths: list[Path]) -> list[data.Row]:
     rows = []
     for path in paths:
         try:
-            records = data.read_jsonl(path)
+            records = data.read_jsonl_lines(path)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise RetrainError(f"{path}: {exc}") from None
-        for number, r in enumerate(records, 1):
+        for number, r in records:
+            where = f"{path}:{number}"
             try:
-                prompt, weak, strong = r["prompt"], float(r["weak_score"]), float(r["strong_score"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise RetrainError(f"{path}:{number}: not a feedback row (prompt, weak_score, strong_score): "
+                prompt, raw_weak, raw_strong = r["prompt"], r["weak_score"], r["strong_score"]
+            except (KeyError, TypeError) as exc:
+                raise RetrainError(f"{where}: not a feedback row (prompt, weak_score, strong_score): "
                                    f"{exc}") from None
             if not isinstance(prompt, str) or not prompt:
-                raise RetrainError(f"{path}:{number}: prompt must be a non-empty string")
-            if not (0.0 <= weak <= 1.0 and 0.0 <= strong <= 1.0):
-                raise RetrainError(f"{path}:{number}: weak_score and strong_score must be between 0 and 1")
+                raise RetrainError(f"{where}: prompt must be a non-empty string")
+            weak, strong = _score(raw_weak, "weak_score", where), _score(raw_strong, "strong_score", where)
             rows.append(data.Row(prompt, "feedback", Path(path).name, prompt, weak, strong))
     return rows
+
+
+def _score(value: object, field: str, where: str) -> float:
+    """A JSON number in [0, 1]. Python's json reads NaN and Infinity, and float() would take True and "0.5";
+    any of them would reach the fit and the held-out APGR (Infinity makes it NaN), so each is refused by name."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RetrainError(f"{where}: {field} must be a number between 0 and 1, not {json.dumps(value)[:40]}")
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise RetrainError(f"{where}: {field} must be between 0 and 1, not {value!r}")
+    return float(value)
 
 
 def split_feedback(rows: list[data.Row], holdout: float, seed: int) -> tuple[list[data.Row], list[data.Row]]:
@@ -281,6 +291,14 @@ class Check:
     outcome: str  # "pass", "refuse" or "too few"
 
 
+def _worse(change: float, low: float, high: float, tolerance: float) -> bool:
+    """A drop beyond ``tolerance`` whose interval lies below zero, or a change that is not a number: every
+    comparison with NaN is False, so without the finite check a NaN APGR would pass as "no drop"."""
+    if not all(math.isfinite(x) for x in (change, low, high)):
+        return True
+    return change < -tolerance and high < 0
+
+
 def judge(held: RowSet, held_scores: tuple[np.ndarray, np.ndarray], val: RowSet,
           val_scores: tuple[np.ndarray, np.ndarray], config: RetrainConfig) -> tuple[bool, str, str, list[Check]]:
     """The acceptance rule (module docstring, step 3): (accepted, verdict, table, checks)."""
@@ -291,7 +309,7 @@ def judge(held: RowSet, held_scores: tuple[np.ndarray, np.ndarray], val: RowSet,
         change, low, high = change_interval(held.weak, held.strong, *held_scores, rounds=config.bootstrap,
                                             seed=config.seed)
         cur = routing_curve(held_scores[0], held.weak, held.strong).apgr
-        outcome = "too few" if not enough else "refuse" if high < 0 else "pass"
+        outcome = "too few" if not enough else "refuse" if _worse(change, low, high, 0.0) else "pass"
         checks.append(Check("feedback (held out)", len(held), cur, cur + change, change, low, high, outcome))
     else:
         nan = float("nan")
@@ -305,7 +323,7 @@ def judge(held: RowSet, held_scores: tuple[np.ndarray, np.ndarray], val: RowSet,
         change, low, high = change_interval(weak, strong, current, candidate, rounds=config.bootstrap,
                                             seed=config.seed)
         cur = routing_curve(current, weak, strong).apgr
-        outcome = "refuse" if change < -config.tolerance and high < 0 else "pass"
+        outcome = "refuse" if _worse(change, low, high, config.tolerance) else "pass"
         checks.append(Check(f"base {source}", len(rows), cur, cur + change, change, low, high, outcome))
 
     lines = [f"{'':22}{'n':>6}{'current':>10}{'candidate':>11}{'change':>9}  {'95% interval':18}result"]
@@ -317,6 +335,11 @@ def judge(held: RowSet, held_scores: tuple[np.ndarray, np.ndarray], val: RowSet,
 
     fb = checks[0]
     dropped = [c for c in checks[1:] if c.outcome == "refuse"]
+    unmeasured = [c for c in checks if c.outcome == "refuse" and not math.isfinite(c.change + c.low + c.high)]
+    if unmeasured:
+        return False, (f"the APGR change on {unmeasured[0].name} is not a finite number (current "
+                       f"{unmeasured[0].current}, candidate {unmeasured[0].candidate}): it cannot show the "
+                       "candidate is no worse"), table, checks
     if fb.outcome == "refuse":
         return False, (f"worse on the held-out feedback: APGR change {fb.change:+.3f}, and its 95% interval "
                        f"[{fb.low:+.3f}, {fb.high:+.3f}] lies below zero"), table, checks

@@ -161,6 +161,24 @@ def test_a_corrupt_model_directory_is_refused_and_the_old_version_keeps_serving(
     assert _reload(proxy).json()["result"] == "unchanged"
 
 
+def test_a_model_whose_max_length_exceeds_the_encoder_is_refused_and_the_old_version_keeps_serving(
+        reloadable: Any, tmp_path: Path, standin: StandInServer) -> None:
+    """Such a model loads and then fails every long prompt; the reload must refuse it before it serves."""
+    proxy, config, model_a = reloadable
+    oversized = _model_copy(tmp_path, "model-oversized", version="oversized")
+    meta = json.loads((oversized / "router.json").read_text())
+    (oversized / "router.json").write_text(json.dumps(meta | {"max_length": 100000}))
+    _write_config(tmp_path, oversized)
+    r = _reload(proxy)
+    assert r.status_code == 500
+    error = r.json()["error"]
+    assert error["code"] == "reload_failed" and "'max_length'" in error["message"]
+    assert str(oversized / "router.json") in error["message"]
+    raw = proxy.client().chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "long " * 3000}])
+    assert raw.headers["x-route-llm-router-version"] == model_version(model_a)
+
+
 def test_a_bad_config_is_refused_with_the_key_named(reloadable: Any, tmp_path: Path) -> None:
     proxy, config, model_a = reloadable
     config.write_text(config.read_text() + "\nrouter_typo: {}\n")

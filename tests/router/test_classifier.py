@@ -338,6 +338,14 @@ def test_unparsable_router_json_raises_model_load_error(model_dir: Path, content
         ({"strong_label": "missing_label"}, "not one of the labels"),
         ({"max_length": 2}, "'max_length'"),
         ({"max_length": "256"}, "'max_length'"),
+        ({"max_length": 100000}, "'max_length' must be an integer from 8 to 512 .* got 100000"),
+        ({"max_length": 513}, "'max_length'"),
+        ({"max_length": 7}, "'max_length'"),
+        ({"max_length": 128.0}, "'max_length'"),
+        ({"head_fraction": float("nan")}, "'head_fraction'"),
+        ({"version": "v1\r\nx-injected: 1"}, "'version' must be .* printable ASCII"),
+        ({"version": "v\u00e9"}, "'version'"),
+        ({"version": "v" * 257}, "'version' must be a non-empty string of at most 256"),
         ({"truncation": "middle"}, "'truncation'"),
         ({"head_fraction": 1.5}, "'head_fraction'"),
         ({"pad_token_id": -1}, "'pad_token_id'"),
@@ -355,6 +363,11 @@ def test_invalid_router_json_value_raises_model_load_error(
     with pytest.raises(ModelLoadError, match=message) as info:
         Router.load(directory)
     assert str(directory / "router.json") in str(info.value)
+
+
+@pytest.mark.parametrize("max_length", [8, 512])
+def test_max_length_at_either_end_of_its_range_loads(make_model_dir: MakeModelDir, max_length: int) -> None:
+    assert Router.load(make_model_dir(max_length=max_length)).meta.max_length == max_length
 
 
 def test_router_json_missing_keys_are_listed(model_dir: Path) -> None:

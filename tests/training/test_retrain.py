@@ -226,6 +226,29 @@ def test_full_mode_without_a_data_dir_is_refused_before_any_work(tmp_path: Path)
                 work_dir=tmp_path / "work", config=RetrainConfig(full=True))
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_a_held_out_apgr_that_is_not_a_number_refuses() -> None:
+    """An Infinity score makes every APGR NaN; NaN compares False with everything, so it used to pass."""
+    rows = _held(200)
+    weak = rows.weak.copy()
+    weak[1] = np.inf
+    accepted, verdict, table = _judge(RowSet(**{**rows.__dict__, "weak": weak}), (1.0, 1.0), (1.0, 1.0))
+    assert not accepted and "feedback (held out)" in verdict and "not a finite number" in verdict
+    assert "refuse" in table
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_a_base_source_apgr_that_is_not_a_number_refuses() -> None:
+    rows = _val(400)
+    strong = rows.strong.copy()
+    strong[0] = np.inf
+    val = RowSet(**{**rows.__dict__, "strong": strong})
+    held = _held(200)
+    accepted, verdict, _, _ = judge(held, (_scores(held, 1.0, 1), _scores(held, 1.0, 2)),
+                                    val, (_scores(val, 1.0, 3), _scores(val, 1.0, 3)), RetrainConfig(bootstrap=50))
+    assert not accepted and "base mmlu" in verdict and "not a finite number" in verdict
+
+
 def _cli(*args: str) -> object:
     from click.testing import CliRunner
 
@@ -258,7 +281,15 @@ def test_bad_option_values_exit_2_naming_the_option(tmp_path: Path, args: list[s
 
 
 @pytest.mark.parametrize(("line", "message"), [
-    ('{"prompt": "p", "weak_score": 2, "strong_score": 1}', "between 0 and 1"),
+    ('{"prompt": "p", "weak_score": 2, "strong_score": 1}', "weak_score must be between 0 and 1"),
+    ('{"prompt": "p", "weak_score": 0, "strong_score": NaN}', "strong_score must be between 0 and 1, not nan"),
+    ('{"prompt": "p", "weak_score": Infinity, "strong_score": 1}', "weak_score must be between 0 and 1, not inf"),
+    ('{"prompt": "p", "weak_score": 0, "strong_score": -Infinity}', "strong_score must be between 0 and 1"),
+    ('{"prompt": "p", "weak_score": 0, "strong_score": -0.5}', "strong_score must be between 0 and 1"),
+    ('{"prompt": "p", "weak_score": true, "strong_score": 1}', "weak_score must be a number between 0 and 1, not true"),
+    ('{"prompt": "p", "weak_score": 0, "strong_score": "1"}', "strong_score must be a number"),
+    ('{"prompt": "p", "weak_score": null, "strong_score": 1}', "weak_score must be a number"),
+    ('[1, 2]', "not a feedback row"),
     ('{"prompt": "", "weak_score": 0, "strong_score": 1}', "non-empty string"),
     ('{"text": "p"}', "not a feedback row"),
     ("not json", "not valid JSON"),
@@ -268,6 +299,14 @@ def test_a_bad_feedback_file_exits_4_naming_the_line(tmp_path: Path, line: str, 
     bad.write_text(line + "\n")
     result = _cli("--feedback", str(bad), "--model-dir", str(_format2(tmp_path)))
     assert result.exit_code == 4 and message in result.output and "bad.jsonl:1" in result.output  # type: ignore
+
+
+def test_a_bad_row_after_good_ones_is_named_by_its_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    good = json.dumps({"prompt": "p", "weak_score": 0, "strong_score": 1})
+    bad.write_text(f"{good}\n\n{good}\n" + '{"prompt": "p", "weak_score": NaN, "strong_score": 1}\n')
+    result = _cli("--feedback", str(bad), "--model-dir", str(_format2(tmp_path)))
+    assert result.exit_code == 4 and "bad.jsonl:4: weak_score" in result.output  # type: ignore[attr-defined]
 
 
 def test_retrain_needs_no_scipy_sklearn_or_torch(tmp_path: Path) -> None:
