@@ -260,6 +260,7 @@ def main() -> None:
 def serve_cmd(config_path: str | None, host: str | None, port: int | None, workers: int,
               allow_unauthenticated: bool, demo: bool) -> None:
     """Run the proxy."""
+    ignore_early_hangup()
     settings = _load(config_path).with_overrides(host=host, port=port)
     if not is_loopback(settings.server.host) and not settings.all_api_keys() and not allow_unauthenticated:
         click.echo(f"route-llm: refusing to listen on {settings.server.host} without proxy keys: set "
@@ -274,6 +275,21 @@ def serve_cmd(config_path: str | None, host: str | None, port: int | None, worke
         click.echo(f"route-llm: demo mode: both models answer from the built-in Gemini stand-in at {url} "
                    "(a fixed text, not a model); routing decisions, headers and metrics are real", err=True)
     serve(settings, workers=workers, config_path=config_path or settings.source)
+
+
+def ignore_early_hangup() -> None:
+    """Keep a SIGHUP that arrives during start-up from killing the server (its default action).
+
+    Reload on SIGHUP is installed only once there is something to reload: by the lifespan (one worker) or by
+    uvicorn's supervisor (``--workers N``). Before that the process spends seconds loading the model and
+    importing LiteLLM; this handler, installed first, logs the signal and drops it rather than queue a reload
+    of a server that has not started (a sender that wants one sends it again once the server is ready).
+    """
+
+    def early(signum: int, frame: object) -> None:
+        log.warning("route-llm: SIGHUP during start-up ignored (reload on SIGHUP starts once the server is ready)")
+
+    signal.signal(signal.SIGHUP, early)
 
 
 def start_demo_upstream(settings: Settings) -> str:

@@ -198,7 +198,9 @@ def _reason(exc: BaseException) -> str:
 def from_outcome(o: Outcome, *, tier: str | None, model: str | None, text: str, owner: str, version: str,
                  store_prompts: bool) -> DecisionRecord:
     """The record of a finished chat request: ``tier``/``model`` answered (None: no tier was chosen); the routing
-    fields stay empty unless the request was routed."""
+    fields stay empty unless the request was routed. The prompt itself (``store_prompts``) is kept only for a
+    request that reached a model: one refused before that can still be rated by its id, but a client must not
+    fill the store with large prompts that never cost an upstream call."""
     d = o.decision
     routed = d is not None and o.target is not None and o.target.routed
     return DecisionRecord(owner=owner, request_id=o.request_id, created_at=time.time(),
@@ -206,8 +208,8 @@ def from_outcome(o: Outcome, *, tier: str | None, model: str | None, text: str, 
                           threshold=d.threshold if routed and d else None, tier=tier or "", model=model or "",
                           fallback=d is not None and tier is not None and tier != d.tier.name,
                           router_error=routed and d is not None and d.failed, router_version=version if routed else "",
-                          prompt=text if store_prompts else None, prompt_hash=prompt_hash(text), routed=routed,
-                          status=o.status, http_status=o.http_status)
+                          prompt=text if store_prompts and o.reached_model else None, prompt_hash=prompt_hash(text),
+                          routed=routed, status=o.status, http_status=o.http_status)
 
 
 class RecordStore:

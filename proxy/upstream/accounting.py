@@ -48,6 +48,13 @@ class Outcome:
     records: RecordStore | None = None  # where the decision record goes (None: feedback is off)
 
     @property
+    def reached_model(self) -> bool:
+        """Whether a model was asked (it answered or failed): a request refused before that (bad body, unknown
+        model, no key) costs nothing upstream, and its prompt must not cost storage either."""
+        a = self.attempts
+        return a is not None and (a.served_tier is not None or bool(a.errors))
+
+    @property
     def served_tier(self) -> Tier | None:
         """The tier that answered (after any fallback), else the one routed to, else None (no decision)."""
         if self.attempts is not None and self.attempts.served_tier is not None:

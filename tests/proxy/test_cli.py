@@ -45,6 +45,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Settings, dict[str, An
     """Replace the plain ``serve`` function; record what the command would have served."""
     calls: list[tuple[Settings, dict[str, Any]]] = []
     monkeypatch.setattr(cli, "serve", lambda settings, **kw: calls.append((settings, kw)))
+    monkeypatch.setattr(cli, "ignore_early_hangup", lambda: None)  # the test process keeps its own SIGHUP action
     monkeypatch.delenv("ROUTE_LLM_API_KEYS", raising=False)
     return calls
 

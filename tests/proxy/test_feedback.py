@@ -102,6 +102,30 @@ def test_store_prompts_keeps_the_text_and_streams_are_recorded_too(make_proxy: A
                  (request_id,)) == [("Stream me a poem", tier)]
 
 
+def test_store_prompts_keeps_only_prompts_that_reached_a_model(make_proxy: Any, standin: StandInServer) -> None:
+    proxy = make_proxy(feedback={"store_prompts": True}, upstream={"retries": 0, "fallback": "none"})
+    refused = []
+    with proxy.http() as http:
+        for body, status in (({"model": "no-such-model", "messages": [{"role": "user", "content": "unknown"}]}, 404),
+                             ({"model": "auto", "messages": [{"role": "user", "content": "bad body"}],
+                               "temperature": "hot"}, 400)):
+            r = http.post("/v1/chat/completions", json=body)
+            assert r.status_code == status, r.text
+            refused.append(r.headers["x-request-id"])
+    standin.state.faults.append(Fault("status", status=503))
+    with pytest.raises(openai.APIStatusError) as err:  # asked a model, which failed: the prompt is kept
+        proxy.client().chat.completions.create(model="auto", messages=[{"role": "user", "content": "failed"}])
+    failed = err.value.response.headers["x-request-id"]
+    served, _ = _chat(proxy, content="served")
+    for request_id in (*refused, failed, served):  # a rating waits for its record, so every record is written
+        assert _rate(proxy, {"request_id": request_id, "rating": "bad"}).status_code == 200
+    prompts = {request_id: _rows(proxy, "SELECT d.prompt, f.prompt FROM decisions d JOIN feedback f "
+                                 "ON f.request_id = d.request_id WHERE d.request_id = ?", (request_id,))
+               for request_id in (*refused, failed, served)}
+    assert prompts == {refused[0]: [(None, None)], refused[1]: [(None, None)], failed: [("failed", "failed")],
+                       served: [("served", "served")]}
+
+
 def test_a_later_rating_of_the_same_request_replaces_the_earlier(proxy: RunningProxy, standin: StandInServer) -> None:
     request_id, _ = _chat(proxy)
     first = _rate(proxy, {"request_id": request_id, "rating": "bad"}).json()

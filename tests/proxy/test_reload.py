@@ -278,3 +278,50 @@ def test_sighup_and_admin_reload_swap_every_worker(tmp_path: Path, standin: Stan
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _starting_up(pid: int) -> bool:
+    """The slow part of start-up is under way: this process is importing LiteLLM (one worker, seconds before it
+    serves) or has a child (``--workers N`` checks the model in a subprocess before it starts any worker)."""
+    proc = Path("/proc") / str(pid)
+    try:
+        return "/litellm/" in (proc / "maps").read_text() or bool((proc / "task" / str(pid) / "children").read_text())
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_during_start_up_is_ignored_and_the_server_comes_up(tmp_path: Path, standin: StandInServer,
+                                                                   workers: int) -> None:
+    config = _write_config(tmp_path, SHIPPED_MODEL_DIR, upstream={"warmup": False})
+    cfg = yaml.safe_load(config.read_text())
+    for tier in ("weak", "strong"):
+        cfg["models"][tier].update(api_base=standin.base_url, api_key="test-upstream-key")
+    config.write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(ROUTE_LLM), "serve", "--config", str(config), "--port", str(port),
+                                 "--workers", str(workers)], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not _starting_up(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGHUP)
+        if workers > 1:
+            _wait_for_workers(proc, log, workers)
+        else:
+            while "route-llm ready at" not in log.read_text(errors="replace"):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+                time.sleep(0.2)
+        assert _versions(f"http://127.0.0.1:{port}", 2) == {model_version(SHIPPED_MODEL_DIR)}
+        assert "SIGHUP during start-up ignored" in log.read_text(errors="replace")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
