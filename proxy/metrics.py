@@ -65,8 +65,8 @@ RATINGS = ("good", "bad")
 RECORD_ERROR_REASONS = ("full", "unavailable", "queue_full", "error")
 RELOAD_RESULTS = ("ok", "unchanged", "failed")
 # Every reason upstream/calls._classify gives a failed attempt, and the edge's broken stream.
-UPSTREAM_ERROR_REASONS = ("rate_limited", "timeout", "connection", "unavailable", "server_error", "bad_request",
-                          "context_window", "auth", "not_found", "stream_broken", "error")
+UPSTREAM_ERROR_REASONS = ("rate_limited", "timeout", "connection", "unavailable", "server_error", "bad_response",
+                          "bad_request", "context_window", "auth", "not_found", "stream_broken", "error")
 
 
 def precreate_feedback(tier_names: list[str]) -> None:

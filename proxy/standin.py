@@ -44,14 +44,17 @@ class Fault:
 
     kind: "status" (answer ``status`` with a Google-style error body), "delay" (sleep ``seconds`` then
     answer normally), "reset" (close the connection without answering), "midstream" (streaming only:
-    send one chunk, then break the connection).
+    send one chunk, then break the connection), "body" (answer 200 with ``body`` as ``content_type``, as a
+    gateway's error page or a cut connection gives: HTML, JSON cut short).
     """
 
-    kind: str  # "status" | "delay" | "reset" | "midstream" | "slow_stream" (``seconds`` between chunks)
+    kind: str  # "status" | "delay" | "reset" | "midstream" | "slow_stream" (``seconds`` between chunks) | "body"
     status: int = 503
     seconds: float = 0.0
     retry_after: float | None = None
     model: str | None = None  # None matches any model
+    body: str = ""
+    content_type: str = "text/html"
 
 
 # A "midstream" fault breaks a stream after its first chunk; a plain request given one answers normally.
@@ -157,6 +160,8 @@ def build_app(state: StandIn) -> Starlette:
                 await asyncio.sleep(fault.seconds)
             if fault.kind == "reset":
                 raise _Reset()
+            if fault.kind == "body":
+                return Response(fault.body, status_code=200, media_type=fault.content_type)
         parts = reply_parts(model, body, state.reply_words)
         reply_text = " ".join(p.get("text", "") for p in parts)
         usage = _usage(body, reply_text)

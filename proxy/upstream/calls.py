@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import litellm
 from litellm import exceptions as llm_errors
+from litellm.llms.base_llm.chat.transformation import BaseLLMException
 
 from proxy.errors import BadRequest, ProxyError, RateLimited, UpstreamError, UpstreamNotConfigured
 from proxy.settings import Fallback, ModelSettings, Settings
@@ -68,7 +69,7 @@ class Attempts:
 
 @dataclass
 class _Failure:
-    reason: str  # rate_limited | timeout | connection | unavailable | server_error | bad_request | auth | ...
+    reason: str  # rate_limited | timeout | connection | unavailable | server_error | bad_response | bad_request | ...
     retryable: bool
     status: int
     message: str
@@ -101,6 +102,26 @@ def _built_nothing(exc: BaseException) -> bool:
             return False
         cause = cause.__cause__ or cause.__context__
     return True
+
+
+def _unreadable_answer(exc: BaseException) -> bool:
+    """The upstream answered with a success status but a body that is not its API's answer (a gateway's HTML page,
+    JSON cut short, bytes that are not text).
+
+    LiteLLM's provider code reports a body it cannot convert as its own provider error with status 422, which it
+    sets itself, raised while handling the decode error, and maps that to BadRequestError: the client would be
+    blamed. An error status the upstream really sent always has httpx's HTTPStatusError behind it (the handler's
+    ``raise_for_status``), so a 422 without one is LiteLLM's, never the upstream's.
+    """
+    seen: BaseException | None = exc
+    provider_422 = False
+    while seen is not None:
+        if isinstance(seen, httpx.HTTPStatusError):
+            return False
+        if isinstance(seen, BaseLLMException) and seen.status_code == 422:
+            provider_422 = True
+        seen = seen.__cause__ or seen.__context__
+    return provider_422
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -147,6 +168,10 @@ def _classify(exc: BaseException) -> _Failure:
         return _Failure("timeout", True, 504, msg or "upstream timed out")
     if isinstance(exc, llm_errors.RateLimitError):
         return _Failure("rate_limited", True, 429, msg, _retry_after(exc))
+    if _unreadable_answer(exc):
+        # The upstream's fault, perhaps a passing one (a proxy's error page): retried, then the next tier. The
+        # decoder's text is LiteLLM's internals, not something the client can act on.
+        return _Failure("bad_response", True, 502, "the upstream answered with a body that is not a valid response")
     if isinstance(exc, llm_errors.APIConnectionError) and _built_nothing(exc):
         # A request too deep for LiteLLM's recursive conversion fails the same on every model: no fallback.
         return _Failure("bad_request", False, 400, msg, local=not _caused_by(exc, RecursionError))

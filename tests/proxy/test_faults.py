@@ -96,6 +96,53 @@ def test_upstream_400_is_not_retried_and_is_a_client_error(proxy: RunningProxy, 
     assert len(standin.state.requests) == 1
 
 
+# What a gateway in front of the upstream, or a connection cut mid-body, answers with a 200 status.
+_UNREADABLE = [
+    pytest.param("<html><body><h1>502 Bad Gateway</h1><hr>nginx</body></html>", "text/html", id="html"),
+    pytest.param('{"candidates": [{"content": {"role": "model", "parts": [{"text": "Hel', "application/json",
+                 id="truncated_json"),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type"), _UNREADABLE)
+def test_upstream_200_with_unreadable_body_is_a_retried_502_naming_a_bad_response(
+        proxy: RunningProxy, standin: StandInServer, body: str, content_type: str) -> None:
+    # Every tier answers so: each is tried twice (one retry), then the client is told the upstream failed.
+    standin.state.faults.extend([Fault("body", body=body, content_type=content_type)] * 4)
+    with pytest.raises(openai.APIStatusError) as err:
+        proxy.client().chat.completions.create(model="gemini-1.5-flash", messages=MSG)
+    assert err.value.status_code == 502
+    error = err.value.response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"]) == ("upstream_error", "bad_response")
+    message = error["message"]
+    assert "gemini-1.5-pro" in message and "not a valid response" in message
+    for internal in ("127.0.0.1", "litellm", "Exception", "Error converting", "<html", "candidates"):
+        assert internal not in message, message
+    assert standin.state.models_called() == ["gemini-1.5-flash", "gemini-1.5-flash", "gemini-1.5-pro", "gemini-1.5-pro"]
+    assert proxy.client().chat.completions.create(model="gemini-1.5-flash", messages=MSG).choices[0].message.content
+
+
+@pytest.mark.parametrize(("body", "content_type"), _UNREADABLE)
+def test_upstream_200_with_unreadable_body_falls_back_to_the_other_tier(
+        proxy: RunningProxy, standin: StandInServer, body: str, content_type: str) -> None:
+    standin.state.faults.extend([Fault("body", body=body, content_type=content_type, model="gemini-1.5-pro")] * 2)
+    raw = proxy.client().chat.completions.with_raw_response.create(model="auto-quality", messages=MSG)
+    assert raw.parse().model == "gemini-1.5-flash"
+    assert raw.headers["x-route-llm-fallback"] == "strong->weak"
+    assert raw.headers["x-route-llm-tier"] == "weak"
+    assert standin.state.models_called() == ["gemini-1.5-pro", "gemini-1.5-pro", "gemini-1.5-flash"]
+
+
+def test_upstream_422_it_sent_itself_stays_a_client_error(proxy: RunningProxy, standin: StandInServer) -> None:
+    # LiteLLM's own "cannot read the answer" is a 422 too; one the upstream sent has an HTTP status behind it.
+    standin.state.faults.append(Fault("status", status=422))
+    with pytest.raises(openai.BadRequestError) as err:
+        proxy.client().chat.completions.create(model="gemini-1.5-pro", messages=MSG)
+    assert err.value.response.json()["error"]["code"] == "upstream_bad_request"
+    assert len(standin.state.requests) == 1
+
+
 @pytest.mark.parametrize(("body", "stream"), [
     *[(body, stream) for stream in (False, True) for body in [
         {"messages": [{"role": "user", "content": [{"type": "text", "text": "x"},
