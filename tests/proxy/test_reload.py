@@ -234,20 +234,34 @@ def _versions(base_url: str, n: int) -> set[str]:
     return seen
 
 
-def test_sighup_and_admin_reload_swap_every_worker(tmp_path: Path, standin: StandInServer) -> None:
-    model_a = _model_copy(tmp_path, "model-a")
-    model_b = _model_copy(tmp_path, "model-b", version="retrained-b")
-    config = _write_config(tmp_path, model_a, upstream={"warmup": False})
+def _on_standin(config: Path, standin: StandInServer) -> dict[str, Any]:
+    """Point both tiers of a written config at the stand-in with a literal key (a served process reads no test
+    environment); returns the config as written."""
     cfg = yaml.safe_load(config.read_text())
     for tier in ("weak", "strong"):
         cfg["models"][tier].update(api_base=standin.base_url, api_key="test-upstream-key")
     config.write_text(yaml.safe_dump(cfg))
+    return cfg
+
+
+def _serve(tmp_path: Path, config: Path, *, workers: int) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """`route-llm serve` as its own process on a free port, its output in ``serve.log``."""
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     port = free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([str(ROUTE_LLM), "serve", "--config", str(config), "--port", str(port),
-                                 "--workers", "2"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+                                 "--workers", str(workers)], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    return proc, port, log
+
+
+def test_sighup_and_admin_reload_swap_every_worker(tmp_path: Path, standin: StandInServer) -> None:
+    model_a = _model_copy(tmp_path, "model-a")
+    model_b = _model_copy(tmp_path, "model-b", version="retrained-b")
+    config = _write_config(tmp_path, model_a, upstream={"warmup": False})
+    cfg = _on_standin(config, standin)
+    proc, port, log = _serve(tmp_path, config, workers=2)
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait_for_workers(proc, log, 2)
@@ -294,17 +308,8 @@ def _starting_up(pid: int) -> bool:
 def test_sighup_during_start_up_is_ignored_and_the_server_comes_up(tmp_path: Path, standin: StandInServer,
                                                                    workers: int) -> None:
     config = _write_config(tmp_path, SHIPPED_MODEL_DIR, upstream={"warmup": False})
-    cfg = yaml.safe_load(config.read_text())
-    for tier in ("weak", "strong"):
-        cfg["models"][tier].update(api_base=standin.base_url, api_key="test-upstream-key")
-    config.write_text(yaml.safe_dump(cfg))
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(ROUTE_LLM), "serve", "--config", str(config), "--port", str(port),
-                                 "--workers", str(workers)], cwd=tmp_path, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+    _on_standin(config, standin)
+    proc, port, log = _serve(tmp_path, config, workers=workers)
     try:
         deadline = time.monotonic() + 120
         while not _starting_up(proc.pid):
