@@ -1,0 +1,181 @@
+"""The documentation stays true to the code: every config key is in the reference with the error the loader
+really gives for its bad value, the README stays a front page, and no page of the site is left out of its nav.
+
+The site itself is built by ``.ci/run`` (``mkdocs build --strict``), not here: it needs the ``[docs]`` extra.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy.settings import ConfigError, ModelSettings, ModelsSettings, Settings, settings_from_dict
+from tests.conftest import ROOT
+
+DOCS = ROOT / "docs"
+CONFIG = ROOT / "proxy" / "config.yaml"
+REFERENCE = DOCS / "configuration.md"
+README_LINES = 200
+# How the reference spells keys under a name the operator chooses, and the name the checks below use for it.
+PLACEHOLDERS = {"models": ("<tier>", "weak"), "aliases": ("<name>", "auto-cheap")}
+
+
+def documented_name(path: tuple[str, ...]) -> str:
+    """``models.weak.timeout`` -> ``models.<tier>.timeout``; ``aliases.auto-cheap`` -> ``aliases.<name>``."""
+    parts = list(path)
+    if len(parts) > 1 and parts[0] in PLACEHOLDERS:
+        parts[1] = PLACEHOLDERS[parts[0]][0]
+    return ".".join(parts)
+
+
+def yaml_keys(node: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every key path of a YAML mapping, inner mappings and lists of mappings (``models`` as a list) included."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        path = (*prefix, str(key))
+        yield path
+        yield from yaml_keys(value, path)
+
+
+def settings_keys(cls: Any = Settings, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every key the loader accepts, from the settings dataclasses (keys the bundled file leaves out too)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "source":
+            continue
+        path, tp = (*prefix, f.name), hints[f.name]
+        yield path
+        if tp is ModelsSettings:
+            yield from settings_keys(ModelSettings, (*path, "weak"))
+        elif typing.get_origin(tp) is dict:
+            yield from settings_keys(typing.get_args(tp)[1], (*path, "auto-cheap"))
+        elif dataclasses.is_dataclass(tp):
+            yield from settings_keys(tp, path)
+
+
+def key_rows(text: str) -> dict[str, list[str]]:
+    """The rows of the reference's key tables (four columns, a key first), by key."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        key = re.fullmatch(r"`([\w.<>-]+)`", cells[0]) if line.startswith("|") and len(cells) == 4 else None
+        if key:
+            rows[key.group(1)] = cells
+    return rows
+
+
+def reference_rows(text: str | None = None) -> list[tuple[str, str, str]]:
+    """(key, bad value, message) from the key tables' last column: `` `value` → `message` ``."""
+    rows = []
+    for key, cells in key_rows(REFERENCE.read_text(encoding="utf-8") if text is None else text).items():
+        error = re.fullmatch(r"`(.+?)` → `(.+)`", cells[-1])
+        if error:
+            rows.append((key, error.group(1), error.group(2)))
+    return rows
+
+
+def test_every_key_of_the_bundled_config_is_in_the_reference() -> None:
+    text = REFERENCE.read_text(encoding="utf-8")
+    paths = {documented_name(tuple(p for p in path if not p.isdigit()))
+             for path in yaml_keys(yaml.safe_load(CONFIG.read_text(encoding="utf-8")))}
+    missing = sorted(p for p in paths if f"`{p}`" not in text)
+    assert not missing, f"keys of proxy/config.yaml missing from docs/configuration.md: {missing}"
+
+
+def test_every_key_the_loader_accepts_is_in_the_reference() -> None:
+    text = REFERENCE.read_text(encoding="utf-8")
+    missing = sorted({documented_name(p) for p in settings_keys()} - {m for m in re.findall(r"`([\w.<>-]+)`", text)})
+    assert not missing, f"settings keys missing from docs/configuration.md: {missing}"
+
+
+def test_the_key_walk_sees_nested_keys_and_placeholders() -> None:
+    """Guards the two walks above: a walk that found nothing would pass them."""
+    walked = {documented_name(p) for p in yaml_keys(yaml.safe_load(CONFIG.read_text(encoding="utf-8")))}
+    assert {"models.<tier>.timeout", "aliases.<name>.strong_share", "feedback.limit_store_bytes"} <= walked
+    assert {"router.thresholds", "models.<tier>.api_base"} <= {documented_name(p) for p in settings_keys()}
+
+
+def test_every_key_in_the_reference_has_its_bad_value_and_error() -> None:
+    """Each row of a key table names a bad value and the message; a row without one is a gap."""
+    keyed = set(key_rows(REFERENCE.read_text(encoding="utf-8")))
+    assert sorted(keyed - {key for key, _, _ in reference_rows()}) == []
+    assert len(keyed) >= 60
+
+
+def _with(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """The bundled config with one key set: placeholders become a real tier and alias of the bundled file."""
+    out = copy.deepcopy(data)
+    parts = key.split(".")
+    if len(parts) > 1 and parts[0] in PLACEHOLDERS:
+        parts[1] = PLACEHOLDERS[parts[0]][1]
+    node = out
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+    return out
+
+
+@pytest.mark.parametrize(("key", "bad", "message"), reference_rows(), ids=[row[0] for row in reference_rows()])
+def test_the_documented_error_is_the_one_the_loader_gives(key: str, bad: str, message: str) -> None:
+    data = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    settings_from_dict(data)  # the bundled file itself loads, so the error below is the bad value's
+    with pytest.raises(ConfigError) as caught:
+        settings_from_dict(_with(data, key, yaml.safe_load(bad)))
+    assert str(caught.value) == message
+
+
+def test_readme_is_a_front_page() -> None:
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= README_LINES, f"README.md has {len(lines)} lines; move reference material to docs/"
+
+
+def test_readme_links_point_at_files_that_exist() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = {t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t}
+    assert targets, "the README links into docs/"
+    missing = sorted(t for t in targets if t and not (ROOT / t).exists())
+    assert not missing, missing
+
+
+def nav_pages(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, list):
+        for item in node:
+            yield from nav_pages(item)
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from nav_pages(value)
+
+
+def test_every_page_is_in_the_site_nav_and_every_nav_entry_is_a_page() -> None:
+    nav = list(nav_pages(yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["nav"]))
+    pages = {str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")}
+    assert sorted(pages - set(nav)) == [], "pages no reader can reach from the nav"
+    assert sorted(set(nav) - pages) == [], "nav entries without a page"
+    assert len(nav) == len(set(nav)), "a page listed twice"
+
+
+def test_the_site_builds_offline_with_warnings_as_errors() -> None:
+    """What the build promises: no fonts or scripts fetched from elsewhere, and a strict build in CI."""
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    assert config["theme"]["font"] is False and "analytics" not in config.get("extra", {})
+    assert config["docs_dir"] == "docs" and config["strict"] is True
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    build = next(i for i, line in enumerate(ci) if line.startswith("mkdocs build --strict"))
+    assert build < next(i for i, line in enumerate(ci) if line.startswith("python -m pytest"))
+
+
+def test_reference_rows_are_read_from_the_key_tables_only() -> None:
+    """The row parser takes a key row's bad value and message, and skips prose and two-column tables."""
+    text = ("| `a.b` | `1` | x | `0` → `a.b: must be positive` |\n| mistake | message |\n"
+            "| `ENV` | what it does |\n| `a.c` | `1` | y | not checked |\nprose with `a.d` | in it\n")
+    assert set(key_rows(text)) == {"a.b", "a.c"}
+    assert reference_rows(text) == [("a.b", "0", "a.b: must be positive")]
