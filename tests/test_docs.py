@@ -11,6 +11,7 @@ import dataclasses
 import re
 import typing
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,8 +37,13 @@ def documented_name(path: tuple[str, ...]) -> str:
 
 
 def yaml_keys(node: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    """Every key path of a YAML mapping, inner mappings and lists of mappings (``models`` as a list) included."""
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    """Every key path of a YAML mapping, through inner mappings and lists of mappings (``models`` as a list:
+    ``models.0.name``); a list of numbers (``router.shares``) is a value, not keys."""
+    items: Any = ()
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list) and node and all(isinstance(item, dict) for item in node):
+        items = enumerate(node)
     for key, value in items:
         path = (*prefix, str(key))
         yield path
@@ -62,7 +68,7 @@ def settings_keys(cls: Any = Settings, prefix: tuple[str, ...] = ()) -> Iterator
 
 def key_rows(text: str) -> dict[str, list[str]]:
     """The rows of the reference's key tables (four columns, a key first), by key."""
-    rows = {}
+    rows: dict[str, list[str]] = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
         key = re.fullmatch(r"`([\w.<>-]+)`", cells[0]) if line.startswith("|") and len(cells) == 4 else None
@@ -73,7 +79,7 @@ def key_rows(text: str) -> dict[str, list[str]]:
 
 def reference_rows(text: str | None = None) -> list[tuple[str, str, str]]:
     """(key, bad value, message) from the key tables' last column: `` `value` → `message` ``."""
-    rows = []
+    rows: list[tuple[str, str, str]] = []
     for key, cells in key_rows(REFERENCE.read_text(encoding="utf-8") if text is None else text).items():
         error = re.fullmatch(r"`(.+?)` → `(.+)`", cells[-1])
         if error:
@@ -81,12 +87,12 @@ def reference_rows(text: str | None = None) -> list[tuple[str, str, str]]:
     return rows
 
 
-def test_every_key_of_the_bundled_config_is_in_the_reference() -> None:
+@pytest.mark.parametrize("config", [CONFIG, ROOT / "deploy" / "config.three-tiers.yaml"], ids=["bundled", "three-tiers"])
+def test_every_key_of_the_shipped_configs_is_in_the_reference(config: Path) -> None:
     text = REFERENCE.read_text(encoding="utf-8")
-    paths = {documented_name(tuple(p for p in path if not p.isdigit()))
-             for path in yaml_keys(yaml.safe_load(CONFIG.read_text(encoding="utf-8")))}
+    paths = {documented_name(path) for path in yaml_keys(yaml.safe_load(config.read_text(encoding="utf-8")))}
     missing = sorted(p for p in paths if f"`{p}`" not in text)
-    assert not missing, f"keys of proxy/config.yaml missing from docs/configuration.md: {missing}"
+    assert not missing, f"keys of {config.name} missing from docs/configuration.md: {missing}"
 
 
 def test_every_key_the_loader_accepts_is_in_the_reference() -> None:
@@ -99,6 +105,9 @@ def test_the_key_walk_sees_nested_keys_and_placeholders() -> None:
     """Guards the two walks above: a walk that found nothing would pass them."""
     walked = {documented_name(p) for p in yaml_keys(yaml.safe_load(CONFIG.read_text(encoding="utf-8")))}
     assert {"models.<tier>.timeout", "aliases.<name>.strong_share", "feedback.limit_store_bytes"} <= walked
+    as_list = {documented_name(p) for p in yaml_keys(yaml.safe_load("models: [{name: a}, {name: b}]\n"
+                                                                     "router: {shares: [0.5, 0.5]}"))}
+    assert as_list == {"models", "models.<tier>", "models.<tier>.name", "router", "router.shares"}
     assert {"router.thresholds", "models.<tier>.api_base"} <= {documented_name(p) for p in settings_keys()}
 
 
