@@ -188,3 +188,60 @@ def test_reference_rows_are_read_from_the_key_tables_only() -> None:
             "| `ENV` | what it does |\n| `a.c` | `1` | y | not checked |\nprose with `a.d` | in it\n")
     assert set(key_rows(text)) == {"a.b", "a.c"}
     assert reference_rows(text) == [("a.b", "0", "a.b: must be positive")]
+
+
+# --- the API against the code ----------------------------------------------------------------------------
+# Endpoints, headers and error codes must be documented: on docs/api.md, or on the page of the feature that
+# adds them (docs/api.md says so), so a feature's branch does not have to edit the API page to pass.
+
+PROXY = ROOT / "proxy"
+PATH_PARAMETER = re.compile(r"\{\w+(:\w+)?\}")  # {model_id:path}, {file_id}
+
+
+def _served_endpoints() -> set[str]:
+    """``METHOD /path`` for every route of the app, path parameters written ``{id}`` as the page writes them."""
+    from starlette.routing import Route
+
+    from proxy.app import create_app
+    from proxy.settings import load_settings
+
+    app = create_app(load_settings(CONFIG))  # the route table only: the lifespan (router, stores) does not run
+    return {f"{method} {PATH_PARAMETER.sub('{id}', route.path)}"
+            for route in app.routes if isinstance(route, Route)
+            for method in route.methods or () if method != "HEAD"}
+
+
+def _documented() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(DOCS.rglob("*.md")))
+
+
+def _source() -> str:
+    """The serving code's text (the test double that stands in for Gemini is not the API)."""
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(PROXY.rglob("*.py"))
+                     if "standin" not in p.name and "demo" not in p.parts)
+
+
+def test_every_endpoint_the_app_serves_is_documented() -> None:
+    text = _documented()
+    served = _served_endpoints()
+    assert {"POST /v1/chat/completions", "GET /v1/files/{id}/content", "POST /admin/reload"} <= served
+    missing = sorted(e for e in served if f"`{e}`" not in text)
+    assert not missing, f"endpoints in no page of docs/ (docs/api.md lists them): {missing}"
+
+
+def test_every_route_llm_header_the_code_sends_is_documented() -> None:
+    text = _documented()
+    headers = set(re.findall(r"x-route-llm-[a-z-]*[a-z]", _source()))
+    assert {"x-route-llm-tier", "x-route-llm-router-version", "x-route-llm-documents"} <= headers
+    missing = sorted(h for h in headers if f"`{h}`" not in text)
+    assert not missing, f"headers in no page of docs/ (docs/api.md lists them): {missing}"
+
+
+def test_every_error_code_the_code_names_is_documented() -> None:
+    """Codes written out in the code (``code="..."``, ``code = "..."``); the ones built from a closed set of
+    reasons (``upstream_<reason>``, ``pdf_<reason>``) are listed on the API page with their reasons."""
+    text = _documented()
+    codes = set(re.findall(r"""\bcode\s*=\s*["']([a-z_]+)["']""", _source()))
+    assert {"model_not_found", "storage_quota_exceeded", "shutting_down"} <= codes
+    missing = sorted(c for c in codes if f"`{c}`" not in text)
+    assert not missing, f"error codes in no page of docs/ (docs/api.md lists them): {missing}"
