@@ -235,7 +235,11 @@ class Budgets:
             if self._flushing:
                 return
             self._flushing = True
-        self._pool.submit(self._flush)
+        try:
+            self._pool.submit(self._flush)
+        except RuntimeError:  # shut down: a stream cut at the shutdown deadline ended after close()
+            metrics.BUDGET_ERRORS.inc()
+            log.warning("budgets: a charge of $%.6f to %s arrived after shutdown and is lost", usd, name)
 
     def _flush(self) -> None:
         with self._lock:

@@ -190,6 +190,31 @@ def test_the_shipped_config_documents_budget_steer() -> None:
     assert "budget_steer:" in text and "when_exhausted" in text
 
 
+def test_the_stand_in_models_are_priced_by_the_config_not_the_local_price_map(tmp_path: Path) -> None:
+    """gemini-1.5-* are missing from LiteLLM's bundled map (LITELLM_LOCAL_MODEL_COST_MAP=True): the shipped config
+    and the tests price them, and a budget over an unpriced tier is warned about at start-up."""
+    from proxy.routing.budget import make_budgets
+    from proxy.settings import ModelSettings, load_settings
+    from proxy.state.spend import open_spend_store
+    from proxy.upstream.pricing import price_of
+    from tests.conftest import ROOT
+
+    assert price_of(ModelSettings("flash", "gemini/gemini-1.5-flash")).per_input_token == 0.0
+    for m in load_settings(ROOT / "config.yaml").models.entries:
+        assert price_of(m).per_input_token > 0 and price_of(m).per_output_token > 0
+    settings = settings_from_dict(budget_config(tmp_path))
+    budgets = make_budgets(settings, open_spend_store(settings), unpriced=["gemini-1.5-pro"])
+    assert budgets is not None
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            seen: list[str] = []
+            mp.setattr("proxy.routing.budget.log.warning", lambda msg, *args: seen.append(msg % args))
+            make_budgets(settings, budgets.store, unpriced=["gemini-1.5-pro"])
+        assert seen and "no price known for gemini-1.5-pro" in seen[0]
+    finally:
+        budgets.close()
+
+
 # --- the pure parts --------------------------------------------------------------------------------------------
 def test_steering_starts_at_start_and_is_full_when_the_budget_is_spent() -> None:
     assert steer_fraction(0.2, 0.5) == 0.0
@@ -312,6 +337,28 @@ def test_when_exhausted_cheapest_serves_from_the_cheapest_tier(budget_proxy: Run
         assert raw.headers["x-route-llm-tier"] == "weak"
         assert raw.headers["x-route-llm-budget-steer"] == "1.0000"
         assert standin.state.requests[-1].model.endswith("gemini-1.5-flash")
+
+
+def test_streams_and_the_responses_api_are_charged_and_refused_alike(budget_proxy: RunningProxy,
+                                                                     standin: StandInServer) -> None:
+    base = budget_proxy.base_url
+    client = openai.OpenAI(base_url=base + "/v1", api_key="sk-team-a", max_retries=0, timeout=60)
+    with client.chat.completions.with_streaming_response.create(
+            model="auto", messages=[{"role": "user", "content": PROMPT}], stream=True) as stream:
+        assert stream.headers["x-route-llm-budget"] == "0.000000/0.010000/0.010000"
+        assert "".join(stream.iter_lines())
+    _wait(lambda: _spend(base)["team-a"]["spent_usd"] > 0, "the stream's charge")
+    after_stream = _spend(base)["team-a"]["spent_usd"]
+    answer = client.responses.with_raw_response.create(model="auto", input=PROMPT)
+    answer.parse()
+    assert answer.headers["x-route-llm-budget"].startswith(f"{after_stream:.6f}/")
+    _wait(lambda: _spend(base)["team-a"]["spent_usd"] > after_stream, "the Responses call's charge")
+    drain(base, "sk-team-a", spent=lambda: _spend(base)["team-a"]["spent_usd"])
+    with pytest.raises(openai.RateLimitError) as info:
+        client.responses.create(model="auto", input=PROMPT)
+    assert info.value.code == "budget_exceeded"
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": PROMPT}], stream=True)
 
 
 def test_admin_spend_needs_an_admin_key_and_reset_frees_the_key(budget_proxy: RunningProxy,
