@@ -86,7 +86,8 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         budgets = None
         if settings.named_keys():
             entries = settings.models.entries
-            unpriced = [m.name for m, p in zip(entries, prices_of(entries)) if p.per_input_token + p.per_output_token <= 0]
+            unpriced = [m.name for m, p in zip(entries, prices_of(entries))
+                        if p.per_input_token + p.per_output_token <= 0]
             budgets = make_budgets(settings, await asyncio.to_thread(open_spend_store, settings, databases),
                                    unpriced=unpriced)
         files = FileStore(databases.files, blobs=Path(settings.storage_dir()) / "blobs"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from proxy import metrics
-from proxy.errors import BudgetExceeded
+from proxy.errors import BudgetExceeded, Overloaded
 from proxy.routing.decider import Target
 from proxy.settings import ApiKeySettings, BudgetSettings, Settings
 from proxy.state.spend import SpendStore
@@ -223,7 +223,12 @@ class Budgets:
         no budget (nothing is read for it) or an unknown name (no keys)."""
         if name is None or name not in self.keys or self.keys[name].budget is None:
             return None
-        return await self._run(lambda: self.status_now(name))
+        try:
+            return await self._run(lambda: self.status_now(name))
+        except self.store.db.errors as exc:  # unknown spend is not waved through: retry shortly
+            log.warning("budgets: cannot read the spend of %s: %s", name, exc)
+            raise Overloaded("the proxy's spend store is unavailable; retry", code="storage_unavailable",
+                             headers={"retry-after": "1"}) from None
 
     def charge(self, name: str | None, usd: float) -> None:
         """Add a request's cost to the key's spend: queued for the service thread, never awaited by the request."""

@@ -49,6 +49,7 @@ KEYS = [
     {"name": "team-b", "key": "sk-team-b"},
     {"name": "team-c", "key": "sk-team-c", "budget": {"usd": 0.0001, "period": "month"},
      "when_exhausted": "cheapest"},
+    {"name": "team-d", "key": "sk-team-d", "budget": {"usd": 0.0001, "period": "rolling", "window": "1h"}},
 ]
 
 
@@ -339,6 +340,25 @@ def test_when_exhausted_cheapest_serves_from_the_cheapest_tier(budget_proxy: Run
         assert standin.state.requests[-1].model.endswith("gemini-1.5-flash")
 
 
+def test_a_spent_rolling_budget_is_refused_until_its_oldest_spend_leaves_the_window(
+        budget_proxy: RunningProxy, standin: StandInServer) -> None:
+    import time
+
+    base = budget_proxy.base_url
+    _ask(base, "sk-team-d").parse()
+    asked = time.time()
+    _wait(lambda: _spend(base)["team-d"]["exhausted"], "team-d's budget spent")
+    with pytest.raises(openai.RateLimitError) as info:
+        _ask(base, "sk-team-d")
+    headers = info.value.response.headers
+    assert info.value.code == "budget_exceeded" and headers["x-should-retry"] == "false"
+    reset = dt.datetime.fromisoformat(headers["x-route-llm-budget-reset"]).timestamp()
+    # The charge's bucket (a minute of the hour) leaves the window an hour after the bucket ends.
+    assert asked + 3600 - 120 <= reset <= asked + 3600 + 120
+    assert 3600 - 180 <= int(headers["retry-after"]) <= 3600 + 120
+    assert _spend(base)["team-d"]["period"] == "rolling" and _spend(base)["team-d"]["window"] == "1h"
+
+
 def test_streams_and_the_responses_api_are_charged_and_refused_alike(budget_proxy: RunningProxy,
                                                                      standin: StandInServer) -> None:
     base = budget_proxy.base_url
@@ -361,6 +381,27 @@ def test_streams_and_the_responses_api_are_charged_and_refused_alike(budget_prox
         client.chat.completions.create(model="auto", messages=[{"role": "user", "content": PROMPT}], stream=True)
 
 
+def test_an_unreadable_spend_store_is_a_503_to_retry_not_a_free_pass(budget_proxy: RunningProxy,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     standin: StandInServer) -> None:
+    import sqlite3
+
+    budgets = budget_proxy.server.lifespan.state["services"].budgets  # type: ignore[attr-defined]
+
+    def broken(name: str, since: int) -> list[tuple[int, float]]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(budgets.store, "buckets", broken)
+    calls = len(standin.state.requests)
+    client = openai.OpenAI(base_url=budget_proxy.base_url + "/v1", api_key="sk-team-a", max_retries=0, timeout=60)
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": PROMPT}])
+    assert info.value.status_code == 503 and info.value.code == "storage_unavailable"
+    assert info.value.response.headers["retry-after"] == "1"
+    assert len(standin.state.requests) == calls  # nothing was sent upstream on an unknown budget
+    _ask(budget_proxy.base_url, "sk-team-b").parse()  # a key without a budget reads nothing and is served
+
+
 def test_admin_spend_needs_an_admin_key_and_reset_frees_the_key(budget_proxy: RunningProxy,
                                                                  standin: StandInServer) -> None:
     base = budget_proxy.base_url
@@ -371,7 +412,7 @@ def test_admin_spend_needs_an_admin_key_and_reset_frees_the_key(budget_proxy: Ru
             assert http.post("/admin/spend/reset", json={"key": "team-a"}).status_code == 401
     with _admin(base) as http:
         listing = http.get("/admin/spend")
-        assert [row["key"] for row in listing.json()["data"]] == ["team-a", "team-b", "team-c"]
+        assert [row["key"] for row in listing.json()["data"]] == ["team-a", "team-b", "team-c", "team-d"]
         assert "sk-team" not in listing.text
         for body, status, code in (({"key": "nobody"}, 404, "key_not_found"), ({"key": ""}, 400, None),
                                    ({}, 400, None), ([1], 400, None), ({"key": "x" * 10_000}, 404, "key_not_found")):
