@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from proxy import __version__, metrics
 from proxy.documents.service import DocumentService
+from proxy.edge.admin_spend import admin_spend, admin_spend_reset
 from proxy.edge.feedback import post_feedback
 from proxy.edge.guard import GuardMiddleware
 from proxy.edge.responses import ResponsesHandler
@@ -47,6 +48,7 @@ from proxy.errors import (
     handle_proxy_error,
     handle_unexpected,
 )
+from proxy.routing.budget import make_budgets
 from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider, short_gil_switch
 from proxy.routing.reload import Live, PinMiddleware, Reloader, admin_reload
 from proxy.services import Services
@@ -54,8 +56,10 @@ from proxy.settings import Settings, load_settings
 from proxy.state.database import StorageUnavailable, open_databases
 from proxy.state.files import FileStore
 from proxy.state.records import RecordStore
+from proxy.state.spend import open_spend_store
 from proxy.upstream.accounting import cuts_header
 from proxy.upstream.calls import Upstream
+from proxy.upstream.pricing import prices_of
 from router import Router
 
 log = logging.getLogger("route_llm")
@@ -79,6 +83,13 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         # Before anything else that takes long: an unreachable Postgres or a schema from a newer version stops
         # the start here, with the reason, rather than failing requests later.
         databases = await asyncio.to_thread(open_databases, settings, records=settings.feedback.enabled)
+        budgets = None
+        if settings.named_keys():
+            entries = settings.models.entries
+            unpriced = [m.name for m, p in zip(entries, prices_of(entries))
+                        if p.per_input_token + p.per_output_token <= 0]
+            budgets = make_budgets(settings, await asyncio.to_thread(open_spend_store, settings, databases),
+                                   unpriced=unpriced)
         files = FileStore(databases.files, blobs=Path(settings.storage_dir()) / "blobs"
                           if databases.files.kind == "sqlite" else None)
         documents = DocumentService(settings, files)
@@ -96,6 +107,8 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
                 log.warning("no API key for the %s tier (%s): set %s; routing and /v1/route still work, and "
                             "`route-llm serve --demo` answers from a built-in stand-in", tier.name,
                             settings.models.model(tier).name, " or ".join(missing))
+        if budgets is not None:
+            await budgets.snapshot()  # the spend metric starts from the store, not from zero
         await decider.score_many(["warm-up"])  # the first ONNX run allocates; pay it before ready
         if settings.upstream.warmup:
             await upstream.warm_up()
@@ -112,13 +125,16 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
                 # PinMiddleware replaces settings, router and decider with the reloader's current ones, per request.
                 yield {"services": Services(settings=settings, router=the_router, decider=decider, upstream=upstream,
                                             documents=documents, ready=ready, started_at=started, records=records,
-                                            reloader=reloader, router_version=reloader.current.version)}
+                                            reloader=reloader, router_version=reloader.current.version,
+                                            budgets=budgets)}
             finally:
                 if hup:
                     reloader.remove_signal_handler()
                 documents.close()
                 if records is not None:
                     records.close()
+                if budgets is not None:
+                    await asyncio.to_thread(budgets.close)  # queued charges are written before the pool closes
                 databases.close()
 
     routes = [
@@ -133,6 +149,8 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         Route("/health/ready", health_ready, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/admin/reload", admin_reload, methods=["POST"]),
+        Route("/admin/spend", admin_spend, methods=["GET"]),
+        Route("/admin/spend/reset", admin_spend_reset, methods=["POST"]),
     ]
     return Starlette(
         routes=routes,

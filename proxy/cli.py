@@ -522,3 +522,43 @@ def retrain_cmd(feedback_paths: tuple[str, ...], data_dir: str | None, model_dir
         sys.exit(EXIT_NOT_BETTER)
     click.echo(f"route-llm retrain: {result.verdict}; wrote {result.path} (version {result.version}); point "
                "router.model_dir at it and reload (kill -HUP or POST /admin/reload)", err=True)
+
+
+@main.command("spend")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config.yaml naming the keys and store")
+@click.option("--reset", "reset_name", default=None, metavar="NAME",
+              help="forget what the key of this configured name has spent (every period's)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per key instead of a table")
+def spend_cmd(config_path: str | None, reset_name: str | None, as_json: bool) -> None:
+    """Each proxy key's spend in its budget's current period (read from the store the servers write)."""
+    import sqlite3
+
+    from proxy.routing.budget import spend_now
+    from proxy.state.database import StorageUnavailable
+    from proxy.state.spend import open_spend_store
+
+    settings = _load(config_path)
+    try:
+        store = open_spend_store(settings)
+        try:
+            rows = spend_now(settings, store, reset=reset_name)
+        finally:
+            store.close()
+    except (KeyError, ValueError) as exc:
+        click.echo(f"route-llm spend: {exc.args[0]}", err=True)
+        sys.exit(EXIT_INPUT)
+    except (OSError, StorageUnavailable, sqlite3.Error) as exc:
+        click.echo(f"route-llm spend: the spend store is unavailable: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    if reset_name is not None:
+        click.echo(f"route-llm spend: reset {reset_name}", err=True)
+    if as_json:
+        for status in rows:
+            click.echo(json.dumps(status.body()))
+        return
+    click.echo(f"{'key':<24} {'spent USD':>12} {'limit USD':>12} {'remaining':>12}  {'period':<12} resets")
+    for s in rows:
+        limit = "-" if s.limit is None else f"{s.limit:.6f}"
+        left = "-" if s.remaining is None else f"{s.remaining:.6f}"
+        period = s.budget.window or s.budget.period if s.budget is not None else "day"
+        click.echo(f"{s.name:<24} {s.spent:>12.6f} {limit:>12} {left:>12}  {period:<12} {s.reset_iso()}")

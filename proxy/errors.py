@@ -85,6 +85,14 @@ class RateLimited(ProxyError):
     code = "rate_limit_exceeded"
 
 
+class BudgetExceeded(RateLimited):
+    """429 ``budget_exceeded``: the key spent its budget (``proxy.routing.budget``). It carries ``x-should-retry:
+    false``, which stops the OpenAI SDKs (they retry any 429 otherwise) from spending their retries on an answer
+    that cannot change before ``Retry-After``, the budget's reset."""
+
+    code = "budget_exceeded"
+
+
 class Overloaded(ProxyError):
     status_code = 503
     type = "server_error"

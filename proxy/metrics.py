@@ -61,6 +61,13 @@ ROUTER_INFO = Gauge("route_llm_router_info", "The router model version serving (
 LIMIT_STORE_ERRORS = Counter("route_llm_rate_limit_store_errors_total", "Requests whose requests-per-minute count "
                              "could not reach Redis: let through (server.redis_failure: open, counted by this "
                              "process alone) or refused with a 503 (closed)", ["outcome"])
+BUDGET_SPENT = Gauge("route_llm_budget_spent_usd", "USD a proxy key (by its configured name) has spent in its "
+                     "budget's current period; keys without a budget: this UTC day", ["key"],
+                     multiprocess_mode="mostrecent")
+BUDGET_LIMIT = Gauge("route_llm_budget_limit_usd", "A proxy key's budget in USD per period (keys with a budget)",
+                     ["key"], multiprocess_mode="mostrecent")
+BUDGET_ERRORS = Counter("route_llm_budget_store_errors_total", "Charges that could not be written to the spend "
+                        "store (the requests themselves were answered)")
 RATINGS = ("good", "bad")
 RECORD_ERROR_REASONS = ("full", "unavailable", "queue_full", "error")
 RELOAD_RESULTS = ("ok", "unchanged", "failed")

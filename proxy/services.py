@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 
 from proxy.documents.service import DocumentService
+from proxy.routing.budget import Budgets
 from proxy.routing.decider import Decider
 from proxy.settings import Settings
 from proxy.state.records import RecordStore
@@ -37,6 +38,7 @@ class Services:
     records: RecordStore | None = None  # decision records and ratings (None: feedback is off)
     reloader: Reloader | None = None  # holds the live router/decider/settings; PinMiddleware copies them in
     router_version: str = ""  # hash of the model directory (x-route-llm-router-version)
+    budgets: Budgets | None = None  # per-key spend and budgets (None: the proxy has no keys)
 
 
 def services(request: Request) -> Services:

@@ -8,7 +8,9 @@ a proxy's config otherwise surfaces as a silent default in production.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -156,6 +158,15 @@ class OperatingPoint:
 
 
 @dataclass(frozen=True)
+class BudgetSteerSettings:
+    """Budget-aware routing: from ``start`` (a share of a key's budget spent) the key's routed requests move
+    linearly toward the cheapest tier, reaching it when the budget is spent (``router.budget.steer_fraction``).
+    ``start: 1`` turns steering off (a key then routes as usual until its budget is gone)."""
+
+    start: float = 0.5
+
+
+@dataclass(frozen=True)
 class RouterSettings(OperatingPoint):
     model_dir: str | None = None  # None: the model shipped inside the package
     threads: int = 1  # onnxruntime intra-op threads per worker
@@ -165,6 +176,7 @@ class RouterSettings(OperatingPoint):
     limit_context_turns: int = 4  # conversation mode: the most recent user turns that count
     batch_window_ms: float = 0.0  # extra wait to gather concurrent prompts into one ONNX run
     limit_batch: int = 32
+    budget_steer: BudgetSteerSettings = field(default_factory=BudgetSteerSettings)
 
 
 @dataclass(frozen=True)
@@ -172,11 +184,52 @@ class AliasSettings(OperatingPoint):
     """A routed model name clients may send; each may carry its own operating point."""
 
 
+BudgetPeriod = Literal["day", "month", "rolling"]
+WhenExhausted = Literal["refuse", "cheapest"]
+KEY_ENV = "ROUTE_LLM_API_KEYS"
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_WINDOW = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_WINDOW_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+LIMIT_WINDOW_SECONDS = 366 * 86400.0  # a rolling window longer than a year is a typo
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """A key's spend cap in USD per period: a UTC calendar ``day`` or ``month``, or a ``rolling`` ``window``."""
+
+    usd: float
+    period: BudgetPeriod = "month"
+    window: str | None = None  # rolling only: "24h", "30m", "7d", "3600s" or seconds as a bare number
+
+    def window_seconds(self) -> float:
+        """The rolling window in seconds (settings checked the spelling); 0 for calendar periods."""
+        return parse_window(self.window) if self.window is not None else 0.0
+
+
+@dataclass(frozen=True)
+class ApiKeySettings:
+    """A proxy key and the name metrics, records, logs and the admin endpoints know it by (never the key)."""
+
+    name: str
+    key: str
+    budget: BudgetSettings | None = None
+    when_exhausted: WhenExhausted = "refuse"  # budget spent: 429 budget_exceeded, or serve from the cheapest tier
+
+
+def parse_window(text: str) -> float:
+    """Seconds in a window spelled ``24h``, ``30m``, ``7d``, ``90s`` or ``3600``; ValueError otherwise."""
+    match = _WINDOW.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"expected a duration such as 24h, 30m, 7d or 3600s, got {text!r}")
+    return float(match.group(1)) * _WINDOW_UNITS[match.group(2)]
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
-    api_keys: tuple[str, ...] = ()
+    # Plain strings (named config-1, config-2, ... by position) or {name, key, budget, when_exhausted} mappings.
+    api_keys: tuple[ApiKeySettings, ...] = ()
     admin_keys: tuple[str, ...] = ()  # for /admin/*; also env ROUTE_LLM_ADMIN_KEYS; proxy keys are not admin keys
     open_metrics: bool = True  # /metrics without a proxy key
     limit_body_bytes: int | None = 20_000_000
@@ -275,8 +328,17 @@ class Settings:
 
     def all_api_keys(self) -> tuple[str, ...]:
         """Keys from config plus ``ROUTE_LLM_API_KEYS`` (comma-separated), read at start-up."""
-        env = [k.strip() for k in os.environ.get("ROUTE_LLM_API_KEYS", "").split(",") if k.strip()]
-        return tuple(dict.fromkeys([*self.server.api_keys, *env]))
+        return tuple(k.key for k in self.named_keys())
+
+    def named_keys(self) -> tuple[ApiKeySettings, ...]:
+        """The config's keys, then ``ROUTE_LLM_API_KEYS``'s named by position (key-1, key-2, ...); a key the
+        config already has is not repeated (the config's name and budget win)."""
+        env = list(dict.fromkeys(k.strip() for k in os.environ.get(KEY_ENV, "").split(",") if k.strip()))
+        known = {k.key for k in self.server.api_keys}
+        extra = [ApiKeySettings(name=f"key-{i}", key=k) for i, k in enumerate(env, start=1) if k not in known]
+        keys = (*self.server.api_keys, *extra)
+        _check_unique_names(keys)
+        return keys
 
     def all_admin_keys(self) -> tuple[str, ...]:
         """Admin keys from config plus ``ROUTE_LLM_ADMIN_KEYS`` (comma-separated)."""
@@ -317,6 +379,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if value not in args:
             raise ConfigError(f"{key}: must be one of {', '.join(map(str, args))}; got {value!r}")
         return value
+    if origin is tuple and args and args[0] is ApiKeySettings:
+        return _api_keys(value, key)
     if origin is tuple:
         if args and args[0] is float:
             if not isinstance(value, list) or not value:
@@ -373,6 +437,67 @@ def _models(value: Any, key: str) -> ModelsSettings:
         raise ConfigError(f"{key}: at least two tiers are needed (a list of models, cheapest first), got "
                           f"{len(value)}")
     return ModelsSettings.of_list([_build(ModelSettings, v, f"{key}[{i}]") for i, v in enumerate(value)])
+
+
+def _api_keys(value: Any, key: str) -> tuple[ApiKeySettings, ...]:
+    """``server.api_keys``: plain strings (named ``config-<n>`` by position, 1-based) or mappings with a name."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of keys (strings, or mappings with name and key)")
+    keys: list[ApiKeySettings] = []
+    for i, entry in enumerate(value):
+        where = f"{key}[{i}]"
+        if isinstance(entry, str):
+            keys.append(ApiKeySettings(name=f"config-{i + 1}", key=entry))
+            continue
+        k: ApiKeySettings = _build(ApiKeySettings, entry, where)
+        _check_key(k, where)
+        keys.append(k)
+    for i, k in enumerate(keys):
+        if not k.key:
+            raise ConfigError(f"{key}[{i}]: the key must not be empty")
+        if any(k.key == other.key for other in keys[:i]):
+            raise ConfigError(f"{key}[{i}]: the same key is listed twice; give each client its own key")
+    try:
+        _check_unique_names(keys)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    return tuple(keys)
+
+
+def _check_key(k: ApiKeySettings, where: str) -> None:
+    """A named key's own checks: a name fit for a metric label and a header, and a budget that can be kept."""
+    if not _KEY_NAME.fullmatch(k.name):
+        raise ConfigError(f"{where}.name: 1 to 64 letters, digits, '.', '_', ':' or '-' (it is a metric label), "
+                          f"got {k.name!r}")
+    if k.name == k.key:
+        raise ConfigError(f"{where}.name: must differ from the key (the name is shown in metrics and logs)")
+    b = k.budget
+    if b is None:
+        if k.when_exhausted != "refuse":
+            raise ConfigError(f"{where}.when_exhausted: applies to a key with a budget; set {where}.budget")
+        return
+    if not math.isfinite(b.usd) or b.usd < 0:
+        raise ConfigError(f"{where}.budget.usd: must be a finite amount of USD, 0 or more; got {b.usd}")
+    if b.period == "rolling":
+        if b.window is None:
+            raise ConfigError(f"{where}.budget.window: a rolling budget needs a window, e.g. 24h, 30m or 7d")
+        try:
+            seconds = parse_window(b.window)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.budget.window: {exc}") from None
+        if not 60.0 <= seconds <= LIMIT_WINDOW_SECONDS:
+            raise ConfigError(f"{where}.budget.window: must be between 1m and 366d, got {b.window!r}")
+    elif b.window is not None:
+        raise ConfigError(f"{where}.budget.window: applies to period: rolling only (period is {b.period})")
+
+
+def _check_unique_names(keys: typing.Sequence[ApiKeySettings]) -> None:
+    seen: set[str] = set()
+    for k in keys:
+        if k.name in seen:
+            raise ConfigError(f"the key name {k.name!r} is used twice (plain keys are named config-<n>, keys from "
+                              f"{KEY_ENV} key-<n>); each key needs its own name")
+        seen.add(k.name)
 
 
 def _build(cls: Any, data: Any, prefix: str) -> Any:
@@ -435,6 +560,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError("router.threads: must be at least 1")
     if s.router.limit_batch < 1 or s.router.batch_window_ms < 0:
         raise ConfigError("router.limit_batch must be >= 1 and router.batch_window_ms >= 0")
+    steer = s.router.budget_steer.start
+    if not 0.0 <= steer <= 1.0:
+        raise ConfigError(f"router.budget_steer.start: must be between 0 and 1 (a share of the budget spent), "
+                          f"got {steer}")
+    s.named_keys()  # names clashing with the environment's keys (key-<n>) stop the start here
     if not s.aliases:
         raise ConfigError("aliases: at least one routed alias (e.g. auto) is needed")
     names = [m.name for m in s.models.entries]

@@ -112,7 +112,9 @@ class GuardMiddleware:
         self.app = app
         self.settings = settings
         s = settings.server
-        self.keys = [k.encode() for k in settings.all_api_keys()]
+        named = settings.named_keys()
+        self.keys = [k.key.encode() for k in named]
+        self.names = {k.key: k.name for k in named}  # what handlers, budgets and logs know a key by
         self.limit_in_flight = s.limit_in_flight
         self.limit_in_flight_per_key = s.limit_in_flight_per_key
         self.limit_arriving = s.limit_bodies_arriving
@@ -274,6 +276,7 @@ class GuardMiddleware:
         try:
             key = self._authenticate(scope) if (guarded and self.keys) else None
             state["owner"] = owner_of(key)
+            state["key_name"] = self.names.get(key) if key is not None else None
             if guarded and self.limiter is not None:
                 await self._rate_limit(key or "")
         except ProxyError as exc:

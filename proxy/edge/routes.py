@@ -19,7 +19,16 @@ from proxy.edge import shape
 from proxy.edge.chat import ChatRequest, parse_chat_request
 from proxy.edge.guard import Life
 from proxy.edge.jsonbody import parse_json
-from proxy.errors import BadRequest, Overloaded, PayloadTooLarge, ProxyError, RateLimited, UpstreamError
+from proxy.errors import (
+    BadRequest,
+    BudgetExceeded,
+    Overloaded,
+    PayloadTooLarge,
+    ProxyError,
+    RateLimited,
+    UpstreamError,
+)
+from proxy.routing.budget import BudgetRoute, apply_budget, budget_headers
 from proxy.routing.decider import Decision, Target
 from proxy.services import Services, services
 from proxy.settings import ModelSettings, Settings
@@ -122,7 +131,7 @@ class ChatHandler:
         return self.settings.models.model(tier)
 
     def _headers(self, o: Outcome) -> dict[str, str]:
-        h = {"x-request-id": o.request_id}
+        h = {"x-request-id": o.request_id, **budget_headers(o.budget, o.budget_route)}
         d, tier = o.decision, o.served_tier
         if d is None or tier is None:
             return h
@@ -149,6 +158,8 @@ class ChatHandler:
 
     @staticmethod
     def _status_of(exc: ProxyError) -> str:
+        if isinstance(exc, BudgetExceeded):
+            return "budget_exceeded"
         if isinstance(exc, RateLimited):
             return "rate_limited"
         if isinstance(exc, UpstreamError) or exc.status_code in (502, 503, 504):
@@ -159,7 +170,8 @@ class ChatHandler:
     async def chat(self, request: Request) -> Response:
         state = services(request)
         o = Outcome(request_id=request_id(request.headers.get("x-request-id")), owner=request.state.owner,
-                    records=state.records, router_version=state.router_version)
+                    records=state.records, router_version=state.router_version,
+                    key=getattr(request.state, "key_name", None), budgets=state.budgets)
         streaming = False  # a stream records its outcome when it ends, not here
         body: Any = None
         try:
@@ -170,13 +182,15 @@ class ChatHandler:
             o.text = texts[-1]
             o.target = target = state.decider.resolve(chat.model)
             o.requested = target.requested
+            o.target = target = await self._budget(state, o, target)  # before any work a spent budget would waste
             messages = chat.messages
             extra_headers: dict[str, str] = {}
             if chat.files:
                 messages, extra_headers = await state.documents.expand(request, chat)
             if self.settings.server.log_prompts:
                 o.prompt = texts[-1]
-            o.decision = decision = await state.decider.decide(target, texts)
+            steer = o.budget_route.steer if o.budget_route is not None else 0.0
+            o.decision = decision = await state.decider.decide(target, texts, steer=steer)
             o.attempts = attempts = Attempts(requested_tier=decision.tier)
             if chat.stream:
                 response = await self._stream(state, request, chat, messages, o, extra_headers)
@@ -201,6 +215,17 @@ class ChatHandler:
         finally:
             if not streaming:
                 self.record(o)
+
+    @staticmethod
+    async def _budget(state: Services, o: Outcome, target: Target) -> Target:
+        """The key's budget status and what it does to the target (steered, pinned to the cheapest tier), or
+        BudgetExceeded; the target unchanged without budgets."""
+        if state.budgets is None:
+            return target
+        o.budget = await state.budgets.status(o.key)
+        o.budget_route = route = apply_budget(o.budget, target, state.settings.models.cheapest,
+                                              state.settings.router.budget_steer.start)
+        return route.target
 
     @staticmethod
     def _requested_label(state: Services, name: Any) -> str:
@@ -293,13 +318,24 @@ async def route_only(request: Request) -> Response:
         texts = [body["prompt"]]
     else:
         raise BadRequest("send `prompt` (a string) or `messages` (a chat conversation)", param="prompt")
-    d: Decision = await decider.decide(target, texts)
+    status = await state.budgets.status(getattr(request.state, "key_name", None)) if state.budgets else None
+    try:
+        route: BudgetRoute | None = apply_budget(status, target, settings.models.cheapest,
+                                                 settings.router.budget_steer.start)
+    except BudgetExceeded:
+        route = None  # a dry run shows the refusal instead of raising it
+    d: Decision = await decider.decide(route.target if route else target, texts, steer=route.steer if route else 0)
     m = settings.models.model(d.tier)
+    budget = None
+    if status is not None:
+        action = ("refuse" if route is None else "cheapest" if route.cheapest else
+                  "steer" if route.steer > 0 else "none")
+        budget = {**status.body(), "steer": route.steer if route else None, "action": action}
     return JSONResponse({
         "object": "route.decision", "requested_model": model, "tier": d.tier.name, "tier_index": d.tier.index,
         "model": m.name, "score": d.score, "turn_score": d.turn_score, "threshold": d.threshold,
         "thresholds": None if d.cuts is None else list(d.cuts), "router_error": d.failed,
-        "router_model": state.router.version,
+        "router_model": state.router.version, "budget": budget,
     })
 
 

@@ -25,6 +25,7 @@ from proxy.edge.chat import user_texts
 from proxy.errors import ModelNotFound
 from proxy.settings import OperatingPoint, Settings
 from router import Router
+from router.budget import steer_cuts
 from router.policy import Quantiles, Tier, TierPolicy, conversation_score
 
 log = logging.getLogger("route_llm")
@@ -177,10 +178,21 @@ class Decider:
         score = conversation_score(scores, self.settings.router.context_decay, self.router.meta.quantiles)
         return self.tiers[policy.tier_index(score)], score
 
-    async def decide(self, target: Target, texts: Sequence[str]) -> Decision:
+    def steered(self, policy: TierPolicy, fraction: float) -> TierPolicy:
+        """``policy`` moved ``fraction`` of the way toward the cheapest tier (a key's budget draining:
+        ``router.budget.steer_cuts``); fraction 0 is the policy itself."""
+        if fraction <= 0.0:
+            return policy
+        return TierPolicy(steer_cuts(policy.cuts, fraction, self.router.meta.quantiles))
+
+    async def decide(self, target: Target, texts: Sequence[str], *, steer: float = 0.0) -> Decision:
+        """The decision for ``target``; ``steer`` (0 to 1) moves a routed target's cuts toward the cheapest tier."""
         if target.tier is not None:
             return Decision(target.tier, None, None, 0.0)
         assert target.policy is not None
+        if steer > 0.0:
+            target = Target(target.requested, policy=self.steered(target.policy, steer))
+            assert target.policy is not None
         start = time.perf_counter()
         try:
             scores = await self._scores(texts)

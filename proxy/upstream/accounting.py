@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
 from proxy.routing.decider import Decision, Target
@@ -20,6 +20,9 @@ from proxy.state.records import RecordStore, from_outcome
 from proxy.upstream.calls import Attempts
 from proxy.upstream.pricing import Price, prices_of
 from router.policy import Tier
+
+if TYPE_CHECKING:
+    from proxy.routing.budget import BudgetRoute, Budgets, BudgetStatus
 
 access_log = logging.getLogger("route_llm.access")
 
@@ -46,6 +49,10 @@ class Outcome:
     owner: str = ""  # the proxy key's owner hash ("" without keys)
     router_version: str = ""
     records: RecordStore | None = None  # where the decision record goes (None: feedback is off)
+    key: str | None = None  # the proxy key's configured name (None without keys); never the key itself
+    budgets: Budgets | None = None  # where the request's cost is charged (None without keys)
+    budget: BudgetStatus | None = None  # the key's budget as routing saw it (None: the key has none)
+    budget_route: BudgetRoute | None = None  # what the budget did to the routing
 
     @property
     def reached_model(self) -> bool:
@@ -100,6 +107,8 @@ class Accounting:
             cost, saved = self.cost(tier, o.prompt_tokens, o.completion_tokens)
             metrics.COST.labels(model).inc(cost)
             metrics.SAVINGS.inc(saved)
+            if o.budgets is not None:  # the same price as the cost metric, charged to the key's budget
+                o.budgets.charge(o.key, cost)
         line: dict[str, Any] = {
             "request_id": o.request_id, "requested_model": o.requested, "routed_model": model,
             "tier": tier.name if tier else None,
@@ -115,6 +124,10 @@ class Accounting:
         if d is not None and d.turn_score is not None and d.turn_score != d.score:
             line["turn_score"] = round(d.turn_score, 4)
         line["endpoint"] = endpoint
+        if o.key is not None:
+            line["key"] = o.key
+        if o.budget_route is not None and (o.budget_route.steer > 0 or o.budget_route.cheapest):
+            line["budget_steer"] = round(o.budget_route.steer, 4)
         if dropped:
             line["dropped_params"] = dropped
         if o.prompt is not None:
