@@ -61,12 +61,16 @@ ROUTER_INFO = Gauge("route_llm_router_info", "The router model version serving (
 LIMIT_STORE_ERRORS = Counter("route_llm_rate_limit_store_errors_total", "Requests whose requests-per-minute count "
                              "could not reach Redis: let through (server.redis_failure: open, counted by this "
                              "process alone) or refused with a 503 (closed)", ["outcome"])
+BREAKER_STATE = Gauge("route_llm_breaker_state", "Each tier's circuit breaker: 0 closed, 1 open (the tier is skipped), "
+                      "2 half-open (one trial request let through)", ["tier"], multiprocess_mode="mostrecent")
+BREAKER_TRANSITIONS = Counter("route_llm_breaker_transitions_total", "Circuit breaker state changes by tier and the "
+                              "state entered", ["tier", "to"])
 RATINGS = ("good", "bad")
 RECORD_ERROR_REASONS = ("full", "unavailable", "queue_full", "error")
 RELOAD_RESULTS = ("ok", "unchanged", "failed")
 # Every reason upstream/calls._classify gives a failed attempt, and the edge's broken stream.
 UPSTREAM_ERROR_REASONS = ("rate_limited", "timeout", "connection", "unavailable", "server_error", "bad_response",
-                          "bad_request", "context_window", "auth", "not_found", "stream_broken", "error")
+                          "bad_request", "context_window", "auth", "model_not_served", "stream_broken", "error")
 
 
 def precreate_feedback(tier_names: list[str]) -> None:
