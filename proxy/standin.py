@@ -100,6 +100,7 @@ class StandIn:
     served: list[str] = field(default_factory=lambda: list(SERVED_MODELS))  # listed by GET /v1beta/models
     retired: set[str] = field(default_factory=set)  # not listed, and their calls answer 404 NOT_FOUND
     limit_page: int = 3  # models per page of the list, so that every listing is paginated
+    listings: list[str] = field(default_factory=list)  # the key each page of the model list was asked with
     _rng: random.Random = field(default_factory=lambda: random.Random(1234))
 
     def reset(self) -> None:
@@ -109,6 +110,7 @@ class StandIn:
         self.streams_closed_early = 0
         self.served = list(SERVED_MODELS)
         self.retired.clear()
+        self.listings.clear()
 
     def models_called(self) -> list[str]:
         return [r.model for r in self.requests]
@@ -205,7 +207,9 @@ def build_app(state: StandIn) -> Starlette:
     async def list_models(request: Request) -> Response:
         """``GET /v1beta/models?pageSize=N&pageToken=T``: ``{"models": [...], "nextPageToken": T}``, as Google pages
         it (the token is an offset here; Google's is opaque). The key is required, as Google requires it."""
-        if not (request.headers.get("x-goog-api-key") or request.query_params.get("key")):
+        key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
+        state.listings.append(key or "")
+        if not key:
             body = {"error": {"code": 403, "message": "Method doesn't allow unregistered callers (callers without "
                               "established identity). Please use API Key or other form of API consumer identity "
                               "to call this API.", "status": "PERMISSION_DENIED"}}
