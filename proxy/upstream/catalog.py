@@ -93,7 +93,8 @@ def list_gemini_models(api_base: str, api_key: str, *, timeout: float) -> list[S
                 raise CatalogError(f"cannot reach {host}: {type(exc).__name__}") from None
             page = _page(answer, host)
             found.extend(_entries(page, host))
-            token = page.get("nextPageToken") or None
+            after = page.get("nextPageToken")
+            token = after if isinstance(after, str) and after else None
             if token is None:
                 return found
     raise CatalogError(f"{host} listed more than {_LIMIT_PAGES} pages of models")
@@ -122,8 +123,8 @@ def _entries(page: dict[str, object], host: str) -> list[ServedModel]:
     for entry in models:
         if isinstance(entry, dict) and isinstance(entry.get("name"), str):
             methods = entry.get("supportedGenerationMethods")
-            out.append(ServedModel(entry["name"].removeprefix("models/"),
-                                   tuple(m for m in methods if isinstance(m, str)) if isinstance(methods, list) else ()))
+            named = tuple(m for m in methods if isinstance(m, str)) if isinstance(methods, list) else ()
+            out.append(ServedModel(entry["name"].removeprefix("models/"), named))
     return out
 
 
