@@ -26,7 +26,7 @@ from litellm.llms.base_llm.chat.transformation import BaseLLMException
 
 from proxy.errors import BadRequest, ProxyError, RateLimited, UpstreamError, UpstreamNotConfigured
 from proxy.settings import Fallback, ModelSettings, Settings, tier_key
-from proxy.upstream import lean
+from proxy.upstream import catalog, lean
 from proxy.upstream.breaker import Breakers
 from proxy.upstream.params import for_model
 from proxy.upstream.pricing import register_model
@@ -203,12 +203,13 @@ def _classify(exc: BaseException) -> _Failure:
     return _Failure("error", False, 502, msg or type(exc).__name__)
 
 
-def not_served_message(settings: Settings, tier: Tier, provider_says: str) -> str:
-    """What a client and the log are told when the provider refuses a tier's model: which tier, which model, and
-    the config key to change (the fix is the operator's, in the config file)."""
+def not_served_message(settings: Settings, tier: Tier, provider_says: str, current: str | None) -> str:
+    """What a client and the log are told when the provider refuses a tier's model: which tier, which model, the
+    config key to change (the fix is the operator's, in the config file) and, when known, a current model."""
     m = settings.models.model(tier)
+    instead = f"it serves {current} of the same family" if current else "`route-llm check` names a current model"
     return (f"the provider does not serve {m.model}, the model of the {tier.name} tier (config key "
-            f"{tier_key(settings, tier)}.model); `route-llm check` names a current model. Provider: {provider_says}")
+            f"{tier_key(settings, tier)}.model); {instead}. Provider: {provider_says}")
 
 
 def _to_proxy_error(f: _Failure, model: str) -> ProxyError:
@@ -228,6 +229,7 @@ class Upstream:
         self.tiers = settings.models.tiers
         self._missing_keys: dict[Tier, list[str]] = {}
         self.breakers = Breakers.from_env(settings.upstream.breaker, self.tiers)
+        self._suggested: dict[Tier, asyncio.Future[str | None]] = {}
         for tier in self.tiers:
             m = settings.models.model(tier)
             register_model(m)
@@ -254,6 +256,15 @@ class Upstream:
         tiers = fallback_order(tier, self.tiers, self.up.fallback)
         return [t for t in tiers if not self.missing_keys(t)] or [tier]
 
+    async def _suggest(self, tier: Tier, remaining: float) -> str | None:
+        """A current model for a tier the provider refused: asked once per tier and process, shared by the requests
+        that meet the refusal meanwhile (shielded: one request's cancellation does not cancel the others' answer)."""
+        if tier not in self._suggested:
+            timeout = max(0.1, min(self.up.timeout_check, remaining))
+            self._suggested[tier] = asyncio.ensure_future(
+                asyncio.to_thread(catalog.suggestion, self.settings, tier, timeout=timeout))
+        return await asyncio.shield(self._suggested[tier])
+
     def _check_configured(self, tier: Tier) -> None:
         missing = self.missing_keys(tier)
         if missing:
@@ -277,8 +288,8 @@ class Upstream:
                 continue
             if i > 0:
                 attempts.fallback = True
-                log.warning("falling back from %s to %s after: %s", last_model, m.name,
-                            last.reason if last else "breaker open")
+                if last is not None:  # past an open breaker: said once, when it opened
+                    log.warning("falling back from %s to %s after: %s", last_model, m.name, last.reason)
             for n in range(self.up.retries + 1):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -294,7 +305,9 @@ class Upstream:
                     last, last_model = _classify(exc), m.name
                     attempts.errors.append((t, last.reason))
                     if last.reason == "model_not_served":
-                        last = dataclasses.replace(last, message=not_served_message(self.settings, t, last.message))
+                        current = await self._suggest(t, deadline - time.monotonic())
+                        last = dataclasses.replace(last, message=not_served_message(self.settings, t, last.message,
+                                                                                    current))
                         not_served.append(f"{t.name} ({tier_key(self.settings, t)}.model: {m.model})")
                     # A 400 is the request's fault, not the provider's: it says nothing about the tier's health.
                     if self.breakers is not None and last.status != 400 and self.breakers.failed(t):

@@ -163,7 +163,8 @@ def _parse(name: str) -> _Name | None:
 def nearest(model: str, served: Iterable[ServedModel]) -> str | None:
     """The served chat model closest to ``model`` (a Gemini id without the ``gemini/`` prefix): the same family
     (flash, pro, flash-lite) first, then the same first word (flash for flash-8b), stable before preview, newest
-    version first; a model whose name does not parse is matched by plain name similarity."""
+    version first, and None when the family is gone; a model whose name does not parse (gemini-pro) is matched by
+    plain name similarity."""
     chats = [m.name for m in served if m.chats and m.name != model]
     wanted = _parse(model)
     if wanted is not None:
@@ -177,6 +178,7 @@ def nearest(model: str, served: Iterable[ServedModel]) -> str | None:
                                                  difflib.SequenceMatcher(None, wanted.family, np[1].family).ratio(),
                                                  -len(np[0])))
                 return best[0]
+        return None  # another family is not a replacement: pro's answers are not flash's
     close = difflib.get_close_matches(model, chats, n=1, cutoff=0.5)
     return close[0] if close else None
 
@@ -191,6 +193,24 @@ def _gemini_id(m: ModelSettings) -> str | None:
 def _api_key(m: ModelSettings) -> str | None:
     """The key LiteLLM would send: the model's own, else GOOGLE_API_KEY, else GEMINI_API_KEY (LiteLLM's order)."""
     return m.resolved_api_key() or os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY") or None
+
+
+def _endpoint(m: ModelSettings) -> str:
+    return m.api_base or os.environ.get("GEMINI_API_BASE") or GOOGLE_API_BASE
+
+
+def suggestion(settings: Settings, tier: Tier, *, timeout: float) -> str | None:
+    """A current model of the same family for a tier whose model the provider refused (for the error a client
+    gets), or None when there is none or the provider cannot be asked."""
+    m = settings.models.model(tier)
+    name, api_key = _gemini_id(m), _api_key(m)
+    if name is None or api_key is None:
+        return None
+    try:
+        near = nearest(name, list_gemini_models(_endpoint(m), api_key, timeout=timeout))
+    except CatalogError:
+        return None
+    return f"gemini/{near}" if near else None
 
 
 def check_tiers(settings: Settings, *, timeout: float) -> list[TierCheck]:
@@ -210,7 +230,7 @@ def check_tiers(settings: Settings, *, timeout: float) -> list[TierCheck]:
             out.append(TierCheck(tier, key, m.model, "unknown", note="no API key to ask with (set GEMINI_API_KEY, "
                                  f"or {tier_key(settings, tier)}.api_key)"))
             continue
-        base = m.api_base or os.environ.get("GEMINI_API_BASE") or GOOGLE_API_BASE
+        base = _endpoint(m)
         if (base, api_key) not in listings:
             try:
                 listings[(base, api_key)] = list_gemini_models(base, api_key,

@@ -92,6 +92,7 @@ def test_nearest_is_the_newest_served_model_of_the_same_family(retired: str, cur
 
 def test_nearest_is_none_when_nothing_alike_is_served() -> None:
     assert nearest("gemini-1.5-pro", [ServedModel("text-embedding-004", ("embedContent",))]) is None
+    assert nearest("gemini-1.5-pro", [ServedModel("gemini-2.5-flash", ("generateContent",))]) is None
 
 
 # --- route-llm check ----------------------------------------------------------------------------------------
@@ -270,10 +271,22 @@ def test_a_retired_model_is_a_502_naming_the_tier_and_its_config_key(make_proxy:
     with pytest.raises(openai.APIStatusError) as err:
         proxy.client().chat.completions.create(model="gemini-1.5-pro", messages=MSG, stream=stream)
     message = _upstream_error(err)["message"]
-    assert "gemini/gemini-1.5-pro, the model of the strong tier (config key models.strong.model)" in message
-    assert "route-llm check" in message and PRO_MESSAGE in message
+    assert ("the provider does not serve gemini/gemini-1.5-pro, the model of the strong tier (config key "
+            "models.strong.model); it serves gemini/gemini-2.5-pro of the same family") in message
+    assert PRO_MESSAGE in message
     assert standin.state.models_called() == ["gemini-1.5-pro"]  # not retried: it will not come back
     assert proxy.client().chat.completions.create(model="gemini-1.5-flash", messages=MSG).model == "gemini-1.5-flash"
+
+
+def test_a_retired_model_whose_family_cannot_be_looked_up_points_to_route_llm_check(
+        make_proxy: Any, standin: StandInServer) -> None:
+    proxy = make_proxy(upstream={"fallback": "none"})
+    standin.state.retired = {"gemini-1.5-pro"}
+    standin.state.served = ["gemini-1.5-flash"]  # nothing of the pro family left
+    with pytest.raises(openai.APIStatusError) as err:
+        proxy.client().chat.completions.create(model="gemini-1.5-pro", messages=MSG)
+    assert "(config key models.strong.model); `route-llm check` names a current model" in _upstream_error(err)[
+        "message"]
 
 
 def test_a_retired_model_falls_back_to_the_next_tier(proxy: Any, standin: StandInServer) -> None:
@@ -289,7 +302,7 @@ def test_every_tier_retired_names_each_tier_and_key(proxy: Any, standin: StandIn
     with pytest.raises(openai.APIStatusError) as err:
         proxy.client().chat.completions.create(model="auto-quality", messages=MSG)
     message = _upstream_error(err)["message"]
-    assert "the model of the weak tier (config key models.weak.model)" in message
+    assert "the model of the weak tier (config key models.weak.model); it serves gemini/gemini-2.5-flash" in message
     assert "strong (models.strong.model: gemini/gemini-1.5-pro)" in message
     assert "weak (models.weak.model: gemini/gemini-1.5-flash)" in message
 
