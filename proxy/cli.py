@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from proxy.settings import LIMITS_DB_ENV, ConfigError, Settings, load_settings, tier_key
+from proxy.settings import BREAKER_DB_ENV, LIMITS_DB_ENV, ConfigError, Settings, load_settings, tier_key
 
 log = logging.getLogger("route_llm")
 
@@ -220,8 +220,6 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
     # (not the same one: the metrics collector reads every *.db file there).
     limits_dir = tempfile.mkdtemp(prefix="route-llm-limits-")
     os.environ[LIMITS_DB_ENV] = str(Path(limits_dir) / "limits.db")
-    from proxy.upstream.breaker import BREAKER_DB_ENV
-
     os.environ[BREAKER_DB_ENV] = str(Path(limits_dir) / "breaker.db")  # the tiers' breakers, one for the server
     if config_path:
         os.environ["ROUTE_LLM_CONFIG"] = str(Path(config_path).resolve())
@@ -244,6 +242,7 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
             sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         shutil.rmtree(limits_dir, ignore_errors=True)
+        os.environ.pop(BREAKER_DB_ENV, None)  # names a file in the directory just removed
 
 
 @click.group()

@@ -29,6 +29,7 @@ FailureMode = Literal["open", "closed"]
 StorageKind = Literal["sqlite", "postgresql"]
 SQLITE_PREFIX = "sqlite:///"
 LIMITS_DB_ENV = "ROUTE_LLM_LIMITS_DB"  # set by `serve --workers N`: the file the workers count requests in
+BREAKER_DB_ENV = "ROUTE_LLM_BREAKER_DB"  # set by `serve --workers N`: the file the workers share breakers in
 _POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
 ENV_PREFIX = "os.environ/"

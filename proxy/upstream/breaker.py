@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Literal
 
 from proxy import metrics
-from proxy.settings import BreakerSettings
+from proxy.settings import BREAKER_DB_ENV, BreakerSettings
 from proxy.state.database import connect_sqlite
 from router.policy import Tier
 
 log = logging.getLogger("route_llm")
 
-BREAKER_DB_ENV = "ROUTE_LLM_BREAKER_DB"  # set by `serve --workers N`: the file the workers share
 State = Literal["closed", "open", "half_open"]
 STATES: tuple[State, ...] = ("closed", "open", "half_open")
 STATE_VALUE = {"closed": 0, "open": 1, "half_open": 2}  # route_llm_breaker_state
@@ -78,7 +77,13 @@ class Breakers:
         if settings.failures is None:
             return None
         shared = os.environ.get(BREAKER_DB_ENV)
-        return cls(settings, tiers, Path(shared) if shared else None)
+        if shared:
+            try:
+                return cls(settings, tiers, Path(shared))
+            except sqlite3.Error as exc:  # the breaker must never stop a server: this worker keeps its own
+                log.warning("circuit breaker: cannot open the workers' shared state %s (%s); this worker keeps its "
+                            "own", shared, exc)
+        return cls(settings, tiers)
 
     @property
     def enabled(self) -> bool:

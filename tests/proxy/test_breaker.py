@@ -161,6 +161,14 @@ def test_workers_share_the_breakers_through_the_servers_file(tmp_path: Path) -> 
     here.close()
 
 
+def test_a_shared_state_that_cannot_be_opened_leaves_the_worker_its_own(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTE_LLM_BREAKER_DB", str(tmp_path / "removed" / "breaker.db"))
+    tier = Tier(0, "weak")
+    breakers = Breakers.from_env(BreakerSettings(failures=1), [tier, Tier(1, "strong")])
+    assert breakers is not None and breakers.failed(tier) and not breakers.allow(tier)
+
+
 @pytest.mark.parametrize(("breaker", "says"), [
     ({"failures": 0}, "upstream.breaker.failures: must be at least 1"),
     ({"failures": "many"}, "upstream.breaker.failures: expected an integer"),
