@@ -75,7 +75,7 @@ def models_url(api_base: str) -> str:
 def list_gemini_models(api_base: str, api_key: str, *, timeout: float) -> list[ServedModel]:
     """Every model the Gemini API at ``api_base`` lists for this key, all pages, within ``timeout`` seconds."""
     url = models_url(api_base)
-    host = urlsplit(url).netloc or url
+    host = _host(url)
     deadline = time.monotonic() + timeout
     found: list[ServedModel] = []
     token: str | None = None
@@ -89,7 +89,7 @@ def list_gemini_models(api_base: str, api_key: str, *, timeout: float) -> list[S
                 answer = http.get(url, params=params, timeout=remaining)
             except httpx.TimeoutException:
                 raise CatalogError(f"{host} did not list its models within {timeout:g}s") from None
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise CatalogError(f"cannot reach {host}: {type(exc).__name__}") from None
             page = _page(answer, host)
             found.extend(_entries(page, host))
@@ -98,6 +98,14 @@ def list_gemini_models(api_base: str, api_key: str, *, timeout: float) -> list[S
             if token is None:
                 return found
     raise CatalogError(f"{host} listed more than {_LIMIT_PAGES} pages of models")
+
+
+def _host(url: str) -> str:
+    """What messages name: the host and port (no path, no query), or the text as given when it is not a URL."""
+    try:
+        return urlsplit(url).netloc or url
+    except ValueError:
+        return url
 
 
 def _page(answer: httpx.Response, host: str) -> dict[str, object]:
@@ -208,7 +216,8 @@ def suggestion(settings: Settings, tier: Tier, *, timeout: float) -> str | None:
         return None
     try:
         near = nearest(name, list_gemini_models(_endpoint(m), api_key, timeout=timeout))
-    except CatalogError:
+    except Exception as exc:  # a hint for an error message: never a reason for the error to become a 500
+        log.info("route-llm check for the %s tier's error message failed: %s", tier.name, exc)
         return None
     return f"gemini/{near}" if near else None
 

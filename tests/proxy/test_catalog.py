@@ -59,6 +59,19 @@ def test_the_model_list_is_read_across_every_page(standin: StandInServer) -> Non
     assert {m.name for m in listed if not m.chats} == {"text-embedding-004"}
 
 
+def test_the_standin_is_told_which_models_are_retired_through_its_control_endpoint(standin: StandInServer) -> None:
+    r = httpx.post(f"{standin.base_url}/_control", json={"retired": ["gemini-2.5-pro"]}, timeout=30)
+    assert r.status_code == 200
+    listed = {m.name for m in list_gemini_models(standin.base_url, "k", timeout=5)}
+    assert "gemini-2.5-pro" not in listed and "gemini-2.5-flash" in listed
+
+
+@pytest.mark.parametrize("base", ["not a url", "http://[::1", "ftp://127.0.0.1:1"])
+def test_an_api_base_that_is_not_a_url_is_a_check_error_not_a_crash(base: str) -> None:
+    with pytest.raises(CatalogError, match="cannot reach"):
+        list_gemini_models(base, "k", timeout=2)
+
+
 def test_a_listing_without_a_key_is_refused_and_says_so_without_the_url(standin: StandInServer) -> None:
     with pytest.raises(CatalogError, match=r"answered 403 to the model list: Method doesn't allow unregistered"):
         list_gemini_models(standin.base_url, "", timeout=5)
