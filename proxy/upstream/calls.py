@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import math
 import logging
+import math
 import random
 import re
 import time
