@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from proxy.settings import LIMITS_DB_ENV, ConfigError, Settings, load_settings, tier_key
+from proxy.settings import BREAKER_DB_ENV, LIMITS_DB_ENV, ConfigError, Settings, load_settings, tier_key
 
 log = logging.getLogger("route_llm")
 
@@ -31,6 +31,8 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2  # also click's usage-error code: the command line or config is wrong
 EXIT_MODEL = 3  # the router model could not be loaded
 EXIT_INPUT = 4  # bad input data for score / calibrate
+EXIT_NOT_SERVED = 6  # check: the provider does not serve a configured tier's model
+EXIT_UNCHECKED = 7  # check: a Gemini tier could not be checked (no key, provider unreachable, key refused)
 # Seconds a server may take, past server.timeout_shutdown, to close its stores and exit before it exits by force.
 SHUTDOWN_SLACK = 10
 
@@ -187,6 +189,9 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
     started = time.monotonic()
     host, port = settings.server.host, settings.server.port
     announce_when_ready(host, port, started)
+    from proxy.upstream.catalog import start_check_thread
+
+    start_check_thread(settings)  # here, in the one process that starts the workers: once per server
     # Load the model before uvicorn: a bad model dir then stops start-up with a message naming the path
     # and EXIT_MODEL, not as a traceback from the lifespan.
     if workers <= 1:
@@ -215,6 +220,7 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
     # (not the same one: the metrics collector reads every *.db file there).
     limits_dir = tempfile.mkdtemp(prefix="route-llm-limits-")
     os.environ[LIMITS_DB_ENV] = str(Path(limits_dir) / "limits.db")
+    os.environ[BREAKER_DB_ENV] = str(Path(limits_dir) / "breaker.db")  # the tiers' breakers, one for the server
     if config_path:
         os.environ["ROUTE_LLM_CONFIG"] = str(Path(config_path).resolve())
     sock: socket.socket | None = None
@@ -236,6 +242,7 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
             sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         shutil.rmtree(limits_dir, ignore_errors=True)
+        os.environ.pop(BREAKER_DB_ENV, None)  # names a file in the directory just removed
 
 
 @click.group()
@@ -326,6 +333,33 @@ def standin_cmd(host: str, port: int, fault_rate: float, fault_mix: bool) -> Non
     click.echo(f"route-llm standin: Gemini API stand-in on http://{_url_host(host)}:{port}; point route-llm at "
                f"it with GEMINI_API_BASE=http://{_url_host(host)}:{port} GEMINI_API_KEY=any", err=True)
     serve_standin(host=host, port=port, fault_rate=fault_rate, fault_mix=fault_mix)
+
+
+@main.command("check")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+@click.option("--timeout", type=click.FloatRange(0.1, 600.0), default=None,
+              help="seconds to wait for the provider's model list (default: upstream.timeout_check)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per tier instead of lines for a person")
+def check_cmd(config_path: str | None, timeout: float | None, as_json: bool) -> None:
+    """Ask the provider which models it serves and compare each tier's model (exit 6: a tier is not served)."""
+    from proxy.upstream.catalog import check_tiers, describe, not_served
+
+    settings = _load(config_path)
+    checks = check_tiers(settings, timeout=timeout or settings.upstream.timeout_check)
+    for c in checks:
+        if as_json:
+            click.echo(json.dumps({"tier": c.tier.name, "key": c.key, "model": c.model, "status": c.status,
+                                   "nearest": c.nearest, "note": c.note or None}))
+        else:
+            click.echo(describe(c))
+    missing = not_served(checks)
+    if missing:
+        click.echo(f"route-llm check: change {', '.join(c.key for c in missing)} in {settings.source} (with its "
+                   "prices, or drop them: LiteLLM prices current Gemini models), or start from "
+                   "deploy/config.current-gemini.yaml", err=True)
+        sys.exit(EXIT_NOT_SERVED)
+    if any(c.status == "unknown" for c in checks):
+        sys.exit(EXIT_UNCHECKED)
 
 
 @main.command("route")

@@ -68,12 +68,16 @@ BUDGET_LIMIT = Gauge("route_llm_budget_limit_usd", "A proxy key's budget in USD 
                      ["key"], multiprocess_mode="mostrecent")
 BUDGET_ERRORS = Counter("route_llm_budget_store_errors_total", "Charges that could not be written to the spend "
                         "store (the requests themselves were answered)")
+BREAKER_STATE = Gauge("route_llm_breaker_state", "Each tier's circuit breaker: 0 closed, 1 open (the tier is skipped), "
+                      "2 half-open (one trial request let through)", ["tier"], multiprocess_mode="mostrecent")
+BREAKER_TRANSITIONS = Counter("route_llm_breaker_transitions_total", "Circuit breaker state changes by tier and the "
+                              "state entered", ["tier", "to"])
 RATINGS = ("good", "bad")
 RECORD_ERROR_REASONS = ("full", "unavailable", "queue_full", "error")
 RELOAD_RESULTS = ("ok", "unchanged", "failed")
 # Every reason upstream/calls._classify gives a failed attempt, and the edge's broken stream.
 UPSTREAM_ERROR_REASONS = ("rate_limited", "timeout", "connection", "unavailable", "server_error", "bad_response",
-                          "bad_request", "context_window", "auth", "not_found", "stream_broken", "error")
+                          "bad_request", "context_window", "auth", "model_not_served", "stream_broken", "error")
 
 
 def precreate_feedback(tier_names: list[str]) -> None:

@@ -31,6 +31,7 @@ FailureMode = Literal["open", "closed"]
 StorageKind = Literal["sqlite", "postgresql"]
 SQLITE_PREFIX = "sqlite:///"
 LIMITS_DB_ENV = "ROUTE_LLM_LIMITS_DB"  # set by `serve --workers N`: the file the workers count requests in
+BREAKER_DB_ENV = "ROUTE_LLM_BREAKER_DB"  # set by `serve --workers N`: the file the workers share breakers in
 _POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
 ENV_PREFIX = "os.environ/"
@@ -257,6 +258,15 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class BreakerSettings:
+    """A circuit breaker per tier (``proxy.upstream.breaker``): after ``failures`` upstream failures in a row the
+    tier is skipped for ``cooldown`` seconds, then one trial request is let through."""
+
+    failures: int | None = 5  # consecutive failed attempts that open a tier's breaker; None: no breaker
+    cooldown: float = 30.0  # seconds a tier is skipped before one trial request is let through
+
+
+@dataclass(frozen=True)
 class UpstreamSettings:
     retries: int = 2  # extra attempts on the same model before falling back
     backoff_base: float = 0.2
@@ -264,6 +274,9 @@ class UpstreamSettings:
     timeout_total: float = 120.0  # deadline across all attempts and the fallback
     fallback: Fallback = "both"
     warmup: bool = True  # one local LiteLLM call before /health/ready says yes
+    check_models_at_start: bool = True  # `serve` asks the provider once whether it serves the tiers' models
+    timeout_check: float = 3.0  # seconds for that question (and `route-llm check`'s default)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
 
 @dataclass(frozen=True)
@@ -586,6 +599,7 @@ def _validate(s: Settings) -> None:
                 raise ConfigError(f"{tier_key(s, tier)}.{price}: must not be negative, got {v}")
     if s.upstream.retries < 0 or s.upstream.timeout_total <= 0:
         raise ConfigError("upstream.retries must be >= 0 and upstream.timeout_total > 0")
+    _check_upstream_health(s.upstream)
     if not 0 < s.server.port < 65536:
         raise ConfigError(f"server.port: {s.server.port} is not a TCP port")
     for key in ("limit_body_bytes", "limit_messages", "limit_content_chars", "limit_in_flight",
@@ -627,6 +641,16 @@ def _validate(s: Settings) -> None:
     for key in ("timeout_header", "timeout_body", "timeout_keep_alive"):
         if getattr(s.server, key) <= 0:
             raise ConfigError(f"server.{key}: must be positive (seconds)")
+
+
+def _check_upstream_health(u: UpstreamSettings) -> None:
+    if u.timeout_check <= 0:
+        raise ConfigError(f"upstream.timeout_check: must be positive (seconds), got {u.timeout_check}")
+    if u.breaker.failures is not None and u.breaker.failures < 1:
+        raise ConfigError(f"upstream.breaker.failures: must be at least 1 (or null for no breaker), got "
+                          f"{u.breaker.failures}")
+    if u.breaker.cooldown <= 0:
+        raise ConfigError(f"upstream.breaker.cooldown: must be positive (seconds), got {u.breaker.cooldown}")
 
 
 def tier_key(s: Settings, tier: Tier) -> str:

@@ -8,7 +8,8 @@ answers with a fixed, deterministic text (it is not a model), or with a tool cal
 request's schemas (``proxy/standin_reply.py``), so that clients validating structured output accept it. It
 records every request so tests can assert what was forwarded, and it can be told to misbehave (status codes,
 delays, dropped connections, a stream that breaks half-way) through ``POST /_control`` or, in-process, through
-:class:`StandIn` directly.
+:class:`StandIn` directly. It lists the models it serves (``GET /v1beta/models``, paginated as Google does) and
+answers a retired model's calls with Google's 404 ``NOT_FOUND`` (:attr:`StandIn.retired`), for ``route-llm check``.
 
 It ships in the package, not only under tests/, so that a user without a Gemini key can see a whole
 round trip: ``route-llm standin --port 8765`` (or ``python tests/standin.py``, as the scripts do).
@@ -63,6 +64,11 @@ _MIXED_FAULTS = (Fault("status", status=503), Fault("status", status=500),
                  Fault("delay", seconds=0.5))
 
 
+# What the stand-in lists by default: the models the tests and the demo call, today's, and one that only embeds.
+SERVED_MODELS = ("gemini-1.5-flash", "gemini-1.5-pro", "gemini-2.0-flash", "gemini-2.0-flash-lite", "gemini-2.5-flash",
+                 "gemini-2.5-flash-lite", "gemini-2.5-pro", "gemini-2.5-pro-preview-06-05", "text-embedding-004")
+
+
 @dataclass
 class Recorded:
     model: str
@@ -91,6 +97,10 @@ class StandIn:
     reply_words: int = 8
     streams_closed_early: int = 0  # streams whose reader went away before the last chunk
     stream_chunks: int = 3
+    served: list[str] = field(default_factory=lambda: list(SERVED_MODELS))  # listed by GET /v1beta/models
+    retired: set[str] = field(default_factory=set)  # not listed, and their calls answer 404 NOT_FOUND
+    limit_page: int = 3  # models per page of the list, so that every listing is paginated
+    listings: list[str] = field(default_factory=list)  # the key each page of the model list was asked with
     _rng: random.Random = field(default_factory=lambda: random.Random(1234))
 
     def reset(self) -> None:
@@ -98,6 +108,9 @@ class StandIn:
         self.faults.clear()
         self.fault_rate = 0.0
         self.streams_closed_early = 0
+        self.served = list(SERVED_MODELS)
+        self.retired.clear()
+        self.listings.clear()
 
     def models_called(self) -> list[str]:
         return [r.model for r in self.requests]
@@ -141,6 +154,20 @@ def _google_error(status: int, retry_after: float | None) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _not_found(model: str) -> JSONResponse:
+    """Google's answer for a model it does not serve (a retired one, or a typo), word for word."""
+    message = (f"models/{model} is not found for API version v1beta, or is not supported for generateContent. "
+               "Call ListModels to see the list of available models and their supported methods.")
+    return JSONResponse({"error": {"code": 404, "message": message, "status": "NOT_FOUND"}}, status_code=404)
+
+
+def _model_entry(name: str) -> dict[str, Any]:
+    embeds = "embedding" in name
+    methods = ["embedContent"] if embeds else ["generateContent", "countTokens", "createCachedContent"]
+    return {"name": f"models/{name}", "version": "001", "displayName": name.replace("-", " ").title(),
+            "inputTokenLimit": 1048576, "outputTokenLimit": 8192, "supportedGenerationMethods": methods}
+
+
 class _Reset(Exception):
     """Raised inside a handler to drop the connection without a response."""
 
@@ -152,6 +179,8 @@ def build_app(state: StandIn) -> Starlette:
         body = await request.json()
         stream = action == "streamGenerateContent"
         state.requests.append(Recorded(model, stream, body, {k.lower(): v for k, v in request.headers.items()}))
+        if model in state.retired:
+            return _not_found(model)
         fault = state._take_fault(model)
         if fault is not None:
             if fault.kind == "status":
@@ -175,6 +204,27 @@ def build_app(state: StandIn) -> Starlette:
         pause = fault.seconds if fault is not None and fault.kind == "slow_stream" else 0.0
         return StreamingResponse(_sse(state, model, parts, usage, midstream, pause), media_type="text/event-stream")
 
+    async def list_models(request: Request) -> Response:
+        """``GET /v1beta/models?pageSize=N&pageToken=T``: ``{"models": [...], "nextPageToken": T}``, as Google pages
+        it (the token is an offset here; Google's is opaque). The key is required, as Google requires it."""
+        key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
+        state.listings.append(key or "")
+        if not key:
+            body = {"error": {"code": 403, "message": "Method doesn't allow unregistered callers (callers without "
+                              "established identity). Please use API Key or other form of API consumer identity "
+                              "to call this API.", "status": "PERMISSION_DENIED"}}
+            return JSONResponse(body, status_code=403)
+        names = [n for n in state.served if n not in state.retired]
+        try:
+            start = int(request.query_params.get("pageToken") or 0)
+            size = min(int(request.query_params.get("pageSize") or 50), state.limit_page)
+        except ValueError:
+            return _google_error(400, None)
+        page: dict[str, Any] = {"models": [_model_entry(n) for n in names[start:start + size]]}
+        if start + size < len(names):
+            page["nextPageToken"] = str(start + size)
+        return JSONResponse(page)
+
     async def control(request: Request) -> Response:
         body = await request.json()
         if body.get("reset"):
@@ -187,11 +237,15 @@ def build_app(state: StandIn) -> Starlette:
             state.fault_status = int(body["fault_status"])
         for f in body.get("faults", []):
             state.faults.append(Fault(**f))
+        if "retired" in body:
+            state.retired = set(body["retired"])
         return JSONResponse({"requests": len(state.requests), "queued_faults": len(state.faults)})
 
     return Starlette(routes=[
         Route("/models/{target:path}", generate, methods=["POST"]),
         Route("/v1beta/models/{target:path}", generate, methods=["POST"]),
+        Route("/models", list_models, methods=["GET"]),
+        Route("/v1beta/models", list_models, methods=["GET"]),
         Route("/_control", control, methods=["POST"]),
     ], exception_handlers={_Reset: _reset_handler})
 

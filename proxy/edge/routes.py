@@ -142,6 +142,8 @@ class ChatHandler:
         h["x-route-llm-threshold"] = "none" if d.cuts is None else cuts_header(d.cuts)
         if d.tier != tier:
             h["x-route-llm-fallback"] = f"{d.tier.name}->{tier.name}"
+        if o.attempts is not None and o.attempts.breaker_open:  # served (or refused) around open breakers
+            h["x-route-llm-breaker"] = ",".join(f"open:{t.name}" for t in o.attempts.breaker_open)
         if d.failed:
             h["x-route-llm-router-error"] = "1"
         if dropped := self._dropped(o):

@@ -7,8 +7,10 @@ retries, the fallback and the total deadline are one loop that the metrics and h
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -23,14 +25,14 @@ from litellm import exceptions as llm_errors
 from litellm.llms.base_llm.chat.transformation import BaseLLMException
 
 from proxy.errors import BadRequest, ProxyError, RateLimited, UpstreamError, UpstreamNotConfigured
-from proxy.settings import Fallback, ModelSettings, Settings
-from proxy.upstream import lean
+from proxy.settings import Fallback, ModelSettings, Settings, tier_key
+from proxy.upstream import catalog, lean
+from proxy.upstream.breaker import Breakers
 from proxy.upstream.params import for_model
 from proxy.upstream.pricing import register_model
 from router.policy import Tier
 
 log = logging.getLogger("route_llm")
-
 
 
 def fallback_order(tier: Tier, tiers: Sequence[Tier], fallback: Fallback) -> list[Tier]:
@@ -65,6 +67,7 @@ class Attempts:
     retries: int = 0
     fallback: bool = False
     errors: list[tuple[Tier, str]] = field(default_factory=list)  # (tier tried, reason from a closed set: _classify)
+    breaker_open: list[Tier] = field(default_factory=list)  # tiers skipped because their breaker was open
 
 
 @dataclass
@@ -189,12 +192,24 @@ def _classify(exc: BaseException) -> _Failure:
         return _Failure("bad_request", False, 400, msg)
     if isinstance(exc, (llm_errors.AuthenticationError, llm_errors.PermissionDeniedError)):
         return _Failure("auth", False, 502, msg)
-    if isinstance(exc, llm_errors.NotFoundError):
-        return _Failure("not_found", False, 502, msg)
+    if isinstance(exc, llm_errors.NotFoundError) or getattr(exc, "status_code", None) == 404:
+        # On a chat call the path names the model, so a 404 is Google's "models/X is not found for API version
+        # v1beta": a retired model or a typo in the config. The proxy's fault, never the client's; the next tier
+        # may still serve.
+        return _Failure("model_not_served", False, 502, msg)
     status = getattr(exc, "status_code", None)
     if isinstance(status, int) and status >= 500:
         return _Failure("server_error", True, 502, msg)
     return _Failure("error", False, 502, msg or type(exc).__name__)
+
+
+def not_served_message(settings: Settings, tier: Tier, provider_says: str, current: str | None) -> str:
+    """What a client and the log are told when the provider refuses a tier's model: which tier, which model, the
+    config key to change (the fix is the operator's, in the config file) and, when known, a current model."""
+    m = settings.models.model(tier)
+    instead = f"it serves {current} of the same family" if current else "`route-llm check` names a current model"
+    return (f"the provider does not serve {m.model}, the model of the {tier.name} tier (config key "
+            f"{tier_key(settings, tier)}.model); {instead}. Provider: {provider_says}")
 
 
 def _to_proxy_error(f: _Failure, model: str) -> ProxyError:
@@ -213,6 +228,8 @@ class Upstream:
         self.up = settings.upstream
         self.tiers = settings.models.tiers
         self._missing_keys: dict[Tier, list[str]] = {}
+        self.breakers = Breakers.from_env(settings.upstream.breaker, self.tiers)
+        self._suggested: dict[Tier, asyncio.Future[str | None]] = {}
         for tier in self.tiers:
             m = settings.models.model(tier)
             register_model(m)
@@ -239,6 +256,15 @@ class Upstream:
         tiers = fallback_order(tier, self.tiers, self.up.fallback)
         return [t for t in tiers if not self.missing_keys(t)] or [tier]
 
+    async def _suggest(self, tier: Tier, remaining: float) -> str | None:
+        """A current model for a tier the provider refused: asked once per tier and process, shared by the requests
+        that meet the refusal meanwhile (shielded: one request's cancellation does not cancel the others' answer)."""
+        if tier not in self._suggested:
+            timeout = max(0.1, min(self.up.timeout_check, remaining))
+            self._suggested[tier] = asyncio.ensure_future(
+                asyncio.to_thread(catalog.suggestion, self.settings, tier, timeout=timeout))
+        return await asyncio.shield(self._suggested[tier])
+
     def _check_configured(self, tier: Tier) -> None:
         missing = self.missing_keys(tier)
         if missing:
@@ -252,12 +278,18 @@ class Upstream:
         deadline = time.monotonic() + self.up.timeout_total
         last: _Failure | None = None
         last_model = self.settings.models.model(tier).name
+        not_served: list[str] = []  # the tiers whose model the provider refused, for the final message
         self._check_configured(tier)
-        for i, t in enumerate(self._order(tier)):
+        order = self._order(tier)
+        for i, t in enumerate(order):
             m = self.settings.models.model(t)
+            if self.breakers is not None and not self.breakers.allow(t):
+                attempts.breaker_open.append(t)
+                continue
             if i > 0:
                 attempts.fallback = True
-                log.warning("falling back from %s to %s after: %s", last_model, m.name, last and last.reason)
+                if last is not None:  # past an open breaker: said once, when it opened
+                    log.warning("falling back from %s to %s after: %s", last_model, m.name, last.reason)
             for n in range(self.up.retries + 1):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -272,6 +304,14 @@ class Upstream:
                 except Exception as exc:  # classified below; unknown errors are not retried
                     last, last_model = _classify(exc), m.name
                     attempts.errors.append((t, last.reason))
+                    if last.reason == "model_not_served":
+                        current = await self._suggest(t, deadline - time.monotonic())
+                        last = dataclasses.replace(last, message=not_served_message(self.settings, t, last.message,
+                                                                                    current))
+                        not_served.append(f"{t.name} ({tier_key(self.settings, t)}.model: {m.model})")
+                    # A 400 is the request's fault, not the provider's: it says nothing about the tier's health.
+                    if self.breakers is not None and last.status != 400 and self.breakers.failed(t):
+                        break  # this failure opened the breaker (or a concurrent one did): no more retries here
                     if not last.retryable:
                         # The request itself is wrong: another model won't help. A local failure may also be an
                         # answer LiteLLM could not read, so the other tier is still tried (free if nothing was sent).
@@ -285,11 +325,27 @@ class Upstream:
                             pause = min(self.up.backoff_max, last.retry_after)
                         await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
                     continue
+                if self.breakers is not None:
+                    self.breakers.succeeded(t)
                 attempts.served_tier = t
                 return result
+        if last is None and self.breakers is not None and len(attempts.breaker_open) == len(order):
+            raise self._all_open(attempts.breaker_open)
         if last is None:
             last = _Failure("timeout", False, 504, f"no attempt finished within {self.up.timeout_total:g}s")
+        if len(not_served) > 1 or (not_served and last.reason != "model_not_served"):
+            last = dataclasses.replace(last, message=f"{last.message} (the provider does not serve the model of "
+                                                     f"tier {', '.join(not_served)})")
         raise _to_proxy_error(last, last_model)
+
+    def _all_open(self, tiers: list[Tier]) -> UpstreamError:
+        """Every tier this request could use has an open breaker: 503 at once, with the time until the first trial."""
+        assert self.breakers is not None
+        wait = max(1, math.ceil(self.breakers.retry_after(tiers)))
+        names = ", ".join(t.name for t in tiers)
+        return UpstreamError(f"the upstream is failing: the circuit breaker of every tier this request may use is "
+                             f"open ({names}) after repeated failures; retry in {wait}s", reason="breaker_open",
+                             status_code=503, headers={"retry-after": str(wait)})
 
     async def complete(self, tier: Tier, messages: list[dict[str, Any]], params: dict[str, Any],
                        attempts: Attempts) -> Any:
