@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from proxy import __version__, metrics
 from proxy.documents.service import DocumentService
+from proxy.edge import stored
 from proxy.edge.feedback import post_feedback
 from proxy.edge.guard import GuardMiddleware
 from proxy.edge.responses import ResponsesHandler
@@ -54,6 +55,7 @@ from proxy.settings import Settings, load_settings
 from proxy.state.database import StorageUnavailable, open_databases
 from proxy.state.files import FileStore
 from proxy.state.records import RecordStore
+from proxy.state.responses import ResponseStore, open_response_store
 from proxy.upstream.accounting import cuts_header
 from proxy.upstream.calls import Upstream
 from router import Router
@@ -82,6 +84,7 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         files = FileStore(databases.files, blobs=Path(settings.storage_dir()) / "blobs"
                           if databases.files.kind == "sqlite" else None)
         documents = DocumentService(settings, files)
+        stored_responses = _response_store(settings, databases.files)
         metrics.forget_dead_workers()
         metrics.precreate(list(settings.aliases),
                           [(t.name, m.name) for t, m in zip(settings.models.tiers, settings.models.entries)])
@@ -112,18 +115,22 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
                 # PinMiddleware replaces settings, router and decider with the reloader's current ones, per request.
                 yield {"services": Services(settings=settings, router=the_router, decider=decider, upstream=upstream,
                                             documents=documents, ready=ready, started_at=started, records=records,
-                                            reloader=reloader, router_version=reloader.current.version)}
+                                            reloader=reloader, router_version=reloader.current.version,
+                                            responses=stored_responses)}
             finally:
                 if hup:
                     reloader.remove_signal_handler()
                 documents.close()
                 if records is not None:
                     records.close()
+                if stored_responses is not None:
+                    stored_responses.close()
                 databases.close()
 
     routes = [
         Route("/v1/chat/completions", chat.chat, methods=["POST"]),
         Route("/v1/responses", responses.chat, methods=["POST"]),
+        *stored.routes(),
         Route("/v1/route", route_only, methods=["POST"]),
         Route("/v1/feedback", post_feedback, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
@@ -141,6 +148,15 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
                             StorageUnavailable: _storage_unavailable, Exception: handle_unexpected},
         lifespan=lifespan,
     )
+
+
+def _response_store(settings: Settings, db: Any) -> ResponseStore | None:
+    """Stored Responses, when ``responses.store`` (or, left unset, the presence of proxy keys) says so."""
+    r = settings.responses
+    if not r.enabled(bool(settings.all_api_keys())):
+        return None
+    return open_response_store(db, settings.storage_dir(), retention_days=r.retention_days,
+                               limit_per_key=r.limit_per_key)
 
 
 async def _storage_unavailable(request: Request, exc: Exception) -> Response:

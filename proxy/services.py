@@ -18,6 +18,7 @@ from proxy.documents.service import DocumentService
 from proxy.routing.decider import Decider
 from proxy.settings import Settings
 from proxy.state.records import RecordStore
+from proxy.state.responses import ResponseStore
 from proxy.upstream.calls import Upstream
 from router import Router
 
@@ -37,6 +38,7 @@ class Services:
     records: RecordStore | None = None  # decision records and ratings (None: feedback is off)
     reloader: Reloader | None = None  # holds the live router/decider/settings; PinMiddleware copies them in
     router_version: str = ""  # hash of the model directory (x-route-llm-router-version)
+    responses: ResponseStore | None = None  # stored Responses (None: responses.store is off)
 
 
 def services(request: Request) -> Services:
