@@ -97,3 +97,22 @@ def test_agent_with_a_tool_chains_two_turns_by_previous_response_id(proxy: Runni
     calls = [json.loads(i.arguments) for i in proxy.client(KEY).responses.input_items.list(second_id)  # type: ignore[arg-type]
              if i.type == "function_call"]
     assert calls == [{"city": f"answer from {FLASH}"}]
+
+
+def test_auto_previous_response_id_sends_the_tool_result_alone_and_the_proxy_adds_the_call(
+        proxy: RunningProxy, standin: StandInServer) -> None:
+    """With ``auto_previous_response_id`` the SDK chains inside one run too: after the model's tool call it sends
+    only the tool's output, with the call's response as ``previous_response_id``; the stored call must be put
+    back before it, or the model would get a tool result answering nothing."""
+    looked_up.clear()
+
+    async def run() -> Any:
+        return await Runner.run(_agent(proxy), "Use get_weather for Oslo, please.", auto_previous_response_id=True)
+
+    result = asyncio.run(run())
+    assert str(result.final_output).startswith(f"answer from {FLASH}") and len(looked_up) == 1
+    assert _parts(standin, 1) == ["Use get_weather for Oslo, please.", "call", "result"]
+    last = proxy.client(KEY).responses.retrieve(result.last_response_id)
+    assert last.previous_response_id is not None
+    sent = [i.type for i in proxy.client(KEY).responses.input_items.list(last.id, order="asc")]
+    assert sent == ["message", "function_call", "function_call_output"]
