@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import openai
 import pytest
@@ -349,3 +350,16 @@ def test_bad_responses_settings_stop_the_start_naming_the_key(tmp_path: Path, se
                                                               key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         settings_from_dict(base_config(tmp_path, responses=section))
+
+
+@pytest.mark.parametrize("response_id", ["resp_%00nul", "..%2F..%2Fetc", "'; DROP TABLE responses; --", "r" * 5000,
+                                         "résumé-✓", "resp_%ZZ"])
+def test_junk_ids_are_404s_and_the_store_keeps_serving(proxy: RunningProxy, response_id: str) -> None:
+    http = proxy.http(headers={"authorization": f"Bearer {K1}"})
+    for method, path in (("GET", ""), ("DELETE", ""), ("GET", "/input_items")):
+        r = http.request(method, f"/v1/responses/{response_id}{path}")
+        assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error", r.text
+    r = http.post("/v1/responses", json={"model": FLASH, "input": "x", "previous_response_id": unquote(response_id)})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "response_not_found"
+    kept = proxy.client(K1).responses.create(model=FLASH, input="still here")
+    assert proxy.client(K1).responses.retrieve(kept.id).id == kept.id
