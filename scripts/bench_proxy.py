@@ -508,6 +508,7 @@ async def responses_overhead(args: argparse.Namespace) -> int:
     procs = [start([sys.executable, str(ROOT / "tests" / "standin.py"), "--port", str(sp)], env, tmp / "standin.log")]
     samples: dict[str, list[float]] = {"chat": [], "responses, stateless": [], "responses, chained": []}
     per_round: dict[str, list[float]] = {k: [] for k in samples}
+    cpu: dict[str, list[float]] = {k: [] for k in samples}  # server CPU ms per request, per round
     loads = [loadavg()]
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -531,7 +532,9 @@ async def responses_overhead(args: argparse.Namespace) -> int:
                     await _timed_post(session, url_, body)
             for _ in range(args.responses_rounds):
                 for kind, (url_, body) in kinds.items():
+                    cpu0 = cpu_seconds(server.proc.pid)
                     lat = [(await _timed_post(session, url_, body))[0] for _ in range(args.sequential)]
+                    cpu[kind].append((cpu_seconds(server.proc.pid) - cpu0) / args.sequential * 1000)
                     samples[kind] += lat
                     per_round[kind].append(pct(lat, 50))
                 loads.append(loadavg())
@@ -543,14 +546,15 @@ async def responses_overhead(args: argparse.Namespace) -> int:
           f"requests per kind; load average (1/5/15 min) before and after each round: {'; '.join(loads)}")
     print()
     print("| kind | p50 ms (all) | median of round p50s ms | range of round p50s ms | vs chat, median of round "
-          "differences ms (range) |")
-    print("|---|---|---|---|---|")
+          "differences ms (range) | server CPU ms/request, median (range) |")
+    print("|---|---|---|---|---|---|")
     for kind in samples:
         rounds = sorted(per_round[kind])
         diffs = sorted(a - b for a, b in zip(per_round[kind], per_round["chat"]))
         vs = "–" if kind == "chat" else f"{diffs[len(diffs) // 2]:+.2f} ({diffs[0]:+.2f} to {diffs[-1]:+.2f})"
+        used = sorted(cpu[kind])
         print(f"| {kind} | {pct(samples[kind], 50):.2f} | {rounds[len(rounds) // 2]:.2f} | {rounds[0]:.2f}–"
-              f"{rounds[-1]:.2f} | {vs} |")
+              f"{rounds[-1]:.2f} | {vs} | {used[len(used) // 2]:.2f} ({used[0]:.2f}–{used[-1]:.2f}) |")
     return 0
 
 

@@ -520,10 +520,6 @@ class ResponsesStream(StreamFormat):
 class ResponsesHandler(ChatHandler):
     endpoint = "responses"
 
-    def parse(self, body: Any) -> ChatRequest:
-        return parse_responses_request(body, limit_messages=self.settings.server.limit_messages,
-                                       limit_content_chars=self.settings.server.limit_content_chars)
-
     async def load(self, request: Request, body: Any, request_id: str) -> ChatRequest:
         """Read the chain ``previous_response_id`` continues (and check the key's quota) before translating."""
         check_top_level(body, KNOWN)
