@@ -43,12 +43,12 @@ _TABLE = """CREATE TABLE IF NOT EXISTS responses (
 )"""
 _SQLITE = (Migration(1, (
     _TABLE.format(real="REAL"),
-    "CREATE INDEX IF NOT EXISTS responses_by_owner ON responses (owner)",
+    "CREATE INDEX IF NOT EXISTS responses_by_owner ON responses (owner, expires_at)",
     "CREATE INDEX IF NOT EXISTS responses_by_expiry ON responses (expires_at)",
 )),)
 _POSTGRES = (Migration(1, (
     _TABLE.format(real="DOUBLE PRECISION"),
-    "CREATE INDEX IF NOT EXISTS responses_by_owner ON responses (owner)",
+    "CREATE INDEX IF NOT EXISTS responses_by_owner ON responses (owner, expires_at)",
     "CREATE INDEX IF NOT EXISTS responses_by_expiry ON responses (expires_at)",
 )),)
 
