@@ -282,7 +282,9 @@ def parse_responses_request(body: Any, *, limit_messages: int | None, limit_cont
     try:
         chat = parse_chat_request(chat_body, limit_messages=limit_messages, limit_content_chars=limit_content_chars)
     except PayloadTooLarge as exc:
-        raise _too_large(exc, previous) from None
+        over_count = limit_messages is not None and len(chat_body["messages"]) > limit_messages
+        raise _too_large(exc, previous, "server.limit_messages" if over_count else "server.limit_content_chars"
+                         ) from None
     except ProxyError as exc:  # the chat checks name chat parameters: say which Responses field it was
         if exc.param in _RESPONSES_NAME:
             exc.param = _RESPONSES_NAME[exc.param]
@@ -309,12 +311,8 @@ def parse_responses_request(body: Any, *, limit_messages: int | None, limit_cont
                             response_id=_new_id("resp"), created_at=int(time.time()), echo=echo, items=items)
 
 
-_LIMIT_KEY = {"messages": "server.limit_messages", "characters": "server.limit_content_chars"}
-
-
-def _too_large(exc: PayloadTooLarge, previous: Stored | None) -> PayloadTooLarge:
-    """The chat's size limits, said in the Responses terms: which limit, and (for a chain) what to do."""
-    key = _LIMIT_KEY["messages"] if "entries" in exc.message else _LIMIT_KEY["characters"]
+def _too_large(exc: PayloadTooLarge, previous: Stored | None, key: str) -> PayloadTooLarge:
+    """The chat's size limits said in the Responses terms: which setting (``key``), and for a chain what to do."""
     if previous is None:
         return PayloadTooLarge(f"`input`: {exc.message} ({key})", param="input")
     return PayloadTooLarge(f"the conversation stored for previous_response_id '{previous.id}' and this `input` "

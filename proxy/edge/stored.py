@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from proxy.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ProxyError
+from proxy.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge
 from proxy.services import services
 from proxy.state.responses import QuotaExceeded, ResponseStore, Stored
 
@@ -132,8 +132,6 @@ async def keep(owner: str, store: ResponseStore, response: dict[str, Any], items
         await run_in_threadpool(store.put, owner, response, items, request_id=request_id)
     except QuotaExceeded as exc:  # another request of the key took the last place since the check
         raise quota_error(exc) from None
-    except ProxyError:
-        raise
     except store.db.errors:
         raise _storage_failed() from None
 

@@ -313,6 +313,16 @@ def test_a_chain_grown_past_the_body_limits_is_a_413_naming_the_limit(make: Any,
     assert client.responses.create(model=FLASH, input="a fresh chain").status == "completed"
 
 
+@pytest.mark.parametrize(("server", "given", "limit"), [
+    ({"limit_messages": 2}, [{"role": "user", "content": "x"}] * 3, "server.limit_messages"),
+    ({"limit_content_chars": 100}, "x" * 101, "server.limit_content_chars")])
+def test_an_input_alone_past_the_limits_is_a_413_naming_input_and_the_limit(make: Any, server: dict[str, int],
+                                                                            given: Any, limit: str) -> None:
+    r = make(server=server).http().post("/v1/responses", headers={"authorization": f"Bearer {K1}"},
+                                        json={"model": FLASH, "input": given})
+    assert r.status_code == 413 and r.json()["error"]["param"] == "input" and limit in r.json()["error"]["message"]
+
+
 def test_an_expired_response_is_a_404(make: Any) -> None:
     client = make(responses={"retention_days": 1 / 86400}).client(K1)  # one second
     response = client.responses.create(model=FLASH, input="soon gone")
