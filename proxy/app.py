@@ -52,7 +52,7 @@ from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider, short_gil_switc
 from proxy.routing.reload import Live, PinMiddleware, Reloader, admin_reload
 from proxy.services import Services
 from proxy.settings import Settings, load_settings
-from proxy.state.database import StorageUnavailable, open_databases
+from proxy.state.database import Database, StorageUnavailable, open_databases
 from proxy.state.files import FileStore
 from proxy.state.records import RecordStore
 from proxy.state.responses import ResponseStore, open_response_store
@@ -150,7 +150,7 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
     )
 
 
-def _response_store(settings: Settings, db: Any) -> ResponseStore | None:
+def _response_store(settings: Settings, db: Database) -> ResponseStore | None:
     """Stored Responses, when ``responses.store`` (or, left unset, the presence of proxy keys) says so."""
     r = settings.responses
     if not r.enabled(bool(settings.all_api_keys())):

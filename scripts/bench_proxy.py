@@ -541,7 +541,8 @@ async def responses_overhead(args: argparse.Namespace) -> int:
     finally:
         for p in procs:
             stop(p)
-    print(f"`python scripts/bench_proxy.py {shlex.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"`python scripts/bench_proxy.py {shlex.join(sys.argv[1:])}` on {when}, "
           f"{os.cpu_count()} cores, model {model}; {args.responses_rounds} rounds x {args.sequential} sequential "
           f"requests per kind; load average (1/5/15 min) before and after each round: {'; '.join(loads)}")
     print()

@@ -94,8 +94,8 @@ def test_agent_with_a_tool_chains_two_turns_by_previous_response_id(proxy: Runni
     assert standin.state.requests[2].system_instruction == "Use the tool when asked about weather."
     stored = proxy.client(KEY).responses.retrieve(second_id)  # type: ignore[arg-type]
     assert stored.previous_response_id == first_id and stored.output_text == follow
-    calls = [json.loads(i.arguments) for i in proxy.client(KEY).responses.input_items.list(second_id)  # type: ignore[arg-type]
-             if i.type == "function_call"]
+    items = proxy.client(KEY).responses.input_items.list(second_id)  # type: ignore[arg-type]
+    calls = [json.loads(i.arguments) for i in items if i.type == "function_call"]
     assert calls == [{"city": f"answer from {FLASH}"}]
 
 
