@@ -373,3 +373,29 @@ def test_junk_ids_are_404s_and_the_store_keeps_serving(proxy: RunningProxy, resp
     assert r.status_code == 404 and r.json()["error"]["code"] == "response_not_found"
     kept = proxy.client(K1).responses.create(model=FLASH, input="still here")
     assert proxy.client(K1).responses.retrieve(kept.id).id == kept.id
+
+
+def test_a_store_that_fails_while_storing_is_a_503_or_a_failed_stream_never_a_completed_one(
+        proxy: RunningProxy, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk or a lost database cannot be produced on demand here, so the store's write raises the error the
+    driver would: the client must not be told a response is complete (and continuable) when it was not stored."""
+    import sqlite3
+
+    import psycopg
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        if backend == "sqlite":
+            raise sqlite3.OperationalError("database or disk is full")
+        raise psycopg.errors.DiskFull("could not extend file: No space left on device")
+
+    monkeypatch.setattr(ResponseStore, "put", broken)
+    client = proxy.client(K1)
+    with pytest.raises(openai.APIStatusError) as err:
+        client.responses.create(model=FLASH, input="not kept")
+    assert err.value.status_code == 503 and err.value.body["code"] == "storage_unavailable"  # type: ignore[index]
+    assert "disk" not in err.value.body["message"]  # type: ignore[index]  # the driver's words stay in the log
+    with client.responses.create(model=FLASH, input="not kept either", stream=True) as stream:
+        kinds = [event.type for event in stream]
+    assert kinds[-2:] == ["error", "response.failed"] and "response.completed" not in kinds
+    monkeypatch.undo()
+    assert client.responses.create(model=FLASH, input="kept again").store is True
