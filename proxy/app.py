@@ -28,6 +28,7 @@ from starlette.routing import Route
 from proxy import __version__, metrics
 from proxy.documents.service import DocumentService
 from proxy.edge.admin_spend import admin_spend, admin_spend_reset
+from proxy.edge import stored
 from proxy.edge.feedback import post_feedback
 from proxy.edge.guard import GuardMiddleware
 from proxy.edge.responses import ResponsesHandler
@@ -53,10 +54,11 @@ from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider, short_gil_switc
 from proxy.routing.reload import Live, PinMiddleware, Reloader, admin_reload
 from proxy.services import Services
 from proxy.settings import Settings, load_settings
-from proxy.state.database import StorageUnavailable, open_databases
+from proxy.state.database import Database, StorageUnavailable, open_databases
 from proxy.state.files import FileStore
 from proxy.state.records import RecordStore
 from proxy.state.spend import open_spend_store
+from proxy.state.responses import ResponseStore, open_response_store
 from proxy.upstream.accounting import cuts_header
 from proxy.upstream.calls import Upstream
 from proxy.upstream.pricing import prices_of
@@ -93,6 +95,7 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         files = FileStore(databases.files, blobs=Path(settings.storage_dir()) / "blobs"
                           if databases.files.kind == "sqlite" else None)
         documents = DocumentService(settings, files)
+        stored_responses = _response_store(settings, databases.files)
         metrics.forget_dead_workers()
         metrics.precreate(list(settings.aliases),
                           [(t.name, m.name) for t, m in zip(settings.models.tiers, settings.models.entries)])
@@ -126,7 +129,7 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
                 yield {"services": Services(settings=settings, router=the_router, decider=decider, upstream=upstream,
                                             documents=documents, ready=ready, started_at=started, records=records,
                                             reloader=reloader, router_version=reloader.current.version,
-                                            budgets=budgets)}
+                                            budgets=budgets, responses=stored_responses)}
             finally:
                 if hup:
                     reloader.remove_signal_handler()
@@ -135,11 +138,14 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
                     records.close()
                 if budgets is not None:
                     await asyncio.to_thread(budgets.close)  # queued charges are written before the pool closes
+                if stored_responses is not None:
+                    stored_responses.close()
                 databases.close()
 
     routes = [
         Route("/v1/chat/completions", chat.chat, methods=["POST"]),
         Route("/v1/responses", responses.chat, methods=["POST"]),
+        *stored.routes(),
         Route("/v1/route", route_only, methods=["POST"]),
         Route("/v1/feedback", post_feedback, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
@@ -159,6 +165,15 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
                             StorageUnavailable: _storage_unavailable, Exception: handle_unexpected},
         lifespan=lifespan,
     )
+
+
+def _response_store(settings: Settings, db: Database) -> ResponseStore | None:
+    """Stored Responses, when ``responses.store`` (or, left unset, the presence of proxy keys) says so."""
+    r = settings.responses
+    if not r.enabled(bool(settings.all_api_keys())):
+        return None
+    return open_response_store(db, settings.storage_dir(), retention_days=r.retention_days,
+                               limit_per_key=r.limit_per_key)
 
 
 async def _storage_unavailable(request: Request, exc: Exception) -> Response:

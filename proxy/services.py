@@ -19,6 +19,7 @@ from proxy.routing.budget import Budgets
 from proxy.routing.decider import Decider
 from proxy.settings import Settings
 from proxy.state.records import RecordStore
+from proxy.state.responses import ResponseStore
 from proxy.upstream.calls import Upstream
 from router import Router
 
@@ -39,6 +40,7 @@ class Services:
     reloader: Reloader | None = None  # holds the live router/decider/settings; PinMiddleware copies them in
     router_version: str = ""  # hash of the model directory (x-route-llm-router-version)
     budgets: Budgets | None = None  # per-key spend and budgets (None: the proxy has no keys)
+    responses: ResponseStore | None = None  # stored Responses (None: responses.store is off)
 
 
 def services(request: Request) -> Services:

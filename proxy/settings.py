@@ -316,6 +316,28 @@ class StorageSettings:
     timeout_connect: float = 10.0  # seconds to reach the database at start-up and per pooled connection
 
 
+@dataclass(frozen=True)
+class ResponsesSettings:
+    """Stored responses of ``POST /v1/responses`` (``proxy.state.responses``): what ``previous_response_id``,
+    ``GET``/``DELETE /v1/responses/{id}`` and ``/input_items`` read."""
+
+    # None: on when proxy keys are configured, off without them (every keyless client would share one store).
+    store: bool | None = None
+    retention_days: float | None = 30.0  # a stored response is gone (404) this long after it was created
+    limit_per_key: int | None = 10_000  # stored responses per proxy key; more: 400 response_quota_exceeded
+
+    def enabled(self, has_keys: bool) -> bool:
+        return has_keys if self.store is None else self.store
+
+    def check(self) -> None:
+        if self.retention_days is not None and self.retention_days <= 0:
+            raise ConfigError(f"responses.retention_days: must be positive (days), or null to keep responses until "
+                              f"they are deleted; got {self.retention_days}")
+        if self.limit_per_key is not None and self.limit_per_key < 1:
+            raise ConfigError(f"responses.limit_per_key: must be at least 1 (or null for unlimited); got "
+                              f"{self.limit_per_key}")
+
+
 def _env_reference(value: str | None) -> str | None:
     if value is not None and value.startswith(ENV_PREFIX):
         return os.environ.get(value[len(ENV_PREFIX):]) or None
@@ -332,6 +354,7 @@ class Settings:
     documents: DocumentsSettings = field(default_factory=DocumentsSettings)
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    responses: ResponsesSettings = field(default_factory=ResponsesSettings)
     source: str = "<defaults>"
 
     def with_overrides(self, **server: Any) -> Settings:
@@ -636,6 +659,7 @@ def _validate(s: Settings) -> None:
     if st.limit_connections < 1 or st.timeout_connect <= 0 or s.server.timeout_redis <= 0:
         raise ConfigError("storage.limit_connections must be >= 1, storage.timeout_connect and "
                           "server.timeout_redis positive (seconds)")
+    s.responses.check()
     if d.timeout_extract <= 0 or s.server.timeout_shutdown < 0:
         raise ConfigError("documents.timeout_extract must be positive and server.timeout_shutdown >= 0")
     for key in ("timeout_header", "timeout_body", "timeout_keep_alive"):

@@ -11,8 +11,14 @@ after ``--soak`` requests.
 The load generator is one aiohttp session (uvloop when present) with a pooled connector. It shares the
 machine's cores with the servers, so its own CPU use is printed under the table.
 
+``--responses-rounds N`` measures something else instead: the per-request cost of a stored, chained
+``/v1/responses`` request (``previous_response_id``) against ``/v1/chat/completions`` carrying the same
+conversation, and a stateless ``/v1/responses`` (``store: false``, the conversation in ``input``), on one
+route-llm server with storage on (SQLite), in N interleaved rounds of ``--sequential`` requests of each kind.
+
 Example:
     python scripts/bench_proxy.py --litellm /tmp/litellm-proxy-venv/bin/litellm --soak 10000
+    python scripts/bench_proxy.py --responses-rounds 10 --sequential 200
 """
 
 from __future__ import annotations
@@ -464,6 +470,95 @@ async def amain(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- stored Responses against chat (--responses-rounds) -----------------------------------------------------
+
+CHAIN_FIRST = "My name is Ada and I keep bees."
+CHAIN_NEXT = "What is my name, and what do I keep?"
+
+
+async def _timed_post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[float, Any]:
+    data = json.dumps(body).encode()
+    start = time.perf_counter()
+    async with session.post(url, data=data, headers={"content-type": "application/json",
+                                                     "authorization": "Bearer bench"}) as r:
+        payload = await r.json()
+        if r.status != 200:
+            raise RuntimeError(f"{url}: {r.status} {payload}")
+    return time.perf_counter() - start, payload
+
+
+async def responses_overhead(args: argparse.Namespace) -> int:
+    """Interleaved rounds on one server: per round ``--sequential`` requests of each kind, in turn, one at a
+    time; the p50 of each kind per round, then the median and the range of those p50s across rounds."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-responses-"))
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1"}
+    for name in ("ROUTE_LLM_API_KEYS", "PROMETHEUS_MULTIPROC_DIR", "ROUTE_LLM_DATABASE_URL"):
+        env.pop(name, None)
+    sp, port = free_port(), free_port()
+    standin_url, url = f"http://127.0.0.1:{sp}", f"http://127.0.0.1:{port}"
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for tier in ("weak", "strong"):
+        cfg["models"][tier].update(api_base=standin_url, api_key="bench-upstream-key")
+    cfg["server"].update(host="127.0.0.1", port=port, api_keys=["bench"])
+    cfg["documents"]["storage_dir"] = str(tmp / "files")
+    cfg["responses"] = {"store": True, "retention_days": 1, "limit_per_key": None}
+    path = tmp / "route-llm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    model = yaml.safe_load((ROOT / "config.yaml").read_text())["models"]["weak"]["name"] if args.concrete else "auto"
+    procs = [start([sys.executable, str(ROOT / "tests" / "standin.py"), "--port", str(sp)], env, tmp / "standin.log")]
+    samples: dict[str, list[float]] = {"chat": [], "responses, stateless": [], "responses, chained": []}
+    per_round: dict[str, list[float]] = {k: [] for k in samples}
+    cpu: dict[str, list[float]] = {k: [] for k in samples}  # server CPU ms per request, per round
+    loads = [loadavg()]
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            server = Target("route-llm", "", "", None, ready_url=f"{url}/health/ready")
+            server.proc = start([args.route_llm, "serve", "--config", str(path)], env, tmp / "route-llm.log")
+            procs.append(server.proc)
+            await wait_ready(session, server, time.perf_counter(), args.timeout_ready, tmp / "route-llm.log")
+            _, first = await _timed_post(session, f"{url}/v1/responses", {"model": model, "input": CHAIN_FIRST})
+            answer = first["output"][0]["content"][0]["text"]
+            conversation = [{"role": "user", "content": CHAIN_FIRST}, {"role": "assistant", "content": answer},
+                            {"role": "user", "content": CHAIN_NEXT}]
+            kinds = {
+                "chat": (f"{url}/v1/chat/completions", {"model": model, "messages": conversation}),
+                "responses, stateless": (f"{url}/v1/responses", {"model": model, "input": conversation,
+                                                                   "store": False}),
+                "responses, chained": (f"{url}/v1/responses", {"model": model, "input": CHAIN_NEXT,
+                                                                "previous_response_id": first["id"]}),
+            }
+            for url_, body in kinds.values():  # warm-up
+                for _ in range(args.warmup):
+                    await _timed_post(session, url_, body)
+            for _ in range(args.responses_rounds):
+                for kind, (url_, body) in kinds.items():
+                    cpu0 = cpu_seconds(server.proc.pid)
+                    lat = [(await _timed_post(session, url_, body))[0] for _ in range(args.sequential)]
+                    cpu[kind].append((cpu_seconds(server.proc.pid) - cpu0) / args.sequential * 1000)
+                    samples[kind] += lat
+                    per_round[kind].append(pct(lat, 50))
+                loads.append(loadavg())
+    finally:
+        for p in procs:
+            stop(p)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"`python scripts/bench_proxy.py {shlex.join(sys.argv[1:])}` on {when}, "
+          f"{os.cpu_count()} cores, model {model}; {args.responses_rounds} rounds x {args.sequential} sequential "
+          f"requests per kind; load average (1/5/15 min) before and after each round: {'; '.join(loads)}")
+    print()
+    print("| kind | p50 ms (all) | median of round p50s ms | range of round p50s ms | vs chat, median of round "
+          "differences ms (range) | server CPU ms/request, median (range) |")
+    print("|---|---|---|---|---|---|")
+    for kind in samples:
+        rounds = sorted(per_round[kind])
+        diffs = sorted(a - b for a, b in zip(per_round[kind], per_round["chat"]))
+        vs = "–" if kind == "chat" else f"{diffs[len(diffs) // 2]:+.2f} ({diffs[0]:+.2f} to {diffs[-1]:+.2f})"
+        used = sorted(cpu[kind])
+        print(f"| {kind} | {pct(samples[kind], 50):.2f} | {rounds[len(rounds) // 2]:.2f} | {rounds[0]:.2f}–"
+              f"{rounds[-1]:.2f} | {vs} | {used[len(used) // 2]:.2f} ({used[0]:.2f}–{used[-1]:.2f}) |")
+    return 0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sequential", type=int, default=300, help="sequential requests per target")
@@ -483,13 +578,15 @@ def main() -> None:
     p.add_argument("--concrete", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the 1-worker server with a configured model name (no router run)")
     p.add_argument("--soak", type=int, default=0, help="after the 1-worker run, this many more requests for RSS")
+    p.add_argument("--responses-rounds", type=int, default=0,
+                   help="instead: a chained /v1/responses against chat, in this many interleaved rounds")
     args = p.parse_args()
     try:
         import uvloop  # the client should not be the bottleneck
         uvloop.install()
     except ImportError:
         pass
-    sys.exit(asyncio.run(amain(args)))
+    sys.exit(asyncio.run(responses_overhead(args) if args.responses_rounds else amain(args)))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ comes back is rendered as a Response object, or, streamed, as Responses events. 
 bridge of its own, but going through the proxy's chat path is what keeps both endpoints routed, retried
 and counted the same way.
 
-Responses are not stored: ``previous_response_id`` (and ``conversation``, stored prompts, background
-runs) are refused with a 400 that says to send the conversation in ``input``.
+Responses are stored per proxy key when storage is on (``responses.store``; ``proxy.edge.stored``): a request
+with ``previous_response_id`` starts from the stored chain's input and output items, before its own ``input``;
+``instructions`` apply to their own turn only, as OpenAI documents. ``conversation``, stored prompts and
+background runs are refused with a 400 that says to send the conversation in ``input``.
 """
 
 from __future__ import annotations
@@ -20,19 +22,23 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.requests import Request
+
+from proxy.edge import stored
 from proxy.edge.chat import ChatRequest, check_top_level, parse_chat_request
 from proxy.edge.routes import ChatHandler, StreamFormat
-from proxy.errors import BadRequest, ProxyError
+from proxy.errors import BadRequest, PayloadTooLarge, ProxyError
+from proxy.state.responses import ResponseStore, Stored
 from proxy.upstream.params import integer, of_type, one_of
 
 # Request keys of OpenAI's Responses API (tests/proxy/test_responses.py compares them with the installed SDK).
 # Copied to the chat request under the same name; the chat checks and proxy.upstream.params' rule apply to them.
-SAME_NAME = ("temperature", "top_p", "parallel_tool_calls", "metadata", "store", "user", "safety_identifier",
+SAME_NAME = ("temperature", "top_p", "parallel_tool_calls", "metadata", "user", "safety_identifier",
              "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "service_tier", "top_logprobs",
              "moderation")
 # Translated by this module.
 TRANSLATED = ("model", "input", "instructions", "stream", "max_output_tokens", "tools", "tool_choice", "text",
-              "reasoning")
+              "reasoning", "store", "previous_response_id")
 # Features of OpenAI's servers with no counterpart here: accepted (type-checked), not used, named in
 # x-route-llm-dropped-params like any other dropped parameter.
 DROPPED: dict[str, Any] = {
@@ -48,8 +54,6 @@ DROPPED: dict[str, Any] = {
 }
 # Accepted only when absent (or false): honouring them needs state this proxy does not keep.
 STATEFUL = {
-    "previous_response_id": "this proxy does not store responses, so `previous_response_id` cannot be used; "
-                            "send the whole conversation in `input` (earlier output items included)",
     "conversation": "this proxy does not store conversations; send the whole conversation in `input`",
     "prompt": "stored prompts live on OpenAI's servers; send the prompt's text in `instructions` and `input`",
     "background": "this proxy does not run responses in the background; leave `background` unset or false",
@@ -73,6 +77,10 @@ class ResponsesRequest(ChatRequest):
     response_id: str = ""
     created_at: int = 0
     echo: dict[str, Any] = field(default_factory=dict)
+    items: list[dict[str, Any]] = field(default_factory=list)  # the whole input context, as stored
+    store: ResponseStore | None = None  # where the answer is kept (None: not stored)
+    owner: str = ""  # whose answer it is (a hash of the proxy key)
+    request_id: str = ""  # the decision record's key, stored with the answer
 
 
 # --- request: Responses → chat ---------------------------------------------------------------------------
@@ -131,49 +139,55 @@ def _text_only(where: str, content: Any) -> str:
     raise BadRequest(f"{where}: must be a string (or a list of input_text parts)", param=where)
 
 
-def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+def _messages(body: dict[str, Any], context: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat messages: this turn's instructions, the stored chain's items (``context``), then ``input``."""
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
     if instructions is not None:
         if not isinstance(instructions, str):
             raise BadRequest("`instructions` must be a string", param="instructions")
         messages.append({"role": "system", "content": instructions})
+    for i, item in enumerate(context):
+        _add_item(messages, f"previous_response_id (stored item {i})", item)
     given = body.get("input")
     if isinstance(given, str):
         return [*messages, {"role": "user", "content": given}]
     if not isinstance(given, list) or not given:
         raise BadRequest("`input` must be a string or a non-empty list of input items", param="input")
     for i, item in enumerate(given):
-        where = f"input[{i}]"
-        if not isinstance(item, dict):
-            raise BadRequest(f"{where}: must be an object (a message, function_call or function_call_output)",
-                             param=where)
-        kind = item.get("type", "message")
-        if kind == "message":
-            role = item.get("role")
-            if not isinstance(role, str) or role not in ROLES:
-                raise BadRequest(f"{where}.role: must be one of {', '.join(ROLES)}", param=f"{where}.role")
-            messages.append({"role": role, "content": _content(f"{where}.content", item.get("content"))})
-        elif kind == "function_call":
-            for key in ("call_id", "name", "arguments"):
-                if not isinstance(item.get(key), str) or not item[key] and key != "arguments":
-                    raise BadRequest(f"{where}.{key}: must be a string", param=f"{where}.{key}")
-            call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]}}
-            last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant":  # one chat turn for the text and its calls
-                last.setdefault("tool_calls", []).append(call)
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
-            if not isinstance(item.get("call_id"), str) or not item["call_id"]:
-                raise BadRequest(f"{where}.call_id: must be a string", param=f"{where}.call_id")
-            messages.append({"role": "tool", "tool_call_id": item["call_id"],
-                             "content": _text_only(f"{where}.output", item.get("output"))})
-        else:
-            raise BadRequest(f"{where}.type: {kind!r} is not supported; use message, function_call or "
-                             "function_call_output", param=f"{where}.type")
+        _add_item(messages, f"input[{i}]", item)
     return messages
+
+
+def _add_item(messages: list[dict[str, Any]], where: str, item: Any) -> None:
+    if not isinstance(item, dict):
+        raise BadRequest(f"{where}: must be an object (a message, function_call or function_call_output)",
+                         param=where)
+    kind = item.get("type", "message")
+    if kind == "message":
+        role = item.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise BadRequest(f"{where}.role: must be one of {', '.join(ROLES)}", param=f"{where}.role")
+        messages.append({"role": role, "content": _content(f"{where}.content", item.get("content"))})
+    elif kind == "function_call":
+        for key in ("call_id", "name", "arguments"):
+            if not isinstance(item.get(key), str) or not item[key] and key != "arguments":
+                raise BadRequest(f"{where}.{key}: must be a string", param=f"{where}.{key}")
+        call = {"id": item["call_id"], "type": "function",
+                "function": {"name": item["name"], "arguments": item["arguments"]}}
+        last = messages[-1] if messages else None
+        if last is not None and last["role"] == "assistant":  # one chat turn for the text and its calls
+            last.setdefault("tool_calls", []).append(call)
+        else:
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+    elif kind == "function_call_output":
+        if not isinstance(item.get("call_id"), str) or not item["call_id"]:
+            raise BadRequest(f"{where}.call_id: must be a string", param=f"{where}.call_id")
+        messages.append({"role": "tool", "tool_call_id": item["call_id"],
+                         "content": _text_only(f"{where}.output", item.get("output"))})
+    else:
+        raise BadRequest(f"{where}.type: {kind!r} is not supported; use message, function_call or "
+                         "function_call_output", param=f"{where}.type")
 
 
 def _tools(tools: Any, params: dict[str, Any]) -> None:
@@ -229,8 +243,10 @@ def _text(text: Any, params: dict[str, Any]) -> None:
         params["verbosity"] = text["verbosity"]
 
 
-def parse_responses_request(body: Any, *, limit_messages: int | None,
-                            limit_content_chars: int | None) -> ResponsesRequest:
+def parse_responses_request(body: Any, *, limit_messages: int | None, limit_content_chars: int | None,
+                            previous: Stored | None = None, storing: bool = False) -> ResponsesRequest:
+    """The chat request for a Responses body; ``previous`` is the stored response it continues (read by the
+    handler), ``storing`` whether its answer will be stored."""
     body = check_top_level(body, KNOWN)
     for key, why in STATEFUL.items():
         if body.get(key) not in (None, False):
@@ -257,11 +273,18 @@ def parse_responses_request(body: Any, *, limit_messages: int | None,
             if problem:
                 raise BadRequest(f"`{key}` {problem}"[:300], param=key)
             dropped.append(key)
-    chat_body = {"model": body["model"], "messages": _messages(body), **params}
+    if body.get("store") and not storing:
+        dropped.append("store")  # storage is off on this proxy
+    context = previous.context() if previous is not None else []
+    chat_body = {"model": body["model"], "messages": _messages(body, context), **params}
     if body.get("stream") is not None:
         chat_body["stream"] = body["stream"]
     try:
         chat = parse_chat_request(chat_body, limit_messages=limit_messages, limit_content_chars=limit_content_chars)
+    except PayloadTooLarge as exc:
+        over_count = limit_messages is not None and len(chat_body["messages"]) > limit_messages
+        raise _too_large(exc, previous, "server.limit_messages" if over_count else "server.limit_content_chars"
+                         ) from None
     except ProxyError as exc:  # the chat checks name chat parameters: say which Responses field it was
         if exc.param in _RESPONSES_NAME:
             exc.param = _RESPONSES_NAME[exc.param]
@@ -272,9 +295,9 @@ def parse_responses_request(body: Any, *, limit_messages: int | None,
         "max_output_tokens": body.get("max_output_tokens"),
         "metadata": body.get("metadata") or {},
         "parallel_tool_calls": body.get("parallel_tool_calls", True),
-        "previous_response_id": None,
+        "previous_response_id": previous.id if previous is not None else None,
         "reasoning": {"effort": (reasoning or {}).get("effort"), "summary": None},
-        "store": False,  # nothing is stored, whatever was asked
+        "store": storing,
         "temperature": body.get("temperature"),
         "text": body.get("text") or {"format": {"type": "text"}},
         "tool_choice": body.get("tool_choice", "auto"),
@@ -283,8 +306,18 @@ def parse_responses_request(body: Any, *, limit_messages: int | None,
         "truncation": body.get("truncation") or "disabled",
         "user": body.get("user"),
     }
+    items = [*context, *stored.request_items(body["input"])] if storing else []
     return ResponsesRequest(chat.model, chat.messages, chat.stream, chat.params, chat.files, dropped,
-                            response_id=_new_id("resp"), created_at=int(time.time()), echo=echo)
+                            response_id=_new_id("resp"), created_at=int(time.time()), echo=echo, items=items)
+
+
+def _too_large(exc: PayloadTooLarge, previous: Stored | None, key: str) -> PayloadTooLarge:
+    """The chat's size limits said in the Responses terms: which setting (``key``), and for a chain what to do."""
+    if previous is None:
+        return PayloadTooLarge(f"`input`: {exc.message} ({key})", param="input")
+    return PayloadTooLarge(f"the conversation stored for previous_response_id '{previous.id}' and this `input` "
+                           f"together are too long: {exc.message} ({key}); start a new chain: send what the "
+                           "model still needs in `input`, without previous_response_id", param="previous_response_id")
 
 
 # --- answer: chat → Responses ----------------------------------------------------------------------------
@@ -357,6 +390,8 @@ class ResponsesStream(StreamFormat):
         self.usage: dict[str, Any] | None = None
         self.finish_reason: str | None = None
         self.failed = False
+        self.closing = b""  # the events that close the last items, once the stream has ended
+        self.final: dict[str, Any] | None = None  # the Response as the last event carries it (and as stored)
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -460,21 +495,44 @@ class ResponsesStream(StreamFormat):
         return out + self._event("response.failed", response=self._snapshot(
             "failed", {"code": err.code or "server_error", "message": err.message}))
 
+    def _finish(self) -> dict[str, Any]:
+        if self.final is None:
+            self.closing = self._close_text() + self._close_calls()
+            self.final = self._snapshot("completed")
+        return self.final
+
+    async def complete(self) -> None:
+        """Store the final Response, the very object the last event carries, before that event is sent."""
+        if self.failed or self.req.store is None:
+            return
+        await stored.keep(self.req.owner, self.req.store, self._finish(), self.req.items, self.req.request_id)
+
     def end(self) -> bytes:
         if self.failed:
             return b""
-        out = self._close_text() + self._close_calls()
-        snapshot = self._snapshot("completed")
+        snapshot = self._finish()
         kind = "response.completed" if snapshot["status"] == "completed" else "response.incomplete"
-        return out + self._event(kind, response=snapshot)
+        return self.closing + self._event(kind, response=snapshot)
 
 
 class ResponsesHandler(ChatHandler):
     endpoint = "responses"
 
-    def parse(self, body: Any) -> ChatRequest:
-        return parse_responses_request(body, limit_messages=self.settings.server.limit_messages,
-                                       limit_content_chars=self.settings.server.limit_content_chars)
+    async def load(self, request: Request, body: Any, request_id: str) -> ChatRequest:
+        """Read the chain ``previous_response_id`` continues (and check the key's quota) before translating."""
+        check_top_level(body, KNOWN)
+        previous, storing = await stored.prepare(request, body)
+        req = parse_responses_request(body, limit_messages=self.settings.server.limit_messages,
+                                      limit_content_chars=self.settings.server.limit_content_chars,
+                                      previous=previous, storing=storing)
+        if storing:
+            req.store, req.owner, req.request_id = stored.store_of(request), request.state.owner, request_id
+        return req
+
+    async def keep(self, request: Request, chat: ChatRequest, answer: dict[str, Any]) -> None:
+        assert isinstance(chat, ResponsesRequest)
+        if chat.store is not None:
+            await stored.keep(chat.owner, chat.store, answer, chat.items, chat.request_id)
 
     def render(self, chat: ChatRequest, completion: dict[str, Any]) -> dict[str, Any]:
         assert isinstance(chat, ResponsesRequest)

@@ -82,6 +82,11 @@ class StreamFormat:
     def end(self) -> bytes:
         raise NotImplementedError
 
+    async def complete(self) -> None:
+        """Called once the upstream's stream has ended and before ``end`` is sent (never for a stream the client
+        cut): the Responses API stores the response here, so that it is durable before the client hears it is
+        complete. A ProxyError raised here ends the stream with the format's error instead."""
+
 
 class ChatStream(StreamFormat):
     def __init__(self, include_usage: bool) -> None:
@@ -125,6 +130,13 @@ class ChatHandler:
     def param_name(self, name: str) -> str:
         """How the endpoint's clients spell a chat parameter (for the dropped-parameters header)."""
         return name
+
+    async def load(self, request: Request, body: Any, request_id: str) -> ChatRequest:
+        """``parse``, for endpoints whose requests need reading state first (a stored Responses chain)."""
+        return self.parse(body)
+
+    async def keep(self, request: Request, chat: ChatRequest, answer: dict[str, Any]) -> None:
+        """Called with the rendered answer before it is sent (the Responses API stores it here)."""
 
     # --- helpers ----------------------------------------------------------------------------------------
     def _served_model(self, tier: Tier) -> ModelSettings:
@@ -178,7 +190,7 @@ class ChatHandler:
         body: Any = None
         try:
             body = await read_json(request, self.settings.server.limit_body_bytes)
-            chat = self.parse(body)
+            chat = await self.load(request, body, o.request_id)
             o.dropped = chat.dropped
             texts = state.decider.texts(chat.messages)
             o.text = texts[-1]
@@ -207,7 +219,9 @@ class ChatHandler:
             o.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             o.completion_tokens = int(usage.get("completion_tokens") or 0)
             o.status, o.http_status = "ok", 200
-            return JSONResponse(self.render(chat, payload), headers={**self._headers(o), **extra_headers})
+            answer_body = self.render(chat, payload)
+            await self.keep(request, chat, answer_body)
+            return JSONResponse(answer_body, headers={**self._headers(o), **extra_headers})
         except ProxyError as exc:
             if o.target is None and isinstance(body, dict):
                 o.requested = self._requested_label(state, body.get("model"))
@@ -298,6 +312,10 @@ class ChatHandler:
             await iterator.aclose()  # type: ignore[attr-defined]
             o.upstream_seconds = time.perf_counter() - start
             self.record(o)
+        try:
+            await fmt.complete()
+        except ProxyError as exc:
+            yield fmt.error(exc)
         yield fmt.end()
 
 

@@ -168,6 +168,21 @@ def test_a_rating_sent_to_one_replica_finds_the_record_the_other_wrote(pair: tup
     assert r.status_code == 200, r.text
 
 
+def test_a_response_chain_stored_through_one_replica_continues_and_is_deleted_through_the_other(
+        pair: tuple[Replica, Replica], standin: StandInServer) -> None:
+    a, b = pair
+    first = a.client().responses.create(model="auto", input="My name is Ada.")
+    second = b.client().responses.create(model="auto", input="What is my name?", previous_response_id=first.id)
+    texts = ["".join(p.get("text", "") for p in c["parts"]) for c in standin.state.requests[-1].body["contents"]]
+    assert texts == ["My name is Ada.", first.output_text, "What is my name?"]  # B read the chain A stored
+    assert a.client().responses.retrieve(second.id).previous_response_id == first.id
+    with pytest.raises(openai.NotFoundError):  # another key's response, on either replica
+        a.client("k2").responses.retrieve(second.id)
+    b.client().responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        a.client().responses.retrieve(first.id)
+
+
 def test_the_requests_per_minute_limit_holds_across_replicas(pair: tuple[Replica, Replica]) -> None:
     a, b = pair
     statuses = []
