@@ -59,7 +59,8 @@ COUNT_KNOWN = frozenset(KNOWN - {"max_tokens", "stop_sequences", "temperature", 
                                  "metadata", "service_tier", "container", "inference_geo", "diagnostics"})
 
 # Chat parameters and the Anthropic fields a client spelled them as (messages and the dropped-parameters header).
-ANTHROPIC_NAME = {"max_tokens": "max_tokens", "stop": "stop_sequences", "parallel_tool_calls": "tool_choice",
+ANTHROPIC_NAME = {"max_tokens": "max_tokens", "stop": "stop_sequences",
+                  "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
                   "response_format": "output_config.format", "temperature": "temperature", "top_p": "top_p",
                   "tools": "tools", "tool_choice": "tool_choice"}
 
@@ -79,9 +80,10 @@ def _bad(where: str, problem: str) -> BadRequest:
 
 def _str(block: dict[str, Any], key: str, where: str, *, empty: bool = True) -> str:
     value = block.get(key)
+    if value is None:
+        raise _bad(f"{where}.{key}", "Field required (a string)")
     if not isinstance(value, str) or (not empty and not value):
-        raise _bad(f"{where}.{key}", "Field required (a string)" if value is None else "must be a string"
-                   + ("" if empty else ", not empty"))
+        raise _bad(f"{where}.{key}", "must be a string" if empty else "must be a non-empty string")
     return value
 
 

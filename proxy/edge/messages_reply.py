@@ -41,7 +41,11 @@ def from_openai_error(status: int, body: Any) -> dict[str, Any]:
     """An error the proxy rendered in OpenAI's shape (``{"error": {"message", ...}}``) in Anthropic's."""
     error = body.get("error") if isinstance(body, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
-    return error_body(status, message if isinstance(message, str) else f"error {status}")
+    if not isinstance(message, str):
+        message = f"error {status}"
+    elif status == 401:
+        message += " Anthropic clients may send the proxy key as `x-api-key` instead."
+    return error_body(status, message)
 
 
 def usage(chat_usage: dict[str, Any] | None) -> dict[str, Any]:

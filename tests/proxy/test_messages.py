@@ -165,8 +165,9 @@ def test_images_and_a_base64_pdf_reach_the_model(proxy: RunningProxy, standin: S
          "title": "notes.pdf", "cache_control": {"type": "ephemeral"}},
         {"type": "text", "text": "What is the secret word?"}]}])
     parts = standin.state.requests[-1].body["contents"][-1]["parts"]
-    assert any(p.get("inline_data", p.get("inlineData", {})).get("mime_type", p.get("inlineData", {}).get(
-        "mimeType")) == "image/png" for p in parts)
+    assert {"inline_data": {"data": PNG, "mime_type": "image/png"}} in parts
+    assert parts[-1] == {"text": "What is the secret word?"}
+    assert parts[0]["text"].startswith('<document name="notes.pdf"')  # the documents path read its pages
     assert "pelican" in json.dumps(parts)
 
 
