@@ -181,7 +181,8 @@ def _tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _user(content: list[Any], where: str) -> list[dict[str, Any]]:
-    tools, parts = [], []
+    tools: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
     for j, raw in enumerate(content):
         block = _block(raw, f"{where}.{j}")
         if block["type"] == "tool_result":
@@ -193,7 +194,7 @@ def _user(content: list[Any], where: str) -> list[dict[str, Any]]:
 
 def _assistant(content: list[Any], where: str) -> dict[str, Any]:
     texts: list[str] = []
-    calls = []
+    calls: list[dict[str, Any]] = []
     for j, raw in enumerate(content):
         block = _block(raw, f"{where}.{j}")
         kind = block["type"]
@@ -276,7 +277,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
 
 def _tool_choice(choice: Any, params: dict[str, Any]) -> None:
     kind = choice.get("type") if isinstance(choice, dict) else None
-    mapped = {"auto": "auto", "any": "required", "none": "none"}.get(kind or "")
+    mapped: Any = {"auto": "auto", "any": "required", "none": "none"}.get(kind or "")
     if kind == "tool":
         assert isinstance(choice, dict)
         mapped = {"type": "function", "function": {"name": _str(choice, "name", "tool_choice", empty=False)}}
@@ -310,7 +311,7 @@ def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> None:
 
 def _params(body: dict[str, Any], *, counting: bool) -> tuple[dict[str, Any], list[str]]:
     params: dict[str, Any] = {}
-    dropped = []
+    dropped: list[str] = []
     for key, check in IGNORED.items():
         if body.get(key) is not None:
             if problem := check(body[key]):

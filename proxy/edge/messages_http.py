@@ -16,7 +16,6 @@ import json
 import logging
 from typing import Any
 
-import litellm
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,6 +26,7 @@ from proxy.edge.messages import ANTHROPIC_NAME, MessagesRequest, parse_messages_
 from proxy.edge.messages_reply import MessagesStream, error_body, from_openai_error, render_message
 from proxy.edge.routes import ChatHandler, StreamFormat, read_json
 from proxy.services import services
+from proxy.upstream.tokens import count_input_tokens
 
 log = logging.getLogger("route_llm")
 
@@ -65,15 +65,9 @@ class MessagesHandler(ChatHandler):
             messages, _ = await state.documents.expand(request, chat)
         decision = await state.decider.decide(target, state.decider.texts(chat.messages))
         model = self.settings.models.model(decision.tier)
-        count = await run_in_threadpool(_count, model.model, messages, chat.params.get("tools"))
+        count = await run_in_threadpool(count_input_tokens, model.model, messages, chat.params.get("tools"))
         return JSONResponse({"input_tokens": count}, headers={"x-route-llm-tier": decision.tier.name,
                                                              "x-route-llm-model": model.name})
-
-
-def _count(model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
-    # use_default_image_token_count: never fetch an image URL to size it.
-    return int(litellm.token_counter(model=model, messages=messages, tools=tools,
-                                     use_default_image_token_count=True))
 
 
 class AnthropicEdge:

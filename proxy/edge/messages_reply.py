@@ -101,9 +101,9 @@ class MessagesStream(StreamFormat):
         self.failed = False
 
     def start(self) -> bytes:
-        message = {"id": self.req.message_id, "type": "message", "role": "assistant", "model": self.model,
-                   "content": [], "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": 0, "output_tokens": 0}}
+        message: dict[str, Any] = {
+            "id": self.req.message_id, "type": "message", "role": "assistant", "model": self.model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
         return _event("message_start", message=message) + _event("ping")
 
     def _close(self) -> bytes:

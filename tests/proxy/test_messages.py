@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -13,7 +14,7 @@ import anthropic
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.conftest import RunningProxy
+from tests.conftest import ROOT, RunningProxy
 from tests.proxy.pdfs import pdf_with_pages
 from tests.standin import Fault, StandInServer
 
@@ -197,7 +198,7 @@ def test_claude_codes_headers_and_ignored_fields_are_accepted(make_proxy: Any, s
             "service_tier": "auto", "cache_control": {"type": "ephemeral"}, "top_k": 10,
             "context_management": {"edits": []}}
     with proxy.http() as http:
-        r = http.post("/v1/messages", json=body, headers={**CLAUDE_CODE_HEADERS, "x-api-key": "sk-proxy-1"})
+        r = http.post("/v1/messages?beta=true", json=body, headers={**CLAUDE_CODE_HEADERS, "x-api-key": "sk-proxy-1"})
         assert r.status_code == 200, r.text
         assert r.json()["content"][0]["type"] == "text"
         dropped = set(r.headers["x-route-llm-dropped-params"].split(","))
@@ -410,3 +411,42 @@ def test_counted_in_metrics_and_access_log_like_chat(proxy: RunningProxy, standi
     mine = {line["request_id"]: line for line in lines if line["request_id"].startswith("msg-log")}
     assert set(mine) == {"msg-log-1", "msg-log-2"} and {line["endpoint"] for line in mine.values()} == {"messages"}
     assert all(line["completion_tokens"] > 0 and line["status"] == "ok" for line in mine.values())
+
+
+# --- the documentation's snippets ------------------------------------------------------------------------
+
+DOC = ROOT / "docs" / "clients-anthropic.md"
+
+
+def fenced(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), re.S)
+
+
+def test_the_docs_python_snippet_runs_against_the_proxy(make_proxy: Any, standin: StandInServer,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    proxy = make_proxy(server={"api_keys": ["sk-your-proxy-key"]})
+    (snippet,) = fenced("python")
+    assert "http://localhost:8000" in snippet
+    exec(compile(snippet.replace("http://localhost:8000", proxy.base_url), str(DOC), "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert re.match(r"(gemini-1\.5-\w+) end_turn answer from \1: ", out[0]), out
+    assert out[1].startswith("answer from ") and int(out[2].removeprefix("input tokens: ")) > 0
+    assert [r.stream for r in standin.state.requests] == [False, True]
+
+
+def test_claude_codes_environment_from_the_docs_reaches_the_router(make_proxy: Any, standin: StandInServer,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK (as Claude Code) reads ANTHROPIC_BASE_URL and ANTHROPIC_AUTH_TOKEN itself; the models are names."""
+    proxy = make_proxy(server={"api_keys": ["sk-your-proxy-key"]})
+    (block,) = fenced("bash")
+    exported = dict(re.findall(r"^export (\w+)=(\S+)", block, re.M))
+    assert {"ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_MODEL"} <= set(exported)
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in exported.items():
+        monkeypatch.setenv(name, value.replace("http://localhost:8000", proxy.base_url))
+    sdk = anthropic.Anthropic(max_retries=0, timeout=30.0)
+    for model in (exported["ANTHROPIC_MODEL"], exported["ANTHROPIC_DEFAULT_HAIKU_MODEL"]):
+        raw = sdk.messages.with_raw_response.create(model=model, max_tokens=32, extra_headers=CLAUDE_CODE_HEADERS,
+                                                    messages=[{"role": "user", "content": EASY}])
+        assert raw.headers["x-route-llm-tier"] in ("weak", "strong") and raw.parse().content
