@@ -84,25 +84,43 @@ async def rounds(session: aiohttp.ClientSession, base: str, model: str, args: ar
     return out
 
 
-def edge_cpu_us(n: int) -> tuple[float, float]:
-    """CPU microseconds per request of the chat edge's parse, and of the Anthropic edge's parse plus render."""
+def edge_cpu_us(n: int) -> dict[str, tuple[float, float]]:
+    """CPU microseconds per request, chat edge against Anthropic edge: the body's parse plus the answer's render,
+    and a three-chunk stream's formatting (start, chunks, end)."""
     from proxy.edge.chat import parse_chat_request
     from proxy.edge.messages import parse_messages_request
-    from proxy.edge.messages_reply import render_message
+    from proxy.edge.messages_reply import MessagesStream, render_message
+    from proxy.edge.routes import ChatStream
 
-    chat, anthropic = chat_body("m", False), messages_body("m", False)
+    limits: dict[str, Any] = {"limit_messages": 1000, "limit_content_chars": 1_000_000}
+    req = parse_messages_request(messages_body("m", True), **limits)
     answer = {"model": "m", "choices": [{"index": 0, "finish_reason": "stop", "message": {
         "role": "assistant", "content": "Paris is the capital of France."}}],
         "usage": {"prompt_tokens": 8, "completion_tokens": 7, "total_tokens": 15}}
-    limits: dict[str, Any] = {"limit_messages": 1000, "limit_content_chars": 1_000_000}
-    start_t = time.process_time()
-    for _ in range(n):
-        parse_chat_request(chat, **limits)
-    chat_us = (time.process_time() - start_t) / n * 1e6
-    start_t = time.process_time()
-    for _ in range(n):
-        render_message(parse_messages_request(anthropic, **limits), answer)
-    return chat_us, (time.process_time() - start_t) / n * 1e6
+    chunks = [{"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": f"word{i} "},
+                                                     "finish_reason": "stop" if i == 2 else None}]}
+              for i in range(3)]
+
+    def chat_stream() -> None:
+        fmt = ChatStream(False)
+        b"".join([fmt.start(), *(fmt.chunk(dict(c)) for c in chunks), fmt.end()])
+
+    def messages_stream() -> None:
+        fmt = MessagesStream(req, "m")
+        b"".join([fmt.start(), *(fmt.chunk(dict(c)) for c in chunks), fmt.end()])
+
+    def per_call(fn: Any) -> float:
+        start_t = time.process_time()
+        for _ in range(n):
+            fn()
+        return (time.process_time() - start_t) / n * 1e6
+
+    return {
+        "parse + render": (per_call(lambda: parse_chat_request(chat_body("m", False), **limits)),
+                           per_call(lambda: render_message(parse_messages_request(messages_body("m", False),
+                                                                                   **limits), answer))),
+        "stream of 3 chunks": (per_call(chat_stream), per_call(messages_stream)),
+    }
 
 
 def report(label: str, p50s: dict[str, list[float]]) -> str:
@@ -145,9 +163,10 @@ async def amain(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|")
     print(report("non-streamed", plain))
     print(report("streamed (last byte)", streamed))
-    chat_us, messages_us = edge_cpu_us(20_000)
-    print(f"edge CPU per request (in process, 20,000 requests): chat parse {chat_us:.1f} µs, Anthropic parse + "
-          f"render {messages_us:.1f} µs, difference {messages_us - chat_us:+.1f} µs")
+    print("edge CPU per request, in process (20,000 requests each):")
+    for label, (chat_us, messages_us) in edge_cpu_us(20_000).items():
+        print(f"  {label}: chat {chat_us:.1f} µs, messages {messages_us:.1f} µs, difference "
+              f"{messages_us - chat_us:+.1f} µs")
 
 
 def main() -> None:

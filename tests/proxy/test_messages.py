@@ -413,6 +413,17 @@ def test_counted_in_metrics_and_access_log_like_chat(proxy: RunningProxy, standi
     assert all(line["completion_tokens"] > 0 and line["status"] == "ok" for line in mine.values())
 
 
+
+def test_a_message_is_recorded_and_can_be_rated_by_its_request_id(proxy: RunningProxy,
+                                                                  standin: StandInServer) -> None:
+    raw = client(proxy).messages.with_raw_response.create(model="auto", max_tokens=8,
+                                                          messages=[{"role": "user", "content": EASY}])
+    with proxy.http() as http:
+        rated = http.post("/v1/feedback", json={"request_id": raw.headers["x-request-id"], "rating": "good"})
+        unknown = http.post("/v1/feedback", json={"request_id": "req-never-sent", "rating": "good"})
+    assert rated.status_code == 200, rated.text
+    assert rated.json()["tier"] == raw.headers["x-route-llm-tier"] and unknown.status_code == 404
+
 # --- the documentation's snippets ------------------------------------------------------------------------
 
 DOC = ROOT / "docs" / "clients-anthropic.md"
