@@ -13,7 +13,6 @@ dialect, and no error path under /v1/messages can be missed. Successful answers 
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -27,8 +26,6 @@ from proxy.edge.messages_reply import MessagesStream, error_body, from_openai_er
 from proxy.edge.routes import ChatHandler, StreamFormat, read_json
 from proxy.services import services
 from proxy.upstream.tokens import count_input_tokens
-
-log = logging.getLogger("route_llm")
 
 PREFIX = "/v1/messages"
 
@@ -56,15 +53,16 @@ class MessagesHandler(ChatHandler):
         turns), then counted offline by LiteLLM's tokenizer for the chosen tier's model. Attached PDFs are
         counted as the page text the documents path would send."""
         state = services(request)
-        body = await read_json(request, self.settings.server.limit_body_bytes)
-        chat = parse_messages_request(body, limit_messages=self.settings.server.limit_messages,
-                                      limit_content_chars=self.settings.server.limit_content_chars, counting=True)
+        settings = state.settings  # the live settings (a reload may have changed the tiers)
+        body = await read_json(request, settings.server.limit_body_bytes)
+        chat = parse_messages_request(body, limit_messages=settings.server.limit_messages,
+                                      limit_content_chars=settings.server.limit_content_chars, counting=True)
         target = state.decider.resolve(chat.model)
         messages = chat.messages
         if chat.files:
             messages, _ = await state.documents.expand(request, chat)
         decision = await state.decider.decide(target, state.decider.texts(chat.messages))
-        model = self.settings.models.model(decision.tier)
+        model = settings.models.model(decision.tier)
         count = await run_in_threadpool(count_input_tokens, model.model, messages, chat.params.get("tools"))
         return JSONResponse({"input_tokens": count}, headers={"x-route-llm-tier": decision.tier.name,
                                                              "x-route-llm-model": model.name})

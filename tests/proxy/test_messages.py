@@ -388,6 +388,12 @@ def test_count_tokens_counts_offline_for_the_routed_tier(proxy: RunningProxy, st
         messages=[{"role": "user", "content": EASY * 5}])
     assert 0 < short.input_tokens < longer.parse().input_tokens
     assert longer.headers["x-route-llm-tier"] == "strong" and longer.headers["x-route-llm-model"] == PRO
+    pdf = base64.b64encode(pdf_with_pages(["A page about pelicans and their long beaks. " * 20])).decode()
+    with_pdf = sdk.messages.count_tokens(model=FLASH, messages=[{"role": "user", "content": [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}},
+        {"type": "text", "text": EASY}]}])
+    # the page text is counted (about 220 tokens), not the base64 (about 1,000)
+    assert short.input_tokens + 150 < with_pdf.input_tokens < short.input_tokens + 600
     assert standin.state.requests == []
     with pytest.raises(anthropic.BadRequestError) as err:
         sdk.messages.count_tokens(model=FLASH, messages=[])
