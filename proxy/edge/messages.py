@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.edge.chat import ChatRequest, parse_chat_request
@@ -69,9 +69,12 @@ IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
 @dataclass
 class MessagesRequest(ChatRequest):
-    """A chat request plus the id the Anthropic message will carry."""
+    """A chat request plus the id the Anthropic message will carry, and where each document came from."""
 
     message_id: str = ""
+    # The documents path names a failing part by its chat position (``messages[2].content[0].file``); this maps
+    # that to the client's own (``messages.1.content.0.source``), see :func:`client_paths`.
+    document_paths: dict[str, str] = field(default_factory=dict)
 
 
 def _bad(where: str, problem: str) -> BadRequest:
@@ -125,9 +128,10 @@ def _document(block: dict[str, Any], where: str) -> dict[str, Any]:
             raise _bad(f"{where}.source.media_type", "must be 'application/pdf' for a base64 document")
         data = _str(source, "data", f"{where}.source", empty=False)
         return {"type": "file", "file": {"filename": title or "document.pdf",
-                                         "file_data": f"data:application/pdf;base64,{data}"}}
+                                         "file_data": f"data:application/pdf;base64,{data}"}, "where": where}
     if kind == "file":  # a file uploaded to this proxy (POST /v1/files)
-        return {"type": "file", "file": {"file_id": _str(source, "file_id", f"{where}.source", empty=False)}}
+        return {"type": "file", "file": {"file_id": _str(source, "file_id", f"{where}.source", empty=False)},
+                "where": where}
     if kind == "text":
         text = _str(source, "data", f"{where}.source")
     elif kind == "content":
@@ -251,6 +255,27 @@ def to_chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _document_paths(messages: list[dict[str, Any]]) -> dict[str, str]:
+    """Take each file part's Anthropic path off it (it must not travel on), keyed by the part's chat path."""
+    paths = {}
+    for i, message in enumerate(messages):
+        for j, part in enumerate(message["content"] if isinstance(message.get("content"), list) else []):
+            if "where" in part:
+                paths[f"messages[{i}].content[{j}].file"] = f"{part.pop('where')}.source"
+    return paths
+
+
+def client_paths(exc: ProxyError, paths: dict[str, str]) -> None:
+    """Rename a documents error's chat path to the client's path of the same document block, in place."""
+    old = exc.param or ""
+    for chat_path, own in paths.items():
+        if old.startswith(chat_path):
+            new = own + {".file_data": ".data", ".file_id": ".file_id"}.get(old[len(chat_path):], "")
+            exc.param = new
+            exc.message = exc.message.replace(old, new) if old in exc.message else f"{new}: {exc.message}"
+            return
+
+
 # --- tools and parameters --------------------------------------------------------------------------------
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
@@ -354,7 +379,9 @@ def parse_messages_request(body: Any, *, limit_messages: int | None, limit_conte
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise _bad("model", "Field required (a string)")
     params, dropped = _params(body, counting=counting)
-    chat_body: dict[str, Any] = {"model": body["model"], "messages": to_chat_messages(body), **params}
+    messages = to_chat_messages(body)
+    paths = _document_paths(messages)
+    chat_body: dict[str, Any] = {"model": body["model"], "messages": messages, **params}
     if not counting and body.get("stream") is not None:
         if not isinstance(body["stream"], bool):
             raise _bad("stream", "must be true or false")
@@ -367,4 +394,4 @@ def parse_messages_request(body: Any, *, limit_messages: int | None, limit_conte
             exc.message = f"{exc.param}: {exc.message}"
         raise
     return MessagesRequest(chat.model, chat.messages, chat.stream, chat.params, chat.files, dropped,
-                           message_id=f"msg_{uuid.uuid4().hex}")
+                           message_id=f"msg_{uuid.uuid4().hex}", document_paths=paths)

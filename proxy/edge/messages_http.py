@@ -13,6 +13,7 @@ dialect, and no error path under /v1/messages can be missed. Successful answers 
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -21,21 +22,36 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.edge.chat import ChatRequest
-from proxy.edge.messages import ANTHROPIC_NAME, MessagesRequest, parse_messages_request
+from proxy.edge.messages import ANTHROPIC_NAME, MessagesRequest, client_paths, parse_messages_request
 from proxy.edge.messages_reply import MessagesStream, error_body, from_openai_error, render_message
 from proxy.edge.routes import ChatHandler, StreamFormat, read_json
+from proxy.errors import ProxyError
 from proxy.services import services
 from proxy.upstream.tokens import count_input_tokens
 
 PREFIX = "/v1/messages"
 
 
+# The document paths of the request being handled: set by ``parse``, read when an error leaves ``chat``. A context
+# variable, because ChatHandler.chat keeps the parsed request to itself and one handler serves many requests.
+_DOCUMENT_PATHS: ContextVar[dict[str, str]] = ContextVar("document_paths", default={})
+
+
 class MessagesHandler(ChatHandler):
     endpoint = "messages"
 
     def parse(self, body: Any) -> ChatRequest:
-        return parse_messages_request(body, limit_messages=self.settings.server.limit_messages,
-                                      limit_content_chars=self.settings.server.limit_content_chars)
+        req = parse_messages_request(body, limit_messages=self.settings.server.limit_messages,
+                                     limit_content_chars=self.settings.server.limit_content_chars)
+        _DOCUMENT_PATHS.set(req.document_paths)
+        return req
+
+    async def chat(self, request: Request) -> Response:
+        try:
+            return await super().chat(request)
+        except ProxyError as exc:  # a documents error names the chat position; say the client's
+            client_paths(exc, _DOCUMENT_PATHS.get())
+            raise
 
     def render(self, chat: ChatRequest, completion: dict[str, Any]) -> dict[str, Any]:
         assert isinstance(chat, MessagesRequest)
@@ -60,7 +76,11 @@ class MessagesHandler(ChatHandler):
         target = state.decider.resolve(chat.model)
         messages = chat.messages
         if chat.files:
-            messages, _ = await state.documents.expand(request, chat)
+            try:
+                messages, _ = await state.documents.expand(request, chat)
+            except ProxyError as exc:
+                client_paths(exc, chat.document_paths)
+                raise
         decision = await state.decider.decide(target, state.decider.texts(chat.messages))
         model = settings.models.model(decision.tier)
         count = await run_in_threadpool(count_input_tokens, model.model, messages, chat.params.get("tools"))

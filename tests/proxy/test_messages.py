@@ -303,6 +303,23 @@ def test_sdk_raises_bad_request_error_and_the_server_keeps_serving(proxy: Runnin
     assert sdk.messages.create(model=FLASH, max_tokens=8, messages=[{"role": "user", "content": EASY}]).content
 
 
+
+def test_document_errors_name_the_clients_block_not_the_translated_one(proxy: RunningProxy,
+                                                                       standin: StandInServer) -> None:
+    sdk = client(proxy)
+    ask = {"role": "user", "content": "Hello."}
+    reply = {"role": "assistant", "content": "Hi."}
+    bad_pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "%%%"}}
+    with pytest.raises(anthropic.BadRequestError) as err:
+        sdk.messages.create(model=FLASH, max_tokens=8, system="Be brief.", messages=[  # type: ignore[list-item]
+            ask, reply, {"role": "user", "content": [{"type": "text", "text": "Read:"}, bad_pdf]}])
+    assert err.value.body["error"]["message"].startswith("messages.2.content.1.source.data: ")  # type: ignore[index]
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        sdk.messages.count_tokens(model=FLASH, messages=[{"role": "user", "content": [  # type: ignore[list-item]
+            {"type": "document", "source": {"type": "file", "file_id": "file-nope"}}]}])
+    assert missing.value.body["error"]["message"].startswith("messages.0.content.0.source: ")  # type: ignore[index]
+    assert standin.state.requests == []
+
 def test_unknown_model_is_a_not_found_error(proxy: RunningProxy, standin: StandInServer) -> None:
     with pytest.raises(anthropic.NotFoundError) as err:
         client(proxy).messages.create(model="claude-unknown-9", max_tokens=8,
