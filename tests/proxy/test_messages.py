@@ -12,10 +12,13 @@ from typing import Any
 
 import anthropic
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from tests.conftest import ROOT, RunningProxy
 from tests.proxy.pdfs import pdf_with_pages
+from tests.proxy.test_fuzz import FUZZ, _dumps, junk, text
 from tests.standin import Fault, StandInServer
 
 EASY = "What is the capital of France?"
@@ -484,3 +487,46 @@ def test_claude_codes_environment_from_the_docs_reaches_the_router(make_proxy: A
         raw = sdk.messages.with_raw_response.create(model=model, max_tokens=32, extra_headers=CLAUDE_CODE_HEADERS,
                                                     messages=[{"role": "user", "content": EASY}])
         assert raw.headers["x-route-llm-tier"] in ("weak", "strong") and raw.parse().content
+
+
+# --- fuzzing over the socket ---------------------------------------------------------------------------
+
+block = st.one_of(
+    st.fixed_dictionaries({"type": st.just("text"), "text": text}, optional={"cache_control": junk}),
+    st.fixed_dictionaries({"type": st.sampled_from(["text", "image", "document", "tool_use", "tool_result",
+                                                    "thinking", "redacted_thinking", "search_result"])},
+                          optional={"text": junk, "source": st.one_of(junk, st.fixed_dictionaries(
+                              {"type": st.sampled_from(["base64", "url", "text", "content", "file"])},
+                              optional={"media_type": st.one_of(text, st.sampled_from(["image/png",
+                                                                                       "application/pdf"])),
+                                        "data": st.one_of(text, junk), "url": text, "file_id": text})),
+                                    "id": text, "name": text, "input": junk, "tool_use_id": text, "content": junk,
+                                    "is_error": junk}),
+    junk,
+)
+anthropic_message = st.fixed_dictionaries({"role": st.one_of(st.sampled_from(["user", "assistant"]), junk)},
+                                          optional={"content": st.one_of(text, st.lists(block, max_size=3), junk)})
+messages_body = st.fixed_dictionaries(
+    {"model": st.one_of(st.sampled_from(["auto", FLASH, "router-bert-0.5", "claude-x"]), junk),
+     "messages": st.one_of(st.lists(anthropic_message, min_size=1, max_size=3), junk)},
+    optional={"max_tokens": st.one_of(st.integers(1, 64), junk), "system": st.one_of(text, st.lists(block, max_size=2),
+                                                                                      junk),
+              "stream": st.one_of(st.booleans(), junk), "tools": junk, "tool_choice": junk,
+              "stop_sequences": junk, "temperature": junk, "top_p": junk, "top_k": junk, "thinking": junk,
+              "metadata": junk, "output_config": junk})
+
+
+@FUZZ
+@given(body=messages_body)
+@example(body={"model": "auto", "max_tokens": 8, "messages": [{"role": "assistant", "content": []}]})
+@example(body={"model": "auto", "max_tokens": 8, "messages": [{"role": "user", "content": [
+    {"type": "tool_result", "tool_use_id": "never-called", "content": "x"}]}]})
+def test_messages_never_5xx_and_always_answer_in_anthropics_shape(proxy: RunningProxy, standin: StandInServer,
+                                                                  body: Any) -> None:
+    with proxy.http() as http:
+        r = http.post("/v1/messages", content=_dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code < 500, (r.status_code, r.text[:500])
+    if r.status_code >= 400:
+        error = r.json()
+        assert error["type"] == "error" and set(error["error"]) == {"type", "message"}, error
+        assert error["error"]["message"]
