@@ -226,6 +226,10 @@ def test_bad_key_is_an_authentication_error(make_proxy: Any, standin: StandInSer
         for path in ("/v1/messages", "/v1/messages/count_tokens"):
             r = http.post(path, json={"model": FLASH, "messages": [{"role": "user", "content": EASY}]})
             assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        both = http.post("/v1/messages", json={"model": FLASH, "max_tokens": 8, "messages": [
+            {"role": "user", "content": EASY}]}, headers={"x-api-key": "sk-proxy-1", "authorization": "Bearer wrong"})
+        assert both.status_code == 401  # Authorization, when sent, is the header checked
+        assert "x-api-key" in r.json()["error"]["message"]
     assert client(proxy, api_key="sk-proxy-1").messages.create(
         model=FLASH, max_tokens=8, messages=[{"role": "user", "content": EASY}]).type == "message"
     assert standin.state.requests and all("sk-proxy-1" not in json.dumps(r.headers) for r in standin.state.requests)
