@@ -355,6 +355,11 @@ def test_upstream_fault_is_the_sdks_status_error_without_internals(make_proxy: A
     with pytest.raises(anthropic.InternalServerError) as err5:
         client(proxy).messages.create(model=FLASH, max_tokens=8, messages=[{"role": "user", "content": EASY}])
     assert err5.value.status_code == 502 and err5.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    standin.state.faults.append(Fault("status", status=503))  # a stream that fails before its first byte
+    with pytest.raises(anthropic.ServiceUnavailableError):
+        with client(proxy).messages.stream(model=FLASH, max_tokens=8,
+                                           messages=[{"role": "user", "content": EASY}]) as stream:
+            list(stream)
 
 
 def test_midstream_failure_is_an_anthropic_error_event(proxy: RunningProxy, standin: StandInServer) -> None:
