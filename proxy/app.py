@@ -31,6 +31,7 @@ from proxy.edge.admin_spend import admin_spend, admin_spend_reset
 from proxy.edge import stored
 from proxy.edge.feedback import post_feedback
 from proxy.edge.guard import GuardMiddleware
+from proxy.edge.messages_http import AnthropicEdge, MessagesHandler
 from proxy.edge.responses import ResponsesHandler
 from proxy.edge.routes import (
     ChatHandler,
@@ -73,6 +74,7 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
     """Build the proxy. ``router`` may be passed in (tests share one); otherwise it is loaded at start-up."""
     chat = ChatHandler(settings)
     responses = ResponsesHandler(settings)
+    messages = MessagesHandler(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -146,6 +148,8 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         Route("/v1/chat/completions", chat.chat, methods=["POST"]),
         Route("/v1/responses", responses.chat, methods=["POST"]),
         *stored.routes(),
+        Route("/v1/messages", messages.chat, methods=["POST"]),
+        Route("/v1/messages/count_tokens", messages.count_tokens, methods=["POST"]),
         Route("/v1/route", route_only, methods=["POST"]),
         Route("/v1/feedback", post_feedback, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
@@ -160,7 +164,9 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(PinMiddleware), Middleware(GuardMiddleware, settings=settings)],
+        # AnthropicEdge first (outermost): it renders the guard's refusals on /v1/messages in Anthropic's shape.
+        middleware=[Middleware(AnthropicEdge), Middleware(PinMiddleware),
+                    Middleware(GuardMiddleware, settings=settings)],
         exception_handlers={ProxyError: handle_proxy_error, HTTPException: handle_http_exception,
                             StorageUnavailable: _storage_unavailable, Exception: handle_unexpected},
         lifespan=lifespan,
