@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy import __version__, metrics
+from proxy import __version__, metrics, tracing
 from proxy.documents.service import DocumentService
 from proxy.edge.feedback import post_feedback
 from proxy.edge.guard import GuardMiddleware
@@ -67,11 +67,14 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
     """Build the proxy. ``router`` may be passed in (tests share one); otherwise it is loaded at start-up."""
     chat = ChatHandler(settings)
     responses = ResponsesHandler(settings)
+    traces = tracing.Tracing.from_env()  # None unless an OTLP endpoint is set (docs/observability.md)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         started = time.time()
         ready = asyncio.Event()
+        if traces is not None:
+            traces.start()  # here, in each worker process: its own exporter thread
         model_dir = Path(settings.router.model_dir) if settings.router.model_dir else None
         the_router = router or Router.load(model_dir, threads=settings.router.threads)
         decider = Decider(settings, the_router)
@@ -120,6 +123,8 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
                 if records is not None:
                     records.close()
                 databases.close()
+                if traces is not None:
+                    traces.stop()
 
     routes = [
         Route("/v1/chat/completions", chat.chat, methods=["POST"]),
@@ -136,7 +141,8 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(PinMiddleware), Middleware(GuardMiddleware, settings=settings)],
+        middleware=[*([Middleware(tracing.TracingMiddleware, tracing=traces)] if traces is not None else []),
+                    Middleware(PinMiddleware), Middleware(GuardMiddleware, settings=settings)],
         exception_handlers={ProxyError: handle_proxy_error, HTTPException: handle_http_exception,
                             StorageUnavailable: _storage_unavailable, Exception: handle_unexpected},
         lifespan=lifespan,

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from proxy import metrics
+from proxy import metrics, tracing
 from proxy.edge import shape
 from proxy.edge.chat import ChatRequest, parse_chat_request
 from proxy.edge.guard import Life
@@ -145,7 +145,9 @@ class ChatHandler:
         return sorted({*o.dropped, *(self.param_name(name) for name in by_model)})
 
     def record(self, o: Outcome) -> None:
-        self.accounting.record(o, endpoint=self.endpoint, dropped=self._dropped(o))
+        with tracing.span("route_llm.record"):
+            self.accounting.record(o, endpoint=self.endpoint, dropped=self._dropped(o))
+        tracing.outcome(o, self._served_model(o.served_tier) if o.served_tier is not None else None)
 
     @staticmethod
     def _status_of(exc: ProxyError) -> str:
@@ -173,10 +175,13 @@ class ChatHandler:
             messages = chat.messages
             extra_headers: dict[str, str] = {}
             if chat.files:
-                messages, extra_headers = await state.documents.expand(request, chat)
+                with tracing.span("route_llm.documents", **{"route_llm.documents.count": len(chat.files)}):
+                    messages, extra_headers = await state.documents.expand(request, chat)
             if self.settings.server.log_prompts:
                 o.prompt = texts[-1]
-            o.decision = decision = await state.decider.decide(target, texts)
+            with tracing.span("route_llm.route", **{"route_llm.requested_model": target.requested}) as traced:
+                o.decision = decision = await state.decider.decide(target, texts)
+                traced.routed(decision, state.router_version)
             o.attempts = attempts = Attempts(requested_tier=decision.tier)
             if chat.stream:
                 response = await self._stream(state, request, chat, messages, o, extra_headers)

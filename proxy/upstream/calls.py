@@ -22,6 +22,7 @@ import litellm
 from litellm import exceptions as llm_errors
 from litellm.llms.base_llm.chat.transformation import BaseLLMException
 
+from proxy import tracing
 from proxy.errors import BadRequest, ProxyError, RateLimited, UpstreamError, UpstreamNotConfigured
 from proxy.settings import Fallback, ModelSettings, Settings
 from proxy.upstream import lean
@@ -262,15 +263,18 @@ class Upstream:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
+                traced = tracing.attempt(m, t.name, number=n, fallback=i > 0)
                 try:
                     # LiteLLM gets the model's fixed timeout: it caches one HTTP client per timeout value, so
                     # passing the shrinking ``remaining`` opened a new client and connection on every call.
                     # The overall deadline is enforced here instead.
                     result = await asyncio.wait_for(call(m, m.timeout), min(m.timeout, remaining))
                 except asyncio.CancelledError:
+                    traced.end("cancelled")
                     raise
                 except Exception as exc:  # classified below; unknown errors are not retried
                     last, last_model = _classify(exc), m.name
+                    traced.end(last.reason, getattr(exc, "status_code", None))
                     attempts.errors.append((t, last.reason))
                     if not last.retryable:
                         # The request itself is wrong: another model won't help. A local failure may also be an
@@ -285,6 +289,7 @@ class Upstream:
                             pause = min(self.up.backoff_max, last.retry_after)
                         await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
                     continue
+                traced.end("ok", 200)
                 attempts.served_tier = t
                 return result
         if last is None:
