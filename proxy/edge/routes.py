@@ -201,6 +201,7 @@ class ChatHandler:
             if o.target is None and isinstance(body, dict):
                 o.requested = self._requested_label(state, body.get("model"))
             o.status, o.http_status = self._status_of(exc), exc.status_code
+            o.error_reason = exc.code or exc.type
             exc.headers = {**self._headers(o), **exc.headers}
             raise
         finally:
@@ -254,7 +255,7 @@ class ChatHandler:
                 if line := event(chunk):
                     yield line
         except Exception as exc:  # after the first byte the status is sent: report in-band, then end
-            o.status = "upstream_error"
+            o.status, o.error_reason = "upstream_error", "stream_broken"
             log.warning("stream from %s broke after the first chunk: %s", model_name, exc)
             err = UpstreamError(f"upstream {model_name} failed mid-stream: {client_message(exc, 300)}",
                                 reason="stream_broken")
