@@ -215,7 +215,8 @@ class Tracing:
 
         from proxy import __version__
 
-        resource = Resource.create({"service.version": __version__})
+        # process.pid: which worker of a `serve --workers N` server a span came from.
+        resource = Resource.create({"service.version": __version__, "process.pid": os.getpid()})
         if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
             resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
         self.provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER

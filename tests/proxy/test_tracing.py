@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import os
 import subprocess
 import sys
 import threading
@@ -28,9 +29,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from proxy import tracing
 from proxy.settings import settings_from_dict
 from router import Router
-from tests.conftest import ROOT, RunningProxy, base_config, start_proxy, stop_proxy, wait_until
+from tests.conftest import ROOT, ClientThread, RunningProxy, base_config, start_proxy, stop_proxy, wait_until
 from tests.proxy.pdfs import pdf_with_pages
-from tests.standin import Fault, StandInServer
+from tests.standin import Fault, StandInServer, free_port
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -46,6 +47,7 @@ class Received:
     status: int
     attributes: dict[str, Any]
     service: str
+    pid: int
 
 
 def _value(v: Any) -> Any:
@@ -96,7 +98,7 @@ class Receiver:
                         self.spans.append(Received(
                             s.name, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), s.kind,
                             s.status.code, {a.key: _value(a.value) for a in s.attributes},
-                            str(resource.get("service.name"))))
+                            str(resource.get("service.name")), int(resource.get("process.pid") or 0)))
 
     def request_spans(self, request_id: str) -> list[Received]:
         """Every span of the trace whose SERVER span carries ``request_id`` (empty until that span arrived)."""
@@ -170,6 +172,21 @@ def test_a_routed_request_with_a_fallback_arrives_as_one_trace_under_the_clients
                                ("gemini/gemini-1.5-pro", True, False, "server_error", 500)]
     failed = [s for s in attempts if s.attributes["route_llm.upstream.outcome"] != "ok"]
     assert all(s.status == 2 and s.attributes["error.type"] == "server_error" for s in failed)  # STATUS_CODE_ERROR
+
+
+def test_a_streamed_answer_is_one_span_that_ends_with_the_stream(traced: tuple[RunningProxy, Receiver],
+                                                                  standin: StandInServer) -> None:
+    proxy, receiver = traced
+    stream = proxy.client().chat.completions.with_raw_response.create(
+        model="auto-cheap", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True})
+    rid = stream.headers["x-request-id"]
+    usage = [chunk.usage for chunk in stream.parse() if chunk.usage][-1]
+    wait_until(lambda: any(s.name == "route_llm.record" for s in receiver.request_spans(rid)),
+               "the streamed request's spans", timeout=30)
+    server = _one(receiver.request_spans(rid), "POST /v1/chat/completions")
+    assert server.attributes["gen_ai.usage.output_tokens"] == usage.completion_tokens > 0
+    assert server.attributes["route_llm.status"] == "ok" and server.attributes["route_llm.tier"] == "weak"
 
 
 BAD_TRACEPARENTS = [
@@ -263,3 +280,51 @@ def test_an_endpoint_without_the_extra_warns_and_serves_untraced(monkeypatch: py
     with caplog.at_level("WARNING", logger="route_llm"):
         assert tracing.Tracing.from_env() is None
     assert "pip install 'route-llm[otel]'" in caplog.text
+
+
+def test_each_worker_process_exports_its_own_spans(tmp_path: Path, standin: StandInServer) -> None:
+    """`serve --workers 2`: every worker sets its exporter up in its own lifespan, so both workers' requests arrive
+    (told apart by the resource's process.pid), and the spans still queued at shutdown are sent."""
+    import httpx
+    import yaml
+
+    receiver = Receiver()
+    cfg = base_config(tmp_path, upstream={"warmup": False})
+    for tier in ("weak", "strong"):
+        cfg["models"][tier].update(api_base=standin.base_url, api_key="test-upstream-key")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PROMETHEUS_MULTIPROC_DIR"))}
+    env.update(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="50",
+               OTEL_SERVICE_NAME="route-llm-workers", LITELLM_LOCAL_MODEL_COST_MAP="True")
+    port, log = free_port(), tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("route-llm")), "serve", "--config",
+                                 str(tmp_path / "config.yaml"), "--port", str(port), "--workers", "2"],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: log.read_text(errors="replace").count("route-llm worker loaded") == 2,
+                   "both workers loaded", timeout=180, processes=[proc], log=log)
+
+        def pids() -> set[int]:
+            with receiver.lock:
+                return {s.pid for s in receiver.spans if s.name == "POST /v1/chat/completions"}
+
+        def send() -> None:
+            for i in range(200):  # new connections, until both workers have answered some
+                if len(pids()) >= 2:
+                    return
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+                    r = http.post("/v1/chat/completions", json={
+                        "model": "auto", "messages": [{"role": "user", "content": f"question {i}"}]})
+                    assert r.status_code == 200, r.text
+
+        clients = [ClientThread(send) for _ in range(3)]
+        for c in clients:
+            c.start()
+        wait_until(lambda: len(pids()) >= 2, "spans from both worker processes", timeout=120, clients=clients,
+                   processes=[proc], log=log)
+        assert {s.service for s in receiver.spans} == {"route-llm-workers"} and proc.pid not in pids()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        receiver.server.shutdown()
