@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def test_every_source_gets_its_pictures_and_they_are_not_blank(tmp_path: Path) -
     assert sorted(p.name for p in written) == ["deferral_gsm8k.png", "deferral_mmlu.png", "scores_arena.png",
                                                "scores_gsm8k.png", "scores_mmlu.png"]
     for path in written:
-        pixels = matplotlib.image.imread(path)[..., :3]
+        pixels = matplotlib.image.imread(path)[..., :3]  # matplotlib.image: loaded by write_plots
         assert pixels.shape[0] > 200 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20, path.name
 
 
@@ -50,9 +51,29 @@ def test_the_curve_drawn_is_the_one_apgr_integrates(tmp_path: Path) -> None:
     fig, ax = plt.subplots()
     deferral_curve(ax, rows, scores, "gsm8k")
     picked = [i for i, r in enumerate(rows) if r.source == "gsm8k"]
-    expected = routing_curve([scores["router"][i] for i in picked], [rows[i].weak for i in picked],  # type: ignore[misc]
-                             [rows[i].strong for i in picked])  # type: ignore[misc]
+    weak = [rows[i].weak or 0.0 for i in picked]
+    strong = [rows[i].strong or 0.0 for i in picked]
+    expected = routing_curve([scores["router"][i] for i in picked], weak, strong)
     labels = [line.get_label() for line in ax.get_lines()]
     plt.close(fig)
     assert f"router (APGR {expected.apgr:.3f})" in labels and "random (APGR 0.500)" in labels
     assert expected.apgr > 0.6  # the synthetic router knows, so a broken curve cannot pass by accident
+
+
+def test_the_evaluation_script_draws_every_source_it_has(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """scripts/evaluate_router.py --plot end to end: the shipped router and the length baseline on tiny MMLU and
+    GSM8K files (the TF-IDF baseline needs scikit-learn and is left out here)."""
+    from tests.training import script_main
+    from tests.training.test_crossval import _line, _own_sets
+
+    lines = [_line(i, f"subject {s} item {i}", "mmlu", f"s{s}") for s in range(10) for i in range(6)]
+    lines += [_line(i, f"word problem {i}", "gsm8k", "gsm8k") for i in range(40)]
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    script_main("evaluate_router")(["--data-dir", str(data_dir), "--no-tfidf", "--threads", "1",
+                                    "--eval-sets", str(_own_sets(tmp_path / "sets")), "--plot", str(tmp_path / "p")])
+    assert "plots in" in capsys.readouterr().out
+    names = sorted(p.name for p in (tmp_path / "p").iterdir())
+    sources = {n.split("_", 1)[1][:-4] for n in names}
+    assert sources and all(f"scores_{s}.png" in names and f"deferral_{s}.png" in names for s in sources)
