@@ -134,7 +134,8 @@ class Span(NoSpan):
         from opentelemetry.trace import Status, StatusCode
 
         self.set("route_llm.upstream.outcome", outcome)
-        self.set("http.response.status_code", status)
+        if isinstance(status, int):  # a LiteLLM error's status_code is not always one
+            self.set("http.response.status_code", status)
         if outcome != "ok":
             self.set("error.type", outcome)
             self._span.set_status(Status(StatusCode.ERROR, outcome))
