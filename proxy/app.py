@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy import __version__, metrics
+from proxy import __version__, metrics, tracing
 from proxy.documents.service import DocumentService
 from proxy.edge.admin_spend import admin_spend, admin_spend_reset
 from proxy.edge import stored
@@ -75,11 +75,14 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
     chat = ChatHandler(settings)
     responses = ResponsesHandler(settings)
     messages = MessagesHandler(settings)
+    traces = tracing.Tracing.from_env()  # None unless an OTLP endpoint is set (docs/observability.md)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         started = time.time()
         ready = asyncio.Event()
+        if traces is not None:
+            traces.start()  # here, in each worker process: its own exporter thread
         model_dir = Path(settings.router.model_dir) if settings.router.model_dir else None
         the_router = router or Router.load(model_dir, threads=settings.router.threads)
         decider = Decider(settings, the_router)
@@ -143,6 +146,8 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
                 if stored_responses is not None:
                     stored_responses.close()
                 databases.close()
+                if traces is not None:
+                    traces.stop()
 
     routes = [
         Route("/v1/chat/completions", chat.chat, methods=["POST"]),
@@ -164,8 +169,10 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
     ]
     return Starlette(
         routes=routes,
-        # AnthropicEdge first (outermost): it renders the guard's refusals on /v1/messages in Anthropic's shape.
-        middleware=[Middleware(AnthropicEdge), Middleware(PinMiddleware),
+        # Tracing outermost (the request span covers everything), then AnthropicEdge: it renders the guard's
+        # refusals on /v1/messages in Anthropic's shape.
+        middleware=[*([Middleware(tracing.TracingMiddleware, tracing=traces)] if traces is not None else []),
+                    Middleware(AnthropicEdge), Middleware(PinMiddleware),
                     Middleware(GuardMiddleware, settings=settings)],
         exception_handlers={ProxyError: handle_proxy_error, HTTPException: handle_http_exception,
                             StorageUnavailable: _storage_unavailable, Exception: handle_unexpected},

@@ -434,6 +434,64 @@ def calibrate_cmd(prompts_path: str, strong_share: float, model_dir: str | None)
     click.echo(f"# put `threshold: {result.threshold:.4f}` under router: (or an alias) in config.yaml", err=True)
 
 
+def _open_records(settings: Settings | None, store_dir: str | None) -> Any:
+    """The decision records' database: ``store_dir``'s SQLite file, else the one ``settings`` name (Postgres
+    or SQLite). A missing SQLite file is an error rather than a new empty store."""
+    from proxy.state.database import RECORDS_FILE, PostgresDatabase, SqliteDatabase
+
+    if settings is not None and not settings.storage_url().startswith("sqlite:///"):
+        return PostgresDatabase(settings.storage_url(), timeout_connect=settings.storage.timeout_connect)
+    path = (Path(store_dir) if store_dir else settings.feedback_dir()) / RECORDS_FILE  # type: ignore[union-attr]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no feedback store here (feedback.storage_dir / storage.url / "
+                                "documents.storage_dir)")
+    return SqliteDatabase(path)
+
+
+@main.command("report")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config.yaml naming the store and tiers")
+@click.option("--since", default="7d", show_default=True, help="the window, back from now: 7d, 36h, 90m, 2w")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, allow_dash=True), default="report.html",
+              show_default=True, help="the HTML file to write (- for stdout)")
+@click.option("--model-dir", type=click.Path(file_okay=False), default=None,
+              help="the router whose score scale the cut points are drawn on (default: the shipped one)")
+def report_cmd(config_path: str | None, since: str, out_path: str, model_dir: str | None) -> None:
+    """Write a self-contained HTML page of the window's requests, scores, cost, ratings and errors."""
+    import sqlite3
+
+    from proxy.report import Inputs, ReportError, parse_since, render
+    from proxy.routing.decider import policy_for
+    from proxy.state.database import StorageUnavailable
+    from proxy.state.records import read_decisions, read_feedback
+    from proxy.upstream.pricing import prices_of
+
+    settings = _load(config_path)
+    try:
+        window = parse_since(since)
+    except ReportError as exc:
+        click.echo(f"route-llm report: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    until = time.time()
+    try:
+        db = _open_records(settings, None)
+        try:
+            records = read_decisions(db, until - window)
+            ratings = [f for f in read_feedback(db) if f.created_at >= until - window]
+        finally:
+            db.close()
+    except (OSError, StorageUnavailable, sqlite3.Error) as exc:
+        click.echo(f"route-llm report: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    tiers = settings.models.tiers
+    cuts = policy_for(settings.router, len(tiers), _router(model_dir).meta.quantiles).cuts
+    page = render(Inputs(records=records, ratings=ratings, tiers=[t.name for t in tiers],
+                         prices=prices_of(settings.models.entries), cuts=cuts, since=until - window, until=until))
+    with click.open_file(out_path, "w", encoding="utf-8") as out:
+        out.write(page)
+    click.echo(f"route-llm report: {len(records)} requests and {len(ratings)} ratings since {since} ago -> {out_path}",
+               err=True)
+
+
 @main.group("feedback")
 def feedback_group() -> None:
     """Ratings clients sent through POST /v1/feedback."""
@@ -454,7 +512,7 @@ def feedback_export_cmd(config_path: str | None, store_dir: str | None, out_path
     """Write stored ratings as training rows {"prompt", "weak_score", "strong_score"} (see the README's mapping)."""
     import sqlite3
 
-    from proxy.state.database import RECORDS_FILE, Database, PostgresDatabase, SqliteDatabase, StorageUnavailable
+    from proxy.state.database import StorageUnavailable
     from proxy.state.feedback_export import export_rows
     from proxy.state.records import read_feedback
 
@@ -467,16 +525,8 @@ def feedback_export_cmd(config_path: str | None, store_dir: str | None, out_path
             sys.exit(EXIT_CONFIG)
     else:
         tiers = [t.name for t in (settings or _load(config_path)).models.tiers]
-    db: Database
     try:
-        if settings is not None and not settings.storage_url().startswith("sqlite:///"):
-            db = PostgresDatabase(settings.storage_url(), timeout_connect=settings.storage.timeout_connect)
-        else:
-            path = (Path(store_dir) if store_dir else settings.feedback_dir()) / RECORDS_FILE  # type: ignore[union-attr]
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: no feedback store here (feedback.storage_dir / storage.url / "
-                                        "documents.storage_dir)")
-            db = SqliteDatabase(path)
+        db = _open_records(settings, store_dir)
         try:
             ratings = list(read_feedback(db))
         finally:

@@ -8,6 +8,9 @@ previous shipped model, from ``git show``) to the tables; a model is only worth 
 source.
 
     python scripts/evaluate_router.py --data-dir ../shared/data/router --json runs/eval.json
+
+``--plot DIR`` also draws, per source, the deferral curves of the router and the baselines and the router's score
+histogram (:mod:`training.plots`; matplotlib, in the ``train`` extra).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 
 from router import Router
+from router.policy import TierPolicy
 from training import data, evalsets, evaluate
 
 
@@ -30,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-tfidf", action="store_true", help="skip the TF-IDF baseline (about a minute)")
     p.add_argument("--json", type=Path, help="write every metric (APGR, CPT50, AUROC per source) here")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--plot", type=Path, help="write deferral curves and score histograms per source (PNG) here")
     p.add_argument(
         "--eval-sets", type=Path, default=evalsets.DEFAULT_DIR, help="folder of documents.jsonl and languages.jsonl"
     )
@@ -44,15 +49,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     results = {}
     scorers: dict[str, evaluate.Scorer] = {}
+    scores: dict[str, list[float]] = {}
+    cut = None
     for name, directory in [("router", args.model_dir), *((str(d.name), d) for d in args.compare)]:
         t0 = time.time()
-        scorers[name] = Router.load(directory, threads=args.threads).score
-        results[name] = evaluate.per_source(val, scorers[name](prompts))
+        loaded = Router.load(directory, threads=args.threads)
+        if cut is None:  # the cut the shipped default (30% strong) puts on the first model's scores
+            cut = TierPolicy.from_shares(loaded.meta.quantiles, (0.7, 0.3)).cuts[0]
+        scorers[name] = loaded.score
+        scores[name] = list(scorers[name](prompts))
+        results[name] = evaluate.per_source(val, scores[name])
         print(f"scored with {directory or 'the shipped model'} in {time.time() - t0:.0f}s")
-    results["length"] = evaluate.per_source(val, evaluate.length_scores(prompts))
+    scores["length"] = list(evaluate.length_scores(prompts))
+    results["length"] = evaluate.per_source(val, scores["length"])
     if not args.no_tfidf:
         scorers["tfidf_lr"] = evaluate.tfidf_scorer([r for r in rows if not r.val])
-        results["tfidf_lr"] = evaluate.per_source(val, scorers["tfidf_lr"](prompts))
+        scores["tfidf_lr"] = list(scorers["tfidf_lr"](prompts))
+        results["tfidf_lr"] = evaluate.per_source(val, scores["tfidf_lr"])
+    if args.plot:
+        from training.plots import write_plots  # matplotlib: only when pictures are asked for
+
+        written = write_plots(args.plot, val, scores, cut=cut)
+        print(f"{len(written)} plots in {args.plot}")
     results["random"] = {s: {"apgr": 0.5, "cpt50": 0.5, "auroc": 0.5} for s in data.LABELLED}
     print("APGR per source (math: Spearman of score with level; arena/chat@30%: share sent strong at the")
     print("threshold that sends 30% of the mixture strong):")

@@ -27,7 +27,7 @@ from typing import IO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy import metrics
+from proxy import metrics, tracing
 from proxy.edge.limits import LimitStoreDown, make_limiter
 from proxy.errors import (
     Overloaded,
@@ -297,7 +297,8 @@ class GuardMiddleware:
             if self._has_body(scope):
                 self._take(who, arriving=True)
                 try:
-                    body = await self._read_body(scope, receive, life)
+                    with tracing.span("route_llm.read_body"):
+                        body = await self._read_body(scope, receive, life)
                 finally:
                     self._give(who, arriving=True)
                 if body is None:

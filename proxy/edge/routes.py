@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from proxy import metrics
+from proxy import metrics, tracing
 from proxy.edge import shape
 from proxy.edge.chat import ChatRequest, parse_chat_request
 from proxy.edge.guard import Life
@@ -168,7 +168,9 @@ class ChatHandler:
         return sorted({*o.dropped, *(self.param_name(name) for name in by_model)})
 
     def record(self, o: Outcome) -> None:
-        self.accounting.record(o, endpoint=self.endpoint, dropped=self._dropped(o))
+        with tracing.span("route_llm.record"):
+            self.accounting.record(o, endpoint=self.endpoint, dropped=self._dropped(o))
+        tracing.outcome(o, self._served_model(o.served_tier) if o.served_tier is not None else None)
 
     @staticmethod
     def _status_of(exc: ProxyError) -> str:
@@ -200,11 +202,14 @@ class ChatHandler:
             messages = chat.messages
             extra_headers: dict[str, str] = {}
             if chat.files:
-                messages, extra_headers = await state.documents.expand(request, chat)
+                with tracing.span("route_llm.documents", **{"route_llm.documents.count": len(chat.files)}):
+                    messages, extra_headers = await state.documents.expand(request, chat)
             if self.settings.server.log_prompts:
                 o.prompt = texts[-1]
             steer = o.budget_route.steer if o.budget_route is not None else 0.0
-            o.decision = decision = await state.decider.decide(target, texts, steer=steer)
+            with tracing.span("route_llm.route", **{"route_llm.requested_model": target.requested}) as traced:
+                o.decision = decision = await state.decider.decide(target, texts, steer=steer)
+                traced.routed(decision, state.router_version)
             o.attempts = attempts = Attempts(requested_tier=decision.tier)
             if chat.stream:
                 response = await self._stream(state, request, chat, messages, o, extra_headers)
@@ -226,6 +231,7 @@ class ChatHandler:
             if o.target is None and isinstance(body, dict):
                 o.requested = self._requested_label(state, body.get("model"))
             o.status, o.http_status = self._status_of(exc), exc.status_code
+            o.error_reason = exc.code or exc.type
             exc.headers = {**self._headers(o), **exc.headers}
             raise
         finally:
@@ -290,7 +296,7 @@ class ChatHandler:
                 if line := event(chunk):
                     yield line
         except Exception as exc:  # after the first byte the status is sent: report in-band, then end
-            o.status = "upstream_error"
+            o.status, o.error_reason = "upstream_error", "stream_broken"
             log.warning("stream from %s broke after the first chunk: %s", model_name, exc)
             err = UpstreamError(f"upstream {model_name} failed mid-stream: {client_message(exc, 300)}",
                                 reason="stream_broken")

@@ -85,13 +85,22 @@ _INDEX = "CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions (created_at)
 _OUTCOME = tuple(f"ALTER TABLE {table} ADD COLUMN {column}" for table in ("decisions", "feedback")
                  for column in ("routed INTEGER NOT NULL DEFAULT 1", "status TEXT NOT NULL DEFAULT 'ok'",
                                 "http_status INTEGER NOT NULL DEFAULT 200"))
+# Version 4 (`route-llm report`): what a request cost and why it failed. Numbered 4 because issue 28's budgets
+# take 3 on another branch; the one who merges both renumbers if needed (a gap is harmless: versions only rise).
+_ACCOUNTING = tuple(f"ALTER TABLE decisions ADD COLUMN {column}" for column in (
+    "prompt_tokens INTEGER NOT NULL DEFAULT 0", "completion_tokens INTEGER NOT NULL DEFAULT 0", "cost_usd {real}",
+    "error_reason TEXT NOT NULL DEFAULT ''"))
 _SQLITE = (Migration(1, tuple(t.format(seq="", real="REAL") for t in (_DECISIONS, _INDEX, _FEEDBACK))),
-           Migration(2, _OUTCOME))
+           Migration(2, _OUTCOME),
+           Migration(4, tuple(s.format(real="REAL") for s in _ACCOUNTING)))
 _POSTGRES = (Migration(1, tuple(t.format(seq="seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,", real="DOUBLE PRECISION")
                                 for t in (_DECISIONS, _INDEX, _FEEDBACK))),
-             Migration(2, _OUTCOME))
+             Migration(2, _OUTCOME),
+             Migration(4, tuple(s.format(real="DOUBLE PRECISION") for s in _ACCOUNTING)))
 _DECISION_COLUMNS = ("owner, request_id, created_at, alias, score, threshold, tier, model, fallback, router_error, "
                      "router_version, prompt, prompt_hash, routed, status, http_status")
+# What a record row holds; ratings copy the first part (_DECISION_COLUMNS), the report reads it all.
+_RECORD_COLUMNS = _DECISION_COLUMNS + ", prompt_tokens, completion_tokens, cost_usd, error_reason"
 _FEEDBACK_COLUMNS = ("id, owner, request_id, created_at, rating, rating_score, comment, decided_at, alias, score, "
                      "threshold, tier, model, fallback, router_version, prompt, prompt_hash, routed, status, "
                      "http_status")
@@ -127,11 +136,16 @@ class DecisionRecord:
     routed: bool = True
     status: str = "ok"
     http_status: int = 200
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None  # priced as route_llm_cost_usd_total is; None when no model answered
+    error_reason: str = ""  # the error's code (upstream: its reason, e.g. "timeout"); "" when it was answered
 
     def row(self) -> tuple[object, ...]:
         return (self.owner, self.request_id, self.created_at, self.alias, self.score, self.threshold, self.tier,
                 self.model, int(self.fallback), int(self.router_error), self.router_version, self.prompt,
-                self.prompt_hash, int(self.routed), self.status, self.http_status)
+                self.prompt_hash, int(self.routed), self.status, self.http_status, self.prompt_tokens,
+                self.completion_tokens, self.cost_usd, self.error_reason)
 
 
 @dataclass(frozen=True)
@@ -179,7 +193,7 @@ def _upsert(table: str, columns: str, key: str) -> str:
             f"ON CONFLICT ({key}) DO UPDATE SET {updates}")
 
 
-_INSERT_DECISION = _upsert("decisions", _DECISION_COLUMNS, "owner, request_id")
+_INSERT_DECISION = _upsert("decisions", _RECORD_COLUMNS, "owner, request_id")
 _INSERT_FEEDBACK = _upsert("feedback", _FEEDBACK_COLUMNS, "owner, request_id")
 
 
@@ -196,7 +210,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def from_outcome(o: Outcome, *, tier: str | None, model: str | None, text: str, owner: str, version: str,
-                 store_prompts: bool) -> DecisionRecord:
+                 store_prompts: bool, cost: float | None = None) -> DecisionRecord:
     """The record of a finished chat request: ``tier``/``model`` answered (None: no tier was chosen); the routing
     fields stay empty unless the request was routed. The prompt itself (``store_prompts``) is kept only for a
     request that reached a model: one refused before that can still be rated by its id, but a client must not
@@ -209,7 +223,9 @@ def from_outcome(o: Outcome, *, tier: str | None, model: str | None, text: str, 
                           fallback=d is not None and tier is not None and tier != d.tier.name,
                           router_error=routed and d is not None and d.failed, router_version=version if routed else "",
                           prompt=text if store_prompts and o.reached_model else None, prompt_hash=prompt_hash(text),
-                          routed=routed, status=o.status, http_status=o.http_status)
+                          routed=routed, status=o.status, http_status=o.http_status, prompt_tokens=o.prompt_tokens,
+                          completion_tokens=o.completion_tokens, cost_usd=cost,
+                          error_reason="" if o.status == "ok" else o.error_reason or o.status)
 
 
 class RecordStore:
@@ -397,3 +413,16 @@ def read_feedback(db: Database) -> Iterator[Feedback]:
                        tier=r[6], model=r[7], alias=r[8], score=r[9], threshold=r[10], fallback=bool(r[11]),
                        router_version=r[12], prompt=r[13], prompt_hash=r[14], routed=bool(r[15]), status=r[16],
                        http_status=r[17])
+
+
+def read_decisions(db: Database, since: float) -> list[DecisionRecord]:
+    """The records made at or after ``since`` (unix time), oldest first (for ``route-llm report``)."""
+    migrate(db)
+    with db.transaction() as tx:
+        rows = tx.execute(f"SELECT {_RECORD_COLUMNS} FROM decisions WHERE created_at >= ? "  # noqa: S608 (fixed)
+                          "ORDER BY created_at", (since,))
+    return [DecisionRecord(owner=r[0], request_id=r[1], created_at=r[2], alias=r[3], score=r[4], threshold=r[5],
+                           tier=r[6], model=r[7], fallback=bool(r[8]), router_error=bool(r[9]), router_version=r[10],
+                           prompt=r[11], prompt_hash=r[12], routed=bool(r[13]), status=r[14], http_status=r[15],
+                           prompt_tokens=int(r[16]), completion_tokens=int(r[17]), cost_usd=r[18],
+                           error_reason=r[19]) for r in rows]

@@ -45,6 +45,7 @@ class Outcome:
     started: float = field(default_factory=time.perf_counter)
     prompt: str | None = None
     dropped: list[str] = field(default_factory=list)  # parameters the endpoint accepts but has no use for
+    error_reason: str = ""  # the failed request's error code (ProxyError.code, or its type), for the record
     text: str = ""  # what the router judged (the last user turn; "" when the body never parsed)
     owner: str = ""  # the proxy key's owner hash ("" without keys)
     router_version: str = ""
@@ -98,6 +99,7 @@ class Accounting:
                 metrics.UPSTREAM_ERRORS.labels(self.settings.models.model(tried).name, reason).inc()
             if a.fallback and a.served_tier:
                 metrics.FALLBACKS.labels(a.requested_tier.name, a.served_tier.name).inc()
+        cost: float | None = None
         if tier is not None and o.upstream_seconds is not None:
             metrics.UPSTREAM_SECONDS.labels(model).observe(o.upstream_seconds)
             if o.first_token_seconds is not None:
@@ -136,7 +138,7 @@ class Accounting:
         if o.records is not None:  # every request the handler saw, so any x-request-id can be rated
             o.records.add(from_outcome(o, tier=tier.name if tier else None, model=model if tier else None,
                                        text=o.text, owner=o.owner, version=o.router_version,
-                                       store_prompts=self.settings.feedback.store_prompts))
+                                       store_prompts=self.settings.feedback.store_prompts, cost=cost))
 
 
 def _cuts_value(cuts: tuple[float, ...]) -> float | list[float]:

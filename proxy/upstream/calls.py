@@ -24,6 +24,7 @@ import litellm
 from litellm import exceptions as llm_errors
 from litellm.llms.base_llm.chat.transformation import BaseLLMException
 
+from proxy import tracing
 from proxy.errors import BadRequest, ProxyError, RateLimited, UpstreamError, UpstreamNotConfigured
 from proxy.settings import Fallback, ModelSettings, Settings, tier_key
 from proxy.upstream import catalog, lean
@@ -294,15 +295,18 @@ class Upstream:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
+                traced = tracing.attempt(m, t.name, number=n, fallback=i > 0)
                 try:
                     # LiteLLM gets the model's fixed timeout: it caches one HTTP client per timeout value, so
                     # passing the shrinking ``remaining`` opened a new client and connection on every call.
                     # The overall deadline is enforced here instead.
                     result = await asyncio.wait_for(call(m, m.timeout), min(m.timeout, remaining))
                 except asyncio.CancelledError:
+                    traced.end("cancelled")
                     raise
                 except Exception as exc:  # classified below; unknown errors are not retried
                     last, last_model = _classify(exc), m.name
+                    traced.end(last.reason, getattr(exc, "status_code", None))
                     attempts.errors.append((t, last.reason))
                     if last.reason == "model_not_served":
                         current = await self._suggest(t, deadline - time.monotonic())
@@ -327,6 +331,7 @@ class Upstream:
                     continue
                 if self.breakers is not None:
                     self.breakers.succeeded(t)
+                traced.end("ok", 200)
                 attempts.served_tier = t
                 return result
         if last is None and self.breakers is not None and len(attempts.breaker_open) == len(order):
