@@ -192,15 +192,15 @@ def test_the_shipped_config_documents_budget_steer() -> None:
 
 
 def test_the_stand_in_models_are_priced_by_the_config_not_the_local_price_map(tmp_path: Path) -> None:
-    """gemini-1.5-* are missing from LiteLLM's bundled map (LITELLM_LOCAL_MODEL_COST_MAP=True): the shipped config
-    and the tests price them, and a budget over an unpriced tier is warned about at start-up."""
+    """The shipped config prices its tiers itself (LiteLLM's bundled map may lack gemini-1.5-*, and other tests
+    register prices in this process, so the map is not asked here), and a budget over an unpriced tier is warned
+    about at start-up."""
     from proxy.routing.budget import make_budgets
-    from proxy.settings import ModelSettings, load_settings
+    from proxy.settings import load_settings
     from proxy.state.spend import open_spend_store
     from proxy.upstream.pricing import price_of
     from tests.conftest import ROOT
 
-    assert price_of(ModelSettings("flash", "gemini/gemini-1.5-flash")).per_input_token == 0.0
     for m in load_settings(ROOT / "config.yaml").models.entries:
         assert price_of(m).per_input_token > 0 and price_of(m).per_output_token > 0
     settings = settings_from_dict(budget_config(tmp_path))
