@@ -42,8 +42,6 @@ DEMO = "proxy.demo"
 
 # Arrows that break a rule today, each to be removed; the test fails when one is gone and still listed here.
 KNOWN: set[tuple[str, str]] = {
-    ("proxy.documents.service", "proxy.edge.chat"),  # the parsed request lives in the edge
-    ("proxy.routing.decider", "proxy.edge.chat"),
     ("proxy.documents.service", "proxy.services"),  # the Files API handlers live in documents/
     ("proxy.routing.reload", "proxy.services"),  # the admin reload handler and PinMiddleware live in routing/
     ("proxy.state.records", "proxy.upstream.accounting"),  # a record is built from an Outcome

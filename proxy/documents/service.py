@@ -25,8 +25,8 @@ from proxy import metrics
 from proxy.documents.assemble import Document, DocumentInputError, PageIndex, decode_file_data, render_documents
 from proxy.documents.pdf import PdfError, PdfExecutor, PdfLimits, extract_document_async, sweep_orphans
 from proxy.documents.slots import FairSlots
-from proxy.edge.chat import ChatRequest, FilePart
 from proxy.errors import BadRequest, NotFound, PayloadTooLarge
+from proxy.request import ChatRequest, FilePart, text_of
 from proxy.settings import Settings
 from proxy.state.files import FileStore, QuotaExceeded
 
@@ -157,7 +157,7 @@ class DocumentService:
         """Blocking: BM25 ranking and rendering, with the messages copied (they can be megabytes)."""
         d = self.settings.documents
         messages = copy.deepcopy(chat.messages)
-        question = _text_of(messages[chat.files[-1].message_index])
+        question = text_of(messages[chat.files[-1].message_index])
         by_message: dict[int, builtins.list[tuple[int, Document]]] = {}
         for (i, j), doc in docs.items():
             by_message.setdefault(i, []).append((j, doc))
@@ -309,9 +309,3 @@ class DocumentService:
 def _where(part: FilePart) -> str:
     return f"messages[{part.message_index}].content[{part.part_index}].file"
 
-
-def _text_of(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    return "\n".join(p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text")

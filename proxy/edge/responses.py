@@ -20,9 +20,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.edge.chat import ChatRequest, check_top_level, parse_chat_request
+from proxy.edge.chat import check_top_level, parse_chat_request
 from proxy.edge.routes import ChatHandler, StreamFormat
 from proxy.errors import BadRequest, ProxyError
+from proxy.request import ChatRequest
 from proxy.upstream.params import integer, of_type, one_of
 
 # Request keys of OpenAI's Responses API (tests/proxy/test_responses.py compares them with the installed SDK).

@@ -16,10 +16,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from proxy import metrics
 from proxy.edge import shape
-from proxy.edge.chat import ChatRequest, parse_chat_request
+from proxy.edge.chat import parse_chat_request
 from proxy.edge.guard import Life
 from proxy.edge.jsonbody import parse_json
 from proxy.errors import BadRequest, Overloaded, PayloadTooLarge, ProxyError, RateLimited, UpstreamError
+from proxy.request import ChatRequest
 from proxy.routing.decider import Decision, Target
 from proxy.services import Services, services
 from proxy.settings import ModelSettings, Settings

@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.edge.chat import user_texts
 from proxy.errors import ModelNotFound
+from proxy.request import user_texts
 from proxy.settings import OperatingPoint, Settings
 from router import Router
 from router.policy import Quantiles, Tier, TierPolicy, conversation_score
