@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from proxy import __version__, metrics
 from proxy.documents.service import DocumentService
+from proxy.edge import files as files_api
 from proxy.edge.feedback import post_feedback
 from proxy.edge.guard import GuardMiddleware
 from proxy.edge.responses import ResponsesHandler
@@ -128,7 +129,7 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         Route("/v1/feedback", post_feedback, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),
-        *DocumentService.routes(),
+        *files_api.routes(),
         Route("/health/live", health_live, methods=["GET"]),
         Route("/health/ready", health_ready, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

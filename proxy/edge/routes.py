@@ -174,7 +174,8 @@ class ChatHandler:
             messages = chat.messages
             extra_headers: dict[str, str] = {}
             if chat.files:
-                messages, extra_headers = await state.documents.expand(request, chat)
+                messages, extra_headers = await state.documents.expand(chat, owner=request.state.owner,
+                                                                       party=request.state.party)
             if self.settings.server.log_prompts:
                 o.prompt = texts[-1]
             o.decision = decision = await state.decider.decide(target, texts)
