@@ -28,6 +28,7 @@ from starlette.routing import Route
 from proxy import __version__, metrics
 from proxy.documents.service import DocumentService
 from proxy.edge import files as files_api
+from proxy.edge.admin import PinMiddleware, admin_reload
 from proxy.edge.feedback import post_feedback
 from proxy.edge.guard import GuardMiddleware
 from proxy.edge.responses import ResponsesHandler
@@ -49,7 +50,7 @@ from proxy.errors import (
     handle_unexpected,
 )
 from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider, short_gil_switch
-from proxy.routing.reload import Live, PinMiddleware, Reloader, admin_reload
+from proxy.routing.reload import Live, Reloader
 from proxy.services import Services
 from proxy.settings import Settings, load_settings
 from proxy.state.database import StorageUnavailable, open_databases
