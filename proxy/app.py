@@ -28,6 +28,7 @@ from starlette.routing import Route
 from proxy import __version__, metrics
 from proxy.documents.service import DocumentService
 from proxy.edge import files as files_api
+from proxy.edge.accounting import cuts_header
 from proxy.edge.admin import PinMiddleware, admin_reload
 from proxy.edge.feedback import post_feedback
 from proxy.edge.guard import GuardMiddleware
@@ -56,7 +57,6 @@ from proxy.settings import Settings, load_settings
 from proxy.state.database import StorageUnavailable, open_databases
 from proxy.state.files import FileStore
 from proxy.state.records import RecordStore
-from proxy.upstream.accounting import cuts_header
 from proxy.upstream.calls import Upstream
 from router import Router
 

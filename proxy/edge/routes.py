@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from proxy import metrics
 from proxy.edge import shape
+from proxy.edge.accounting import Accounting, Outcome, cuts_header
 from proxy.edge.chat import parse_chat_request
 from proxy.edge.guard import Life
 from proxy.edge.jsonbody import parse_json
@@ -23,8 +24,7 @@ from proxy.errors import BadRequest, Overloaded, PayloadTooLarge, ProxyError, Ra
 from proxy.request import ChatRequest
 from proxy.routing.decider import Decision, Target
 from proxy.services import Services, services
-from proxy.settings import ModelSettings, Settings
-from proxy.upstream.accounting import Accounting, Outcome, cuts_header
+from proxy.settings import Settings
 from proxy.upstream.calls import Attempts, client_message
 from router.policy import Tier
 
@@ -102,6 +102,7 @@ class ChatHandler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.accounting = Accounting(settings)
+        self.models = tuple(m.name for m in settings.models.entries)  # by tier index (models are restart-only)
 
     # --- the endpoint's dialect -------------------------------------------------------------------------
     def parse(self, body: Any) -> ChatRequest:
@@ -119,9 +120,6 @@ class ChatHandler:
         return name
 
     # --- helpers ----------------------------------------------------------------------------------------
-    def _served_model(self, tier: Tier) -> ModelSettings:
-        return self.settings.models.model(tier)
-
     def _headers(self, o: Outcome) -> dict[str, str]:
         h = {"x-request-id": o.request_id}
         d, tier = o.decision, o.served_tier
@@ -129,7 +127,7 @@ class ChatHandler:
             return h
         h["x-route-llm-tier"] = tier.name
         h["x-route-llm-tier-index"] = str(tier.index)
-        h["x-route-llm-model"] = self._served_model(tier).name
+        h["x-route-llm-model"] = o.served_model or ""
         h["x-route-llm-score"] = "none" if d.score is None else f"{d.score:.4f}"
         h["x-route-llm-threshold"] = "none" if d.cuts is None else cuts_header(d.cuts)
         if d.tier != tier:
@@ -160,7 +158,7 @@ class ChatHandler:
     async def chat(self, request: Request) -> Response:
         state = services(request)
         o = Outcome(request_id=request_id(request.headers.get("x-request-id")), owner=request.state.owner,
-                    records=state.records, router_version=state.router_version)
+                    records=state.records, router_version=state.router_version, models=self.models)
         streaming = False  # a stream records its outcome when it ends, not here
         body: Any = None
         try:
@@ -185,10 +183,9 @@ class ChatHandler:
                 streaming = True
                 return response
             start = time.perf_counter()
-            answer = await state.upstream.complete(decision.tier, messages, chat.params, attempts)
+            served = await state.upstream.complete(decision.tier, messages, chat.params, attempts)
             o.upstream_seconds = time.perf_counter() - start
-            served = self._served_model(attempts.served_tier or decision.tier)
-            payload = shape.completion(answer.model_dump(exclude_none=False), served.name)
+            payload = shape.completion(served.answer.model_dump(exclude_none=False), served.model)
             usage = payload.get("usage") or {}
             o.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             o.completion_tokens = int(usage.get("completion_tokens") or 0)
@@ -220,12 +217,12 @@ class ChatHandler:
         # chunk is passed on only to clients that asked for it (stream_options.include_usage).
         params = {**chat.params, "stream_options": {**(chat.params.get("stream_options") or {}),
                                                     "include_usage": True}}
-        first, iterator = await state.upstream.stream(o.decision.tier, messages, params, o.attempts)
+        served = await state.upstream.stream(o.decision.tier, messages, params, o.attempts)
+        assert served.rest is not None
         o.first_token_seconds = time.perf_counter() - start
-        served = self._served_model(o.attempts.served_tier or o.decision.tier)
         o.status, o.http_status = "ok", 200
         headers = {**self._headers(o), **extra_headers}
-        sse = self._sse(first, iterator, served.name, o, start, self.stream_format(chat, served.name),
+        sse = self._sse(served.answer, served.rest, served.model, o, start, self.stream_format(chat, served.model),
                         request.state.life)
         return StreamingResponse(sse, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 

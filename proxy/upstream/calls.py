@@ -67,6 +67,19 @@ class Attempts:
     errors: list[tuple[Tier, str]] = field(default_factory=list)  # (tier tried, reason from a closed set: _classify)
 
 
+@dataclass(frozen=True)
+class Served:
+    """What the upstream served, returned as a value: the tier and configured model that answered (after any
+    retries and fallback), the answer (for a stream: its first chunk, and the rest in ``rest``) and the attempts
+    that led there. The caller reads the served model from here rather than deriving it again."""
+
+    tier: Tier
+    model: str
+    attempts: Attempts
+    answer: Any
+    rest: AsyncIterator[Any] | None = None
+
+
 @dataclass
 class _Failure:
     reason: str  # rate_limited | timeout | connection | unavailable | server_error | bad_response | bad_request | ...
@@ -247,8 +260,9 @@ class Upstream:
                 f"cannot call {m.name}: the upstream API key is not set (set {' or '.join(missing)} "
                 "in the proxy's environment, or models.*.api_key in its config)")
 
-    async def _attempts(self, tier: Tier, attempts: Attempts, call: Any) -> Any:
-        """Run ``call(model_settings, timeout)`` with retries per tier, then the fallback tier."""
+    async def _attempts(self, tier: Tier, attempts: Attempts, call: Any) -> tuple[Tier, str, Any]:
+        """Run ``call(model_settings, timeout)`` with retries per tier, then the fallback tier; the tier and model
+        that answered, and the answer. ``attempts`` is the journal, kept up to date also when every try fails."""
         deadline = time.monotonic() + self.up.timeout_total
         last: _Failure | None = None
         last_model = self.settings.models.model(tier).name
@@ -286,29 +300,36 @@ class Upstream:
                         await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
                     continue
                 attempts.served_tier = t
-                return result
+                return t, m.name, result
         if last is None:
             last = _Failure("timeout", False, 504, f"no attempt finished within {self.up.timeout_total:g}s")
         raise _to_proxy_error(last, last_model)
 
     async def complete(self, tier: Tier, messages: list[dict[str, Any]], params: dict[str, Any],
-                       attempts: Attempts) -> Any:
+                       attempts: Attempts | None = None) -> Served:
+        """One answer from ``tier`` (or a fallback). Pass ``attempts`` to keep the journal of a call that fails
+        (its errors reach the metrics); an answered call returns it in :class:`Served` either way."""
+        journal = attempts if attempts is not None else Attempts(requested_tier=tier)
+
         async def call(m: ModelSettings, timeout: float) -> Any:
-            forwarded, attempts.dropped = for_model(params, m.model)
+            forwarded, journal.dropped = for_model(params, m.model)
             return await lean.acompletion(messages=messages, **forwarded, **self._kwargs(m, timeout))
 
-        return await self._attempts(tier, attempts, call)
+        served, model, answer = await self._attempts(tier, journal, call)
+        return Served(served, model, journal, answer)
 
     async def stream(self, tier: Tier, messages: list[dict[str, Any]], params: dict[str, Any],
-                     attempts: Attempts) -> tuple[Any, AsyncIterator[Any]]:
+                     attempts: Attempts | None = None) -> Served:
         """Open a stream and read its first chunk inside the retry loop.
 
         Failing before the first chunk is the same as failing a plain call (retry, fall back, right
-        status code); after it the status line has gone out, so the caller reports errors in-band.
+        status code); after it the status line has gone out, so the caller reports errors in-band. The
+        first chunk (None: the stream was empty) is :attr:`Served.answer`, the open stream :attr:`Served.rest`.
         """
+        journal = attempts if attempts is not None else Attempts(requested_tier=tier)
 
         async def call(m: ModelSettings, timeout: float) -> tuple[Any, AsyncIterator[Any]]:
-            forwarded, attempts.dropped = for_model(params, m.model)
+            forwarded, journal.dropped = for_model(params, m.model)
             response = await lean.acompletion(messages=messages, stream=True, **forwarded,
                                                  **self._kwargs(m, timeout))
             try:
@@ -320,8 +341,8 @@ class Upstream:
                 raise
             return first, response
 
-        result: tuple[Any, AsyncIterator[Any]] = await self._attempts(tier, attempts, call)
-        return result
+        served, model, (first, rest) = await self._attempts(tier, journal, call)
+        return Served(served, model, journal, first, rest)
 
     async def warm_up(self) -> None:
         """Exercise LiteLLM's code path once with a local mock answer (no network), so the first real

@@ -1,8 +1,11 @@
 """Per-request accounting: what happened to one chat request, written to metrics and the access log once.
 
-The handler fills an :class:`Outcome` as the request goes; :class:`Accounting` turns it into counters,
-histograms, the cost and savings estimate and one JSON access-log line. Which tier served is decided in one
-place (:attr:`Outcome.served_tier`), so headers, metrics, cost and the log cannot disagree about it.
+The handler fills an :class:`Outcome` as the request goes, from the values the layers below return (the
+routing ``Decision``, the upstream's ``Attempts``); :class:`Accounting` turns it into counters, histograms, the
+cost and savings estimate, one JSON access-log line and one decision record (:func:`decision_record`), all at
+the end. Which tier and model served are decided in one place (:attr:`Outcome.served_tier`,
+:attr:`Outcome.served_model`), so the response, headers, metrics, cost, the log and the record cannot disagree.
+It lives in the edge because it reads what every layer below returned; none of them imports it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from proxy import metrics
 from proxy.routing.decider import Decision, Target
 from proxy.settings import Settings
-from proxy.state.records import RecordStore, from_outcome
+from proxy.state.records import DecisionRecord, RecordStore, prompt_hash
 from proxy.upstream.calls import Attempts
 from proxy.upstream.pricing import Price, prices_of
 from router.policy import Tier
@@ -46,6 +49,7 @@ class Outcome:
     owner: str = ""  # the proxy key's owner hash ("" without keys)
     router_version: str = ""
     records: RecordStore | None = None  # where the decision record goes (None: feedback is off)
+    models: tuple[str, ...] = ()  # the configured model names, by tier index (what served_model names)
 
     @property
     def reached_model(self) -> bool:
@@ -60,6 +64,13 @@ class Outcome:
         if self.attempts is not None and self.attempts.served_tier is not None:
             return self.attempts.served_tier
         return self.decision.tier if self.decision is not None else None
+
+    @property
+    def served_model(self) -> str | None:
+        """The configured name of :attr:`served_tier`'s model: what the response's ``model``, the
+        ``x-route-llm-model`` header, the metrics and the record all report."""
+        tier = self.served_tier
+        return self.models[tier.index] if tier is not None else None
 
 
 class Accounting:
@@ -79,7 +90,7 @@ class Accounting:
     def record(self, o: Outcome, *, endpoint: str, dropped: list[str]) -> None:
         d, a = o.decision, o.attempts
         tier = o.served_tier
-        model = self.settings.models.model(tier).name if tier is not None else "none"
+        model = o.served_model or "none"
         metrics.REQUESTS.labels(o.requested, model, tier.name if tier else "none", o.status).inc()
         if d is not None and d.score is not None:
             metrics.ROUTER_SCORE.observe(d.score)
@@ -121,9 +132,24 @@ class Accounting:
             line["prompt"] = o.prompt
         access_log.info(json.dumps(line))
         if o.records is not None:  # every request the handler saw, so any x-request-id can be rated
-            o.records.add(from_outcome(o, tier=tier.name if tier else None, model=model if tier else None,
-                                       text=o.text, owner=o.owner, version=o.router_version,
-                                       store_prompts=self.settings.feedback.store_prompts))
+            o.records.add(decision_record(o, store_prompts=self.settings.feedback.store_prompts))
+
+
+def decision_record(o: Outcome, *, store_prompts: bool) -> DecisionRecord:
+    """The record of a finished chat request, built once from its outcome: the tier and model that answered
+    (empty: no tier was chosen); the routing fields stay empty unless the request was routed. The prompt itself
+    (``store_prompts``) is kept only for a request that reached a model: one refused before that can still be
+    rated by its id, but a client must not fill the store with large prompts that never cost an upstream call."""
+    d, tier = o.decision, o.served_tier
+    routed = d is not None and o.target is not None and o.target.routed
+    return DecisionRecord(owner=o.owner, request_id=o.request_id, created_at=time.time(),
+                          alias=o.requested if routed else "", score=d.score if routed and d else None,
+                          threshold=d.threshold if routed and d else None, tier=tier.name if tier else "",
+                          model=o.served_model or "", fallback=d is not None and tier is not None and tier != d.tier,
+                          router_error=routed and d is not None and d.failed,
+                          router_version=o.router_version if routed else "",
+                          prompt=o.text if store_prompts and o.reached_model else None, prompt_hash=prompt_hash(o.text),
+                          routed=routed, status=o.status, http_status=o.http_status)
 
 
 def _cuts_value(cuts: tuple[float, ...]) -> float | list[float]:
