@@ -24,8 +24,8 @@ from tests.router.conftest import build_tokenizer  # noqa: E402
 from tests.router.test_format2 import NAMES, make_head  # noqa: E402
 from tests.training.test_retrain import _data, _feedback, _format2  # noqa: E402
 from training import encoder  # noqa: E402
+from training.network import recover_encoder  # noqa: E402
 from training.retrain import RetrainConfig, RetrainError, retrain  # noqa: E402
-from training.retrain_full import recover_encoder  # noqa: E402
 
 WIDTH = 32
 
