@@ -50,7 +50,7 @@ from proxy.errors import (
     handle_proxy_error,
     handle_unexpected,
 )
-from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider, short_gil_switch
+from proxy.routing.decider import Decider, short_gil_switch
 from proxy.routing.reload import Live, Reloader
 from proxy.services import Services
 from proxy.settings import Settings, load_settings
@@ -159,14 +159,10 @@ def _info_labels(live: Live) -> tuple[str, ...]:
 
 
 def _share_label(settings: Settings) -> str:
-    """The info gauge's target: the most expensive tier's share (``strong_share``, or the last of ``shares``),
-    which the dashboard draws against the measured share of that tier; "none" when fixed thresholds win."""
-    r = settings.router
-    if r.threshold is not None or r.thresholds is not None:
-        return "none"
-    if r.shares is not None:
-        return str(r.shares[-1])
-    return str(r.strong_share if r.strong_share is not None else DEFAULT_STRONG_SHARE)
+    """The info gauge's target: the most expensive tier's share, which the dashboard draws against the measured
+    share of that tier; "none" when fixed thresholds apply (settings decided which, at load)."""
+    shares = settings.router.shares
+    return "none" if shares is None else str(shares[-1])
 
 
 def app_from_env() -> Starlette:

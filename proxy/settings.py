@@ -21,7 +21,7 @@ import yaml
 from router.policy import Tier, check_cuts, check_shares
 
 # down: towards cheaper tiers; up: towards dearer ones; both: nearest first, the cheaper on a tie.
-# strong_to_weak and weak_to_strong are the two-tier names of down and up, still accepted.
+# strong_to_weak and weak_to_strong are the two-tier names of down and up, still accepted and rewritten to them at load.
 Fallback = Literal["none", "down", "up", "both", "strong_to_weak", "weak_to_strong"]
 Context = Literal["last_user", "conversation"]
 Selection = Literal["all", "bm25"]
@@ -30,6 +30,9 @@ StorageKind = Literal["sqlite", "postgresql"]
 SQLITE_PREFIX = "sqlite:///"
 LIMITS_DB_ENV = "ROUTE_LLM_LIMITS_DB"  # set by `serve --workers N`: the file the workers count requests in
 _POSTGRES_PREFIXES = ("postgresql://", "postgres://")
+
+#: The strong share a two-tier config gets when it sets no operating point (the shipped default).
+DEFAULT_STRONG_SHARE = 0.3
 
 ENV_PREFIX = "os.environ/"
 
@@ -139,6 +142,29 @@ class ModelsSettings:
                 return tier
         return {"weak": self.cheapest, "strong": self.top}.get(name)
 
+    def key(self, tier: Tier) -> str:
+        """How a tier is spelled in the config file, for error messages: ``models.weak`` or ``models[i]``."""
+        two = [t.name for t in self.tiers] == ["weak", "strong"]
+        return f"models.{tier.name}" if two else f"models[{tier.index}]"
+
+    def check(self) -> None:
+        names = [m.name for m in self.entries]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ConfigError(f"models: the name {name!r} is used by two tiers; each tier needs its own name")
+            if name.startswith("router-"):
+                raise ConfigError(f"models: the name {name!r} clashes with the router-bert-<threshold> form")
+        for tier, m in zip(self.tiers, self.entries):
+            if m.timeout <= 0:
+                raise ConfigError(f"{self.key(tier)}.timeout: must be positive")
+            for price in ("input_cost_per_million", "output_cost_per_million"):
+                v = getattr(m, price)
+                if v is not None and v < 0:
+                    raise ConfigError(f"{self.key(tier)}.{price}: must not be negative, got {v}")
+
+
+_Point = typing.TypeVar("_Point", bound="OperatingPoint")
+
 
 @dataclass(frozen=True)
 class OperatingPoint:
@@ -154,6 +180,42 @@ class OperatingPoint:
     def is_set(self) -> bool:
         return any(v is not None for v in (self.threshold, self.strong_share, self.thresholds, self.shares))
 
+    def check(self, key: str, tiers: int) -> None:
+        """Check the point (the router's or an alias's) against the number of tiers, naming the key."""
+        for name in ("threshold", "strong_share"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{key}.{name}: must be between 0 and 1, got {v}")
+            if v is not None and tiers != 2:
+                plural = "thresholds" if name == "threshold" else "shares"
+                raise ConfigError(f"{key}.{name}: applies to two tiers; with {tiers} tiers set {key}.{plural} "
+                                  f"({'one per cut' if plural == 'thresholds' else 'one per tier'})")
+        if self.threshold is not None and self.thresholds is not None:
+            raise ConfigError(f"{key}: set threshold or thresholds, not both")
+        if self.strong_share is not None and self.shares is not None:
+            raise ConfigError(f"{key}: set strong_share or shares, not both")
+        try:
+            if self.thresholds is not None:
+                check_cuts(self.thresholds, tiers)
+            if self.shares is not None:
+                check_shares(self.shares, tiers)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.{exc}") from None
+
+    def one_rule(self: _Point, *, default: bool) -> _Point:
+        """The point in its one spelling, which rule wins decided here, once, at load: fixed thresholds win over
+        shares (as ``threshold`` always won over ``strong_share``), the two-tier ``threshold``/``strong_share``
+        become ``thresholds``/``shares``, and with ``default`` an unset point is the default strong share. After
+        load, readers (the decider, the info gauge) see ``thresholds`` or ``shares`` and nothing else."""
+        thresholds = self.thresholds if self.thresholds is not None else \
+            (self.threshold,) if self.threshold is not None else None
+        shares = self.shares if self.shares is not None else \
+            (1.0 - self.strong_share, self.strong_share) if self.strong_share is not None else None
+        if thresholds is None and shares is None and default:
+            shares = (1.0 - DEFAULT_STRONG_SHARE, DEFAULT_STRONG_SHARE)
+        return dataclasses.replace(self, threshold=None, strong_share=None, thresholds=thresholds,
+                                   shares=None if thresholds is not None else shares)
+
 
 @dataclass(frozen=True)
 class RouterSettings(OperatingPoint):
@@ -165,6 +227,25 @@ class RouterSettings(OperatingPoint):
     limit_context_turns: int = 4  # conversation mode: the most recent user turns that count
     batch_window_ms: float = 0.0  # extra wait to gather concurrent prompts into one ONNX run
     limit_batch: int = 32
+
+    def check_router(self, models: ModelsSettings) -> None:
+        tiers = len(models.tiers)
+        self.check("router", tiers)
+        if not self.is_set() and tiers != 2:
+            raise ConfigError(f"router: with {tiers} tiers set router.shares (one per tier, e.g. "
+                              f"{[round(1 / tiers, 2)] * tiers}) or router.thresholds (one per cut)")
+        if models.tier_named(self.fail_open_tier) is None:
+            raise ConfigError(f"router.fail_open_tier: must be one of weak, strong (the cheapest and the most "
+                              f"expensive tier) or a tier name ({', '.join(t.name for t in models.tiers)}); got "
+                              f"{self.fail_open_tier!r}")
+        if not 0.0 < self.context_decay <= 1.0:
+            raise ConfigError(f"router.context_decay: must be in (0, 1], got {self.context_decay}")
+        if self.limit_context_turns < 1:
+            raise ConfigError(f"router.limit_context_turns: must be at least 1, got {self.limit_context_turns}")
+        if self.threads < 1:
+            raise ConfigError("router.threads: must be at least 1")
+        if self.limit_batch < 1 or self.batch_window_ms < 0:
+            raise ConfigError("router.limit_batch must be >= 1 and router.batch_window_ms >= 0")
 
 
 @dataclass(frozen=True)
@@ -202,6 +283,30 @@ class ServerSettings:
         """``ROUTE_LLM_REDIS_URL`` wins over the file (a Kubernetes Secret sets it); ``os.environ/NAME`` works."""
         return os.environ.get("ROUTE_LLM_REDIS_URL") or _env_reference(self.redis_url)
 
+    def check(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"server.port: {self.port} is not a TCP port")
+        for key in ("limit_body_bytes", "limit_messages", "limit_content_chars", "limit_in_flight",
+                    "limit_in_flight_per_key", "limit_bodies_arriving", "limit_bodies_arriving_per_key",
+                    "limit_json_depth", "limit_requests_per_minute"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ConfigError(f"server.{key}: must be at least 1 (or null for unlimited)")
+        url = self.resolved_redis_url()
+        if url is not None:
+            try:
+                check_redis_url(url)
+            except ValueError as exc:
+                raise ConfigError(f"server.redis_url: {exc}; got {redact(url)!r}") from None
+        if self.timeout_redis <= 0:
+            raise ConfigError("storage.limit_connections must be >= 1, storage.timeout_connect and "
+                              "server.timeout_redis positive (seconds)")
+        if self.timeout_shutdown < 0:
+            raise ConfigError("documents.timeout_extract must be positive and server.timeout_shutdown >= 0")
+        for key in ("timeout_header", "timeout_body", "timeout_keep_alive"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"server.{key}: must be positive (seconds)")
+
 
 @dataclass(frozen=True)
 class UpstreamSettings:
@@ -211,6 +316,10 @@ class UpstreamSettings:
     timeout_total: float = 120.0  # deadline across all attempts and the fallback
     fallback: Fallback = "both"
     warmup: bool = True  # one local LiteLLM call before /health/ready says yes
+
+    def check(self) -> None:
+        if self.retries < 0 or self.timeout_total <= 0:
+            raise ConfigError("upstream.retries must be >= 0 and upstream.timeout_total > 0")
 
 
 @dataclass(frozen=True)
@@ -228,6 +337,16 @@ class DocumentsSettings:
     limit_storage_bytes: int | None = 1_000_000_000  # stored file bytes per proxy key
     selection: Selection = "bm25"
 
+    def check(self) -> None:
+        for key in ("limit_bytes", "limit_pages", "limit_chars", "limit_decompressed_bytes", "budget_chars",
+                    "limit_documents_per_request", "limit_inline_per_request", "limit_request_chars",
+                    "limit_storage_bytes"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ConfigError(f"documents.{key}: must be at least 1")
+        if self.timeout_extract <= 0:
+            raise ConfigError("documents.timeout_extract must be positive and server.timeout_shutdown >= 0")
+
 
 @dataclass(frozen=True)
 class FeedbackSettings:
@@ -240,6 +359,14 @@ class FeedbackSettings:
     limit_records: int | None = 1_000_000  # newest records kept (and as many ratings)
     limit_store_bytes: int | None = None  # size cap of the SQLite file; past it, new records are dropped
 
+    def check(self) -> None:
+        if self.retention_days <= 0:
+            raise ConfigError("feedback.retention_days: must be positive (days)")
+        for key in ("limit_records", "limit_store_bytes"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ConfigError(f"feedback.{key}: must be at least 1 (or null for unlimited)")
+
 
 @dataclass(frozen=True)
 class StorageSettings:
@@ -248,6 +375,11 @@ class StorageSettings:
     url: str | None = None  # sqlite:///DIR or postgresql://...; env ROUTE_LLM_DATABASE_URL wins; None: SQLite
     limit_connections: int = 10  # Postgres connections per worker process
     timeout_connect: float = 10.0  # seconds to reach the database at start-up and per pooled connection
+
+    def check(self) -> None:
+        if self.limit_connections < 1 or self.timeout_connect <= 0:
+            raise ConfigError("storage.limit_connections must be >= 1, storage.timeout_connect and "
+                              "server.timeout_redis positive (seconds)")
 
 
 def _env_reference(value: str | None) -> str | None:
@@ -394,122 +526,59 @@ def _build(cls: Any, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _check_point(p: OperatingPoint, key: str, tiers: int) -> None:
-    """Check an operating point (the router's or an alias's) against the number of tiers, naming the key."""
-    for name in ("threshold", "strong_share"):
-        v = getattr(p, name)
-        if v is not None and not 0.0 <= v <= 1.0:
-            raise ConfigError(f"{key}.{name}: must be between 0 and 1, got {v}")
-        if v is not None and tiers != 2:
-            plural = "thresholds" if name == "threshold" else "shares"
-            raise ConfigError(f"{key}.{name}: applies to two tiers; with {tiers} tiers set {key}.{plural} "
-                              f"({'one per cut' if plural == 'thresholds' else 'one per tier'})")
-    if p.threshold is not None and p.thresholds is not None:
-        raise ConfigError(f"{key}: set threshold or thresholds, not both")
-    if p.strong_share is not None and p.shares is not None:
-        raise ConfigError(f"{key}: set strong_share or shares, not both")
-    try:
-        if p.thresholds is not None:
-            check_cuts(p.thresholds, tiers)
-        if p.shares is not None:
-            check_shares(p.shares, tiers)
-    except ValueError as exc:
-        raise ConfigError(f"{key}.{exc}") from None
-
-
 def _validate(s: Settings) -> None:
-    tiers = len(s.models.tiers)
-    _check_point(s.router, "router", tiers)
-    if not s.router.is_set() and tiers != 2:
-        raise ConfigError(f"router: with {tiers} tiers set router.shares (one per tier, e.g. "
-                          f"{[round(1 / tiers, 2)] * tiers}) or router.thresholds (one per cut)")
-    if s.models.tier_named(s.router.fail_open_tier) is None:
-        raise ConfigError(f"router.fail_open_tier: must be one of weak, strong (the cheapest and the most expensive "
-                          f"tier) or a tier name ({', '.join(t.name for t in s.models.tiers)}); got "
-                          f"{s.router.fail_open_tier!r}")
-    if not 0.0 < s.router.context_decay <= 1.0:
-        raise ConfigError(f"router.context_decay: must be in (0, 1], got {s.router.context_decay}")
-    if s.router.limit_context_turns < 1:
-        raise ConfigError(f"router.limit_context_turns: must be at least 1, got {s.router.limit_context_turns}")
-    if s.router.threads < 1:
-        raise ConfigError("router.threads: must be at least 1")
-    if s.router.limit_batch < 1 or s.router.batch_window_ms < 0:
-        raise ConfigError("router.limit_batch must be >= 1 and router.batch_window_ms >= 0")
+    """Each section checks its own fields (``check`` beside the dataclass); here only what spans sections."""
+    s.router.check_router(s.models)
     if not s.aliases:
         raise ConfigError("aliases: at least one routed alias (e.g. auto) is needed")
+    s.models.check()
     names = [m.name for m in s.models.entries]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise ConfigError(f"models: the name {name!r} is used by two tiers; each tier needs its own name")
-        if name.startswith("router-"):
-            raise ConfigError(f"models: the name {name!r} clashes with the router-bert-<threshold> form")
     for alias, a in s.aliases.items():
-        _check_point(a, f"aliases.{alias}", tiers)
+        a.check(f"aliases.{alias}", len(s.models.tiers))
         if alias in names or alias.startswith("router-"):
             raise ConfigError(f"aliases.{alias}: clashes with a model name or the router-bert-<threshold> form")
-    for tier, m in zip(s.models.tiers, s.models.entries):
-        if m.timeout <= 0:
-            raise ConfigError(f"{tier_key(s, tier)}.timeout: must be positive")
-        for price in ("input_cost_per_million", "output_cost_per_million"):
-            v = getattr(m, price)
-            if v is not None and v < 0:
-                raise ConfigError(f"{tier_key(s, tier)}.{price}: must not be negative, got {v}")
-    if s.upstream.retries < 0 or s.upstream.timeout_total <= 0:
-        raise ConfigError("upstream.retries must be >= 0 and upstream.timeout_total > 0")
-    if not 0 < s.server.port < 65536:
-        raise ConfigError(f"server.port: {s.server.port} is not a TCP port")
-    for key in ("limit_body_bytes", "limit_messages", "limit_content_chars", "limit_in_flight",
-                "limit_in_flight_per_key", "limit_bodies_arriving", "limit_bodies_arriving_per_key",
-                "limit_json_depth", "limit_requests_per_minute"):
-        v = getattr(s.server, key)
-        if v is not None and v < 1:
-            raise ConfigError(f"server.{key}: must be at least 1 (or null for unlimited)")
-    d = s.documents
-    for key in ("limit_bytes", "limit_pages", "limit_chars", "limit_decompressed_bytes", "budget_chars",
-                "limit_documents_per_request", "limit_inline_per_request", "limit_request_chars",
-                "limit_storage_bytes"):
-        v = getattr(d, key)
-        if v is not None and v < 1:
-            raise ConfigError(f"documents.{key}: must be at least 1")
-    f = s.feedback
-    if f.retention_days <= 0:
-        raise ConfigError("feedback.retention_days: must be positive (days)")
-    for key in ("limit_records", "limit_store_bytes"):
-        v = getattr(f, key)
-        if v is not None and v < 1:
-            raise ConfigError(f"feedback.{key}: must be at least 1 (or null for unlimited)")
-    st = s.storage
-    for name, url in (("storage.url", s.storage_url()), ("server.redis_url", s.server.resolved_redis_url())):
-        if url is None:
-            continue
-        try:
-            kind = check_url(url) if name == "storage.url" else check_redis_url(url)
-        except ValueError as exc:
-            raise ConfigError(f"{name}: {exc}; got {redact(url)!r}") from None
-        if kind == "postgresql" and f.limit_store_bytes is not None:
-            raise ConfigError("feedback.limit_store_bytes: caps the SQLite file only; with a postgresql:// "
-                              "storage.url, size the database instead (set it to null)")
-    if st.limit_connections < 1 or st.timeout_connect <= 0 or s.server.timeout_redis <= 0:
-        raise ConfigError("storage.limit_connections must be >= 1, storage.timeout_connect and "
-                          "server.timeout_redis positive (seconds)")
-    if d.timeout_extract <= 0 or s.server.timeout_shutdown < 0:
-        raise ConfigError("documents.timeout_extract must be positive and server.timeout_shutdown >= 0")
-    for key in ("timeout_header", "timeout_body", "timeout_keep_alive"):
-        if getattr(s.server, key) <= 0:
-            raise ConfigError(f"server.{key}: must be positive (seconds)")
+    s.upstream.check()
+    s.server.check()
+    s.documents.check()
+    s.feedback.check()
+    s.storage.check()
+    url = s.storage_url()
+    try:
+        kind = check_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"storage.url: {exc}; got {redact(url)!r}") from None
+    if kind == "postgresql" and s.feedback.limit_store_bytes is not None:
+        raise ConfigError("feedback.limit_store_bytes: caps the SQLite file only; with a postgresql:// "
+                          "storage.url, size the database instead (set it to null)")
+
+
+_TWO_TIER_FALLBACK = {"strong_to_weak": "down", "weak_to_strong": "up"}
+
+
+def _normalise(s: Settings) -> Settings:
+    """The old two-tier spellings, rewritten once at load so that no reader decodes them: the operating points
+    (:meth:`OperatingPoint.one_rule`), ``fail_open_tier: weak|strong`` (the tier's own name) and the fallback
+    modes ``strong_to_weak``/``weak_to_strong`` (``down``/``up``). The ``weak:``/``strong:`` models mapping is
+    already a tier list (:func:`_models`)."""
+    fail_open = s.models.tier_named(s.router.fail_open_tier)
+    assert fail_open is not None  # checked
+    fallback = typing.cast(Fallback, _TWO_TIER_FALLBACK.get(s.upstream.fallback, s.upstream.fallback))
+    return dataclasses.replace(
+        s, router=dataclasses.replace(s.router.one_rule(default=True), fail_open_tier=fail_open.name),
+        aliases={name: a.one_rule(default=False) for name, a in s.aliases.items()},
+        upstream=dataclasses.replace(s.upstream, fallback=fallback))
 
 
 def tier_key(s: Settings, tier: Tier) -> str:
     """How a tier is spelled in the config file, for error messages: ``models.weak`` or ``models[i]``."""
-    two = [t.name for t in s.models.tiers] == ["weak", "strong"]
-    return f"models.{tier.name}" if two else f"models[{tier.index}]"
+    return s.models.key(tier)
 
 
 def settings_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Settings:
     settings: Settings = _build(Settings, data, "")
     settings = dataclasses.replace(settings, source=source)
     _validate(settings)
-    return settings
+    return _normalise(settings)
 
 
 # Inside the package, so that a wheel install has it too (in the source tree, a link to ../config.yaml).

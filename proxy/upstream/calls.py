@@ -38,10 +38,10 @@ def fallback_order(tier: Tier, tiers: Sequence[Tier], fallback: Fallback) -> lis
 
     ``down`` walks towards cheaper tiers and ``up`` towards dearer ones, each to the end of the list; ``both``
     takes the nearest tier first, the cheaper one on a tie, so a failing middle tier is replaced by its
-    neighbours before the ends. The two-tier names map onto these: strong_to_weak is ``down``, weak_to_strong
-    is ``up``.
+    neighbours before the ends. (The two-tier names strong_to_weak and weak_to_strong were rewritten to ``down``
+    and ``up`` when the settings loaded.)
     """
-    mode = {"strong_to_weak": "down", "weak_to_strong": "up"}.get(fallback, fallback)
+    mode = fallback
     below = [tiers[i] for i in range(tier.index - 1, -1, -1)]
     above = [tiers[i] for i in range(tier.index + 1, len(tiers))]
     if mode == "down":
