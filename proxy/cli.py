@@ -435,8 +435,8 @@ def feedback_export_cmd(config_path: str | None, store_dir: str | None, out_path
         tiers = [t.name for t in (settings or _load(config_path)).models.tiers]
     db: Database
     try:
-        if settings is not None and not settings.storage_url().startswith("sqlite:///"):
-            db = PostgresDatabase(settings.storage_url(), timeout_connect=settings.storage.timeout_connect)
+        if settings is not None and (where := settings.storage_location()).kind == "postgresql":
+            db = PostgresDatabase(where.url, timeout_connect=settings.storage.timeout_connect)
         else:
             path = (Path(store_dir) if store_dir else settings.feedback_dir()) / RECORDS_FILE  # type: ignore[union-attr]
             if not path.is_file():

@@ -41,12 +41,22 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or wrong; the message names the key."""
 
 
-def check_url(url: str) -> StorageKind:
-    """The backend a storage URL names, or ValueError saying what is accepted."""
+@dataclass(frozen=True)
+class StorageLocation:
+    """A storage URL, parsed once (:func:`parse_storage_url`): which backend, and for SQLite its directory."""
+
+    kind: StorageKind
+    url: str
+    directory: Path | None = None  # the SQLite store's directory (files.db, blobs/, feedback.db); None on Postgres
+
+
+def parse_storage_url(url: str) -> StorageLocation:
+    """The one reader of storage URLs: ``sqlite:///relative/dir``, ``sqlite:////absolute/dir`` or
+    ``postgresql://...`` (``postgres://`` too); anything else is a ValueError saying what is accepted."""
     if url.startswith(SQLITE_PREFIX) and len(url) > len(SQLITE_PREFIX):
-        return "sqlite"
+        return StorageLocation("sqlite", url, Path(url[len(SQLITE_PREFIX):]))
     if url.startswith(_POSTGRES_PREFIXES) and urlsplit(url).hostname:
-        return "postgresql"
+        return StorageLocation("postgresql", url)
     raise ValueError("must be sqlite:///DIRECTORY (the directory that holds files.db, blobs/ and feedback.db) or "
                      "postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
 
@@ -55,11 +65,6 @@ def check_redis_url(url: str) -> str:
     if url.startswith(("redis://", "rediss://", "unix://")):
         return "redis"
     raise ValueError("must be redis://[:PASSWORD@]HOST:PORT/DB, rediss://... (TLS) or unix:///PATH")
-
-
-def sqlite_dir(url: str) -> Path:
-    """The directory of a ``sqlite:///`` URL: ``sqlite:///relative/dir``, ``sqlite:////absolute/dir``."""
-    return Path(url[len(SQLITE_PREFIX):])
 
 
 def redact(url: str) -> str:
@@ -422,12 +427,16 @@ class Settings:
     def storage_url(self) -> str:
         """``ROUTE_LLM_DATABASE_URL``, else ``storage.url``, else SQLite in ``documents.storage_dir``."""
         return (os.environ.get("ROUTE_LLM_DATABASE_URL") or _env_reference(self.storage.url)
-                or "sqlite:///" + self.documents.storage_dir)
+                or SQLITE_PREFIX + self.documents.storage_dir)
+
+    def storage_location(self) -> StorageLocation:
+        """Where the store is, parsed from :meth:`storage_url` (validated at load, so it parses)."""
+        return parse_storage_url(self.storage_url())
 
     def storage_dir(self) -> str:
         """The SQLite store's directory (files.db, blobs/, feedback.db), from a sqlite:/// URL or the default."""
-        url = self.storage_url()
-        return str(sqlite_dir(url)) if url.startswith(SQLITE_PREFIX) else self.documents.storage_dir
+        directory = self.storage_location().directory
+        return str(directory) if directory is not None else self.documents.storage_dir
 
 
 def _type_name(tp: Any) -> str:
@@ -544,7 +553,7 @@ def _validate(s: Settings) -> None:
     s.storage.check()
     url = s.storage_url()
     try:
-        kind = check_url(url)
+        kind = parse_storage_url(url).kind
     except ValueError as exc:
         raise ConfigError(f"storage.url: {exc}; got {redact(url)!r}") from None
     if kind == "postgresql" and s.feedback.limit_store_bytes is not None:

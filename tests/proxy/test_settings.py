@@ -157,3 +157,17 @@ def test_old_two_tier_spellings_are_rewritten_once_at_load(tmp_path: Path) -> No
     assert settings_from_dict(listed).router.fail_open_tier == "gemini-1.5-pro"  # the list form: the model's name
     default = settings_from_dict({**base_config(tmp_path), "router": {}}).router
     assert default.shares == (0.7, 0.3) and default.thresholds is None
+
+
+def test_a_storage_url_is_parsed_in_one_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.settings import parse_storage_url
+
+    assert parse_storage_url("sqlite:///rel/dir").directory == Path("rel/dir")
+    assert parse_storage_url("sqlite:////abs/dir").directory == Path("/abs/dir")
+    assert parse_storage_url("postgres://u@db/x").kind == "postgresql"
+    for bad in ("sqlite:///", "sqlite://dir", "postgresql:///nohost", "mysql://db/x", ""):
+        with pytest.raises(ValueError, match="must be sqlite:///DIRECTORY"):
+            parse_storage_url(bad)
+    monkeypatch.setenv("ROUTE_LLM_DATABASE_URL", "postgresql://u@db/x")
+    s = settings_from_dict(base_config(tmp_path))
+    assert (s.storage_location().kind, s.storage_dir()) == ("postgresql", str(tmp_path / "files"))
