@@ -28,7 +28,6 @@ from starlette.routing import Route
 from proxy import __version__, metrics
 from proxy.documents.service import DocumentService
 from proxy.edge import files as files_api
-from proxy.edge.accounting import cuts_header
 from proxy.edge.admin import PinMiddleware, admin_reload
 from proxy.edge.feedback import post_feedback
 from proxy.edge.guard import GuardMiddleware
@@ -52,6 +51,7 @@ from proxy.errors import (
 )
 from proxy.routing.decider import Decider, short_gil_switch
 from proxy.routing.reload import Live, Reloader
+from proxy.routing.render import cuts_header
 from proxy.services import Services
 from proxy.settings import Settings, load_settings
 from proxy.state.database import StorageUnavailable, open_databases

@@ -336,7 +336,8 @@ def standin_cmd(host: str, port: int, fault_rate: float, fault_mix: bool) -> Non
 def route_cmd(text: str, config_path: str | None, model_name: str | None) -> None:
     """Print the routing decision for one prompt (no upstream call)."""
     from proxy.errors import ProxyError
-    from proxy.routing.decider import Decider
+    from proxy.routing.decider import Decider, Decision
+    from proxy.routing.render import decision_view
 
     settings = _load(config_path)
     router = _router(settings.router.model_dir, settings.router.threads)
@@ -355,11 +356,18 @@ def route_cmd(text: str, config_path: str | None, model_name: str | None) -> Non
         assert target.policy is not None
         tier, score = decider.choose(target.policy, [score])
         cuts = target.policy.cuts
-    click.echo(json.dumps({"score": round(score, 6), "tier": tier.name, "tier_index": tier.index,
-                           "model": settings.models.model(tier).name,
-                           "threshold": round(cuts[0], 6) if cuts is not None and len(cuts) == 1 else None,
-                           "thresholds": None if cuts is None else [round(c, 6) for c in cuts],
-                           "router_model": router.version}))
+    view = decision_view(Decision(tier, score, cuts, 0.0), model=settings.models.model(tier).name)
+    rounded = {k: _round6(view[k]) for k in ("score", "tier", "tier_index", "model", "threshold", "thresholds")}
+    click.echo(json.dumps({**rounded, "router_model": router.version}))
+
+
+def _round6(value: Any) -> Any:
+    """``route-llm route`` prints six decimals (``/v1/route`` gives the floats whole); names and ints pass."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, list):
+        return [_round6(v) for v in value]
+    return value
 
 
 @main.command("score")

@@ -18,6 +18,7 @@ from typing import Any
 
 from proxy import metrics
 from proxy.routing.decider import Decision, Target
+from proxy.routing.render import cuts_log_value
 from proxy.settings import Settings
 from proxy.state.records import DecisionRecord, RecordStore, prompt_hash
 from proxy.upstream.calls import Attempts
@@ -115,7 +116,7 @@ class Accounting:
             "request_id": o.request_id, "requested_model": o.requested, "routed_model": model,
             "tier": tier.name if tier else None,
             "score": None if d is None or d.score is None else round(d.score, 4),
-            "threshold": None if d is None or d.cuts is None else _cuts_value(d.cuts),
+            "threshold": None if d is None or d.cuts is None else cuts_log_value(d.cuts),
             "router_ms": None if d is None else round(d.seconds * 1000, 2),
             "upstream_ms": None if o.upstream_seconds is None else round(o.upstream_seconds * 1000, 1),
             "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
@@ -150,13 +151,3 @@ def decision_record(o: Outcome, *, store_prompts: bool) -> DecisionRecord:
                           router_version=o.router_version if routed else "",
                           prompt=o.text if store_prompts and o.reached_model else None, prompt_hash=prompt_hash(o.text),
                           routed=routed, status=o.status, http_status=o.http_status)
-
-
-def _cuts_value(cuts: tuple[float, ...]) -> float | list[float]:
-    """A two-tier decision logs its threshold as a number, as it always did; more tiers log the list of cuts."""
-    return round(cuts[0], 4) if len(cuts) == 1 else [round(c, 4) for c in cuts]
-
-
-def cuts_header(cuts: tuple[float, ...]) -> str:
-    """``x-route-llm-threshold``: the cut points, comma-separated (one value with two tiers)."""
-    return ",".join(f"{c:.4f}" for c in cuts)

@@ -16,13 +16,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from proxy import metrics
 from proxy.edge import shape
-from proxy.edge.accounting import Accounting, Outcome, cuts_header
+from proxy.edge.accounting import Accounting, Outcome
 from proxy.edge.chat import parse_chat_request
 from proxy.edge.guard import Life
 from proxy.edge.jsonbody import parse_json
 from proxy.errors import BadRequest, Overloaded, PayloadTooLarge, ProxyError, RateLimited, UpstreamError
 from proxy.request import ChatRequest
 from proxy.routing.decider import Decision, Target
+from proxy.routing.render import decision_headers, decision_view
 from proxy.services import Services, services
 from proxy.settings import Settings
 from proxy.upstream.calls import Attempts, client_message
@@ -125,15 +126,7 @@ class ChatHandler:
         d, tier = o.decision, o.served_tier
         if d is None or tier is None:
             return h
-        h["x-route-llm-tier"] = tier.name
-        h["x-route-llm-tier-index"] = str(tier.index)
-        h["x-route-llm-model"] = o.served_model or ""
-        h["x-route-llm-score"] = "none" if d.score is None else f"{d.score:.4f}"
-        h["x-route-llm-threshold"] = "none" if d.cuts is None else cuts_header(d.cuts)
-        if d.tier != tier:
-            h["x-route-llm-fallback"] = f"{d.tier.name}->{tier.name}"
-        if d.failed:
-            h["x-route-llm-router-error"] = "1"
+        h.update(decision_headers(d, tier=tier, model=o.served_model or ""))
         if dropped := self._dropped(o):
             h["x-route-llm-dropped-params"] = ",".join(dropped)
         return h
@@ -293,13 +286,9 @@ async def route_only(request: Request) -> Response:
     else:
         raise BadRequest("send `prompt` (a string) or `messages` (a chat conversation)", param="prompt")
     d: Decision = await decider.decide(target, texts)
-    m = settings.models.model(d.tier)
-    return JSONResponse({
-        "object": "route.decision", "requested_model": model, "tier": d.tier.name, "tier_index": d.tier.index,
-        "model": m.name, "score": d.score, "turn_score": d.turn_score, "threshold": d.threshold,
-        "thresholds": None if d.cuts is None else list(d.cuts), "router_error": d.failed,
-        "router_model": state.router.version,
-    })
+    return JSONResponse({"object": "route.decision", "requested_model": model,
+                         **decision_view(d, model=settings.models.model(d.tier).name),
+                         "router_model": state.router.version})
 
 
 def _model_object(settings: Settings, name: str, tier: Tier | None, created: int) -> dict[str, Any]:
