@@ -304,7 +304,7 @@ def start_demo_upstream(settings: Settings) -> str:
             where = " with an api_base" if m.api_base else ""
             raise ConfigError(f"{tier_key(settings, tier)} is {m.model!r}{where}; the stand-in speaks the Gemini API, "
                               "so the demo needs gemini/ models without api_base")
-    from proxy.standin import StandInServer
+    from proxy.demo.standin import StandInServer
 
     standin = StandInServer().start()
     os.environ["GEMINI_API_BASE"] = standin.base_url
@@ -321,7 +321,7 @@ def start_demo_upstream(settings: Settings) -> str:
               help="random faults of every kind (503, 500, 429, dropped connection, broken stream, delay)")
 def standin_cmd(host: str, port: int, fault_rate: float, fault_mix: bool) -> None:
     """Run the Gemini-API stand-in (fixed answers) to try route-llm, or test it, without a Gemini key."""
-    from proxy.standin import serve as serve_standin
+    from proxy.demo.standin import serve as serve_standin
 
     click.echo(f"route-llm standin: Gemini API stand-in on http://{_url_host(host)}:{port}; point route-llm at "
                f"it with GEMINI_API_BASE=http://{_url_host(host)}:{port} GEMINI_API_KEY=any", err=True)

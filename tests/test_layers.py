@@ -266,3 +266,10 @@ def test_only_the_edge_reads_the_shared_services() -> None:
     assert readers, "nothing imports proxy.services: the test reads the wrong graph"
     others = {r for r in readers if not (_in(r, "proxy.edge") or r in ("proxy.app", "proxy.cli"))}
     assert {r for r in others if (r, "proxy.services") not in KNOWN} == set()
+
+
+def test_the_stand_in_is_a_leaf_that_only_the_cli_starts() -> None:
+    into = [a for a in ARROWS if _in(a.target, DEMO) and _top(a.source) == "proxy" and not _in(a.source, DEMO)]
+    assert into, "nothing in proxy/ imports the stand-in: the test reads the wrong graph"
+    assert {(a.source, a.lazy) for a in into} == {("proxy.cli", True)}
+    assert [a for a in ARROWS if _in(a.source, DEMO) and not _in(a.target, DEMO) and _top(a.target) != "router"] == []
