@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from proxy import __version__
 from proxy.settings import LIMITS_DB_ENV, ConfigError, Settings, load_settings, tier_key
 
 log = logging.getLogger("route_llm")
@@ -239,7 +240,7 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
 
 
 @click.group()
-@click.version_option(package_name="route-llm")
+@click.version_option(__version__, prog_name="route-llm")
 def main() -> None:
     """route-llm: an OpenAI-compatible proxy that routes each request to a weak or a strong model."""
     # LiteLLM downloads its price list at import unless told otherwise; a proxy must not depend on that.

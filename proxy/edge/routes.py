@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from proxy import metrics
+from proxy import __version__, metrics
 from proxy.edge import shape
 from proxy.edge.accounting import Accounting, Outcome
 from proxy.edge.chat import parse_chat_request
@@ -315,7 +315,8 @@ async def retrieve_model(request: Request) -> Response:
 
 
 async def health_live(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    """Alive, and which release: the version is the package's (``proxy.__version__``)."""
+    return JSONResponse({"status": "ok", "version": __version__})
 
 
 async def health_ready(request: Request) -> Response:
