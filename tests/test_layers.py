@@ -40,14 +40,6 @@ PROXY = (
 # The stand-in upstream (tests and `route-llm serve --demo`): a leaf that only the CLI imports, lazily.
 DEMO = "proxy.demo"
 
-# Arrows that break a rule today, each to be removed; the test fails when one is gone and still listed here.
-KNOWN: set[tuple[str, str]] = {
-    ("scripts.attack", "tests.standin"),  # the attack script borrows the tests' PDFs and stand-in
-    ("scripts.attack", "tests.proxy.pdfs"),
-}
-# Cycles that exist today, each to be broken (same rule: the list only shrinks).
-KNOWN_CYCLES: list[list[str]] = [
-]
 
 
 @dataclass(frozen=True)
@@ -161,10 +153,6 @@ def _violation(a: Arrow) -> str | None:
     return None
 
 
-def _violations() -> set[tuple[str, str]]:
-    return {(a.source, a.target) for a in ARROWS if _violation(a) is not None}
-
-
 def _cycles(scope: str) -> list[list[str]]:
     """Strongly connected components with more than one module, among the modules under ``scope``."""
     graph: dict[str, set[str]] = {m: set() for m in MODULES if _in(m, scope)}
@@ -242,30 +230,19 @@ def test_a_rule_breaking_arrow_is_caught() -> None:
 
 @pytest.mark.parametrize("scope", ["proxy", "router", "training", "scripts"])
 def test_no_import_cycles(scope: str) -> None:
-    assert [c for c in _cycles(scope) if c not in KNOWN_CYCLES] == []
-
-
-def test_no_cycle_exception_is_left_over() -> None:
-    found = _cycles("proxy") + _cycles("training")
-    assert [c for c in KNOWN_CYCLES if c not in found] == []
+    assert _cycles(scope) == []
 
 
 def test_every_arrow_keeps_to_the_layers() -> None:
     broken = sorted(f"{a.source} -> {a.target} (line {a.line}): {why}" for a in ARROWS
-                    if (why := _violation(a)) is not None and (a.source, a.target) not in KNOWN)
-    assert broken == []
-
-
-def test_no_exception_is_left_over() -> None:
-    """An arrow listed in KNOWN that is gone must leave the list: the contract only tightens."""
-    assert KNOWN <= _violations()
+                    if (why := _violation(a)) is not None)
+    assert broken == []  # no exceptions: an arrow that must stay is a sign the house is drawn wrong
 
 
 def test_only_the_edge_reads_the_shared_services() -> None:
     readers = {a.source for a in ARROWS if a.target == "proxy.services"}
     assert readers, "nothing imports proxy.services: the test reads the wrong graph"
-    others = {r for r in readers if not (_in(r, "proxy.edge") or r in ("proxy.app", "proxy.cli"))}
-    assert {r for r in others if (r, "proxy.services") not in KNOWN} == set()
+    assert {r for r in readers if not (_in(r, "proxy.edge") or r in ("proxy.app", "proxy.cli"))} == set()
 
 
 def test_the_stand_in_is_a_leaf_that_only_the_cli_starts() -> None:
