@@ -250,3 +250,12 @@ def test_the_stand_in_is_a_leaf_that_only_the_cli_starts() -> None:
     assert into, "nothing in proxy/ imports the stand-in: the test reads the wrong graph"
     assert {(a.source, a.lazy) for a in into} == {("proxy.cli", True)}
     assert [a for a in ARROWS if _in(a.source, DEMO) and not _in(a.target, DEMO) and _top(a.target) != "router"] == []
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    """docs/architecture.md draws these layers and gives every module one line; a new module needs its line."""
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = sorted(str(path.relative_to(ROOT)) for name, path in MODULES.items()
+                     if _top(name) in ("proxy", "router", "training") and path.name != "__init__.py"
+                     and f"`{path.name}`" not in page)
+    assert missing == []
