@@ -259,3 +259,11 @@ def test_the_architecture_page_names_every_module() -> None:
                      if _top(name) in ("proxy", "router", "training") and path.name != "__init__.py"
                      and f"`{path.name}`" not in page)
     assert missing == []
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in tests/helpers.py or a conftest; a test module imported by another runs its
+    module-level set-up twice and couples two files that mirror different packages."""
+    shared = sorted(f"{a.source} -> {a.target}" for a in ARROWS
+                    if _top(a.source) == "tests" and a.target.rsplit(".", 1)[-1].startswith("test_"))
+    assert shared == []

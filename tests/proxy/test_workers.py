@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy import cli, metrics
 from proxy.settings import settings_from_dict
 from tests.conftest import base_config
+from tests.helpers import wait_for_workers as _wait_for_workers
 from tests.standin import StandInServer, free_port
 
 REQUESTS = 12
@@ -36,17 +36,6 @@ def _write_config(tmp: Path, standin: StandInServer, **server: Any) -> Path:
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
-
-
-def _wait_for_workers(proc: subprocess.Popen[bytes], log: Path, workers: int, timeout: float = 180) -> None:
-    """Every worker logs once when its lifespan is done; wait for all, so each can take connections."""
-    deadline = time.monotonic() + timeout
-    while log.read_text(errors="replace").count("route-llm worker loaded") < workers:
-        if proc.poll() is not None:
-            pytest.fail(f"route-llm serve exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"workers not ready in {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
 
 
 def _post(base_url: str, i: int) -> int:
