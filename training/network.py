@@ -50,14 +50,29 @@ log = logging.getLogger(__name__)
 class FitConfig(Protocol):
     """What :func:`finetune_encoder` reads of ``training.retrain.RetrainConfig`` (its ``--full`` settings)."""
 
-    seed: int
-    threads: int
-    freeze_layers: int
-    encoder_lr: float
-    head_lr: float
-    batch_size: int
-    full_steps: int | None
-    full_epochs: float
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def threads(self) -> int: ...
+
+    @property
+    def freeze_layers(self) -> int: ...
+
+    @property
+    def encoder_lr(self) -> float: ...
+
+    @property
+    def head_lr(self) -> float: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def full_steps(self) -> int | None: ...
+
+    @property
+    def full_epochs(self) -> float: ...
 
 
 _NODE = re.compile(r"^/(?:bert/)?((?:encoder|embeddings)/[^ ]+?)/(MatMul_quant|MatMul|Add|LayerNormalization|Gather)$")
