@@ -26,6 +26,8 @@ from tests.helpers import wait_for_workers as _wait_for_workers
 from tests.router.conftest import SHIPPED_MODEL_DIR
 from tests.standin import StandInServer, free_port
 
+pytestmark = pytest.mark.slow  # each test serves a proxy and loads router models again
+
 ADMIN = "admin-secret"
 IN_FLIGHT = 32
 ROUTE_LLM = Path(sys.executable).with_name("route-llm")

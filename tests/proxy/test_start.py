@@ -44,6 +44,7 @@ def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return unpacked
 
 
+@pytest.mark.slow
 def test_wheel_carries_the_default_config_and_the_router_model(wheel_dir: Path) -> None:
     packaged = wheel_dir / "proxy" / "config.yaml"
     assert packaged.is_file() and not packaged.is_symlink()
@@ -93,6 +94,7 @@ def demo_from_wheel(wheel_dir: Path, tmp_path: Path) -> Iterator[Served]:
         proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_serve_from_an_empty_directory_uses_the_bundled_config_and_says_ready_with_the_url(
         demo_from_wheel: Served) -> None:
     served = demo_from_wheel
