@@ -42,6 +42,7 @@ def _wait_for(check: object, seconds: float) -> bool:
         time.sleep(0.05)
     return False
 
+@pytest.mark.slow
 
 def test_sigkill_of_the_server_takes_its_extraction_children_with_it(tmp_path: Path,
                                                                      standin: StandInServer) -> None:

@@ -32,6 +32,7 @@ def _refuses_connections(port: int) -> bool:
     except ConnectionRefusedError:
         return True
 
+@pytest.mark.slow
 
 def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path: Path, standin: StandInServer) -> None:
     port = free_port()
@@ -80,6 +81,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path: Path, standi
     assert "Traceback" not in log.read_text()
     assert key not in log.read_text() and all(key not in str(r.headers) for r in standin.state.requests)
 
+@pytest.mark.slow
 
 def test_requests_past_the_shutdown_deadline_get_a_503_and_the_process_still_exits_0(
         tmp_path: Path, standin: StandInServer) -> None:
@@ -128,6 +130,7 @@ def _corrupt_model(tmp_path: Path) -> Path:
     return broken
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "workers"), [("empty", 1), ("corrupt", 1), ("corrupt", 2)])
 def test_unreadable_router_model_stops_start_up_naming_the_path(tmp_path: Path, standin: StandInServer,
                                                                  kind: str, workers: int) -> None:

@@ -25,6 +25,7 @@ from tests.standin import Fault, StandInServer, free_port
 
 MSG = [{"role": "user", "content": "tell me a long story"}]
 
+@pytest.mark.slow
 
 def test_streams_at_the_shutdown_deadline_end_with_an_error_event_and_done(tmp_path: Path,
                                                                            standin: StandInServer) -> None:

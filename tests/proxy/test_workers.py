@@ -44,6 +44,7 @@ def _post(base_url: str, i: int) -> int:
                                                    "messages": [{"role": "user", "content": f"question {i}"}]})
         return r.status_code
 
+@pytest.mark.slow
 
 def test_two_workers_report_the_total_of_all_requests(tmp_path: Path, standin: StandInServer) -> None:
     """Also: without Redis the requests-per-minute limit holds for the server as a whole, not per worker."""
@@ -119,6 +120,7 @@ class _FakeMultiprocess:
         if self.fail:
             raise RuntimeError("worker start-up failed")
 
+@pytest.mark.slow
 
 def test_each_server_gets_a_fresh_private_metrics_dir_removed_on_exit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
