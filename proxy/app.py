@@ -27,8 +27,10 @@ from starlette.routing import Route
 
 from proxy import __version__, metrics, tracing
 from proxy.documents.service import DocumentService
-from proxy.edge.admin_spend import admin_spend, admin_spend_reset
+from proxy.edge import files as files_api
 from proxy.edge import stored
+from proxy.edge.admin import PinMiddleware, admin_reload
+from proxy.edge.admin_spend import admin_spend, admin_spend_reset
 from proxy.edge.feedback import post_feedback
 from proxy.edge.guard import GuardMiddleware
 from proxy.edge.messages_http import AnthropicEdge, MessagesHandler
@@ -51,16 +53,16 @@ from proxy.errors import (
     handle_unexpected,
 )
 from proxy.routing.budget import make_budgets
-from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider, short_gil_switch
-from proxy.routing.reload import Live, PinMiddleware, Reloader, admin_reload
+from proxy.routing.decider import Decider, short_gil_switch
+from proxy.routing.reload import Live, Reloader
+from proxy.routing.render import cuts_header
 from proxy.services import Services
 from proxy.settings import Settings, load_settings
 from proxy.state.database import Database, StorageUnavailable, open_databases
 from proxy.state.files import FileStore
 from proxy.state.records import RecordStore
-from proxy.state.spend import open_spend_store
 from proxy.state.responses import ResponseStore, open_response_store
-from proxy.upstream.accounting import cuts_header
+from proxy.state.spend import open_spend_store
 from proxy.upstream.calls import Upstream
 from proxy.upstream.pricing import prices_of
 from router import Router
@@ -159,7 +161,7 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         Route("/v1/feedback", post_feedback, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),
-        *DocumentService.routes(),
+        *files_api.routes(),
         Route("/health/live", health_live, methods=["GET"]),
         Route("/health/ready", health_ready, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -203,14 +205,10 @@ def _info_labels(live: Live) -> tuple[str, ...]:
 
 
 def _share_label(settings: Settings) -> str:
-    """The info gauge's target: the most expensive tier's share (``strong_share``, or the last of ``shares``),
-    which the dashboard draws against the measured share of that tier; "none" when fixed thresholds win."""
-    r = settings.router
-    if r.threshold is not None or r.thresholds is not None:
-        return "none"
-    if r.shares is not None:
-        return str(r.shares[-1])
-    return str(r.strong_share if r.strong_share is not None else DEFAULT_STRONG_SHARE)
+    """The info gauge's target: the most expensive tier's share, which the dashboard draws against the measured
+    share of that tier; "none" when fixed thresholds apply (settings decided which, at load)."""
+    shares = settings.router.shares
+    return "none" if shares is None else str(shares[-1])
 
 
 def app_from_env() -> Starlette:

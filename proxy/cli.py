@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from proxy import __version__
 from proxy.settings import BREAKER_DB_ENV, LIMITS_DB_ENV, ConfigError, Settings, load_settings, tier_key
 
 log = logging.getLogger("route_llm")
@@ -246,7 +247,7 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
 
 
 @click.group()
-@click.version_option(package_name="route-llm")
+@click.version_option(__version__, prog_name="route-llm")
 def main() -> None:
     """route-llm: an OpenAI-compatible proxy that routes each request to a weak or a strong model."""
     # LiteLLM downloads its price list at import unless told otherwise; a proxy must not depend on that.
@@ -311,7 +312,7 @@ def start_demo_upstream(settings: Settings) -> str:
             where = " with an api_base" if m.api_base else ""
             raise ConfigError(f"{tier_key(settings, tier)} is {m.model!r}{where}; the stand-in speaks the Gemini API, "
                               "so the demo needs gemini/ models without api_base")
-    from proxy.standin import StandInServer
+    from proxy.demo.standin import StandInServer
 
     standin = StandInServer().start()
     os.environ["GEMINI_API_BASE"] = standin.base_url
@@ -328,7 +329,7 @@ def start_demo_upstream(settings: Settings) -> str:
               help="random faults of every kind (503, 500, 429, dropped connection, broken stream, delay)")
 def standin_cmd(host: str, port: int, fault_rate: float, fault_mix: bool) -> None:
     """Run the Gemini-API stand-in (fixed answers) to try route-llm, or test it, without a Gemini key."""
-    from proxy.standin import serve as serve_standin
+    from proxy.demo.standin import serve as serve_standin
 
     click.echo(f"route-llm standin: Gemini API stand-in on http://{_url_host(host)}:{port}; point route-llm at "
                f"it with GEMINI_API_BASE=http://{_url_host(host)}:{port} GEMINI_API_KEY=any", err=True)
@@ -370,7 +371,8 @@ def check_cmd(config_path: str | None, timeout: float | None, as_json: bool) -> 
 def route_cmd(text: str, config_path: str | None, model_name: str | None) -> None:
     """Print the routing decision for one prompt (no upstream call)."""
     from proxy.errors import ProxyError
-    from proxy.routing.decider import Decider
+    from proxy.routing.decider import Decider, Decision
+    from proxy.routing.render import decision_view
 
     settings = _load(config_path)
     router = _router(settings.router.model_dir, settings.router.threads)
@@ -389,11 +391,18 @@ def route_cmd(text: str, config_path: str | None, model_name: str | None) -> Non
         assert target.policy is not None
         tier, score = decider.choose(target.policy, [score])
         cuts = target.policy.cuts
-    click.echo(json.dumps({"score": round(score, 6), "tier": tier.name, "tier_index": tier.index,
-                           "model": settings.models.model(tier).name,
-                           "threshold": round(cuts[0], 6) if cuts is not None and len(cuts) == 1 else None,
-                           "thresholds": None if cuts is None else [round(c, 6) for c in cuts],
-                           "router_model": router.version}))
+    view = decision_view(Decision(tier, score, cuts, 0.0), model=settings.models.model(tier).name)
+    rounded = {k: _round6(view[k]) for k in ("score", "tier", "tier_index", "model", "threshold", "thresholds")}
+    click.echo(json.dumps({**rounded, "router_model": router.version}))
+
+
+def _round6(value: Any) -> Any:
+    """``route-llm route`` prints six decimals (``/v1/route`` gives the floats whole); names and ints pass."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, list):
+        return [_round6(v) for v in value]
+    return value
 
 
 @main.command("score")
@@ -439,8 +448,8 @@ def _open_records(settings: Settings | None, store_dir: str | None) -> Any:
     or SQLite). A missing SQLite file is an error rather than a new empty store."""
     from proxy.state.database import RECORDS_FILE, PostgresDatabase, SqliteDatabase
 
-    if settings is not None and not settings.storage_url().startswith("sqlite:///"):
-        return PostgresDatabase(settings.storage_url(), timeout_connect=settings.storage.timeout_connect)
+    if settings is not None and (where := settings.storage_location()).kind == "postgresql":
+        return PostgresDatabase(where.url, timeout_connect=settings.storage.timeout_connect)
     path = (Path(store_dir) if store_dir else settings.feedback_dir()) / RECORDS_FILE  # type: ignore[union-attr]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no feedback store here (feedback.storage_dir / storage.url / "

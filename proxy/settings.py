@@ -23,7 +23,7 @@ import yaml
 from router.policy import Tier, check_cuts, check_shares
 
 # down: towards cheaper tiers; up: towards dearer ones; both: nearest first, the cheaper on a tie.
-# strong_to_weak and weak_to_strong are the two-tier names of down and up, still accepted.
+# strong_to_weak and weak_to_strong are the two-tier names of down and up, still accepted and rewritten to them at load.
 Fallback = Literal["none", "down", "up", "both", "strong_to_weak", "weak_to_strong"]
 Context = Literal["last_user", "conversation"]
 Selection = Literal["all", "bm25"]
@@ -34,6 +34,9 @@ LIMITS_DB_ENV = "ROUTE_LLM_LIMITS_DB"  # set by `serve --workers N`: the file th
 BREAKER_DB_ENV = "ROUTE_LLM_BREAKER_DB"  # set by `serve --workers N`: the file the workers share breakers in
 _POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
+#: The strong share a two-tier config gets when it sets no operating point (the shipped default).
+DEFAULT_STRONG_SHARE = 0.3
+
 ENV_PREFIX = "os.environ/"
 
 
@@ -41,12 +44,22 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or wrong; the message names the key."""
 
 
-def check_url(url: str) -> StorageKind:
-    """The backend a storage URL names, or ValueError saying what is accepted."""
+@dataclass(frozen=True)
+class StorageLocation:
+    """A storage URL, parsed once (:func:`parse_storage_url`): which backend, and for SQLite its directory."""
+
+    kind: StorageKind
+    url: str
+    directory: Path | None = None  # the SQLite store's directory (files.db, blobs/, feedback.db); None on Postgres
+
+
+def parse_storage_url(url: str) -> StorageLocation:
+    """The one reader of storage URLs: ``sqlite:///relative/dir``, ``sqlite:////absolute/dir`` or
+    ``postgresql://...`` (``postgres://`` too); anything else is a ValueError saying what is accepted."""
     if url.startswith(SQLITE_PREFIX) and len(url) > len(SQLITE_PREFIX):
-        return "sqlite"
+        return StorageLocation("sqlite", url, Path(url[len(SQLITE_PREFIX):]))
     if url.startswith(_POSTGRES_PREFIXES) and urlsplit(url).hostname:
-        return "postgresql"
+        return StorageLocation("postgresql", url)
     raise ValueError("must be sqlite:///DIRECTORY (the directory that holds files.db, blobs/ and feedback.db) or "
                      "postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
 
@@ -55,11 +68,6 @@ def check_redis_url(url: str) -> str:
     if url.startswith(("redis://", "rediss://", "unix://")):
         return "redis"
     raise ValueError("must be redis://[:PASSWORD@]HOST:PORT/DB, rediss://... (TLS) or unix:///PATH")
-
-
-def sqlite_dir(url: str) -> Path:
-    """The directory of a ``sqlite:///`` URL: ``sqlite:///relative/dir``, ``sqlite:////absolute/dir``."""
-    return Path(url[len(SQLITE_PREFIX):])
 
 
 def redact(url: str) -> str:
@@ -142,6 +150,29 @@ class ModelsSettings:
                 return tier
         return {"weak": self.cheapest, "strong": self.top}.get(name)
 
+    def key(self, tier: Tier) -> str:
+        """How a tier is spelled in the config file, for error messages: ``models.weak`` or ``models[i]``."""
+        two = [t.name for t in self.tiers] == ["weak", "strong"]
+        return f"models.{tier.name}" if two else f"models[{tier.index}]"
+
+    def check(self) -> None:
+        names = [m.name for m in self.entries]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ConfigError(f"models: the name {name!r} is used by two tiers; each tier needs its own name")
+            if name.startswith("router-"):
+                raise ConfigError(f"models: the name {name!r} clashes with the router-bert-<threshold> form")
+        for tier, m in zip(self.tiers, self.entries):
+            if m.timeout <= 0:
+                raise ConfigError(f"{self.key(tier)}.timeout: must be positive")
+            for price in ("input_cost_per_million", "output_cost_per_million"):
+                v = getattr(m, price)
+                if v is not None and v < 0:
+                    raise ConfigError(f"{self.key(tier)}.{price}: must not be negative, got {v}")
+
+
+_Point = typing.TypeVar("_Point", bound="OperatingPoint")
+
 
 @dataclass(frozen=True)
 class OperatingPoint:
@@ -156,6 +187,42 @@ class OperatingPoint:
 
     def is_set(self) -> bool:
         return any(v is not None for v in (self.threshold, self.strong_share, self.thresholds, self.shares))
+
+    def check(self, key: str, tiers: int) -> None:
+        """Check the point (the router's or an alias's) against the number of tiers, naming the key."""
+        for name in ("threshold", "strong_share"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{key}.{name}: must be between 0 and 1, got {v}")
+            if v is not None and tiers != 2:
+                plural = "thresholds" if name == "threshold" else "shares"
+                raise ConfigError(f"{key}.{name}: applies to two tiers; with {tiers} tiers set {key}.{plural} "
+                                  f"({'one per cut' if plural == 'thresholds' else 'one per tier'})")
+        if self.threshold is not None and self.thresholds is not None:
+            raise ConfigError(f"{key}: set threshold or thresholds, not both")
+        if self.strong_share is not None and self.shares is not None:
+            raise ConfigError(f"{key}: set strong_share or shares, not both")
+        try:
+            if self.thresholds is not None:
+                check_cuts(self.thresholds, tiers)
+            if self.shares is not None:
+                check_shares(self.shares, tiers)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.{exc}") from None
+
+    def one_rule(self: _Point, *, default: bool) -> _Point:
+        """The point in its one spelling, which rule wins decided here, once, at load: fixed thresholds win over
+        shares (as ``threshold`` always won over ``strong_share``), the two-tier ``threshold``/``strong_share``
+        become ``thresholds``/``shares``, and with ``default`` an unset point is the default strong share. After
+        load, readers (the decider, the info gauge) see ``thresholds`` or ``shares`` and nothing else."""
+        thresholds = self.thresholds if self.thresholds is not None else \
+            (self.threshold,) if self.threshold is not None else None
+        shares = self.shares if self.shares is not None else \
+            (1.0 - self.strong_share, self.strong_share) if self.strong_share is not None else None
+        if thresholds is None and shares is None and default:
+            shares = (1.0 - DEFAULT_STRONG_SHARE, DEFAULT_STRONG_SHARE)
+        return dataclasses.replace(self, threshold=None, strong_share=None, thresholds=thresholds,
+                                   shares=None if thresholds is not None else shares)
 
 
 @dataclass(frozen=True)
@@ -178,6 +245,29 @@ class RouterSettings(OperatingPoint):
     batch_window_ms: float = 0.0  # extra wait to gather concurrent prompts into one ONNX run
     limit_batch: int = 32
     budget_steer: BudgetSteerSettings = field(default_factory=BudgetSteerSettings)
+
+    def check_router(self, models: ModelsSettings) -> None:
+        tiers = len(models.tiers)
+        self.check("router", tiers)
+        if not self.is_set() and tiers != 2:
+            raise ConfigError(f"router: with {tiers} tiers set router.shares (one per tier, e.g. "
+                              f"{[round(1 / tiers, 2)] * tiers}) or router.thresholds (one per cut)")
+        if models.tier_named(self.fail_open_tier) is None:
+            raise ConfigError(f"router.fail_open_tier: must be one of weak, strong (the cheapest and the most "
+                              f"expensive tier) or a tier name ({', '.join(t.name for t in models.tiers)}); got "
+                              f"{self.fail_open_tier!r}")
+        if not 0.0 < self.context_decay <= 1.0:
+            raise ConfigError(f"router.context_decay: must be in (0, 1], got {self.context_decay}")
+        if self.limit_context_turns < 1:
+            raise ConfigError(f"router.limit_context_turns: must be at least 1, got {self.limit_context_turns}")
+        if self.threads < 1:
+            raise ConfigError("router.threads: must be at least 1")
+        if self.limit_batch < 1 or self.batch_window_ms < 0:
+            raise ConfigError("router.limit_batch must be >= 1 and router.batch_window_ms >= 0")
+        steer = self.budget_steer.start
+        if not 0.0 <= steer <= 1.0:
+            raise ConfigError(f"router.budget_steer.start: must be between 0 and 1 (a share of the budget spent), "
+                              f"got {steer}")
 
 
 @dataclass(frozen=True)
@@ -256,6 +346,30 @@ class ServerSettings:
         """``ROUTE_LLM_REDIS_URL`` wins over the file (a Kubernetes Secret sets it); ``os.environ/NAME`` works."""
         return os.environ.get("ROUTE_LLM_REDIS_URL") or _env_reference(self.redis_url)
 
+    def check(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"server.port: {self.port} is not a TCP port")
+        for key in ("limit_body_bytes", "limit_messages", "limit_content_chars", "limit_in_flight",
+                    "limit_in_flight_per_key", "limit_bodies_arriving", "limit_bodies_arriving_per_key",
+                    "limit_json_depth", "limit_requests_per_minute"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ConfigError(f"server.{key}: must be at least 1 (or null for unlimited)")
+        url = self.resolved_redis_url()
+        if url is not None:
+            try:
+                check_redis_url(url)
+            except ValueError as exc:
+                raise ConfigError(f"server.redis_url: {exc}; got {redact(url)!r}") from None
+        if self.timeout_redis <= 0:
+            raise ConfigError("storage.limit_connections must be >= 1, storage.timeout_connect and "
+                              "server.timeout_redis positive (seconds)")
+        if self.timeout_shutdown < 0:
+            raise ConfigError("documents.timeout_extract must be positive and server.timeout_shutdown >= 0")
+        for key in ("timeout_header", "timeout_body", "timeout_keep_alive"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"server.{key}: must be positive (seconds)")
+
 
 @dataclass(frozen=True)
 class BreakerSettings:
@@ -264,6 +378,13 @@ class BreakerSettings:
 
     failures: int | None = 5  # consecutive failed attempts that open a tier's breaker; None: no breaker
     cooldown: float = 30.0  # seconds a tier is skipped before one trial request is let through
+
+    def check(self) -> None:
+        if self.failures is not None and self.failures < 1:
+            raise ConfigError(f"upstream.breaker.failures: must be at least 1 (or null for no breaker), got "
+                              f"{self.failures}")
+        if self.cooldown <= 0:
+            raise ConfigError(f"upstream.breaker.cooldown: must be positive (seconds), got {self.cooldown}")
 
 
 @dataclass(frozen=True)
@@ -277,6 +398,13 @@ class UpstreamSettings:
     check_models_at_start: bool = True  # `serve` asks the provider once whether it serves the tiers' models
     timeout_check: float = 3.0  # seconds for that question (and `route-llm check`'s default)
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+
+    def check(self) -> None:
+        if self.retries < 0 or self.timeout_total <= 0:
+            raise ConfigError("upstream.retries must be >= 0 and upstream.timeout_total > 0")
+        if self.timeout_check <= 0:
+            raise ConfigError(f"upstream.timeout_check: must be positive (seconds), got {self.timeout_check}")
+        self.breaker.check()
 
 
 @dataclass(frozen=True)
@@ -294,6 +422,16 @@ class DocumentsSettings:
     limit_storage_bytes: int | None = 1_000_000_000  # stored file bytes per proxy key
     selection: Selection = "bm25"
 
+    def check(self) -> None:
+        for key in ("limit_bytes", "limit_pages", "limit_chars", "limit_decompressed_bytes", "budget_chars",
+                    "limit_documents_per_request", "limit_inline_per_request", "limit_request_chars",
+                    "limit_storage_bytes"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ConfigError(f"documents.{key}: must be at least 1")
+        if self.timeout_extract <= 0:
+            raise ConfigError("documents.timeout_extract must be positive and server.timeout_shutdown >= 0")
+
 
 @dataclass(frozen=True)
 class FeedbackSettings:
@@ -306,6 +444,14 @@ class FeedbackSettings:
     limit_records: int | None = 1_000_000  # newest records kept (and as many ratings)
     limit_store_bytes: int | None = None  # size cap of the SQLite file; past it, new records are dropped
 
+    def check(self) -> None:
+        if self.retention_days <= 0:
+            raise ConfigError("feedback.retention_days: must be positive (days)")
+        for key in ("limit_records", "limit_store_bytes"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ConfigError(f"feedback.{key}: must be at least 1 (or null for unlimited)")
+
 
 @dataclass(frozen=True)
 class StorageSettings:
@@ -314,6 +460,11 @@ class StorageSettings:
     url: str | None = None  # sqlite:///DIR or postgresql://...; env ROUTE_LLM_DATABASE_URL wins; None: SQLite
     limit_connections: int = 10  # Postgres connections per worker process
     timeout_connect: float = 10.0  # seconds to reach the database at start-up and per pooled connection
+
+    def check(self) -> None:
+        if self.limit_connections < 1 or self.timeout_connect <= 0:
+            raise ConfigError("storage.limit_connections must be >= 1, storage.timeout_connect and "
+                              "server.timeout_redis positive (seconds)")
 
 
 @dataclass(frozen=True)
@@ -388,12 +539,16 @@ class Settings:
     def storage_url(self) -> str:
         """``ROUTE_LLM_DATABASE_URL``, else ``storage.url``, else SQLite in ``documents.storage_dir``."""
         return (os.environ.get("ROUTE_LLM_DATABASE_URL") or _env_reference(self.storage.url)
-                or "sqlite:///" + self.documents.storage_dir)
+                or SQLITE_PREFIX + self.documents.storage_dir)
+
+    def storage_location(self) -> StorageLocation:
+        """Where the store is, parsed from :meth:`storage_url` (validated at load, so it parses)."""
+        return parse_storage_url(self.storage_url())
 
     def storage_dir(self) -> str:
         """The SQLite store's directory (files.db, blobs/, feedback.db), from a sqlite:/// URL or the default."""
-        url = self.storage_url()
-        return str(sqlite_dir(url)) if url.startswith(SQLITE_PREFIX) else self.documents.storage_dir
+        directory = self.storage_location().directory
+        return str(directory) if directory is not None else self.documents.storage_dir
 
 
 def _type_name(tp: Any) -> str:
@@ -555,139 +710,61 @@ def _build(cls: Any, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _check_point(p: OperatingPoint, key: str, tiers: int) -> None:
-    """Check an operating point (the router's or an alias's) against the number of tiers, naming the key."""
-    for name in ("threshold", "strong_share"):
-        v = getattr(p, name)
-        if v is not None and not 0.0 <= v <= 1.0:
-            raise ConfigError(f"{key}.{name}: must be between 0 and 1, got {v}")
-        if v is not None and tiers != 2:
-            plural = "thresholds" if name == "threshold" else "shares"
-            raise ConfigError(f"{key}.{name}: applies to two tiers; with {tiers} tiers set {key}.{plural} "
-                              f"({'one per cut' if plural == 'thresholds' else 'one per tier'})")
-    if p.threshold is not None and p.thresholds is not None:
-        raise ConfigError(f"{key}: set threshold or thresholds, not both")
-    if p.strong_share is not None and p.shares is not None:
-        raise ConfigError(f"{key}: set strong_share or shares, not both")
-    try:
-        if p.thresholds is not None:
-            check_cuts(p.thresholds, tiers)
-        if p.shares is not None:
-            check_shares(p.shares, tiers)
-    except ValueError as exc:
-        raise ConfigError(f"{key}.{exc}") from None
-
-
 def _validate(s: Settings) -> None:
-    tiers = len(s.models.tiers)
-    _check_point(s.router, "router", tiers)
-    if not s.router.is_set() and tiers != 2:
-        raise ConfigError(f"router: with {tiers} tiers set router.shares (one per tier, e.g. "
-                          f"{[round(1 / tiers, 2)] * tiers}) or router.thresholds (one per cut)")
-    if s.models.tier_named(s.router.fail_open_tier) is None:
-        raise ConfigError(f"router.fail_open_tier: must be one of weak, strong (the cheapest and the most expensive "
-                          f"tier) or a tier name ({', '.join(t.name for t in s.models.tiers)}); got "
-                          f"{s.router.fail_open_tier!r}")
-    if not 0.0 < s.router.context_decay <= 1.0:
-        raise ConfigError(f"router.context_decay: must be in (0, 1], got {s.router.context_decay}")
-    if s.router.limit_context_turns < 1:
-        raise ConfigError(f"router.limit_context_turns: must be at least 1, got {s.router.limit_context_turns}")
-    if s.router.threads < 1:
-        raise ConfigError("router.threads: must be at least 1")
-    if s.router.limit_batch < 1 or s.router.batch_window_ms < 0:
-        raise ConfigError("router.limit_batch must be >= 1 and router.batch_window_ms >= 0")
-    steer = s.router.budget_steer.start
-    if not 0.0 <= steer <= 1.0:
-        raise ConfigError(f"router.budget_steer.start: must be between 0 and 1 (a share of the budget spent), "
-                          f"got {steer}")
+    """Each section checks its own fields (``check`` beside the dataclass); here only what spans sections."""
+    s.router.check_router(s.models)
     s.named_keys()  # names clashing with the environment's keys (key-<n>) stop the start here
     if not s.aliases:
         raise ConfigError("aliases: at least one routed alias (e.g. auto) is needed")
+    s.models.check()
     names = [m.name for m in s.models.entries]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise ConfigError(f"models: the name {name!r} is used by two tiers; each tier needs its own name")
-        if name.startswith("router-"):
-            raise ConfigError(f"models: the name {name!r} clashes with the router-bert-<threshold> form")
     for alias, a in s.aliases.items():
-        _check_point(a, f"aliases.{alias}", tiers)
+        a.check(f"aliases.{alias}", len(s.models.tiers))
         if alias in names or alias.startswith("router-"):
             raise ConfigError(f"aliases.{alias}: clashes with a model name or the router-bert-<threshold> form")
-    for tier, m in zip(s.models.tiers, s.models.entries):
-        if m.timeout <= 0:
-            raise ConfigError(f"{tier_key(s, tier)}.timeout: must be positive")
-        for price in ("input_cost_per_million", "output_cost_per_million"):
-            v = getattr(m, price)
-            if v is not None and v < 0:
-                raise ConfigError(f"{tier_key(s, tier)}.{price}: must not be negative, got {v}")
-    if s.upstream.retries < 0 or s.upstream.timeout_total <= 0:
-        raise ConfigError("upstream.retries must be >= 0 and upstream.timeout_total > 0")
-    _check_upstream_health(s.upstream)
-    if not 0 < s.server.port < 65536:
-        raise ConfigError(f"server.port: {s.server.port} is not a TCP port")
-    for key in ("limit_body_bytes", "limit_messages", "limit_content_chars", "limit_in_flight",
-                "limit_in_flight_per_key", "limit_bodies_arriving", "limit_bodies_arriving_per_key",
-                "limit_json_depth", "limit_requests_per_minute"):
-        v = getattr(s.server, key)
-        if v is not None and v < 1:
-            raise ConfigError(f"server.{key}: must be at least 1 (or null for unlimited)")
-    d = s.documents
-    for key in ("limit_bytes", "limit_pages", "limit_chars", "limit_decompressed_bytes", "budget_chars",
-                "limit_documents_per_request", "limit_inline_per_request", "limit_request_chars",
-                "limit_storage_bytes"):
-        v = getattr(d, key)
-        if v is not None and v < 1:
-            raise ConfigError(f"documents.{key}: must be at least 1")
-    f = s.feedback
-    if f.retention_days <= 0:
-        raise ConfigError("feedback.retention_days: must be positive (days)")
-    for key in ("limit_records", "limit_store_bytes"):
-        v = getattr(f, key)
-        if v is not None and v < 1:
-            raise ConfigError(f"feedback.{key}: must be at least 1 (or null for unlimited)")
-    st = s.storage
-    for name, url in (("storage.url", s.storage_url()), ("server.redis_url", s.server.resolved_redis_url())):
-        if url is None:
-            continue
-        try:
-            kind = check_url(url) if name == "storage.url" else check_redis_url(url)
-        except ValueError as exc:
-            raise ConfigError(f"{name}: {exc}; got {redact(url)!r}") from None
-        if kind == "postgresql" and f.limit_store_bytes is not None:
-            raise ConfigError("feedback.limit_store_bytes: caps the SQLite file only; with a postgresql:// "
-                              "storage.url, size the database instead (set it to null)")
-    if st.limit_connections < 1 or st.timeout_connect <= 0 or s.server.timeout_redis <= 0:
-        raise ConfigError("storage.limit_connections must be >= 1, storage.timeout_connect and "
-                          "server.timeout_redis positive (seconds)")
+    s.upstream.check()
+    s.server.check()
+    s.documents.check()
+    s.feedback.check()
+    s.storage.check()
     s.responses.check()
-    if d.timeout_extract <= 0 or s.server.timeout_shutdown < 0:
-        raise ConfigError("documents.timeout_extract must be positive and server.timeout_shutdown >= 0")
-    for key in ("timeout_header", "timeout_body", "timeout_keep_alive"):
-        if getattr(s.server, key) <= 0:
-            raise ConfigError(f"server.{key}: must be positive (seconds)")
+    url = s.storage_url()
+    try:
+        kind = parse_storage_url(url).kind
+    except ValueError as exc:
+        raise ConfigError(f"storage.url: {exc}; got {redact(url)!r}") from None
+    if kind == "postgresql" and s.feedback.limit_store_bytes is not None:
+        raise ConfigError("feedback.limit_store_bytes: caps the SQLite file only; with a postgresql:// "
+                          "storage.url, size the database instead (set it to null)")
 
 
-def _check_upstream_health(u: UpstreamSettings) -> None:
-    if u.timeout_check <= 0:
-        raise ConfigError(f"upstream.timeout_check: must be positive (seconds), got {u.timeout_check}")
-    if u.breaker.failures is not None and u.breaker.failures < 1:
-        raise ConfigError(f"upstream.breaker.failures: must be at least 1 (or null for no breaker), got "
-                          f"{u.breaker.failures}")
-    if u.breaker.cooldown <= 0:
-        raise ConfigError(f"upstream.breaker.cooldown: must be positive (seconds), got {u.breaker.cooldown}")
+_TWO_TIER_FALLBACK = {"strong_to_weak": "down", "weak_to_strong": "up"}
+
+
+def _normalise(s: Settings) -> Settings:
+    """The old two-tier spellings, rewritten once at load so that no reader decodes them: the operating points
+    (:meth:`OperatingPoint.one_rule`), ``fail_open_tier: weak|strong`` (the tier's own name) and the fallback
+    modes ``strong_to_weak``/``weak_to_strong`` (``down``/``up``). The ``weak:``/``strong:`` models mapping is
+    already a tier list (:func:`_models`)."""
+    fail_open = s.models.tier_named(s.router.fail_open_tier)
+    assert fail_open is not None  # checked
+    fallback = typing.cast(Fallback, _TWO_TIER_FALLBACK.get(s.upstream.fallback, s.upstream.fallback))
+    return dataclasses.replace(
+        s, router=dataclasses.replace(s.router.one_rule(default=True), fail_open_tier=fail_open.name),
+        aliases={name: a.one_rule(default=False) for name, a in s.aliases.items()},
+        upstream=dataclasses.replace(s.upstream, fallback=fallback))
 
 
 def tier_key(s: Settings, tier: Tier) -> str:
     """How a tier is spelled in the config file, for error messages: ``models.weak`` or ``models[i]``."""
-    two = [t.name for t in s.models.tiers] == ["weak", "strong"]
-    return f"models.{tier.name}" if two else f"models[{tier.index}]"
+    return s.models.key(tier)
 
 
 def settings_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Settings:
     settings: Settings = _build(Settings, data, "")
     settings = dataclasses.replace(settings, source=source)
     _validate(settings)
-    return settings
+    return _normalise(settings)
 
 
 # Inside the package, so that a wheel install has it too (in the source tree, a link to ../config.yaml).

@@ -17,6 +17,7 @@ shares per tier read off the model's quantile table (:func:`cuts_for_shares`).
 from __future__ import annotations
 
 import math
+import warnings
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -115,7 +116,19 @@ def threshold_for_strong_share(quantiles: Iterable[Sequence[float]], share: floa
 
 
 def decide(score: float, threshold: float) -> Literal["weak", "strong"]:
-    """Return "strong" iff ``score >= threshold``, else "weak" (see the module docstring for why ">=")."""
+    """Return "strong" iff ``score >= threshold``, else "weak" (see the module docstring for why ">=").
+
+    Deprecated: the two-tier form of ``TierPolicy((threshold,)).tier_index(score)``, which the proxy uses for any
+    number of tiers; it warns and will be removed."""
+    warnings.warn(_DEPRECATED.format("router.decide(score, threshold)", "TierPolicy((threshold,)).tier_index(score)"),
+                  DeprecationWarning, stacklevel=2)
+    return _decide(score, threshold)
+
+
+_DEPRECATED = "{} is deprecated and will be removed; use {} (router.policy)"
+
+
+def _decide(score: float, threshold: float) -> Literal["weak", "strong"]:
     score = _check_real("score", score)
     if not 0.0 <= score <= 1.0:
         raise ValueError(f"score must be between 0 and 1, got {score}")
@@ -141,11 +154,15 @@ def quantiles_from_scores(scores: Iterable[float]) -> list[tuple[float, float]]:
 
 @dataclass(frozen=True)
 class Policy:
-    """A validated threshold, so a bad value fails when configuration is read rather than per request."""
+    """A validated threshold, so a bad value fails when configuration is read rather than per request.
+
+    Deprecated (it warns on construction): the two-tier form of :class:`TierPolicy`, which the proxy uses."""
 
     threshold: float
 
     def __post_init__(self) -> None:
+        warnings.warn(_DEPRECATED.format("router.Policy", "TierPolicy, or TierPolicy.from_shares for a share"),
+                      DeprecationWarning, stacklevel=3)  # past the dataclass's generated __init__
         object.__setattr__(self, "threshold", check_threshold(self.threshold))
 
     @classmethod
@@ -155,7 +172,7 @@ class Policy:
 
     def decide(self, score: float) -> Literal["weak", "strong"]:
         """Return the tier for ``score`` under this policy's threshold."""
-        return decide(score, self.threshold)
+        return _decide(score, self.threshold)
 
 
 def check_shares(shares: Sequence[float], tiers: int) -> tuple[float, ...]:

@@ -68,8 +68,8 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--probe"]:
     _probe(sys.argv[2], sys.argv[3])
     sys.exit(0)
 
-from tests.proxy.pdfs import pdf_with_pages, slow_pdf  # noqa: E402  (small PDFs; fpdf2 is a dev dependency)
-from tests.standin import Fault, StandInServer, free_port  # noqa: E402
+from proxy.demo.standin import Fault, StandInServer, free_port  # noqa: E402
+from scripts.pdfs import pdf_with_pages, slow_pdf  # noqa: E402  (small PDFs; fpdf2 is a dev dependency)
 
 ATTACKER, NORMAL = "sk-attacker", "sk-normal"
 SHUTDOWN, SIGKILL = "8 streams of ~9 s, then SIGTERM", "SIGKILL during 2 PDF extractions"

@@ -39,7 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from proxy.standin import StandInServer, free_port  # noqa: E402
+from proxy.demo.standin import StandInServer, free_port  # noqa: E402
 from router import Router  # noqa: E402
 from router.head import Head  # noqa: E402
 from training import data, encoder  # noqa: E402

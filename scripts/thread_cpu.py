@@ -113,7 +113,7 @@ def main() -> None:
         path = Path(tmp) / "route-llm.yaml"
         path.write_text(yaml.safe_dump(cfg))
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        standin = subprocess.Popen([sys.executable, "-m", "proxy.standin", "--port", str(standin_port)], env=env,
+        standin = subprocess.Popen([sys.executable, "-m", "proxy.demo.standin", "--port", str(standin_port)], env=env,
                                    cwd=ROOT, **quiet)  # type: ignore[call-overload]
         server = subprocess.Popen([args.route_llm, "serve", "--config", str(path)], env=env, cwd=ROOT,
                                   **quiet)  # type: ignore[call-overload]

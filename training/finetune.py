@@ -32,6 +32,7 @@ from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE, Router, loa
 from router.features import FEATURES, compute
 from router.head import Head
 from training import base_rows, data, encoder, evaluate
+from training.network import recover_encoder, trainable_body, weighted_step
 from training.pipeline import mixture_quantiles, replace_dir, stage_dir
 
 log = logging.getLogger(__name__)
@@ -64,29 +65,6 @@ def _select(rows: list[data.Row], config: FinetuneConfig) -> list[data.Row]:
     time rather than add weight)."""
     caps = {"math": config.math_limit, **({"mmlu": config.mmlu_limit} if config.mmlu_limit else {})}
     return [rows[i] for i in data.training_subset(rows, caps, seed=config.seed) if not rows[i].val]
-
-
-def trainable_body(bert: Any, freeze_layers: int) -> list[Any]:
-    """Freeze a BERT's embeddings and its lowest ``freeze_layers`` layers; return the parameters left to train."""
-    for p in bert.embeddings.parameters():
-        p.requires_grad = False
-    for layer in bert.encoder.layer[:freeze_layers]:
-        for p in layer.parameters():
-            p.requires_grad = False
-    return [p for p in bert.parameters() if p.requires_grad]
-
-
-def weighted_step(net: Any, optimiser: Any, logit: Any, target: Any, weight: Any) -> Any:
-    """One optimiser step on the weighted mean soft-target cross-entropy (gradients clipped to norm 1); the loss."""
-    import torch
-
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target, reduction="none")
-    loss = (loss * weight).sum() / weight.sum()
-    optimiser.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0)
-    optimiser.step()
-    return loss
 
 
 def finetune(
@@ -124,8 +102,6 @@ def finetune(
 
     start_dir = encoder.base_model_dir()
     if config.init:
-        from training.retrain_full import recover_encoder
-
         start_dir = recover_encoder(Path(config.init), work / "init-encoder")
         log.info("starting from the encoder of %s (rebuilt from its ONNX graph)", config.init)
 

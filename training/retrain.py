@@ -30,7 +30,7 @@ beyond the base dependencies (numpy does the fit and the evaluation). The steps:
    carried over from the current model (each point moved to the candidate's score at the same mixture-weighted
    rank of the base rows, so ``strong_share`` keeps its meaning). The serving proxy picks it up on reload.
 
-``full=True`` (``route-llm retrain --full``) replaces step 2 with :func:`training.retrain_full.finetune_encoder`:
+``full=True`` (``route-llm retrain --full``) replaces step 2 with :func:`training.network.finetune_encoder`:
 the encoder is rebuilt from the current ONNX file and fine-tuned with the head on the same rows and targets, then
 exported; step 3 scores the candidate with its own encoder (those embeddings are computed afresh, which needs the
 prompts: ``--data-dir``) and step 4 writes the new encoder. It needs torch and transformers (the train extra) and
@@ -58,6 +58,7 @@ from router.lexical import Lexical
 from training import base_rows, data, encoder, evaluate
 from training.base_rows import BaseRows, BaseRowsError, RowSet, Terms, head_logits
 from training.metrics import auroc, routing_curve
+from training.network import read_head
 from training.pipeline import sigmoid, stage_dir
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class RetrainConfig:
     bootstrap: int = 1000  # resamples behind every interval
     seed: int = 13
     threads: int = 2
-    # --full (training.retrain_full): the encoder moves too; the settings below apply to that mode only
+    # --full (training.network.finetune_encoder): the encoder moves too; the settings below apply to that mode only
     full: bool = False
     full_epochs: float = 1.0  # passes over the fit rows (base sample + training feedback)
     full_steps: int | None = None  # a fixed number of steps instead (tests)
@@ -174,17 +175,6 @@ def _gelu_grad(x: np.ndarray) -> np.ndarray:
     u = _SQRT_2_OVER_PI * (x + 0.044715 * x**3)
     t = np.tanh(u)
     return np.asarray(0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x))
-
-
-def read_head(path: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-    """The arrays of a head file (mean, scale, layers), for starting a fit from them."""
-    Head.load(path)  # validates
-    with np.load(path, allow_pickle=False) as arrays:
-        layers: list[tuple[np.ndarray, np.ndarray]] = []
-        while f"w{len(layers)}" in arrays:
-            i = len(layers)
-            layers.append((np.asarray(arrays[f"w{i}"], np.float64), np.asarray(arrays[f"b{i}"], np.float64)))
-        return np.asarray(arrays["input_mean"], np.float64), np.asarray(arrays["input_scale"], np.float64), layers
 
 
 def fit_from(head_path: Path, inputs: np.ndarray, target: np.ndarray, weight: np.ndarray, groups: np.ndarray,
@@ -475,7 +465,7 @@ def retrain(data_dir: Path | None, feedback_paths: list[Path], *, current_dir: s
     encoder_dir = directory  # the candidate's encoder: the current one, unless --full moves it
     c_train, c_val, c_held = base.train, base.val, fb_held
     if config.full:
-        from training.retrain_full import finetune_encoder
+        from training.network import finetune_encoder
 
         hidden = fit_rows.inputs.shape[1] - len(current.meta.features)
         texts = [r.prompt for r in base_train_rows + train_feedback]

@@ -12,12 +12,12 @@ from starlette.responses import JSONResponse, Response
 from proxy.edge.routes import read_json
 from proxy.errors import BadRequest, NotFound, ProxyError
 from proxy.routing.budget import Budgets
-from proxy.routing.reload import _check_admin
+from proxy.edge.admin import check_admin
 from proxy.services import services
 
 
 def _budgets(request: Request) -> Budgets:
-    _check_admin(request)
+    check_admin(request)
     budgets = services(request).budgets
     if budgets is None:
         raise ProxyError("no spend is counted: the proxy has no keys (server.api_keys or ROUTE_LLM_API_KEYS)",

@@ -2,15 +2,16 @@
 
 Checks are the ones whose failure would otherwise come back as a confusing upstream error or a 500:
 types of the fields we read or forward, roles, content parts, limits. Every message says which field is
-wrong, with OpenAI's ``param`` path (``messages[2].content``).
+wrong, with OpenAI's ``param`` path (``messages[2].content``). The result is the neutral
+:class:`proxy.request.ChatRequest` that the layers below read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.errors import BadRequest, PayloadTooLarge
+from proxy.request import ChatRequest, FilePart
 from proxy.upstream.params import CHECKS, check
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -19,59 +20,6 @@ PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
 # Every OpenAI chat parameter is accepted and type-checked; proxy.upstream.params decides which reach the model.
 PASSTHROUGH = frozenset(CHECKS)
 KNOWN = PASSTHROUGH | {"model", "messages", "stream"}
-
-
-@dataclass
-class FilePart:
-    """A document attached to a user message, by stored id or inline base64."""
-
-    message_index: int
-    part_index: int
-    file_id: str | None = None
-    filename: str | None = None
-    file_data: str | None = None
-
-
-@dataclass
-class ChatRequest:
-    model: Any
-    messages: list[dict[str, Any]]
-    stream: bool
-    params: dict[str, Any]
-    files: list[FilePart] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)  # accepted, not forwarded (Responses-only parameters)
-
-    @property
-    def include_usage(self) -> bool:
-        opts = self.params.get("stream_options") or {}
-        return bool(opts.get("include_usage"))
-
-
-def _text_of(msg: dict[str, Any]) -> str:
-    content = msg.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p["text"] for p in content if p.get("type") == "text")
-    return ""
-
-
-def last_user_text(messages: list[dict[str, Any]]) -> str:
-    """The text the router judges: the last user message, text parts joined (documents excluded)."""
-    for msg in reversed(messages):
-        if msg.get("role") == "user":
-            return _text_of(msg)
-    return ""
-
-
-def user_texts(messages: list[dict[str, Any]], limit: int) -> list[str]:
-    """The last ``limit`` user turns' texts, oldest first: what conversation-aware routing scores.
-
-    Always at least one entry (an empty string when there is no user turn), so that the last entry is what
-    :func:`last_user_text` returns and the two routing modes agree on single-turn requests.
-    """
-    texts = [_text_of(m) for m in messages if m.get("role") == "user"][-limit:]
-    return texts or [""]
 
 
 def _check_content(i: int, msg: dict[str, Any], files: list[FilePart]) -> int:

@@ -25,9 +25,10 @@ from typing import Any
 from starlette.requests import Request
 
 from proxy.edge import stored
-from proxy.edge.chat import ChatRequest, check_top_level, parse_chat_request
+from proxy.edge.chat import check_top_level, parse_chat_request
 from proxy.edge.routes import ChatHandler, StreamFormat
 from proxy.errors import BadRequest, PayloadTooLarge, ProxyError
+from proxy.request import ChatRequest
 from proxy.state.responses import ResponseStore, Stored
 from proxy.upstream.params import integer, of_type, one_of
 

@@ -14,9 +14,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from proxy import metrics, tracing
+from proxy import __version__, metrics, tracing
 from proxy.edge import shape
-from proxy.edge.chat import ChatRequest, parse_chat_request
+from proxy.edge.accounting import Accounting, Outcome
+from proxy.edge.chat import parse_chat_request
 from proxy.edge.guard import Life
 from proxy.edge.jsonbody import parse_json
 from proxy.errors import (
@@ -28,11 +29,12 @@ from proxy.errors import (
     RateLimited,
     UpstreamError,
 )
+from proxy.request import ChatRequest
 from proxy.routing.budget import BudgetRoute, apply_budget, budget_headers
 from proxy.routing.decider import Decision, Target
+from proxy.routing.render import decision_headers, decision_view
 from proxy.services import Services, services
-from proxy.settings import ModelSettings, Settings
-from proxy.upstream.accounting import Accounting, Outcome, cuts_header
+from proxy.settings import Settings
 from proxy.upstream.calls import Attempts, client_message
 from router.policy import Tier
 
@@ -115,6 +117,7 @@ class ChatHandler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.accounting = Accounting(settings)
+        self.models = tuple(m.name for m in settings.models.entries)  # by tier index (models are restart-only)
 
     # --- the endpoint's dialect -------------------------------------------------------------------------
     def parse(self, body: Any) -> ChatRequest:
@@ -139,25 +142,14 @@ class ChatHandler:
         """Called with the rendered answer before it is sent (the Responses API stores it here)."""
 
     # --- helpers ----------------------------------------------------------------------------------------
-    def _served_model(self, tier: Tier) -> ModelSettings:
-        return self.settings.models.model(tier)
-
     def _headers(self, o: Outcome) -> dict[str, str]:
         h = {"x-request-id": o.request_id, **budget_headers(o.budget, o.budget_route)}
         d, tier = o.decision, o.served_tier
         if d is None or tier is None:
             return h
-        h["x-route-llm-tier"] = tier.name
-        h["x-route-llm-tier-index"] = str(tier.index)
-        h["x-route-llm-model"] = self._served_model(tier).name
-        h["x-route-llm-score"] = "none" if d.score is None else f"{d.score:.4f}"
-        h["x-route-llm-threshold"] = "none" if d.cuts is None else cuts_header(d.cuts)
-        if d.tier != tier:
-            h["x-route-llm-fallback"] = f"{d.tier.name}->{tier.name}"
+        h.update(decision_headers(d, tier=tier, model=o.served_model or ""))
         if o.attempts is not None and o.attempts.breaker_open:  # served (or refused) around open breakers
             h["x-route-llm-breaker"] = ",".join(f"open:{t.name}" for t in o.attempts.breaker_open)
-        if d.failed:
-            h["x-route-llm-router-error"] = "1"
         if dropped := self._dropped(o):
             h["x-route-llm-dropped-params"] = ",".join(dropped)
         return h
@@ -186,7 +178,7 @@ class ChatHandler:
     async def chat(self, request: Request) -> Response:
         state = services(request)
         o = Outcome(request_id=request_id(request.headers.get("x-request-id")), owner=request.state.owner,
-                    records=state.records, router_version=state.router_version,
+                    records=state.records, router_version=state.router_version, models=self.models,
                     key=getattr(request.state, "key_name", None), budgets=state.budgets)
         streaming = False  # a stream records its outcome when it ends, not here
         body: Any = None
@@ -203,7 +195,8 @@ class ChatHandler:
             extra_headers: dict[str, str] = {}
             if chat.files:
                 with tracing.span("route_llm.documents", **{"route_llm.documents.count": len(chat.files)}):
-                    messages, extra_headers = await state.documents.expand(request, chat)
+                    messages, extra_headers = await state.documents.expand(chat, owner=request.state.owner,
+                                                                           party=request.state.party)
             if self.settings.server.log_prompts:
                 o.prompt = texts[-1]
             steer = o.budget_route.steer if o.budget_route is not None else 0.0
@@ -216,10 +209,9 @@ class ChatHandler:
                 streaming = True
                 return response
             start = time.perf_counter()
-            answer = await state.upstream.complete(decision.tier, messages, chat.params, attempts)
+            served = await state.upstream.complete(decision.tier, messages, chat.params, attempts)
             o.upstream_seconds = time.perf_counter() - start
-            served = self._served_model(attempts.served_tier or decision.tier)
-            payload = shape.completion(answer.model_dump(exclude_none=False), served.name)
+            payload = shape.completion(served.answer.model_dump(exclude_none=False), served.model)
             usage = payload.get("usage") or {}
             o.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             o.completion_tokens = int(usage.get("completion_tokens") or 0)
@@ -265,12 +257,12 @@ class ChatHandler:
         # chunk is passed on only to clients that asked for it (stream_options.include_usage).
         params = {**chat.params, "stream_options": {**(chat.params.get("stream_options") or {}),
                                                     "include_usage": True}}
-        first, iterator = await state.upstream.stream(o.decision.tier, messages, params, o.attempts)
+        served = await state.upstream.stream(o.decision.tier, messages, params, o.attempts)
+        assert served.rest is not None
         o.first_token_seconds = time.perf_counter() - start
-        served = self._served_model(o.attempts.served_tier or o.decision.tier)
         o.status, o.http_status = "ok", 200
         headers = {**self._headers(o), **extra_headers}
-        sse = self._sse(first, iterator, served.name, o, start, self.stream_format(chat, served.name),
+        sse = self._sse(served.answer, served.rest, served.model, o, start, self.stream_format(chat, served.model),
                         request.state.life)
         return StreamingResponse(sse, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
@@ -351,18 +343,14 @@ async def route_only(request: Request) -> Response:
     except BudgetExceeded:
         route = None  # a dry run shows the refusal instead of raising it
     d: Decision = await decider.decide(route.target if route else target, texts, steer=route.steer if route else 0)
-    m = settings.models.model(d.tier)
     budget = None
     if status is not None:
         action = ("refuse" if route is None else "cheapest" if route.cheapest else
                   "steer" if route.steer > 0 else "none")
         budget = {**status.body(), "steer": route.steer if route else None, "action": action}
-    return JSONResponse({
-        "object": "route.decision", "requested_model": model, "tier": d.tier.name, "tier_index": d.tier.index,
-        "model": m.name, "score": d.score, "turn_score": d.turn_score, "threshold": d.threshold,
-        "thresholds": None if d.cuts is None else list(d.cuts), "router_error": d.failed,
-        "router_model": state.router.version, "budget": budget,
-    })
+    return JSONResponse({"object": "route.decision", "requested_model": model,
+                         **decision_view(d, model=settings.models.model(d.tier).name),
+                         "router_model": state.router.version, "budget": budget})
 
 
 def _model_object(settings: Settings, name: str, tier: Tier | None, created: int) -> dict[str, Any]:
@@ -389,7 +377,8 @@ async def retrieve_model(request: Request) -> Response:
 
 
 async def health_live(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    """Alive, and which release: the version is the package's (``proxy.__version__``)."""
+    return JSONResponse({"status": "ok", "version": __version__})
 
 
 async def health_ready(request: Request) -> Response:

@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.edge.chat import user_texts
 from proxy.errors import ModelNotFound
+from proxy.request import user_texts
 from proxy.settings import OperatingPoint, Settings
 from router import Router
 from router.budget import steer_cuts
@@ -31,9 +31,6 @@ from router.policy import Quantiles, Tier, TierPolicy, conversation_score
 log = logging.getLogger("route_llm")
 
 RouteLLM_PREFIX = "router-bert-"
-
-#: The strong share a two-tier config gets when it sets no operating point (the shipped default).
-DEFAULT_STRONG_SHARE = 0.3
 
 #: Earlier user turns whose scores are remembered, so a conversation's history is not scored again on every
 #: follow-up. Scores are deterministic per text (the classifier runs each sequence alone), so a cached score is
@@ -106,17 +103,13 @@ class Decision:
         return self.cuts[0] if self.cuts is not None and len(self.cuts) == 1 else None
 
 
-def policy_for(point: OperatingPoint, tiers: int, quantiles: Quantiles) -> TierPolicy:
-    """The cut points an operating point asks for; fixed thresholds win over shares (settings validated the
-    combination and the lengths)."""
+def policy_for(point: OperatingPoint, quantiles: Quantiles) -> TierPolicy:
+    """The cut points of a loaded operating point: its fixed thresholds, or its shares through the model's
+    quantile table. Which of the two applies was decided once, at load (``OperatingPoint.one_rule``)."""
     if point.thresholds is not None:
         return TierPolicy(point.thresholds)
-    if point.threshold is not None:
-        return TierPolicy((point.threshold,))
-    if point.shares is not None:
-        return TierPolicy.from_shares(quantiles, point.shares)
-    share = DEFAULT_STRONG_SHARE if point.strong_share is None else point.strong_share
-    return TierPolicy.from_shares(quantiles, (1.0 - share, share))
+    assert point.shares is not None, "an operating point that was not loaded through proxy.settings"
+    return TierPolicy.from_shares(quantiles, point.shares)
 
 
 class Decider:
@@ -127,9 +120,9 @@ class Decider:
         self.router = router
         self.tiers = settings.models.tiers
         quantiles = router.meta.quantiles
-        self.default_policy = policy_for(settings.router, len(self.tiers), quantiles)
+        self.default_policy = policy_for(settings.router, quantiles)
         self.alias_policies = {
-            name: policy_for(a, len(self.tiers), quantiles) if a.is_set() else self.default_policy
+            name: policy_for(a, quantiles) if a.is_set() else self.default_policy
             for name, a in settings.aliases.items()
         }
         self.models = {m.name: tier for m, tier in zip(settings.models.entries, self.tiers)}

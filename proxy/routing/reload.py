@@ -3,12 +3,13 @@
 ``kill -HUP <pid>`` and ``POST /admin/reload`` re-read config.yaml's ``router`` and ``aliases`` sections and
 the model directory, load the new model, check it scores, and only then swap it in. The swap is one attribute
 assignment (:attr:`Reloader.current`); each request pins the model, decider and settings that were current
-when it arrived (:class:`PinMiddleware` copies them into the request's own state), so a request in flight
+when it arrived (``proxy.edge.admin.PinMiddleware`` copies them into the request's own state), so a request in flight
 finishes on the model it started with, and a failed reload changes nothing.
 
 With ``--workers N`` each worker holds its own model. The supervisor forwards SIGHUP to every worker
 (:func:`reloading`), and a worker that took ``POST /admin/reload`` reloads itself first (so its
-answer says whether the new model loads) and then signals the supervisor, so every worker swaps.
+answer says whether the new model loads) and then signals the supervisor, so every worker swaps. The HTTP side
+(the admin handler, the pinning middleware) is the edge's: ``proxy.edge.admin``.
 
 The version a response reports (``x-route-llm-router-version``) is a short hash of the model directory's
 files, so two directories with the same files are the same version whatever their router.json calls them.
@@ -19,10 +20,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import hmac
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -32,15 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy import metrics
-from proxy.errors import ProxyError, Unauthorized
+from proxy.errors import ProxyError
 from proxy.routing.decider import Decider
-from proxy.routing.supervisor import SUPERVISOR_ENV
-from proxy.services import Services, services
 from proxy.settings import ConfigError, Settings, load_settings
 from router import Router
 
@@ -229,63 +223,3 @@ class Reloader:
     def remove_signal_handler() -> None:
         if threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-
-
-class PinMiddleware:
-    """Pins the live model, decider and settings into each request's state and names its version.
-
-    uvicorn gives each request a shallow copy of the lifespan state, so writing here changes this request
-    only; a reload that swaps :attr:`Reloader.current` mid-request does not reach it.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope.get("state")
-        found = state.get("services") if scope["type"] == "http" and state is not None else None
-        if not isinstance(found, Services) or found.reloader is None:
-            await self.app(scope, receive, send)
-            return
-        live = found.reloader.current
-        assert state is not None
-        state["services"] = dataclasses.replace(found, settings=live.settings, router=live.router,
-                                                decider=live.decider, router_version=live.version)
-        header = (VERSION_HEADER.encode(), live.version.encode())
-
-        async def send_with_version(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), header]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_version)
-
-
-def _check_admin(request: Request) -> None:
-    keys = services(request).settings.all_admin_keys()
-    if not keys:
-        raise ProxyError("admin endpoints are off: set server.admin_keys or ROUTE_LLM_ADMIN_KEYS",
-                         status_code=403, code="admin_disabled")
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("Send `Authorization: Bearer <admin key>` (server.admin_keys).")
-    if not any(hmac.compare_digest(key.encode(), token.encode()) for key in keys):  # all compared, constant time
-        raise Unauthorized("Incorrect admin key provided for this proxy.")
-
-
-async def admin_reload(request: Request) -> Response:
-    """POST /admin/reload: reload here, then (with --workers N) have the supervisor reload every worker."""
-    _check_admin(request)
-    reloader = services(request).reloader
-    assert reloader is not None
-    report = await reloader.reload("admin")
-    if report.result == "failed":
-        raise ReloadFailed(f"reload failed, still serving router {report.version}: {report.reason}")
-    body = report.body()
-    # Only a worker of a --workers supervisor signals it (the variable is inherited by anything it spawns).
-    supervisor = os.environ.get(SUPERVISOR_ENV)
-    if supervisor == str(os.getppid()) and report.result == "ok":
-        os.kill(int(supervisor), signal.SIGHUP)  # the other workers; this one will find nothing changed
-        body["workers"] = "all signalled"
-    return JSONResponse(body)

@@ -275,8 +275,8 @@ class Databases:
 def open_databases(settings: Settings, *, records: bool = True) -> Databases:
     """Connect (or open the files) at start-up; raises StorageUnavailable when Postgres cannot be reached."""
     st = settings.storage
-    url = settings.storage_url()
-    if url.startswith("sqlite:///"):
+    where = settings.storage_location()
+    if where.kind == "sqlite":
         files = SqliteDatabase(Path(settings.storage_dir()) / "files.db")
         if not records:
             return Databases(files, None)
@@ -284,5 +284,5 @@ def open_databases(settings: Settings, *, records: bool = True) -> Databases:
             return Databases(files, SqliteDatabase(settings.feedback_dir() / RECORDS_FILE))
         except (OSError, sqlite3.Error) as exc:
             return Databases(files, None, f"cannot open {settings.feedback_dir() / RECORDS_FILE}: {exc}")
-    db = PostgresDatabase(url, limit_connections=st.limit_connections, timeout_connect=st.timeout_connect)
+    db = PostgresDatabase(where.url, limit_connections=st.limit_connections, timeout_connect=st.timeout_connect)
     return Databases(db, db)

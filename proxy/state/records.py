@@ -27,13 +27,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from proxy import metrics
 from proxy.state.database import RECORDS_FILE, Database, Migration, StorageUnavailable
-
-if TYPE_CHECKING:
-    from proxy.upstream.accounting import Outcome
 
 log = logging.getLogger("route_llm")
 
@@ -207,25 +204,6 @@ def _reason(exc: BaseException) -> str:
                                                                    or "unable to open" in text):
         return "unavailable"
     return "error"
-
-
-def from_outcome(o: Outcome, *, tier: str | None, model: str | None, text: str, owner: str, version: str,
-                 store_prompts: bool, cost: float | None = None) -> DecisionRecord:
-    """The record of a finished chat request: ``tier``/``model`` answered (None: no tier was chosen); the routing
-    fields stay empty unless the request was routed. The prompt itself (``store_prompts``) is kept only for a
-    request that reached a model: one refused before that can still be rated by its id, but a client must not
-    fill the store with large prompts that never cost an upstream call."""
-    d = o.decision
-    routed = d is not None and o.target is not None and o.target.routed
-    return DecisionRecord(owner=owner, request_id=o.request_id, created_at=time.time(),
-                          alias=o.requested if routed else "", score=d.score if routed and d else None,
-                          threshold=d.threshold if routed and d else None, tier=tier or "", model=model or "",
-                          fallback=d is not None and tier is not None and tier != d.tier.name,
-                          router_error=routed and d is not None and d.failed, router_version=version if routed else "",
-                          prompt=text if store_prompts and o.reached_model else None, prompt_hash=prompt_hash(text),
-                          routed=routed, status=o.status, http_status=o.http_status, prompt_tokens=o.prompt_tokens,
-                          completion_tokens=o.completion_tokens, cost_usd=cost,
-                          error_reason="" if o.status == "ok" else o.error_reason or o.status)
 
 
 class RecordStore:

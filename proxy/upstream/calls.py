@@ -41,10 +41,10 @@ def fallback_order(tier: Tier, tiers: Sequence[Tier], fallback: Fallback) -> lis
 
     ``down`` walks towards cheaper tiers and ``up`` towards dearer ones, each to the end of the list; ``both``
     takes the nearest tier first, the cheaper one on a tie, so a failing middle tier is replaced by its
-    neighbours before the ends. The two-tier names map onto these: strong_to_weak is ``down``, weak_to_strong
-    is ``up``.
+    neighbours before the ends. (The two-tier names strong_to_weak and weak_to_strong were rewritten to ``down``
+    and ``up`` when the settings loaded.)
     """
-    mode = {"strong_to_weak": "down", "weak_to_strong": "up"}.get(fallback, fallback)
+    mode = fallback
     below = [tiers[i] for i in range(tier.index - 1, -1, -1)]
     above = [tiers[i] for i in range(tier.index + 1, len(tiers))]
     if mode == "down":
@@ -69,6 +69,19 @@ class Attempts:
     fallback: bool = False
     errors: list[tuple[Tier, str]] = field(default_factory=list)  # (tier tried, reason from a closed set: _classify)
     breaker_open: list[Tier] = field(default_factory=list)  # tiers skipped because their breaker was open
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the upstream served, returned as a value: the tier and configured model that answered (after any
+    retries and fallback), the answer (for a stream: its first chunk, and the rest in ``rest``) and the attempts
+    that led there. The caller reads the served model from here rather than deriving it again."""
+
+    tier: Tier
+    model: str
+    attempts: Attempts
+    answer: Any
+    rest: AsyncIterator[Any] | None = None
 
 
 @dataclass
@@ -274,8 +287,9 @@ class Upstream:
                 f"cannot call {m.name}: the upstream API key is not set (set {' or '.join(missing)} "
                 "in the proxy's environment, or models.*.api_key in its config)")
 
-    async def _attempts(self, tier: Tier, attempts: Attempts, call: Any) -> Any:
-        """Run ``call(model_settings, timeout)`` with retries per tier, then the fallback tier."""
+    async def _attempts(self, tier: Tier, attempts: Attempts, call: Any) -> tuple[Tier, str, Any]:
+        """Run ``call(model_settings, timeout)`` with retries per tier, then the fallback tier; the tier and model
+        that answered, and the answer. ``attempts`` is the journal, kept up to date also when every try fails."""
         deadline = time.monotonic() + self.up.timeout_total
         last: _Failure | None = None
         last_model = self.settings.models.model(tier).name
@@ -333,7 +347,7 @@ class Upstream:
                     self.breakers.succeeded(t)
                 traced.end("ok", 200)
                 attempts.served_tier = t
-                return result
+                return t, m.name, result
         if last is None and self.breakers is not None and len(attempts.breaker_open) == len(order):
             raise self._all_open(attempts.breaker_open)
         if last is None:
@@ -353,23 +367,30 @@ class Upstream:
                              status_code=503, headers={"retry-after": str(wait)})
 
     async def complete(self, tier: Tier, messages: list[dict[str, Any]], params: dict[str, Any],
-                       attempts: Attempts) -> Any:
+                       attempts: Attempts | None = None) -> Served:
+        """One answer from ``tier`` (or a fallback). Pass ``attempts`` to keep the journal of a call that fails
+        (its errors reach the metrics); an answered call returns it in :class:`Served` either way."""
+        journal = attempts if attempts is not None else Attempts(requested_tier=tier)
+
         async def call(m: ModelSettings, timeout: float) -> Any:
-            forwarded, attempts.dropped = for_model(params, m.model)
+            forwarded, journal.dropped = for_model(params, m.model)
             return await lean.acompletion(messages=messages, **forwarded, **self._kwargs(m, timeout))
 
-        return await self._attempts(tier, attempts, call)
+        served, model, answer = await self._attempts(tier, journal, call)
+        return Served(served, model, journal, answer)
 
     async def stream(self, tier: Tier, messages: list[dict[str, Any]], params: dict[str, Any],
-                     attempts: Attempts) -> tuple[Any, AsyncIterator[Any]]:
+                     attempts: Attempts | None = None) -> Served:
         """Open a stream and read its first chunk inside the retry loop.
 
         Failing before the first chunk is the same as failing a plain call (retry, fall back, right
-        status code); after it the status line has gone out, so the caller reports errors in-band.
+        status code); after it the status line has gone out, so the caller reports errors in-band. The
+        first chunk (None: the stream was empty) is :attr:`Served.answer`, the open stream :attr:`Served.rest`.
         """
+        journal = attempts if attempts is not None else Attempts(requested_tier=tier)
 
         async def call(m: ModelSettings, timeout: float) -> tuple[Any, AsyncIterator[Any]]:
-            forwarded, attempts.dropped = for_model(params, m.model)
+            forwarded, journal.dropped = for_model(params, m.model)
             response = await lean.acompletion(messages=messages, stream=True, **forwarded,
                                                  **self._kwargs(m, timeout))
             try:
@@ -381,8 +402,8 @@ class Upstream:
                 raise
             return first, response
 
-        result: tuple[Any, AsyncIterator[Any]] = await self._attempts(tier, attempts, call)
-        return result
+        served, model, (first, rest) = await self._attempts(tier, journal, call)
+        return Served(served, model, journal, first, rest)
 
     async def warm_up(self) -> None:
         """Exercise LiteLLM's code path once with a local mock answer (no network), so the first real

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from proxy import __version__
 from tests.conftest import RunningProxy
 from tests.standin import StandInServer
 
@@ -175,7 +176,7 @@ def test_models_lists_aliases_and_concrete_models(proxy: RunningProxy) -> None:
 
 def test_health_endpoints(proxy: RunningProxy) -> None:
     http = proxy.http()
-    assert http.get("/health/live").json() == {"status": "ok"}
+    assert http.get("/health/live").json() == {"status": "ok", "version": __version__}
     ready = http.get("/health/ready")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
 

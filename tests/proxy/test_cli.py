@@ -163,6 +163,7 @@ def test_model_dir_without_a_model_names_the_path(tmp_path: Path) -> None:
         assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_calibrate_threshold_sends_the_asked_share_to_strong(tmp_path: Path, router: Router) -> None:
     prompts = [f"{p} (variant {i})" for i in range(4) for p in PROMPTS]
     path = tmp_path / "prompts.jsonl"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from proxy.edge.chat import user_texts
+from proxy.request import user_texts
 from proxy.routing.decider import Decider
 from proxy.settings import ConfigError, settings_from_dict
 from router import Router

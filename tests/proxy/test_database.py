@@ -20,7 +20,7 @@ from proxy.state.database import (
     StorageUnavailable,
 )
 from tests.conftest import RunningProxy
-from tests.proxy.test_files_e2e import REPORT, upload
+from tests.helpers import REPORT, upload
 from tests.services import Services, fresh_schema
 
 STEPS = (

@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.conftest import RunningProxy
+from tests.helpers import COMPANY, QUESTION, REPORT, file_part_by_id, file_part_inline, sent_text, upload
 from tests.proxy.pdfs import pdf_with_pages
-from tests.proxy.test_files_e2e import COMPANY, QUESTION, REPORT, file_part_by_id, file_part_inline, sent_text, upload
 from tests.standin import StandInServer
 
 

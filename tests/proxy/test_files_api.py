@@ -10,9 +10,9 @@ import openai
 import pytest
 
 from tests.conftest import RunningProxy
+from tests.helpers import REPORT, upload
 from tests.proxy.both_backends import *  # noqa: F403 (fixtures: backend, proxy)
 from tests.proxy.pdfs import pdf_with_pages
-from tests.proxy.test_files_e2e import REPORT, upload
 
 
 def _storage(proxy: RunningProxy) -> Path:

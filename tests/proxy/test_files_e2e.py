@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import time
@@ -17,16 +16,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningProxy, stop_proxy
+from tests.helpers import QUESTION, REPORT, file_part_by_id, file_part_inline, sent_text, upload
 from tests.proxy.both_backends import *  # noqa: F403 (fixtures: backend, proxy)
 from tests.proxy.pdfs import bomb_pdf, encrypted_pdf, image_only_pdf, pdf_with_pages
 from tests.standin import StandInServer
 
 MakeProxy = Callable[..., RunningProxy]
 
-COMPANY = "The company's name is Zephyrine Widgets Ltd, registered in Lyon."
-REVENUE = "Revenue in 2025 was twelve million euros, up from nine million."
-REPORT = pdf_with_pages([COMPANY, REVENUE])
-QUESTION = "What is the company's name?"
 EASY = "What is the capital of France?"
 
 
@@ -48,29 +44,10 @@ UPLOADED = "route_llm_documents_uploaded_total"
 FAILURES = "route_llm_document_failures_total"
 
 
-def upload(client: Any, data: bytes = REPORT, name: str = "report.pdf") -> Any:
-    return client.files.create(file=(name, data, "application/pdf"), purpose="user_data")
-
-
-def file_part_by_id(file_id: str) -> dict[str, Any]:
-    return {"type": "file", "file": {"file_id": file_id}}
-
-
-def file_part_inline(data: bytes, name: str) -> dict[str, Any]:
-    return {"type": "file", "file": {"filename": name,
-                                     "file_data": "data:application/pdf;base64," + base64.b64encode(data).decode()}}
-
-
 def ask(proxy: RunningProxy, part: dict[str, Any], question: str = QUESTION, *, api_key: str = "unused",
         model: str = "auto") -> Any:
     return proxy.client(api_key=api_key).chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": [part, {"type": "text", "text": question}]}])
-
-
-def sent_text(standin: StandInServer) -> str:
-    """All text the (single) upstream request carried."""
-    [request] = standin.state.requests
-    return "\n".join(p.get("text", "") for c in request.body["contents"] for p in c["parts"])
 
 
 def route_score(proxy: RunningProxy, prompt: str, api_key: str | None = None) -> str:

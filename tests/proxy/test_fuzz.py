@@ -6,39 +6,21 @@ either serves it or says what is wrong in OpenAI's error shape, and keeps servin
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-import pytest
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from proxy.edge.chat import PART_TYPES, PASSTHROUGH, ROLES
-from tests.conftest import RunningProxy
-from tests.standin import StandInServer
+from tests.helpers import FUZZ, http, junk, model, number, text
+from tests.helpers import fuzz_check as _check
+from tests.helpers import fuzz_dumps as _dumps
+from tests.helpers import post_json as _post_json
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-# Strings that have broken parsers before: NaN-like, numeric-looking, control and non-BMP characters,
-# lone surrogates (valid as JSON escapes, invalid as UTF-8), and long ones.
-SPECIAL_STRINGS = ["", "NaN", "nan", "Infinity", "-Infinity", "1e999", "-0", "0x10", "null", "true", "\x00",
-                   "\ud800", "a\udfffb", "\u202e", "💥" * 10, "é" * 50, "x" * 5000, "router-bert-0.5",
-                   "router-bert-nan", "router-bert-1e999", "auto ", "AUTO", "data:application/pdf;base64,!!"]
-
-text = st.one_of(st.text(max_size=40), st.sampled_from(SPECIAL_STRINGS))
-number = st.one_of(
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from([0, 1, -1, 2**63, 2**64, 10**30, 1e308, -1e308, 5e-324]),
-)
-leaf = st.one_of(st.none(), st.booleans(), number, text)
-junk = st.recursive(leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
-                    max_leaves=12)
+__all__ = ["http"]  # the fixture (tests/helpers.py), imported for the tests below
 
 part = st.one_of(
     st.fixed_dictionaries({"type": st.just("text"), "text": st.one_of(text, junk)}),
@@ -56,8 +38,6 @@ message = st.one_of(
                   "tool_call_id": st.one_of(text, junk), "tool_calls": junk}),
     junk,
 )
-model = st.one_of(st.sampled_from(["auto", "auto-cheap", "gemini-1.5-flash", "gemini-1.5-pro", "router-bert-0.5",
-                                   "router-bert-2", "gpt-4"]), junk)
 chat_body = st.one_of(
     st.fixed_dictionaries(
         {"model": model, "messages": st.one_of(st.lists(message, min_size=1, max_size=4), junk)},
@@ -90,39 +70,6 @@ raw_body = st.one_of(
     st.builds(lambda a, b: a + b, st.sampled_from([b"{", b"[", b'{"model":"auto","messages":']),
               st.binary(max_size=50)),
 )
-
-
-def _dumps(body: Any) -> bytes:
-    # allow_nan: Python's json (and so the proxy) accepts NaN/Infinity literals, so they are fair input.
-    return json.dumps(body, allow_nan=True).encode()
-
-
-def _check(r: httpx.Response) -> None:
-    """The property: never a 5xx with a healthy upstream; every error in OpenAI's shape."""
-    event(f"status {r.status_code}")  # the mix shows in --hypothesis-show-statistics
-    assert r.status_code < 500, (r.status_code, r.text[:500])
-    if r.status_code >= 400:
-        body = r.json()
-        assert set(body) == {"error"}, body
-        assert set(body["error"]) == {"message", "type", "param", "code"}, body
-        assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-
-
-@pytest.fixture()
-def http(proxy: RunningProxy, standin: StandInServer) -> Iterator[httpx.Client]:
-    with proxy.http() as client:
-        yield client
-    # Still healthy: liveness and a normal routed request.
-    with proxy.http() as client:
-        assert client.get("/health/live").status_code == 200
-        ok = client.post("/v1/chat/completions",
-                         json={"model": "auto", "messages": [{"role": "user", "content": "still there?"}]})
-        assert ok.status_code == 200, ok.text
-        assert ok.json()["choices"][0]["message"]["content"]
-
-
-def _post_json(http: httpx.Client, path: str, body: bytes) -> httpx.Response:
-    return http.post(path, content=body, headers={"content-type": "application/json"})
 
 
 @FUZZ

@@ -12,7 +12,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from proxy.edge.responses import KNOWN
-from tests.proxy.test_fuzz import FUZZ, _check, _dumps, _post_json, http, junk, model, number, text
+from tests.helpers import FUZZ, http, junk, model, number, text
+from tests.helpers import fuzz_check as _check
+from tests.helpers import fuzz_dumps as _dumps
+from tests.helpers import post_json as _post_json
 
 __all__ = ["http"]  # the fixture, imported for the tests below
 

@@ -87,7 +87,8 @@ class Person(BaseModel):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``route-llm serve --demo`` as a user starts it (a process, the bundled config, no Gemini key); its base URL."""
-    from tests.proxy.test_shutdown import ROUTE_LLM, _wait_ready
+    from tests.helpers import ROUTE_LLM
+    from tests.helpers import wait_ready as _wait_ready
 
     tmp = tmp_path_factory.mktemp("demo")
     env = {k: v for k, v in os.environ.items()

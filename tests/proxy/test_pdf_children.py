@@ -13,8 +13,10 @@ import pytest
 
 from proxy.documents.pdf import CHILD_PREFIX, sweep_orphans
 from tests.conftest import ClientThread, wait_until
+from tests.helpers import serve_process as _serve
+from tests.helpers import wait_ready as _wait_ready
+from tests.helpers import write_served_config as _write_config
 from tests.proxy.pdfs import slow_pdf
-from tests.proxy.test_shutdown import _serve, _wait_ready, _write_config
 from tests.standin import StandInServer, free_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl and /proc are Linux's")
@@ -40,6 +42,7 @@ def _wait_for(check: object, seconds: float) -> bool:
         time.sleep(0.05)
     return False
 
+@pytest.mark.slow
 
 def test_sigkill_of_the_server_takes_its_extraction_children_with_it(tmp_path: Path,
                                                                      standin: StandInServer) -> None:

@@ -22,9 +22,11 @@ from proxy.routing.reload import model_version
 from proxy.settings import load_settings
 from router import Router
 from tests.conftest import RunningProxy, base_config, start_proxy, stop_proxy, until_upstream_has
-from tests.proxy.test_workers import _wait_for_workers
+from tests.helpers import wait_for_workers as _wait_for_workers
 from tests.router.conftest import SHIPPED_MODEL_DIR
 from tests.standin import StandInServer, free_port
+
+pytestmark = pytest.mark.slow  # each test serves a proxy and loads router models again
 
 ADMIN = "admin-secret"
 IN_FLIGHT = 32

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from tests.conftest import base_config
+from tests.helpers import QUESTION, REPORT, file_part_by_id, upload
 from tests.proxy.pdfs import pdf_with_pages
-from tests.proxy.test_files_e2e import QUESTION, REPORT, file_part_by_id, upload
 from tests.services import Services, fresh_redis, fresh_schema
 from tests.standin import StandInServer, free_port
 

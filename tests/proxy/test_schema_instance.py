@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
-from proxy.schema_instance import SchemaError, minimal_instance
+from proxy.demo.schema_instance import SchemaError, minimal_instance
 
 
 def _as_json_schema(schema: Any) -> Any:

@@ -136,3 +136,38 @@ def test_a_sqlite_url_names_the_directory_of_todays_layout(tmp_path: Path) -> No
     s = settings_from_dict(base_config(tmp_path, storage={"url": f"sqlite:///{tmp_path / 'elsewhere'}"}))
     assert s.storage_dir() == str(tmp_path / "elsewhere")
     assert s.feedback_dir() == tmp_path / "elsewhere"
+
+
+def test_old_two_tier_spellings_are_rewritten_once_at_load(tmp_path: Path) -> None:
+    # Readers see one spelling: thresholds or shares (which wins decided here), tier names, down/up.
+    s = settings_from_dict(base_config(tmp_path, router={"threshold": 0.4, "strong_share": 0.2,
+                                                         "fail_open_tier": "weak"},
+                                       upstream={"fallback": "strong_to_weak"},
+                                       aliases={"cheap": {"strong_share": 0.1}}))
+    assert (s.router.threshold, s.router.strong_share, s.router.thresholds, s.router.shares) == \
+        (None, None, (0.4,), None)  # a fixed threshold wins over a share, as it always did
+    cheap = s.aliases["cheap"]
+    assert (cheap.strong_share, cheap.thresholds, cheap.shares) == (None, None, (0.9, 0.1))
+    assert not s.aliases["auto"].is_set()  # an alias without a point of its own keeps the router's
+    assert s.router.fail_open_tier == s.models.cheapest.name == "weak"  # the mapping form names its tiers so
+    assert s.upstream.fallback == "down"
+    assert settings_from_dict(base_config(tmp_path, upstream={"fallback": "weak_to_strong"})).upstream.fallback == "up"
+    listed = base_config(tmp_path, router={"fail_open_tier": "strong"})
+    listed["models"] = [listed["models"]["weak"], listed["models"]["strong"]]
+    assert settings_from_dict(listed).router.fail_open_tier == "gemini-1.5-pro"  # the list form: the model's name
+    default = settings_from_dict({**base_config(tmp_path), "router": {}}).router
+    assert default.shares == (0.7, 0.3) and default.thresholds is None
+
+
+def test_a_storage_url_is_parsed_in_one_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.settings import parse_storage_url
+
+    assert parse_storage_url("sqlite:///rel/dir").directory == Path("rel/dir")
+    assert parse_storage_url("sqlite:////abs/dir").directory == Path("/abs/dir")
+    assert parse_storage_url("postgres://u@db/x").kind == "postgresql"
+    for bad in ("sqlite:///", "sqlite://dir", "postgresql:///nohost", "mysql://db/x", ""):
+        with pytest.raises(ValueError, match="must be sqlite:///DIRECTORY"):
+            parse_storage_url(bad)
+    monkeypatch.setenv("ROUTE_LLM_DATABASE_URL", "postgresql://u@db/x")
+    s = settings_from_dict(base_config(tmp_path))
+    assert (s.storage_location().kind, s.storage_dir()) == ("postgresql", str(tmp_path / "files"))

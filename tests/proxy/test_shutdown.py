@@ -6,59 +6,23 @@ the in-process Gemini stand-in as the upstream.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.conftest import ClientThread, base_config, wait_until
+from tests.conftest import ClientThread, wait_until
+from tests.helpers import serve_process as _serve
+from tests.helpers import wait_ready as _wait_ready
+from tests.helpers import write_served_config as _write_config
 from tests.standin import Fault, StandInServer, free_port
 
-ROUTE_LLM = Path(sys.executable).with_name("route-llm")
 MSG = [{"role": "user", "content": "take your time"}]
-
-
-def _write_config(tmp_path: Path, standin: StandInServer, **sections: dict[str, Any]) -> Path:
-    cfg = base_config(tmp_path, **sections)
-    for tier in ("weak", "strong"):
-        cfg["models"][tier].update(api_base=standin.base_url, api_key="literal-upstream-key")
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
-
-
-def _serve(config: Path, port: int, log: Path, *, workers: int = 1) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    env.pop("GEMINI_API_BASE", None)  # the config's api_base must be enough
-    env.pop("ROUTE_LLM_API_KEYS", None)
-    with log.open("wb") as out:
-        return subprocess.Popen([str(ROUTE_LLM), "serve", "--config", str(config), "--port", str(port),
-                                 "--workers", str(workers)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode} during start-up:\n{log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail(f"server not ready after {timeout}s:\n{log.read_text()}")
 
 
 def _refuses_connections(port: int) -> bool:
@@ -68,6 +32,7 @@ def _refuses_connections(port: int) -> bool:
     except ConnectionRefusedError:
         return True
 
+@pytest.mark.slow
 
 def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path: Path, standin: StandInServer) -> None:
     port = free_port()
@@ -116,6 +81,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path: Path, standi
     assert "Traceback" not in log.read_text()
     assert key not in log.read_text() and all(key not in str(r.headers) for r in standin.state.requests)
 
+@pytest.mark.slow
 
 def test_requests_past_the_shutdown_deadline_get_a_503_and_the_process_still_exits_0(
         tmp_path: Path, standin: StandInServer) -> None:
@@ -164,6 +130,7 @@ def _corrupt_model(tmp_path: Path) -> Path:
     return broken
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "workers"), [("empty", 1), ("corrupt", 1), ("corrupt", 2)])
 def test_unreadable_router_model_stops_start_up_naming_the_path(tmp_path: Path, standin: StandInServer,
                                                                  kind: str, workers: int) -> None:

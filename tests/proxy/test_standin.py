@@ -1,4 +1,4 @@
-"""The Gemini stand-in's answers follow the request's schemas (proxy/standin.py with proxy/schema_instance.py),
+"""The Gemini stand-in's answers follow the request's schemas (proxy/demo/: standin.py, schema_instance.py),
 through the proxy and LiteLLM with the official SDK: which tool is called under each ``tool_choice``, arguments
 valid under the tool's schema, and JSON-mode answers valid under the response schema or the one in the prompt."""
 

@@ -44,12 +44,13 @@ def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return unpacked
 
 
+@pytest.mark.slow
 def test_wheel_carries_the_default_config_and_the_router_model(wheel_dir: Path) -> None:
     packaged = wheel_dir / "proxy" / "config.yaml"
     assert packaged.is_file() and not packaged.is_symlink()
     assert packaged.read_text(encoding="utf-8") == (ROOT / "config.yaml").read_text(encoding="utf-8")
     assert (wheel_dir / "router" / "model" / "router.json").is_file()
-    assert (wheel_dir / "proxy" / "standin.py").is_file()  # `route-llm serve --demo` needs it
+    assert (wheel_dir / "proxy" / "demo" / "standin.py").is_file()  # `route-llm serve --demo` needs it
 
 
 class Served:
@@ -93,6 +94,7 @@ def demo_from_wheel(wheel_dir: Path, tmp_path: Path) -> Iterator[Served]:
         proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_serve_from_an_empty_directory_uses_the_bundled_config_and_says_ready_with_the_url(
         demo_from_wheel: Served) -> None:
     served = demo_from_wheel
@@ -128,7 +130,7 @@ def test_demo_refuses_models_the_stand_in_cannot_serve(tmp_path: Path, monkeypat
 
 def test_standin_command_runs_the_bundled_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, object]] = []
-    monkeypatch.setattr("proxy.standin.serve", lambda **kw: calls.append(kw))
+    monkeypatch.setattr("proxy.demo.standin.serve", lambda **kw: calls.append(kw))
     result = CliRunner().invoke(cli.main, ["standin", "--port", "8799", "--fault-rate", "0.1"])
     assert result.exit_code == 0, result.output
     assert calls == [{"host": "127.0.0.1", "port": 8799, "fault_rate": 0.1, "fault_mix": False}]

@@ -18,11 +18,14 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.conftest import RunningProxy
-from tests.proxy.test_shutdown import _serve, _wait_ready, _write_config
+from tests.helpers import serve_process as _serve
+from tests.helpers import wait_ready as _wait_ready
+from tests.helpers import write_served_config as _write_config
 from tests.standin import Fault, StandInServer, free_port
 
 MSG = [{"role": "user", "content": "tell me a long story"}]
 
+@pytest.mark.slow
 
 def test_streams_at_the_shutdown_deadline_end_with_an_error_event_and_done(tmp_path: Path,
                                                                            standin: StandInServer) -> None:

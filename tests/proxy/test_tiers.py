@@ -151,7 +151,7 @@ def test_fallback_none_and_up_from_the_top_stop_at_the_routed_tier() -> None:
     tiers = tuple(Tier(i, n) for i, n in enumerate(NAMES))
     assert fallback_order(tiers[1], tiers, "none") == [tiers[1]]
     assert fallback_order(tiers[2], tiers, "up") == [tiers[2]]
-    assert fallback_order(tiers[0], tiers, "weak_to_strong") == list(tiers)
+    assert fallback_order(tiers[0], tiers, "down") == [tiers[0]]
     assert fallback_order(tiers[2], tiers, "both") == [tiers[2], tiers[1], tiers[0]]
 
 
@@ -198,7 +198,8 @@ def test_list_of_two_is_the_mapping_form_with_the_models_names(tmp_path: Path, r
 
 
 def test_two_tiers_with_no_operating_point_keep_the_default_strong_share(tmp_path: Path, router: Router) -> None:
-    from proxy.routing.decider import DEFAULT_STRONG_SHARE, Decider
+    from proxy.routing.decider import Decider
+    from proxy.settings import DEFAULT_STRONG_SHARE
     from router.policy import threshold_for_strong_share
     from tests.conftest import base_config
 

@@ -36,10 +36,30 @@ def test_litellm_gets_the_models_fixed_timeout_so_its_http_client_is_reused(
     async def calls() -> None:
         for _ in range(3):
             strong = upstream.tiers[-1]
-            assert await upstream.complete(strong, MSG, {}, Attempts(strong)) == "answer"
+            assert (await upstream.complete(strong, MSG, {}, Attempts(strong))).answer == "answer"
 
     asyncio.run(calls())
     assert seen == [5, 5, 5]
+
+
+def test_a_fallen_back_call_returns_the_tier_and_model_that_answered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The upstream says what it served as a value; the edge reads the model's name from it instead of deriving
+    # it from the tier again (a second derivation is how headers and the body came to disagree).
+    upstream = Upstream(settings_from_dict(base_config(tmp_path, upstream={"retries": 0})))
+    weak, strong = upstream.tiers
+
+    async def fake_acompletion(**kw: Any) -> str:
+        if kw["model"] == "gemini/gemini-1.5-pro":
+            raise litellm.ServiceUnavailableError("down", llm_provider="gemini", model=kw["model"])
+        return "answer"
+
+    monkeypatch.setattr(lean, "acompletion", fake_acompletion)
+    journal = Attempts(strong)
+    served = asyncio.run(upstream.complete(strong, MSG, {}, journal))
+    assert (served.tier, served.model, served.answer) == (weak, "gemini-1.5-flash", "answer")
+    assert served.attempts is journal and journal.fallback and journal.served_tier == weak
+    assert journal.errors == [(strong, "unavailable")]
 
 
 def test_configured_prices_are_registered_with_litellm(tmp_path: Path) -> None:
@@ -61,7 +81,7 @@ def test_gemini_calls_skip_litellm_acompletion(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(litellm, "acompletion", refuse)
     upstream = Upstream(settings_from_dict(base_config(tmp_path)))
     weak = upstream.tiers[0]
-    answer = asyncio.run(upstream.complete(weak, MSG, {}, Attempts(weak)))
+    answer = asyncio.run(upstream.complete(weak, MSG, {}, Attempts(weak))).answer
     assert answer.choices[0].message.content
     assert standin.state.models_called() == ["gemini-1.5-flash"]
 

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy import cli, metrics
 from proxy.settings import settings_from_dict
 from tests.conftest import base_config
+from tests.helpers import wait_for_workers as _wait_for_workers
 from tests.standin import StandInServer, free_port
 
 REQUESTS = 12
@@ -38,23 +38,13 @@ def _write_config(tmp: Path, standin: StandInServer, **server: Any) -> Path:
     return path
 
 
-def _wait_for_workers(proc: subprocess.Popen[bytes], log: Path, workers: int, timeout: float = 180) -> None:
-    """Every worker logs once when its lifespan is done; wait for all, so each can take connections."""
-    deadline = time.monotonic() + timeout
-    while log.read_text(errors="replace").count("route-llm worker loaded") < workers:
-        if proc.poll() is not None:
-            pytest.fail(f"route-llm serve exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"workers not ready in {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
-
-
 def _post(base_url: str, i: int) -> int:
     with httpx.Client(base_url=base_url, timeout=30) as http:  # a new connection each time
         r = http.post("/v1/chat/completions", json={"model": "auto" if i % 2 else "gemini-1.5-flash",
                                                    "messages": [{"role": "user", "content": f"question {i}"}]})
         return r.status_code
 
+@pytest.mark.slow
 
 def test_two_workers_report_the_total_of_all_requests(tmp_path: Path, standin: StandInServer) -> None:
     """Also: without Redis the requests-per-minute limit holds for the server as a whole, not per worker."""
@@ -130,6 +120,7 @@ class _FakeMultiprocess:
         if self.fail:
             raise RuntimeError("worker start-up failed")
 
+@pytest.mark.slow
 
 def test_each_server_gets_a_fresh_private_metrics_dir_removed_on_exit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,67 +9,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from router import Classifier, InferenceError, ModelLoadError, Router
 from router.features import FEATURES, SCAN_LIMIT, compute
 from router.head import Head, gelu
-from tests.router.conftest import build_tokenizer, default_meta, words
+from tests.helpers import HIDDEN, NAMES, build_format2_dir, make_head
+from tests.router.conftest import words
 
 # ruff: noqa: SLF001 (the tests rebuild a classifier from a loaded one's parts)
-
-HIDDEN = 4
-NAMES = ["log_chars", "log_numbers", "choices"]
-
-
-def build_encoder(vocab_size: int, seed: int = 0) -> onnx.ModelProto:
-    """last_hidden_state = E[input_ids] (+ 0 * attention_mask, so the input is used): a (1, seq, HIDDEN) tensor."""
-    table = np.random.default_rng(seed).normal(size=(vocab_size, HIDDEN)).astype(np.float32)
-    nodes = [
-        helper.make_node("Gather", ["table", "input_ids"], ["vectors"]),
-        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["mask_f", "axis2"], ["mask_3d"]),
-        helper.make_node("Mul", ["vectors", "mask_3d"], ["last_hidden_state"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "fixture_encoder",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
-        ],
-        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", HIDDEN])],
-        initializer=[numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([2]), "axis2")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
-def make_head(inputs: int, hidden: int = 3, seed: int = 1) -> Head:
-    rng = np.random.default_rng(seed)
-    return Head(
-        mean=rng.normal(size=inputs),
-        scale=rng.uniform(0.5, 2.0, size=inputs),
-        layers=[
-            (rng.normal(size=(inputs, hidden)), rng.normal(size=hidden)),
-            (rng.normal(size=(hidden, 1)), rng.normal(size=1)),
-        ],
-    )
-
-
-def build_format2_dir(directory: Path) -> Path:
-    """Write a fixture format-2 model directory (encoder graph, tokenizer, head, router.json) into ``directory``."""
-    directory.mkdir()
-    tokenizer = build_tokenizer()
-    tokenizer.save(str(directory / "tokenizer.json"))
-    onnx.save(build_encoder(tokenizer.get_vocab_size()), str(directory / "model.onnx"))
-    make_head(HIDDEN + len(NAMES)).save(directory / "head.npz")
-    meta = default_meta()
-    del meta["labels"], meta["strong_label"]
-    meta |= {"format": 2, "features": NAMES, "head": "head.npz", "version": "fixture-2"}
-    (directory / "router.json").write_text(json.dumps(meta), encoding="utf-8")
-    return directory
 
 
 @pytest.fixture

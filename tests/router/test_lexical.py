@@ -13,25 +13,7 @@ import pytest
 from router import ModelLoadError, Router, lexical
 from router.head import Head
 from router.lexical import SCAN_LIMIT, Lexical, counts, grams, tfidf
-from tests.router.test_format2 import HIDDEN, NAMES, build_format2_dir, make_head
-
-BITS = 6
-
-
-def make_lexical(seed: int = 5) -> Lexical:
-    rng = np.random.default_rng(seed)
-    return Lexical(idf=rng.uniform(1.0, 3.0, size=1 << BITS), weight=rng.normal(size=1 << BITS))
-
-
-def with_word_term(directory: Path, scheme: object = lexical.SCHEME) -> Path:
-    """Give a fixture format-2 directory a head with a word term and the matching router.json key."""
-    dense = make_head(HIDDEN + len(NAMES))
-    Head(mean=dense._mean, scale=dense._scale, layers=dense._layers, lexical=make_lexical()).save(  # noqa: SLF001
-        directory / "head.npz"
-    )
-    meta = json.loads((directory / "router.json").read_text()) | {"lexical": scheme}
-    (directory / "router.json").write_text(json.dumps(meta))
-    return directory
+from tests.helpers import BITS, build_format2_dir, make_head, make_lexical, with_word_term
 
 
 def test_grams_are_lowercased_words_digit_runs_symbols_and_adjacent_pairs() -> None:

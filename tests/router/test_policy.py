@@ -10,11 +10,19 @@ from router.policy import (
     NEVER_STRONG,
     QUANTILE_LEVELS,
     Policy,
+    TierPolicy,
     check_quantiles,
     decide,
     quantiles_from_scores,
     threshold_for_strong_share,
 )
+
+STRONG = 1  # TierPolicy((threshold,)).tier_index: 0 is the cheaper tier, 1 the stronger
+
+
+def strong(score: float, threshold: float) -> bool:
+    return TierPolicy((threshold,)).tier_index(score) == STRONG
+
 
 LINEAR = [(i / 100, i / 100) for i in range(101)]
 SKEWED = [(0.0, 0.0), (0.5, 0.1), (0.9, 0.4), (1.0, 1.0)]
@@ -32,13 +40,13 @@ def test_strong_share_on_linear_table_is_one_minus_share() -> None:
 def test_strong_share_one_sends_every_score_to_strong() -> None:
     table = [(0.0, 0.2), (1.0, 0.8)]  # even scores below the reference minimum
     assert threshold_for_strong_share(table, 1.0) == 0.0
-    assert decide(0.0, threshold_for_strong_share(table, 1.0)) == "strong"
+    assert strong(0.0, threshold_for_strong_share(table, 1.0))
 
 
 def test_strong_share_zero_sends_no_score_to_strong() -> None:
     threshold = threshold_for_strong_share(LINEAR, 0.0)
     assert threshold == NEVER_STRONG > 1.0
-    assert decide(1.0, threshold) == "weak"
+    assert not strong(1.0, threshold)
 
 
 def test_threshold_decreases_as_strong_share_grows() -> None:
@@ -52,36 +60,39 @@ def test_invalid_strong_share_raises_value_error(share: object) -> None:
         threshold_for_strong_share(LINEAR, share)  # type: ignore[arg-type]
 
 
-def test_decide_uses_greater_or_equal() -> None:
-    assert decide(0.5, 0.5) == "strong"
-    assert decide(math.nextafter(0.5, 0.0), 0.5) == "weak"
-    assert decide(0.0, 0.0) == "strong"
-    assert decide(1.0, 1.0) == "strong"
+def test_a_cut_uses_greater_or_equal() -> None:
+    assert strong(0.5, 0.5)
+    assert not strong(math.nextafter(0.5, 0.0), 0.5)
+    assert strong(0.0, 0.0)
+    assert strong(1.0, 1.0)
 
 
 @pytest.mark.parametrize("threshold", [-0.1, 1.5, math.nan, math.inf, "0.5"])
-def test_decide_rejects_invalid_thresholds(threshold: object) -> None:
+def test_a_policy_rejects_invalid_thresholds(threshold: object) -> None:
     with pytest.raises(ValueError, match="threshold"):
-        decide(0.5, threshold)  # type: ignore[arg-type]
+        TierPolicy((threshold,))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("score", [-0.1, 1.1, math.nan])
-def test_decide_rejects_invalid_scores(score: float) -> None:
+def test_a_policy_rejects_invalid_scores(score: float) -> None:
     with pytest.raises(ValueError, match="score"):
-        decide(score, 0.5)
+        TierPolicy((0.5,)).tier_index(score)
 
 
-def test_policy_validates_threshold_on_construction() -> None:
-    assert Policy(0.25).decide(0.3) == "strong"
-    assert Policy(0.25).decide(0.2) == "weak"
-    with pytest.raises(ValueError, match="threshold must be between 0 and 1, got 2.0"):
+def test_the_old_two_tier_policy_and_decide_still_work_and_warn() -> None:
+    # router.Policy and router.decide are the two-tier forms of TierPolicy; they go after a deprecation period.
+    with pytest.warns(DeprecationWarning, match=r"router\.decide\(score, threshold\) is deprecated"):
+        assert decide(0.5, 0.5) == "strong"
+    with pytest.warns(DeprecationWarning, match=r"router\.decide"):
+        assert decide(math.nextafter(0.5, 0.0), 0.5) == "weak"
+    with pytest.warns(DeprecationWarning, match=r"router\.Policy is deprecated"):
+        assert Policy(0.25).decide(0.3) == "strong"
+    with pytest.warns(DeprecationWarning, match=r"router\.Policy"):
+        assert Policy.from_strong_share(SKEWED, 0.5).threshold == pytest.approx(0.1)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="threshold must be between 0 and 1"):
         Policy(2.0)
-    with pytest.raises(ValueError, match="NaN"):
-        Policy(math.nan)
-
-
-def test_policy_from_strong_share_uses_the_table() -> None:
-    assert Policy.from_strong_share(SKEWED, 0.5) == Policy(0.1)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="score"):
+        decide(1.1, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -115,7 +126,7 @@ def test_quantiles_from_scores_has_101_monotonic_points() -> None:
 def test_quantiles_round_trip_reproduces_the_requested_share() -> None:
     scores = [((i * 7919) % 1000) / 1000 for i in range(1000)]
     threshold = threshold_for_strong_share(quantiles_from_scores(scores), 0.3)
-    share = sum(decide(s, threshold) == "strong" for s in scores) / len(scores)
+    share = sum(strong(s, threshold) for s in scores) / len(scores)
     assert share == pytest.approx(0.3, abs=0.002)
 
 

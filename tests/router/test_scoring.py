@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from router import CalibrationResult, Router, ScoreInputError, calibrate, score_jsonl
-from router.policy import decide, threshold_for_strong_share
+from router.policy import TierPolicy, threshold_for_strong_share
 from tests.router.conftest import words
 
 
@@ -76,7 +76,8 @@ def test_calibrate_threshold_hits_the_requested_share_on_the_sample(fixture_rout
     assert result.n == 400
     assert len(result.quantiles) == 101
     assert result.threshold == threshold_for_strong_share(result.quantiles, 0.25)
-    share = sum(decide(s, result.threshold) == "strong" for s in fixture_router.score(prompts)) / 400
+    cut = TierPolicy((result.threshold,))
+    share = sum(cut.tier_index(s) == 1 for s in fixture_router.score(prompts)) / 400
     assert share == pytest.approx(0.25, abs=0.03)
 
 

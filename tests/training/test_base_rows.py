@@ -12,8 +12,7 @@ import pytest
 
 from router.head import Head
 from router.lexical import Lexical
-from tests.router.test_format2 import build_format2_dir
-from tests.router.test_lexical import with_word_term
+from tests.helpers import build_format2_dir, with_word_term
 from training import base_rows, data
 from training.base_rows import BaseRowsError, RowSet, Terms, head_logits
 from training.metrics import routing_curve
@@ -148,7 +147,7 @@ def test_a_refit_of_the_shipped_head_without_feedback_keeps_its_scores() -> None
 def test_the_pipeline_export_writes_the_rows_beside_the_model(tmp_path: Path) -> None:
     """scripts/train_router.py's export (training.pipeline.train) writes base_rows.npz for the encoder it used."""
     pytest.importorskip("sklearn")  # the joint head fit and the TF-IDF baseline (the dev and train extras)
-    from tests.training.test_retrain import _data
+    from tests.helpers import retrain_data as _data
     from training.head import JointConfig
     from training.pipeline import train
 

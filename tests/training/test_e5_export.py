@@ -24,7 +24,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
 from router import Router
 from router.classifier import load_session
-from tests.router.test_format2 import make_head
+from tests.helpers import make_head
 from tests.training import script_main
 from training import e5_export, encoder
 

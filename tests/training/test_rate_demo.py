@@ -59,7 +59,7 @@ def test_bad_options_exit_2_naming_the_option(capsys: pytest.CaptureFixture[str]
 
 
 def test_no_server_is_reported_in_a_sentence(capsys: pytest.CaptureFixture[str]) -> None:
-    from proxy.standin import free_port
+    from proxy.demo.standin import free_port
 
     with pytest.raises(SystemExit) as exited:
         script_main("rate_demo")(["--base-url", f"http://127.0.0.1:{free_port()}", "--wait", "0"])

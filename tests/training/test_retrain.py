@@ -10,40 +10,13 @@ import onnx
 import pytest
 
 from router import Router
+from tests.helpers import format2_model as _format2
+from tests.helpers import retrain_data as _data
+from tests.helpers import retrain_feedback as _feedback
+from tests.helpers import retrain_prompt as _prompt
 from tests.router.conftest import build_onnx, build_tokenizer, default_meta
-from tests.router.test_format2 import build_format2_dir
 from training.base_rows import RowSet
 from training.retrain import MIN_JUDGE_ROWS, RetrainConfig, RetrainError, judge, retrain
-
-
-def _format2(tmp: Path) -> Path:
-    return build_format2_dir(tmp / "current")
-
-
-def _prompt(i: int, hard: bool) -> str:
-    return " ".join(f"w{(i * 7 + k) % 400 + 20}" for k in range(6)) + (" w9 w9" if hard else " w3")
-
-
-def _data(tmp: Path) -> Path:
-    """MMLU-like subjects and GSM8K-like rows; "strong needed" iff the prompt has w9."""
-    directory = tmp / "data"
-    directory.mkdir()
-    rows = []
-    for i in range(400):
-        hard = i % 3 == 0
-        benchmark, category = ("mmlu", f"subject{i % 20}") if i < 300 else ("gsm8k", "gsm8k")
-        rows.append({"prompt": _prompt(i, hard), "weak_score": 0.0 if hard else 1.0, "strong_score": 1.0,
-                     "benchmark": benchmark, "category": category})
-    (directory / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return directory
-
-
-def _feedback(tmp: Path, n: int = 200) -> Path:
-    path = tmp / "feedback.jsonl"
-    rows = [{"prompt": _prompt(1000 + i, i % 2 == 0) + f" w{i % 13 + 1}", "weak_score": 0.0 if i % 2 == 0 else 1.0,
-             "strong_score": 1.0} for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_a_better_candidate_is_written_as_a_new_loadable_version(tmp_path: Path) -> None:
@@ -151,7 +124,7 @@ def test_held_out_rows_of_one_outcome_cannot_judge() -> None:
 
 def test_a_head_with_a_word_term_keeps_it_through_retraining(tmp_path: Path) -> None:
     from router.head import Head
-    from tests.router.test_lexical import with_word_term
+    from tests.helpers import with_word_term
 
     current = with_word_term(_format2(tmp_path))
     result = retrain(_data(tmp_path), [_feedback(tmp_path)], current_dir=current, out_dir=tmp_path / "models",
@@ -170,7 +143,7 @@ def test_words_refit_moves_the_word_term_where_feedback_has_words(tmp_path: Path
 
     from router.head import Head
     from router.lexical import tfidf
-    from tests.router.test_lexical import with_word_term
+    from tests.helpers import with_word_term
 
     current = with_word_term(_format2(tmp_path))
     result = retrain(_data(tmp_path), [_feedback(tmp_path)], current_dir=current, out_dir=tmp_path / "models",

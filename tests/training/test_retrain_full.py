@@ -20,12 +20,14 @@ pytest.importorskip("optimum.exporters.onnx", reason="the train extra is not ins
 
 from proxy.cli import main  # noqa: E402
 from router import Router  # noqa: E402
+from tests.helpers import NAMES, make_head  # noqa: E402
+from tests.helpers import format2_model as _format2
+from tests.helpers import retrain_data as _data  # noqa: E402
+from tests.helpers import retrain_feedback as _feedback
 from tests.router.conftest import build_tokenizer  # noqa: E402
-from tests.router.test_format2 import NAMES, make_head  # noqa: E402
-from tests.training.test_retrain import _data, _feedback, _format2  # noqa: E402
 from training import encoder  # noqa: E402
+from training.network import recover_encoder  # noqa: E402
 from training.retrain import RetrainConfig, RetrainError, retrain  # noqa: E402
-from training.retrain_full import recover_encoder  # noqa: E402
 
 WIDTH = 32
 

@@ -1,8 +1,11 @@
 """Per-request accounting: what happened to one chat request, written to metrics and the access log once.
 
-The handler fills an :class:`Outcome` as the request goes; :class:`Accounting` turns it into counters,
-histograms, the cost and savings estimate and one JSON access-log line. Which tier served is decided in one
-place (:attr:`Outcome.served_tier`), so headers, metrics, cost and the log cannot disagree about it.
+The handler fills an :class:`Outcome` as the request goes, from the values the layers below return (the
+routing ``Decision``, the upstream's ``Attempts``); :class:`Accounting` turns it into counters, histograms, the
+cost and savings estimate, one JSON access-log line and one decision record (:func:`decision_record`), all at
+the end. Which tier and model served are decided in one place (:attr:`Outcome.served_tier`,
+:attr:`Outcome.served_model`), so the response, headers, metrics, cost, the log and the record cannot disagree.
+It lives in the edge because it reads what every layer below returned; none of them imports it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
 from proxy.routing.decider import Decision, Target
+from proxy.routing.render import cuts_log_value
 from proxy.settings import Settings
-from proxy.state.records import RecordStore, from_outcome
+from proxy.state.records import DecisionRecord, RecordStore, prompt_hash
 from proxy.upstream.calls import Attempts
 from proxy.upstream.pricing import Price, prices_of
 from router.policy import Tier
@@ -54,6 +58,7 @@ class Outcome:
     budgets: Budgets | None = None  # where the request's cost is charged (None without keys)
     budget: BudgetStatus | None = None  # the key's budget as routing saw it (None: the key has none)
     budget_route: BudgetRoute | None = None  # what the budget did to the routing
+    models: tuple[str, ...] = ()  # the configured model names, by tier index (what served_model names)
 
     @property
     def reached_model(self) -> bool:
@@ -68,6 +73,13 @@ class Outcome:
         if self.attempts is not None and self.attempts.served_tier is not None:
             return self.attempts.served_tier
         return self.decision.tier if self.decision is not None else None
+
+    @property
+    def served_model(self) -> str | None:
+        """The configured name of :attr:`served_tier`'s model: what the response's ``model``, the
+        ``x-route-llm-model`` header, the metrics and the record all report."""
+        tier = self.served_tier
+        return self.models[tier.index] if tier is not None else None
 
 
 class Accounting:
@@ -87,7 +99,7 @@ class Accounting:
     def record(self, o: Outcome, *, endpoint: str, dropped: list[str]) -> None:
         d, a = o.decision, o.attempts
         tier = o.served_tier
-        model = self.settings.models.model(tier).name if tier is not None else "none"
+        model = o.served_model or "none"
         metrics.REQUESTS.labels(o.requested, model, tier.name if tier else "none", o.status).inc()
         if d is not None and d.score is not None:
             metrics.ROUTER_SCORE.observe(d.score)
@@ -115,7 +127,7 @@ class Accounting:
             "request_id": o.request_id, "requested_model": o.requested, "routed_model": model,
             "tier": tier.name if tier else None,
             "score": None if d is None or d.score is None else round(d.score, 4),
-            "threshold": None if d is None or d.cuts is None else _cuts_value(d.cuts),
+            "threshold": None if d is None or d.cuts is None else cuts_log_value(d.cuts),
             "router_ms": None if d is None else round(d.seconds * 1000, 2),
             "upstream_ms": None if o.upstream_seconds is None else round(o.upstream_seconds * 1000, 1),
             "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
@@ -136,16 +148,23 @@ class Accounting:
             line["prompt"] = o.prompt
         access_log.info(json.dumps(line))
         if o.records is not None:  # every request the handler saw, so any x-request-id can be rated
-            o.records.add(from_outcome(o, tier=tier.name if tier else None, model=model if tier else None,
-                                       text=o.text, owner=o.owner, version=o.router_version,
-                                       store_prompts=self.settings.feedback.store_prompts, cost=cost))
+            o.records.add(decision_record(o, store_prompts=self.settings.feedback.store_prompts, cost=cost))
 
 
-def _cuts_value(cuts: tuple[float, ...]) -> float | list[float]:
-    """A two-tier decision logs its threshold as a number, as it always did; more tiers log the list of cuts."""
-    return round(cuts[0], 4) if len(cuts) == 1 else [round(c, 4) for c in cuts]
-
-
-def cuts_header(cuts: tuple[float, ...]) -> str:
-    """``x-route-llm-threshold``: the cut points, comma-separated (one value with two tiers)."""
-    return ",".join(f"{c:.4f}" for c in cuts)
+def decision_record(o: Outcome, *, store_prompts: bool, cost: float | None = None) -> DecisionRecord:
+    """The record of a finished chat request, built once from its outcome: the tier and model that answered
+    (empty: no tier was chosen); the routing fields stay empty unless the request was routed. The prompt itself
+    (``store_prompts``) is kept only for a request that reached a model: one refused before that can still be
+    rated by its id, but a client must not fill the store with large prompts that never cost an upstream call."""
+    d, tier = o.decision, o.served_tier
+    routed = d is not None and o.target is not None and o.target.routed
+    return DecisionRecord(owner=o.owner, request_id=o.request_id, created_at=time.time(),
+                          alias=o.requested if routed else "", score=d.score if routed and d else None,
+                          threshold=d.threshold if routed and d else None, tier=tier.name if tier else "",
+                          model=o.served_model or "", fallback=d is not None and tier is not None and tier != d.tier,
+                          router_error=routed and d is not None and d.failed,
+                          router_version=o.router_version if routed else "",
+                          prompt=o.text if store_prompts and o.reached_model else None, prompt_hash=prompt_hash(o.text),
+                          routed=routed, status=o.status, http_status=o.http_status, prompt_tokens=o.prompt_tokens,
+                          completion_tokens=o.completion_tokens, cost_usd=cost,
+                          error_reason="" if o.status == "ok" else o.error_reason or o.status)

@@ -5,7 +5,7 @@ The upstream API is the one component that cannot run everywhere: tests, benchma
 ``api_base``). It speaks just enough of ``generativelanguage.googleapis.com`` for chat:
 ``POST /models/{model}:generateContent`` and ``POST /models/{model}:streamGenerateContent?alt=sse``, and
 answers with a fixed, deterministic text (it is not a model), or with a tool call or JSON shaped by the
-request's schemas (``proxy/standin_reply.py``), so that clients validating structured output accept it. It
+request's schemas (``proxy/demo/standin_reply.py``), so that clients validating structured output accept it. It
 records every request so tests can assert what was forwarded, and it can be told to misbehave (status codes,
 delays, dropped connections, a stream that breaks half-way) through ``POST /_control`` or, in-process, through
 :class:`StandIn` directly. It lists the models it serves (``GET /v1beta/models``, paginated as Google does) and
@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from proxy.standin_reply import reply_parts
+from proxy.demo.standin_reply import reply_parts
 
 
 @dataclass

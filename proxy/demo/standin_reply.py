@@ -1,4 +1,4 @@
-"""What the Gemini stand-in (``proxy/standin.py``) answers, read from the request: a function call when the
+"""What the Gemini stand-in (``proxy/demo/standin.py``) answers, read from the request: a function call when the
 request's tool configuration asks for one, JSON when it asks for JSON, the fixed text otherwise. Arguments and JSON
 are minimal values valid under the request's schemas (``proxy/schema_instance.py``), so that clients which
 validate structured output (LangChain's ``with_structured_output``, pydantic) accept the demo's answers.
@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from proxy.schema_instance import SchemaError, minimal_instance
+from proxy.demo.schema_instance import SchemaError, minimal_instance
 
 
 def reply_parts(model: str, body: dict[str, Any], reply_words: int = 8) -> list[dict[str, Any]]:

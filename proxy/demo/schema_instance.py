@@ -1,4 +1,4 @@
-"""A small value that validates against a JSON schema: what the Gemini stand-in (``proxy/standin.py``) puts in a
+"""A small value that validates against a JSON schema: what the Gemini stand-in (``proxy/demo/standin.py``) puts in a
 tool call's arguments and in a structured-output answer, so that clients which validate what they get back
 (LangChain's ``with_structured_output``, pydantic models, the SDKs' ``parse`` helpers) accept the demo's answers.
 

@@ -1,4 +1,8 @@
-"""``route-llm retrain --full``: fine-tune the current model's encoder together with its head on feedback.
+"""The router's torch network in one place: rebuilding it from a shipped model, one training step, the fit on
+feedback and its export. Training from the data (:mod:`training.finetune`) and ``route-llm retrain --full``
+(:mod:`training.retrain`) both import it, and it imports neither, so the three form no cycle.
+
+``route-llm retrain --full`` fine-tunes the current model's encoder together with its head on feedback.
 
 Fast mode (:mod:`training.retrain`) keeps the encoder, so it can only re-weigh what the current embedding
 already tells apart. This mode moves the encoder too, for feedback the embedding cannot separate (a new domain
@@ -33,7 +37,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -41,10 +45,35 @@ from router.classifier import MODEL_FILE, TOKENIZER_FILE, Classifier
 from router.head import Head
 from training import encoder
 
-if TYPE_CHECKING:
-    from training.retrain import RetrainConfig
-
 log = logging.getLogger(__name__)
+
+class FitConfig(Protocol):
+    """What :func:`finetune_encoder` reads of ``training.retrain.RetrainConfig`` (its ``--full`` settings)."""
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def threads(self) -> int: ...
+
+    @property
+    def freeze_layers(self) -> int: ...
+
+    @property
+    def encoder_lr(self) -> float: ...
+
+    @property
+    def head_lr(self) -> float: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def full_steps(self) -> int | None: ...
+
+    @property
+    def full_epochs(self) -> float: ...
+
 
 _NODE = re.compile(r"^/(?:bert/)?((?:encoder|embeddings)/[^ ]+?)/(MatMul_quant|MatMul|Add|LayerNormalization|Gather)$")
 
@@ -137,6 +166,40 @@ def recover_encoder(model_dir: Path, out: Path) -> Path:
     return out
 
 
+def read_head(path: Path) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """The arrays of a head file (mean, scale, layers), for starting a fit from them."""
+    Head.load(path)  # validates
+    with np.load(path, allow_pickle=False) as arrays:
+        layers: list[tuple[np.ndarray, np.ndarray]] = []
+        while f"w{len(layers)}" in arrays:
+            i = len(layers)
+            layers.append((np.asarray(arrays[f"w{i}"], np.float64), np.asarray(arrays[f"b{i}"], np.float64)))
+        return np.asarray(arrays["input_mean"], np.float64), np.asarray(arrays["input_scale"], np.float64), layers
+
+
+def trainable_body(bert: Any, freeze_layers: int) -> list[Any]:
+    """Freeze a BERT's embeddings and its lowest ``freeze_layers`` layers; return the parameters left to train."""
+    for p in bert.embeddings.parameters():
+        p.requires_grad = False
+    for layer in bert.encoder.layer[:freeze_layers]:
+        for p in layer.parameters():
+            p.requires_grad = False
+    return [p for p in bert.parameters() if p.requires_grad]
+
+
+def weighted_step(net: Any, optimiser: Any, logit: Any, target: Any, weight: Any) -> Any:
+    """One optimiser step on the weighted mean soft-target cross-entropy (gradients clipped to norm 1); the loss."""
+    import torch
+
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target, reduction="none")
+    loss = (loss * weight).sum() / weight.sum()
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0)
+    optimiser.step()
+    return loss
+
+
 class _Batches:
     """Length-bucketed, shuffled mini-batches of token-id rows (padded per batch)."""
 
@@ -163,15 +226,12 @@ class _Batches:
 
 def finetune_encoder(current: Classifier, model_dir: Path, head_path: Path, texts: list[str], features: np.ndarray,
                      target: np.ndarray, weight: np.ndarray, groups: np.ndarray, work: Path,
-                     config: RetrainConfig) -> tuple[Path, Head]:
+                     config: FitConfig) -> tuple[Path, Head]:
     """Fine-tune the encoder of ``current`` (loaded from ``model_dir``) and the head at ``head_path`` on the rows;
     returns the exported int8 encoder directory and the new head. ``features`` are the rows' prompt-feature
     columns of the head input."""
     import torch
     from transformers import BertModel
-
-    from training.finetune import trainable_body, weighted_step
-    from training.retrain import read_head
 
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
