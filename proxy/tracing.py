@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from proxy.routing.decider import Decision
-    from proxy.settings import ModelSettings
-    from proxy.upstream.accounting import Outcome
 
 log = logging.getLogger("route_llm")
+
+# This module sits under every layer that calls it (edge, upstream), so it reads the decision, a model's settings
+# and the outcome by their attributes (typed Any below) instead of importing their types from those layers.
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 DEFAULT_SERVICE_NAME = "route-llm"
@@ -78,7 +78,7 @@ class NoSpan:
     def set(self, key: str, value: Any) -> None:
         return None
 
-    def routed(self, decision: Decision, version: str) -> None:
+    def routed(self, decision: Any, version: str) -> None:
         return None
 
     def end(self, outcome: str, status: int | None = None) -> None:
@@ -116,7 +116,7 @@ class Span(NoSpan):
         if value is not None:
             self._span.set_attribute(key, value)
 
-    def routed(self, decision: Decision, version: str) -> None:
+    def routed(self, decision: Any, version: str) -> None:
         """The routing decision: score, tier, cut points and which router made it."""
         d = decision
         self.set("route_llm.router.tier", d.tier.name)
@@ -154,7 +154,7 @@ def span(name: str, **attributes: Any) -> NoSpan:
     return Span(tracer, name, attributes, "internal")
 
 
-def attempt(model: ModelSettings, tier: str, *, number: int, fallback: bool) -> NoSpan:
+def attempt(model: Any, tier: str, *, number: int, fallback: bool) -> NoSpan:
     """An upstream call's CLIENT span, opened now and closed by ``.end(outcome, status)``."""
     tracer = _TRACER.get()
     if tracer is None:
@@ -167,7 +167,7 @@ def attempt(model: ModelSettings, tier: str, *, number: int, fallback: bool) -> 
     }, "client")
 
 
-def outcome(o: Outcome, model: ModelSettings | None) -> None:
+def outcome(o: Any, model: Any) -> None:
     """Put what the request came to on its SERVER span: GenAI's names for model and tokens, ours for the rest."""
     request = _REQUEST.get()
     if request is None:

@@ -9,16 +9,19 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import onnx
+import openai
 import pytest
 import yaml
 from hypothesis import HealthCheck, event, settings
@@ -31,7 +34,7 @@ from router.lexical import Lexical
 from tests.conftest import RunningProxy, base_config
 from tests.proxy.pdfs import pdf_with_pages
 from tests.router.conftest import build_tokenizer, default_meta
-from tests.standin import StandInServer
+from tests.standin import StandInServer, free_port
 
 # --- format-2 model directories (router tests, training tests) (from tests/router/test_format2.py) ---------------
 
@@ -294,3 +297,127 @@ def http(proxy: RunningProxy, standin: StandInServer) -> Iterator[httpx.Client]:
 
 def post_json(http: httpx.Client, path: str, body: bytes) -> httpx.Response:
     return http.post(path, content=body, headers={"content-type": "application/json"})
+
+
+# --- served processes: replicas on a shared database, configs pointed at the stand-in ----------------------
+@dataclass
+class Replica:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, key: str = "k1") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0, timeout=60)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@dataclass
+class Shared:
+    database_url: str
+    redis_url: str
+    config: Path
+
+
+def start_replicas(shared: Shared, tmp: Path, names: list[str]) -> list[Replica]:
+    """Start them all at once (each start loads the router and LiteLLM), then wait until each is ready."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(LITELLM_LOCAL_MODEL_COST_MAP="True")
+    replicas = []
+    for name in names:
+        port, log = free_port(), tmp / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([str(ROUTE_LLM), "serve", "--config", str(shared.config), "--port", str(port)],
+                                    cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
+        replicas.append(Replica(proc, port, log))
+    deadline = time.monotonic() + 300
+    try:
+        for replica in replicas:
+            while not replica_ready(replica):
+                assert time.monotonic() < deadline, f"not ready in 300 s:\n{replica.log.read_text(errors='replace')}"
+                time.sleep(0.2)
+    except BaseException:
+        for replica in replicas:
+            replica.stop()
+        raise
+    return replicas
+
+
+def replica_ready(replica: Replica) -> bool:
+    if replica.proc.poll() is not None:
+        pytest.fail(f"a replica exited with {replica.proc.returncode}:\n{replica.log.read_text(errors='replace')}")
+    try:
+        return httpx.get(replica.base_url + "/health/ready", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def point_at_standin(config: Path, standin: StandInServer) -> dict[str, Any]:
+    """Point both tiers of a written config at the stand-in with a literal key (a served process reads no test
+    environment); returns the config as written."""
+    cfg = yaml.safe_load(config.read_text())
+    for tier in ("weak", "strong"):
+        cfg["models"][tier].update(api_base=standin.base_url, api_key="test-upstream-key")
+    config.write_text(yaml.safe_dump(cfg))
+    return cfg
+
+
+def serve_on_free_port(tmp_path: Path, config: Path, *, workers: int) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """`route-llm serve` as its own process on a free port, its output in ``serve.log``."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(ROUTE_LLM), "serve", "--config", str(config), "--port", str(port),
+                                 "--workers", str(workers)], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    return proc, port, log
+
+
+# --- training rows and evaluation sets for the scripts' tests ------------------------------------------------
+CROSSVAL_EASY = ["write a haiku about {}", "translate {} into spanish", "say hello to {}", "a short poem on {}"]
+CROSSVAL_HARD = ["prove the theorem about {} rigorously", "design a distributed system for {}", "derive {} step by step"]
+
+
+def benchmark_line(i: int, topic: str, benchmark: str, category: str) -> dict[str, object]:
+    """A train.jsonl row: odd ``i`` is a hard prompt the weak model got wrong, even ``i`` an easy one it got right."""
+    hard = i % 2 == 1
+    prompt = (CROSSVAL_HARD[i % 3] if hard else CROSSVAL_EASY[i % 4]).format(topic)
+    return {
+        "prompt": prompt,
+        "benchmark": benchmark,
+        "category": category,
+        "weak_score": 0.0 if hard else 1.0,
+        "strong_score": 1.0,
+    }
+
+
+def toy_eval_sets(directory: Path) -> Path:
+    """A toy pair of evaluation sets in the repository's format: 8 rows each, both labels in every slice."""
+    import json
+
+    directory.mkdir()
+    documents = [
+        {"id": f"d{i}", "prompt": ("what is the " if i % 2 == 0 else "weigh the risks and judge the ") + f"item {i}",
+         "label": i % 2, "kind": ["manual", "paper"][i // 4], "group": f"doc-{i // 2}"}
+        for i in range(8)
+    ]
+    languages = [
+        {"id": f"l{i}", "prompt": ("hallo " if i % 2 == 0 else "beweise den satz ") + str(i), "label": i % 2,
+         "language": ["de", "ja"][i // 4], "group": f"topic-{i // 2}"}
+        for i in range(8)
+    ]
+    for name, rows in [("documents", documents), ("languages", languages)]:
+        (directory / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return directory

@@ -28,12 +28,12 @@ TOP = ("router", "training", "proxy", "scripts")
 # everything.
 PROXY = (
     ("proxy.cli",),
-    ("proxy.app",),
+    ("proxy.app", "proxy.report"),
     ("proxy.edge",),
     ("proxy.services",),
     ("proxy.documents", "proxy.routing", "proxy.upstream"),
     ("proxy.state",),
-    ("proxy.request", "proxy.errors", "proxy.metrics", "proxy.settings"),
+    ("proxy.request", "proxy.errors", "proxy.metrics", "proxy.settings", "proxy.tracing"),
     ("proxy",),
 )
 

@@ -162,7 +162,7 @@ class ChatHandler:
     def record(self, o: Outcome) -> None:
         with tracing.span("route_llm.record"):
             self.accounting.record(o, endpoint=self.endpoint, dropped=self._dropped(o))
-        tracing.outcome(o, self._served_model(o.served_tier) if o.served_tier is not None else None)
+        tracing.outcome(o, self.settings.models.model(o.served_tier) if o.served_tier is not None else None)
 
     @staticmethod
     def _status_of(exc: ProxyError) -> str:

@@ -448,7 +448,7 @@ def _write(tmp: Path, cfg: dict[str, Any]) -> Path:
 
 
 def test_a_restart_loses_no_spend(tmp_path: Path, standin: StandInServer) -> None:
-    from tests.proxy.test_replicas import Shared, start_replicas
+    from tests.helpers import Shared, start_replicas
 
     config = _write(tmp_path, budget_config(tmp_path))
     shared = Shared("", "", config)
@@ -475,7 +475,7 @@ def test_a_restart_loses_no_spend(tmp_path: Path, standin: StandInServer) -> Non
 
 def test_two_replicas_on_one_postgres_share_a_budget(tmp_path: Path, services: Services,
                                                      standin: StandInServer) -> None:
-    from tests.proxy.test_replicas import Shared, start_replicas
+    from tests.helpers import Shared, start_replicas
 
     url = fresh_schema(services.need("postgresql"))
     config = _write(tmp_path, budget_config(tmp_path, storage={"url": url}))

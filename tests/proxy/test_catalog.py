@@ -30,8 +30,9 @@ from proxy.upstream.catalog import (
     warn_at_start,
 )
 from tests.conftest import base_config, wait_until
-from tests.proxy.test_reload import _on_standin, _serve
-from tests.proxy.test_workers import _wait_for_workers
+from tests.helpers import point_at_standin as _on_standin
+from tests.helpers import serve_on_free_port as _serve
+from tests.helpers import wait_for_workers as _wait_for_workers
 from proxy.standin import SERVED_MODELS
 from tests.standin import StandInServer, free_port
 

@@ -18,7 +18,8 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import ROOT, RunningProxy
 from tests.proxy.pdfs import pdf_with_pages
-from tests.proxy.test_fuzz import FUZZ, _dumps, junk, text
+from tests.helpers import FUZZ, junk, text
+from tests.helpers import fuzz_dumps as _dumps
 from tests.standin import Fault, StandInServer
 
 EASY = "What is the capital of France?"

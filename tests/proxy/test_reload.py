@@ -22,6 +22,8 @@ from proxy.routing.reload import model_version
 from proxy.settings import load_settings
 from router import Router
 from tests.conftest import RunningProxy, base_config, start_proxy, stop_proxy, until_upstream_has
+from tests.helpers import point_at_standin as _on_standin
+from tests.helpers import serve_on_free_port as _serve
 from tests.helpers import wait_for_workers as _wait_for_workers
 from tests.router.conftest import SHIPPED_MODEL_DIR
 from tests.standin import StandInServer, free_port
@@ -234,28 +236,6 @@ def _versions(base_url: str, n: int) -> set[str]:
             assert r.status_code == 200, r.text
             seen.add(r.headers["x-route-llm-router-version"])
     return seen
-
-
-def _on_standin(config: Path, standin: StandInServer) -> dict[str, Any]:
-    """Point both tiers of a written config at the stand-in with a literal key (a served process reads no test
-    environment); returns the config as written."""
-    cfg = yaml.safe_load(config.read_text())
-    for tier in ("weak", "strong"):
-        cfg["models"][tier].update(api_base=standin.base_url, api_key="test-upstream-key")
-    config.write_text(yaml.safe_dump(cfg))
-    return cfg
-
-
-def _serve(tmp_path: Path, config: Path, *, workers: int) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """`route-llm serve` as its own process on a free port, its output in ``serve.log``."""
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(ROUTE_LLM), "serve", "--config", str(config), "--port", str(port),
-                                 "--workers", str(workers)], cwd=tmp_path, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    return proc, port, log
 
 
 def test_sighup_and_admin_reload_swap_every_worker(tmp_path: Path, standin: StandInServer) -> None:

@@ -21,76 +21,13 @@ import pytest
 import yaml
 
 from tests.conftest import base_config
-from tests.helpers import QUESTION, REPORT, file_part_by_id, upload
+from tests.helpers import QUESTION, REPORT, Replica, Shared, file_part_by_id, start_replicas, upload
 from tests.proxy.pdfs import pdf_with_pages
 from tests.services import Services, fresh_redis, fresh_schema
 from tests.standin import StandInServer, free_port
 
 ROUTE_LLM = Path(sys.executable).with_name("route-llm")
 LIMIT = 30  # requests per minute per key; the limit test spends key k3's, the others use k1 and k2
-
-
-@dataclass
-class Replica:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def client(self, key: str = "k1") -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0, timeout=60)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-@dataclass
-class Shared:
-    database_url: str
-    redis_url: str
-    config: Path
-
-
-def start_replicas(shared: Shared, tmp: Path, names: list[str]) -> list[Replica]:
-    """Start them all at once (each start loads the router and LiteLLM), then wait until each is ready."""
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update(LITELLM_LOCAL_MODEL_COST_MAP="True")
-    replicas = []
-    for name in names:
-        port, log = free_port(), tmp / f"{name}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen([str(ROUTE_LLM), "serve", "--config", str(shared.config), "--port", str(port)],
-                                    cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
-        replicas.append(Replica(proc, port, log))
-    deadline = time.monotonic() + 300
-    try:
-        for replica in replicas:
-            while not _ready(replica):
-                assert time.monotonic() < deadline, f"not ready in 300 s:\n{replica.log.read_text(errors='replace')}"
-                time.sleep(0.2)
-    except BaseException:
-        for replica in replicas:
-            replica.stop()
-        raise
-    return replicas
-
-
-def _ready(replica: Replica) -> bool:
-    if replica.proc.poll() is not None:
-        pytest.fail(f"a replica exited with {replica.proc.returncode}:\n{replica.log.read_text(errors='replace')}")
-    try:
-        return httpx.get(replica.base_url + "/health/ready", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture(scope="module")

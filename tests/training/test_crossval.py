@@ -10,12 +10,15 @@ import pytest
 
 pytest.importorskip("sklearn")  # the train extra; CI without it skips these
 
+from tests.helpers import CROSSVAL_EASY, CROSSVAL_HARD  # noqa: E402
+from tests.helpers import benchmark_line as _line  # noqa: E402
+from tests.helpers import toy_eval_sets as _own_sets  # noqa: E402
 from tests.training import script_main  # noqa: E402
 from training import crossval, data  # noqa: E402
 from training.head import JointConfig  # noqa: E402
 
-EASY = ["write a haiku about {}", "translate {} into spanish", "say hello to {}", "a short poem on {}"]
-HARD = ["prove the theorem about {} rigorously", "design a distributed system for {}", "derive {} step by step"]
+
+EASY, HARD = CROSSVAL_EASY, CROSSVAL_HARD
 
 
 def _rows(n: int = 120) -> tuple[list[data.Row], np.ndarray]:
@@ -86,41 +89,7 @@ def test_neighbour_scores_cover_training_and_validation_rows_apart() -> None:
     assert train[hard & ~is_val].mean() > train[~hard & ~is_val].mean()
 
 
-def _line(i: int, topic: str, benchmark: str, category: str) -> dict[str, object]:
-    """A train.jsonl row: odd ``i`` is a hard prompt the weak model got wrong, even ``i`` an easy one it got right."""
-    hard = i % 2 == 1
-    prompt = (HARD[i % 3] if hard else EASY[i % 4]).format(topic)
-    return {
-        "prompt": prompt,
-        "benchmark": benchmark,
-        "category": category,
-        "weak_score": 0.0 if hard else 1.0,
-        "strong_score": 1.0,
-    }
 
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--knn", "0"], "--knn"),
-        (["--knn", "x"], "--knn"),
-        (["--knn-beta", "-1"], "--knn-beta"),
-        (["--c", "0"], "--c"),
-        (["--everyday", "-1"], "--everyday"),
-        (["--threads", "0"], "--threads"),
-        (["--resamples", "0"], "--resamples"),
-        (["--eval-sets", "no-such-dir"], "--eval-sets"),
-        (["--encoder-dir", "no-such-dir"], "--encoder-dir"),
-        ([], "--data-dir"),  # the data directory holds none of the data files
-    ],
-)
-def test_bad_crossval_options_exit_2_naming_the_option(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
-) -> None:
-    with pytest.raises(SystemExit) as stopped:
-        script_main("crossval_router")(["--data-dir", str(tmp_path), *args])
-    assert stopped.value.code == 2
-    assert message in capsys.readouterr().err
 
 
 def test_the_script_prints_both_tables_for_a_small_data_directory(
@@ -179,24 +148,28 @@ def test_the_script_prints_both_tables_for_a_small_data_directory(
     assert results["validation"]["head"]["gsm8k"]["n"] + results["out_of_fold"]["head"]["gsm8k"]["n"] == 40
 
 
-def _own_sets(directory: Path) -> Path:
-    """A toy pair of evaluation sets in the repository's format: 8 rows each, both labels in every slice."""
-    import json
-
-    directory.mkdir()
-    documents = [
-        {"id": f"d{i}", "prompt": ("what is the " if i % 2 == 0 else "weigh the risks and judge the ") + f"item {i}",
-         "label": i % 2, "kind": ["manual", "paper"][i // 4], "group": f"doc-{i // 2}"}
-        for i in range(8)
-    ]
-    languages = [
-        {"id": f"l{i}", "prompt": ("hallo " if i % 2 == 0 else "beweise den satz ") + str(i), "label": i % 2,
-         "language": ["de", "ja"][i // 4], "group": f"topic-{i // 2}"}
-        for i in range(8)
-    ]
-    for name, rows in [("documents", documents), ("languages", languages)]:
-        (directory / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return directory
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--knn", "0"], "--knn"),
+        (["--knn", "x"], "--knn"),
+        (["--knn-beta", "-1"], "--knn-beta"),
+        (["--c", "0"], "--c"),
+        (["--everyday", "-1"], "--everyday"),
+        (["--threads", "0"], "--threads"),
+        (["--resamples", "0"], "--resamples"),
+        (["--eval-sets", "no-such-dir"], "--eval-sets"),
+        (["--encoder-dir", "no-such-dir"], "--encoder-dir"),
+        ([], "--data-dir"),  # the data directory holds none of the data files
+    ],
+)
+def test_bad_crossval_options_exit_2_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        script_main("crossval_router")(["--data-dir", str(tmp_path), *args])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("line", ["{not json", '{"prompt": "hi"}'])

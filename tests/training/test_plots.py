@@ -64,7 +64,8 @@ def test_the_evaluation_script_draws_every_source_it_has(tmp_path: Path, capsys:
     """scripts/evaluate_router.py --plot end to end: the shipped router and the length baseline on tiny MMLU and
     GSM8K files (the TF-IDF baseline needs scikit-learn and is left out here)."""
     from tests.training import script_main
-    from tests.training.test_crossval import _line, _own_sets
+    from tests.helpers import benchmark_line as _line
+    from tests.helpers import toy_eval_sets as _own_sets
 
     lines = [_line(i, f"subject {s} item {i}", "mmlu", f"s{s}") for s in range(10) for i in range(6)]
     lines += [_line(i, f"word problem {i}", "gsm8k", "gsm8k") for i in range(40)]
