@@ -176,7 +176,7 @@ class ChatHandler:
                 messages, extra_headers = await state.documents.expand(request, chat)
             if self.settings.server.log_prompts:
                 o.prompt = texts[-1]
-            o.decision = decision = await state.decider.decide(target, texts)
+            o.decision = decision = await state.decider.decide(target, texts, document=bool(chat.files))
             o.attempts = attempts = Attempts(requested_tier=decision.tier)
             if chat.stream:
                 response = await self._stream(state, request, chat, messages, o, extra_headers)
