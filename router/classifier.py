@@ -20,6 +20,8 @@ from tokenizers import Tokenizer
 
 from router import features as prompt_features
 from router import lexical as lexical_terms
+from router.doc_head import FILE as DOC_HEAD_FILE
+from router.doc_head import DocHead
 from router.head import Head
 from router.policy import Quantiles, check_quantiles
 
@@ -442,9 +444,11 @@ class Classifier:
 class Router:
     """A loaded model directory: the classifier plus where it came from and which version it is."""
 
-    def __init__(self, *, classifier: Classifier, path: Path) -> None:
+    def __init__(self, *, classifier: Classifier, path: Path, doc_head: DocHead | None = None) -> None:
         self._classifier = classifier
         self.path = path
+        #: The document-question head (:mod:`router.doc_head`), when the directory has one (format 2 only).
+        self.doc_head = doc_head
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, threads: int = 1) -> Router:
@@ -477,7 +481,17 @@ class Router:
             classifier = Classifier(session=session, tokenizer=tokenizer, meta=meta, head=head)
         except ValueError as exc:
             raise ModelLoadError(f"{model_path}: does not match {META_FILE}/{TOKENIZER_FILE}: {exc}") from exc
-        return cls(classifier=classifier, path=directory)
+        doc_head = None
+        doc_path = directory / DOC_HEAD_FILE
+        if meta.format == 2 and doc_path.is_file():
+            try:
+                doc_head = DocHead.load(doc_path)
+            except Exception as exc:  # numpy and json raise many unrelated classes for a bad file
+                raise ModelLoadError(f"{doc_path}: not a valid document head ({exc})") from exc
+            width = head.input_size - len(meta.features) if head is not None else None
+            if width is not None and doc_head.weight.size != width:
+                raise ModelLoadError(f"{doc_path}: reads {doc_head.weight.size} dimensions, the encoder gives {width}")
+        return cls(classifier=classifier, path=directory, doc_head=doc_head)
 
     @property
     def meta(self) -> ModelMeta:
@@ -497,6 +511,14 @@ class Router:
     def score(self, texts: Sequence[str]) -> list[float]:
         """Return p(strong model needed) in [0, 1] for each text, in order."""
         return self._classifier.score(texts)
+
+    def document_scores(self, texts: Sequence[str]) -> list[float]:
+        """p(analysis) of each text read as a question about an attached document (the document head); raises
+        InferenceError where the model has no document head."""
+        if self.doc_head is None:
+            raise InferenceError("this model directory has no document head")
+        width = self.doc_head.weight.size
+        return self.doc_head.probabilities(self._classifier.head_inputs(texts)[:, :width])
 
 
 __all__ = [

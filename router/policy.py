@@ -285,3 +285,29 @@ def conversation_score(scores: Sequence[float], decay: float, quantiles: Iterabl
         level = float(np.interp(value, points, levels)) * decay ** back
         best = max(best, float(np.interp(level, levels, points)))
     return best
+
+
+def document_score(probability: float, document_cut: float, policy_cut: float) -> float:
+    """A document question's score on the general score scale, from the document head's p(analysis).
+
+    The document head has its own calibrated cut (``document_cut``: at or above it a question is an analysis);
+    the request's policy has its own (``policy_cut``: the cut above the weakest tier). The map is piecewise linear
+    and increasing, sending [0, document_cut] onto [0, policy_cut] and [document_cut, 1] onto [policy_cut, 1], so a
+    lookup lands below the policy's cut and an analysis at or above it whatever ``strong_share`` the operator set,
+    and the order of questions is kept for multi-tier cuts. A pure signal, like :func:`conversation_score`. A policy
+    cut at 0 or 1 (everything strong, nothing strong) is the operator's to keep: the probability passes unchanged.
+    """
+    p = _check_real("probability", probability)
+    d = _check_real("document_cut", document_cut)
+    c = _check_real("policy_cut", policy_cut)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"probability must be in [0, 1], got {p}")
+    if not 0.0 < d < 1.0:
+        raise ValueError(f"document_cut must be in (0, 1), got {d}")
+    if not 0.0 <= c <= 1.0:
+        raise ValueError(f"policy_cut must be in [0, 1], got {c}")
+    if c in (0.0, 1.0):
+        return p
+    if p < d:
+        return min(p / d * c, math.nextafter(c, 0.0))
+    return c + (p - d) / (1.0 - d) * (1.0 - c)

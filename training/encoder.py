@@ -202,6 +202,30 @@ def cached_inputs(clf: Classifier, prompts: list[str], cache_dir: Path, encoder_
     return store.take(keys)
 
 
+def carry_cached_inputs(cache_dir: Path, clf: Classifier, source_dir: Path, target_dir: Path,
+                        prompts: list[str]) -> int:
+    """Copy the cached head inputs of ``prompts`` from ``source_dir``'s encoder store to ``target_dir``'s; return how
+    many were copied.
+
+    Only for an encoder that computes exactly the same inputs for these prompts (a vocabulary pruned on them:
+    :mod:`training.vocab_prune`), so a rerun of training need not embed them again. ``clf`` gives the settings
+    (max length, truncation, features, prefix) the store is keyed by.
+    """
+    settings = [clf.meta.max_length, clf.meta.head_fraction, list(clf.meta.features)]
+    if clf.meta.text_prefix:
+        settings.append(clf.meta.text_prefix)
+    packed = json.dumps(settings).encode()
+    digest = {d: hashlib.sha256((d / MODEL_FILE).read_bytes()).digest() for d in (source_dir, target_dir)}
+    source, target = _PromptStore(cache_dir, digest[source_dir], packed), _PromptStore(cache_dir, digest[target_dir],
+                                                                                        packed)
+    keys = [hashlib.sha256(prompt.encode("utf-8", "replace")).digest() for prompt in prompts]
+    found = sorted({key for key in keys if key in source and key not in target})
+    if found:
+        target.add(found, source.take(found))
+        target.save()
+    return len(found)
+
+
 def _list_digest(encoder_digest: bytes, settings: list[Any], keys: list[bytes]) -> str:
     """The name of the earlier whole-list cache file for this prompt list."""
     digest = hashlib.sha256(encoder_digest)

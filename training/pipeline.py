@@ -27,6 +27,7 @@ import numpy as np
 
 from router import lexical
 from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE, Classifier
+from router.doc_head import FILE as DOC_HEAD_FILE
 from router.features import FEATURES
 from router.head import Head
 from router.policy import QUANTILE_LEVELS
@@ -59,6 +60,10 @@ def stage_dir(encoder_dir: Path, head: Head, tmp: Path) -> Path:
     shutil.copy(encoder_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
     if (encoder_dir / encoder.ENCODER_FILE).is_file():  # the encoder's provenance and licences ship with it
         shutil.copy(encoder_dir / encoder.ENCODER_FILE, tmp / encoder.ENCODER_FILE)
+    # The document head reads this same encoder's embedding, so it stays valid beside a new general head (a head
+    # refit, a retrain); an encoder directory without one (a fine-tuned export) gives a model without one.
+    if (encoder_dir / DOC_HEAD_FILE).is_file():
+        shutil.copy(encoder_dir / DOC_HEAD_FILE, tmp / DOC_HEAD_FILE)
     head.save(tmp / "head.npz")
     return tmp
 

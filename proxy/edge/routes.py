@@ -201,7 +201,8 @@ class ChatHandler:
                 o.prompt = texts[-1]
             steer = o.budget_route.steer if o.budget_route is not None else 0.0
             with tracing.span("route_llm.route", **{"route_llm.requested_model": target.requested}) as traced:
-                o.decision = decision = await state.decider.decide(target, texts, steer=steer)
+                o.decision = decision = await state.decider.decide(target, texts, steer=steer,
+                                                                      document=bool(chat.files))
                 traced.routed(decision, state.router_version)
             o.attempts = attempts = Attempts(requested_tier=decision.tier)
             if chat.stream:

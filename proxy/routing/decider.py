@@ -26,7 +26,7 @@ from proxy.request import user_texts
 from proxy.settings import OperatingPoint, Settings
 from router import Router
 from router.budget import steer_cuts
-from router.policy import Quantiles, Tier, TierPolicy, conversation_score
+from router.policy import Quantiles, Tier, TierPolicy, conversation_score, document_score
 
 log = logging.getLogger("route_llm")
 
@@ -178,8 +178,11 @@ class Decider:
             return policy
         return TierPolicy(steer_cuts(policy.cuts, fraction, self.router.meta.quantiles))
 
-    async def decide(self, target: Target, texts: Sequence[str], *, steer: float = 0.0) -> Decision:
-        """The decision for ``target``; ``steer`` (0 to 1) moves a routed target's cuts toward the cheapest tier."""
+    async def decide(self, target: Target, texts: Sequence[str], *, steer: float = 0.0,
+                     document: bool = False) -> Decision:
+        """The decision for ``target``; ``steer`` (0 to 1) moves a routed target's cuts toward the cheapest tier.
+        ``document``: the request carries a document, so a model with a document head decides by that head
+        (lookup vs analysis at its own calibrated cut, :func:`router.policy.document_score`)."""
         if target.tier is not None:
             return Decision(target.tier, None, None, 0.0)
         assert target.policy is not None
@@ -193,6 +196,15 @@ class Decider:
             log.exception("router inference failed; sending the request to the %s tier", self.fail_open.name)
             return Decision(self.fail_open, None, target.policy.cuts, time.perf_counter() - start, failed=True)
         tier, score = self.choose(target.policy, scores)
+        head = self.router.doc_head if document else None
+        if head is not None:
+            try:
+                (p,) = await asyncio.get_running_loop().run_in_executor(
+                    router_thread(), self.router.document_scores, [texts[-1]])
+                score = document_score(p, head.cut_probability, target.policy.cuts[0])
+                tier = self.tiers[target.policy.tier_index(score)]
+            except Exception:  # the general decision above stands
+                log.exception("document head failed; deciding by the general score")
         return Decision(tier, score, target.policy.cuts, time.perf_counter() - start, turn_score=scores[-1])
 
     async def _scores(self, texts: Sequence[str]) -> list[float]:

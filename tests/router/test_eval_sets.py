@@ -35,6 +35,8 @@ TOKENIZER = Path(__file__).resolve().parents[2] / "router" / "model" / "tokenize
 #: The shipped model's floors (AUROC); length alone scores at most 0.60 on either set.
 FLOOR_DOCUMENTS = 0.66  # v4: 0.686, v3: 0.593
 FLOOR_LANGUAGES = 0.79  # v4: 0.820, v3: 0.558
+#: The document head (router/doc_head.py), which decides requests that carry a document: 0.861 (2026-12-07).
+FLOOR_DOCUMENT_HEAD = 0.82
 LENGTH_BAND = (0.45, 0.60)
 
 Measure = Callable[[list[EvalRow]], list[float]]
@@ -119,6 +121,13 @@ def test_shipped_router_meets_the_documents_floor(shipped: Router) -> None:
 def test_shipped_router_meets_the_languages_floor(shipped: Router) -> None:
     area = auroc(shipped.score([r.prompt for r in LANGUAGES]), _labels(LANGUAGES))
     assert area >= FLOOR_LANGUAGES, area
+
+
+def test_shipped_document_head_meets_its_floor_on_the_documents_set(shipped: Router) -> None:
+    assert shipped.doc_head is not None
+    area = auroc(shipped.document_scores([r.prompt for r in DOCUMENTS]), _labels(DOCUMENTS))
+    assert area >= FLOOR_DOCUMENT_HEAD, area
+    assert auroc(_chars(DOCUMENTS), _labels(DOCUMENTS)) < FLOOR_DOCUMENT_HEAD
 
 
 @pytest.mark.parametrize(

@@ -322,3 +322,21 @@ def test_bench_script_wraps_a_bare_encoder_and_caps_prompts_at_its_max_length(
     assert loaded.score(["hello world"]) == [0.5]  # the zero head: a logit of 0
     # a 16-token model cannot see 510 tokens: the prompt stops growing at its max_length instead of forever
     assert len(loaded.classifier.token_ids([bench["prompt_of_tokens"](loaded, 510)])[0]) == 16
+
+
+def test_a_staged_model_keeps_the_encoder_directorys_document_head(encoder_dir: Path, tmp_path: Path) -> None:
+    """A new general head over the same encoder keeps its document head; without one there is none."""
+    pytest.importorskip("scipy", reason="the train extra is not installed (training.pipeline needs scipy)")
+    from router.doc_head import FILE, DocHead
+    from training.pipeline import stage_dir
+
+    meta = encoder.encoder_meta(["log_chars"], max_length=16, head_fraction=0.5, pad_token_id=1, text_prefix="query: ")
+    bare = stage_dir(encoder_dir, make_head(HIDDEN + 1), tmp_path / "bare")
+    (bare / "router.json").write_text(json.dumps(meta))
+    assert Router.load(bare).doc_head is None
+    DocHead(weight=np.linspace(-1.0, 1.0, HIDDEN), bias=0.1, cut=0.2, meta={"test": True}).save(bare / FILE)
+    staged = stage_dir(bare, make_head(HIDDEN + 1), tmp_path / "model")
+    (staged / "router.json").write_text(json.dumps(meta))
+    loaded = Router.load(staged)
+    assert loaded.doc_head is not None and loaded.doc_head.meta == {"test": True}
+    assert all(0.0 < p < 1.0 for p in loaded.document_scores(["what is the total?", "judge the risks"]))
