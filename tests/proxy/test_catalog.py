@@ -33,7 +33,7 @@ from tests.conftest import base_config, wait_until
 from tests.helpers import point_at_standin as _on_standin
 from tests.helpers import serve_on_free_port as _serve
 from tests.helpers import wait_for_workers as _wait_for_workers
-from proxy.standin import SERVED_MODELS
+from proxy.demo.standin import SERVED_MODELS
 from tests.standin import StandInServer, free_port
 
 MSG = [{"role": "user", "content": "hi"}]
