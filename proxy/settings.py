@@ -187,6 +187,9 @@ class ServerSettings:
     limit_bodies_arriving: int | None = 256  # requests still sending their body (a separate, smaller budget)
     limit_bodies_arriving_per_key: int | None = 32
     limit_json_depth: int | None = 64  # nesting of objects and arrays in a JSON body
+    limit_header_bytes: int = 32_768  # request line and headers of one request
+    limit_header_count: int = 100  # headers of one request
+    limit_header_bytes_total: int = 16_777_216  # unfinished request heads of all connections of one process
     limit_requests_per_minute: int | None = None  # per proxy key
     timeout_header: float = 10.0  # from connection (or the end of the last response) to complete headers
     timeout_body: float = 30.0  # from complete headers to the last byte of the body
@@ -497,6 +500,17 @@ def _validate(s: Settings) -> None:
     for key in ("timeout_header", "timeout_body", "timeout_keep_alive"):
         if getattr(s.server, key) <= 0:
             raise ConfigError(f"server.{key}: must be positive (seconds)")
+    _check_header_limits(s.server)
+
+
+def _check_header_limits(server: ServerSettings) -> None:
+    """The head limits have no "unlimited": they are what bounds the memory of a client no one has
+    authenticated yet."""
+    for key, least in (("limit_header_bytes", 1024), ("limit_header_count", 1),
+                       ("limit_header_bytes_total", server.limit_header_bytes)):
+        v = getattr(server, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < least:
+            raise ConfigError(f"server.{key}: must be an integer of at least {least}, got {v!r}")
 
 
 def tier_key(s: Settings, tier: Tier) -> str:

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from proxy import metrics
 from proxy.edge.limits import LimitStoreDown, make_limiter
 from proxy.errors import (
+    HeadersTooLarge,
     Overloaded,
     PayloadTooLarge,
     ProxyError,
@@ -265,6 +266,13 @@ class GuardMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        limit_headers = self.settings.server.limit_header_count
+        if len(scope.get("headers", [])) > limit_headers:
+            # Bytes were bounded by the protocol (proxy.edge.protocol); the count is known only now.
+            metrics.REJECTED.labels("headers_too_large").inc()
+            await self._refuse(HeadersTooLarge(f"the request has more than {limit_headers} headers, this proxy's "
+                                               "limit"), scope, receive, send, close=True)
             return
         path: str = scope["path"]
         guarded = path.startswith("/v1/") or (path == "/metrics" and not self.settings.server.open_metrics)
