@@ -19,6 +19,7 @@ from proxy.edge import shape
 from proxy.edge.chat import ChatRequest, parse_chat_request
 from proxy.edge.guard import Life
 from proxy.edge.jsonbody import parse_json
+from proxy.edge.schema_limits import check_schemas
 from proxy.errors import BadRequest, Overloaded, PayloadTooLarge, ProxyError, RateLimited, UpstreamError
 from proxy.routing.decider import Decision, Target
 from proxy.services import Services, services
@@ -165,6 +166,8 @@ class ChatHandler:
         try:
             body = await read_json(request, self.settings.server.limit_body_bytes)
             chat = self.parse(body)
+            await check_schemas(chat.params, limit_tools=self.settings.server.limit_tools,
+                                limit_bytes=self.settings.server.limit_schema_bytes)
             o.dropped = chat.dropped
             texts = state.decider.texts(chat.messages)
             o.text = texts[-1]

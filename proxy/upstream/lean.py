@@ -10,6 +10,12 @@ parameter translation, the same provider transformation and the same pooled HTTP
 wrapper is gone. Errors are mapped to LiteLLM's exception classes the way ``acompletion`` maps them, so
 :func:`proxy.upstream.calls._classify` sees what it always saw.
 
+The one part of ``acompletion``'s wrapper that is kept is the thread, for requests that carry tools or a
+response schema (:data:`THREADED_PARAMS`): ``completion`` translates those into the provider's form there,
+schema by schema, which for a few hundred tools is a tenth of a second and more of CPU; on the event loop that
+froze every other request. Plain chats, the common case, are still built on the loop (a thread hop costs more
+than their build). The sizes that reach the thread are bounded at the edge (:mod:`proxy.edge.schema_limits`).
+
 Other providers keep ``litellm.acompletion``: some of them do blocking work (credential look-ups, SDK
 clients) while building a request, which must not run on the event loop.
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import inspect
 import uuid
 from typing import Any
@@ -37,6 +44,9 @@ from litellm.main import completion as python_completion  # litellm.completion i
 #: Providers whose request building in ``completion(acompletion=True)`` does no I/O: it returns the provider's
 #: coroutine, and all network work happens when that is awaited.
 LEAN_PROVIDERS = frozenset({"gemini"})
+
+#: Parameters whose translation is CPU work in proportion to their size: with any of them, the build is threaded.
+THREADED_PARAMS = ("tools", "functions", "response_format")
 
 
 class _DeferredEncoding:
@@ -87,9 +97,11 @@ async def acompletion(*, model: str, messages: list[dict[str, Any]], stream: boo
     logging_obj.update_environment_variables(model=model, user="", optional_params={},
                                              litellm_params={"api_base": ""},
                                              stream_options=kwargs.get("stream_options"))
+    build = functools.partial(python_completion, model=model, messages=messages, stream=stream, acompletion=True,
+                              litellm_call_id=call_id, litellm_logging_obj=logging_obj, **kwargs)
     try:
-        result = python_completion(model=model, messages=messages, stream=stream, acompletion=True,
-                                    litellm_call_id=call_id, litellm_logging_obj=logging_obj, **kwargs)
+        threaded = any(kwargs.get(k) is not None for k in THREADED_PARAMS)
+        result = await asyncio.to_thread(build) if threaded else build()
         if inspect.isawaitable(result):
             result = await result
     except Exception as exc:

@@ -79,7 +79,8 @@ def test_an_agent_sized_tool_list_is_served_and_built_off_the_event_loop(
                                                  tools=[_tool(i, 10_000) for i in range(60)])  # type: ignore[misc]
     assert out.choices[0].message is not None
     assert built_on and "event loop" not in built_on
-    assert len(standin.state.requests[-1].body["tools"][0]["functionDeclarations"]) == 60
+    tools = standin.state.requests[-1].body["tools"][0]
+    assert len(tools.get("functionDeclarations", tools.get("function_declarations", []))) == 60
 
 
 @pytest.mark.parametrize("key,value", [("limit_tools", 0), ("limit_schema_bytes", 0), ("limit_tools", "many")])
