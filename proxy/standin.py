@@ -45,10 +45,13 @@ class Fault:
     kind: "status" (answer ``status`` with a Google-style error body), "delay" (sleep ``seconds`` then
     answer normally), "reset" (close the connection without answering), "midstream" (streaming only:
     send one chunk, then break the connection), "body" (answer 200 with ``body`` as ``content_type``, as a
-    gateway's error page or a cut connection gives: HTML, JSON cut short).
+    gateway's error page or a cut connection gives: HTML, JSON cut short), "cut" (streaming only: one chunk,
+    then half an event, then a clean end of the response, as a proxy in between that gives up does),
+    "garbled" (streaming only: one chunk, then an event that is not JSON, then the rest of the stream).
     """
 
     kind: str  # "status" | "delay" | "reset" | "midstream" | "slow_stream" (``seconds`` between chunks) | "body"
+    #            | "cut" | "garbled"
     status: int = 503
     seconds: float = 0.0
     retry_after: float | None = None
@@ -173,7 +176,9 @@ def build_app(state: StandIn) -> Starlette:
             })
         midstream = fault is not None and fault.kind == "midstream"
         pause = fault.seconds if fault is not None and fault.kind == "slow_stream" else 0.0
-        return StreamingResponse(_sse(state, model, parts, usage, midstream, pause), media_type="text/event-stream")
+        damage = fault.kind if fault is not None and fault.kind in ("cut", "garbled") else None
+        return StreamingResponse(_sse(state, model, parts, usage, midstream, pause, damage),
+                                 media_type="text/event-stream")
 
     async def control(request: Request) -> Response:
         body = await request.json()
@@ -216,7 +221,7 @@ class _Protocol(HttpToolsProtocol):
 
 
 async def _sse(state: StandIn, model: str, parts: list[dict[str, Any]], usage: dict[str, int], midstream: bool,
-               pause: float) -> AsyncIterator[str]:
+               pause: float, damage: str | None = None) -> AsyncIterator[str]:
     if "functionCall" in parts[0]:
         pieces: list[list[dict[str, Any]]] = [parts]
     else:
@@ -238,6 +243,12 @@ async def _sse(state: StandIn, model: str, parts: list[dict[str, Any]], usage: d
             if midstream and i == 0:
                 await asyncio.sleep(0.01)
                 raise ConnectionResetError("stand-in broke the stream")
+            if damage == "cut" and i == 0:
+                yield 'data: {"candidates": [{"content": {"role": "model", "parts": [{"te'
+                finished = True
+                return
+            if damage == "garbled" and i == 0:
+                yield "data: <html><body>502 Bad Gateway</body></html>\r\n\r\n"
             await asyncio.sleep(pause)
         finished = True
     finally:
