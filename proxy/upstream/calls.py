@@ -162,7 +162,43 @@ def client_message(exc: BaseException, limit: int = 500) -> str:
     return text[:limit] or "no details given"
 
 
+class StreamCut(Exception):
+    """The upstream's stream ended without its last event: cut mid-event, or past an event that was not JSON.
+
+    LiteLLM reads either as a normal end and makes up a final chunk with ``finish_reason: "stop"``, so the
+    client would take a partial answer for a whole one. A stream is complete only when the upstream itself
+    said why it finished: :func:`proxy.upstream.lean.note_finishes` has LiteLLM's Gemini reader note that.
+    Streams of other providers' readers are not checked.
+    """
+
+
+class CheckedStream:
+    """LiteLLM's stream, raising :class:`StreamCut` instead of passing on a finish the upstream never sent."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __aiter__(self) -> CheckedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        return self.checked(await self.inner.__anext__())
+
+    def checked(self, chunk: Any) -> Any:
+        choices = getattr(chunk, "choices", None) or []
+        if any(getattr(c, "finish_reason", None) for c in choices):
+            reader = getattr(self.inner, "completion_stream", None)
+            if getattr(reader, "upstream_finished", None) is False:
+                raise StreamCut("the upstream's stream ended before its last event")
+        return chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 def _classify(exc: BaseException) -> _Failure:
+    if isinstance(exc, StreamCut):
+        return _Failure("stream_broken", True, 502, str(exc))
     msg = client_message(exc)
     if isinstance(exc, (llm_errors.Timeout, asyncio.TimeoutError, httpx.TimeoutException)):
         return _Failure("timeout", True, 504, msg or "upstream timed out")
@@ -309,8 +345,8 @@ class Upstream:
 
         async def call(m: ModelSettings, timeout: float) -> tuple[Any, AsyncIterator[Any]]:
             forwarded, attempts.dropped = for_model(params, m.model)
-            response = await lean.acompletion(messages=messages, stream=True, **forwarded,
-                                                 **self._kwargs(m, timeout))
+            response = CheckedStream(await lean.acompletion(messages=messages, stream=True, **forwarded,
+                                                            **self._kwargs(m, timeout)))
             try:
                 first = await response.__anext__()
             except StopAsyncIteration:

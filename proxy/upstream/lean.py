@@ -82,6 +82,50 @@ _MISSING = object()
 defer_encoding()
 
 
+def note_finishes() -> bool:
+    """Make LiteLLM's Gemini stream reader note when the upstream itself says a stream is finished.
+
+    Its chunk parser maps a chunk without ``finishReason`` to ``finish_reason: "stop"`` like one with it, and
+    a stream that simply ends is then closed with a made-up final chunk: a stream cut mid-event, or past an
+    event that was not JSON, reads as a complete answer. The wrapped parser sets ``upstream_finished`` on the
+    reader when a raw chunk carries a ``finishReason`` (or a prompt ``blockReason``), which
+    :class:`proxy.upstream.calls.CheckedStream` reads. The class is LiteLLM's private
+    ``ModelResponseIterator``: if a release renames it, nothing is wrapped and no stream is checked.
+    """
+    try:
+        from litellm.llms.vertex_ai.gemini import vertex_and_google_ai_studio_gemini as gemini
+    except ImportError:
+        return False
+    reader = getattr(gemini, "ModelResponseIterator", None)
+    parse = getattr(reader, "chunk_parser", None)
+    if reader is None or parse is None:
+        return False
+    if getattr(parse, "notes_finishes", False):
+        return True
+
+    def chunk_parser(self: Any, chunk: Any) -> Any:
+        if _says_finished(chunk):
+            self.upstream_finished = True
+        return parse(self, chunk)
+
+    chunk_parser.notes_finishes = True  # type: ignore[attr-defined]
+    reader.chunk_parser = chunk_parser
+    reader.upstream_finished = False
+    return True
+
+
+def _says_finished(chunk: Any) -> bool:
+    if not isinstance(chunk, dict):
+        return False
+    candidates = chunk.get("candidates")
+    feedback = chunk.get("promptFeedback")
+    return (isinstance(candidates, list) and any(isinstance(c, dict) and c.get("finishReason") for c in candidates)
+            or isinstance(feedback, dict) and bool(feedback.get("blockReason")))
+
+
+note_finishes()
+
+
 def provider_of(model: str) -> str:
     return model.split("/", 1)[0] if "/" in model else ""
 
