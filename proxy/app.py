@@ -28,7 +28,7 @@ from starlette.routing import Route
 from proxy import __version__, metrics
 from proxy.documents.service import DocumentService
 from proxy.edge.feedback import post_feedback
-from proxy.edge.guard import GuardMiddleware
+from proxy.edge.guard import GuardMiddleware, InFlight
 from proxy.edge.responses import ResponsesHandler
 from proxy.edge.routes import (
     ChatHandler,
@@ -63,10 +63,16 @@ log = logging.getLogger("route_llm")
 CONFIG_ENV = "ROUTE_LLM_CONFIG"
 
 
+#: How long the lifespan's shutdown waits for cancelled requests to end (they only write a last event and a
+#: record). Within cli.SHUTDOWN_SLACK, the time allowed after server.timeout_shutdown.
+DRAIN_SECONDS = 2.0
+
+
 def create_app(settings: Settings, *, router: Router | None = None) -> Starlette:
     """Build the proxy. ``router`` may be passed in (tests share one); otherwise it is loaded at start-up."""
     chat = ChatHandler(settings)
     responses = ResponsesHandler(settings)
+    in_flight = InFlight()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -114,6 +120,10 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
                                             documents=documents, ready=ready, started_at=started, records=records,
                                             reloader=reloader, router_version=reloader.current.version)}
             finally:
+                # Requests cancelled at the shutdown deadline still write their ending and their record.
+                if not await in_flight.drained(DRAIN_SECONDS):
+                    log.warning("shutdown: %d requests still running after %.0f s; closing the stores under them",
+                                in_flight.count, DRAIN_SECONDS)
                 if hup:
                     reloader.remove_signal_handler()
                 documents.close()
@@ -136,7 +146,7 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(PinMiddleware), Middleware(GuardMiddleware, settings=settings)],
+        middleware=[Middleware(PinMiddleware), Middleware(GuardMiddleware, settings=settings, tracker=in_flight)],
         exception_handlers={ProxyError: handle_proxy_error, HTTPException: handle_http_exception,
                             StorageUnavailable: _storage_unavailable, Exception: handle_unexpected},
         lifespan=lifespan,

@@ -62,6 +62,28 @@ class Life:
     ending: bytes = b""  # what a stream cut at the shutdown deadline still sends: an error event and its end
 
 
+class InFlight:
+    """How many requests the guard has let in and not yet seen end; shared with the app's lifespan.
+
+    At the shutdown deadline uvicorn cancels what still runs and goes straight on to the lifespan's shutdown,
+    without waiting for the cancelled requests to end: closing the stores (and, under ``--workers N``, the
+    process) under them lost their last words, the ``shutting_down`` event and the decision record. The
+    lifespan waits here, briefly, until every request has ended, whatever runs the app.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no request is in flight (True) or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + timeout
+        while self.count > 0:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+
 class _Body:
     """A request body: chunks in memory up to MEMORY_BODY_BYTES, then a temporary file."""
 
@@ -109,9 +131,10 @@ class _Refused(Exception):
 
 
 class GuardMiddleware:
-    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, *, settings: Settings, tracker: InFlight | None = None) -> None:
         self.app = app
         self.settings = settings
+        self.tracker = tracker or InFlight()
         s = settings.server
         self.keys = [k.encode() for k in settings.all_api_keys()]
         self.limit_in_flight = s.limit_in_flight
@@ -316,9 +339,11 @@ class GuardMiddleware:
                 body.close()
             await self._refuse(error, scope, receive, send, close=True)
             return
+        self.tracker.count += 1
         try:
             await self._run(scope, self._replay(body, receive, life), send, life)
         finally:
+            self.tracker.count -= 1
             self._give(who, arriving=False)
             if body is not None:
                 body.close()
