@@ -25,7 +25,7 @@ from proxy.routing.decider import Decision, Target
 from proxy.services import Services, services
 from proxy.settings import ModelSettings, Settings
 from proxy.upstream.accounting import Accounting, Outcome, cuts_header
-from proxy.upstream.calls import Attempts, StreamCut, client_message
+from proxy.upstream.calls import GENERIC, Attempts, StreamCut, client_message
 from router.policy import Tier
 
 log = logging.getLogger("route_llm")
@@ -254,7 +254,8 @@ class ChatHandler:
         except Exception as exc:  # after the first byte the status is sent: report in-band, then end
             o.status = "upstream_error"
             log.warning("stream from %s broke after the first chunk: %s", model_name, exc)
-            what = str(exc) if isinstance(exc, StreamCut) else client_message(exc, 300)
+            what = str(exc) if isinstance(exc, StreamCut) else client_message(exc, 300,
+                                                                              generic=GENERIC["stream_broken"])
             err = UpstreamError(f"upstream {model_name} failed mid-stream: {what}", reason="stream_broken")
             yield fmt.error(err)
             if o.attempts is not None:
