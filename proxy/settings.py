@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from proxy.client_addr import parse_networks
 from router.policy import Tier, check_cuts, check_shares
 
 # down: towards cheaper tiers; up: towards dearer ones; both: nearest first, the cheaper on a tie.
@@ -192,7 +193,8 @@ class ServerSettings:
     limit_header_bytes: int = 32_768  # request line and headers of one request
     limit_header_count: int = 100  # headers of one request
     limit_header_bytes_total: int = 16_777_216  # unfinished request heads of all connections of one process
-    limit_requests_per_minute: int | None = None  # per proxy key
+    limit_requests_per_minute: int | None = None  # per proxy key (without keys: per client address)
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For names the client (proxy.edge.client_addr)
     timeout_header: float = 10.0  # from connection (or the end of the last response) to complete headers
     timeout_body: float = 30.0  # from complete headers to the last byte of the body
     timeout_keep_alive: float = 5.0  # an idle connection between requests
@@ -503,6 +505,10 @@ def _validate(s: Settings) -> None:
         if getattr(s.server, key) <= 0:
             raise ConfigError(f"server.{key}: must be positive (seconds)")
     _check_header_limits(s.server)
+    try:
+        parse_networks(s.server.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(f"server.trusted_proxies: {exc}") from None
 
 
 def _check_header_limits(server: ServerSettings) -> None:

@@ -28,6 +28,7 @@ from typing import IO
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy import metrics
+from proxy.client_addr import client_address, parse_networks
 from proxy.edge.limits import LimitStoreDown, make_limiter
 from proxy.errors import (
     HeadersTooLarge,
@@ -142,6 +143,7 @@ class GuardMiddleware:
         self.limit_arriving = s.limit_bodies_arriving
         self.limit_arriving_per_key = s.limit_bodies_arriving_per_key
         self.rpm = s.limit_requests_per_minute
+        self.trusted_proxies = parse_networks(s.trusted_proxies)
         # Built here, not in the lifespan: the guard runs before any handler; a Redis client connects lazily.
         self.limiter = make_limiter(s.limit_requests_per_minute, s.resolved_redis_url(), failure=s.redis_failure,
                                     timeout=s.timeout_redis)
@@ -151,6 +153,15 @@ class GuardMiddleware:
         self._arriving_by: Counter[str] = Counter()
 
     # --- checks --------------------------------------------------------------------------------------
+    def _address(self, scope: Scope) -> str:
+        """The client's address: the peer's, or the one a trusted proxy forwarded (``proxy.client_addr``)."""
+        client = scope.get("client")
+        peer = client[0] if client else ""
+        if not self.trusted_proxies:
+            return peer
+        forwarded = [value for name, value in scope.get("headers", []) if name == b"x-forwarded-for"]
+        return client_address(peer, b",".join(forwarded) if forwarded else None, self.trusted_proxies)
+
     def _authenticate(self, scope: Scope) -> str | None:
         """Return the matching key, or raise. Every key is compared, in constant time."""
         header = b""
@@ -178,7 +189,8 @@ class GuardMiddleware:
         except LimitStoreDown as exc:
             raise Overloaded(f"{exc}; retry", code="rate_limit_unavailable", headers={"retry-after": "1"}) from None
         if wait is not None:
-            raise RateLimited(f"this key is limited to {self.rpm} requests per minute",
+            who = "client address" if key.startswith("addr:") else "key"
+            raise RateLimited(f"this {who} is limited to {self.rpm} requests per minute",
                               headers={"retry-after": str(max(1, int(wait) + 1))})
 
     def _too_large(self, scope: Scope, size: int | None) -> tuple[int | None, PayloadTooLarge]:
@@ -305,8 +317,9 @@ class GuardMiddleware:
         try:
             key = self._authenticate(scope) if (guarded and self.keys) else None
             state["owner"] = owner_of(key)
+            who = key if key is not None else f"addr:{self._address(scope)}"
             if guarded and self.limiter is not None:
-                await self._rate_limit(key or "")
+                await self._rate_limit(who)
         except ProxyError as exc:
             # Refused before any handler ran, so route_llm_requests_total never sees these.
             reason = ("unauthorized" if isinstance(exc, Unauthorized) else
@@ -317,8 +330,6 @@ class GuardMiddleware:
         if not path.startswith("/v1/"):  # health probes and scrapes: neither limited nor counted in flight
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        who = key if key is not None else f"addr:{client[0] if client else ''}"
         state["party"] = state["owner"] or who  # the fairness key handlers share work by, never the key itself
         body: _Body | None = None
         try:

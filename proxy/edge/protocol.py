@@ -213,6 +213,9 @@ def uvicorn_config(app: Any, settings: Settings, *, http: str = "httptools", **k
     name = "H11WithDeadline" if http == "h11" else "HttpToolsWithDeadline"
     # h11 refuses (400) a head longer than its own limit: ours answers first, so h11's must not be smaller.
     kwargs.setdefault("h11_max_incomplete_event_size", server.limit_header_bytes)
+    # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default, so any local client could pick its own
+    # address; server.trusted_proxies decides instead (proxy.client_addr, in the guard).
+    kwargs.setdefault("proxy_headers", False)
     config = uvicorn.Config(app, http=f"{__name__}:{name}",
                             timeout_keep_alive=server.timeout_keep_alive,  # type: ignore[arg-type]
                             **kwargs)
