@@ -13,7 +13,8 @@ wrapper is gone. Errors are mapped to LiteLLM's exception classes the way ``acom
 The one part of ``acompletion``'s wrapper that is kept is the thread, for requests that carry tools or a
 response schema (:data:`THREADED_PARAMS`): ``completion`` translates those into the provider's form there,
 schema by schema, which for a few hundred tools is a tenth of a second and more of CPU; on the event loop that
-froze every other request. Plain chats, the common case, are still built on the loop (a thread hop costs more
+froze every other request; and for messages of more than :data:`THREADED_TEXT_CHARS` characters. Plain
+chats, the common case, are still built on the loop (a thread hop costs more
 than their build). The sizes that reach the thread are bounded at the edge (:mod:`proxy.edge.schema_limits`).
 
 Other providers keep ``litellm.acompletion``: some of them do blocking work (credential look-ups, SDK
@@ -47,6 +48,19 @@ LEAN_PROVIDERS = frozenset({"gemini"})
 
 #: Parameters whose translation is CPU work in proportion to their size: with any of them, the build is threaded.
 THREADED_PARAMS = ("tools", "functions", "response_format")
+#: Messages with more text than this are built in the thread too (LiteLLM copies and converts every part).
+THREADED_TEXT_CHARS = 256 * 1024
+
+
+def _text_chars(messages: list[dict[str, Any]]) -> int:
+    total = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    return total
 
 
 class _DeferredEncoding:
@@ -144,7 +158,8 @@ async def acompletion(*, model: str, messages: list[dict[str, Any]], stream: boo
     build = functools.partial(python_completion, model=model, messages=messages, stream=stream, acompletion=True,
                               litellm_call_id=call_id, litellm_logging_obj=logging_obj, **kwargs)
     try:
-        threaded = any(kwargs.get(k) is not None for k in THREADED_PARAMS)
+        threaded = (any(kwargs.get(k) is not None for k in THREADED_PARAMS)
+                    or _text_chars(messages) > THREADED_TEXT_CHARS)
         result = await asyncio.to_thread(build) if threaded else build()
         if inspect.isawaitable(result):
             result = await result

@@ -60,8 +60,9 @@ def test_the_responses_api_has_the_same_tool_limit(proxy: RunningProxy) -> None:
     assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_tools"
 
 
+@pytest.mark.parametrize("big", ["tools", "text"])
 def test_an_agent_sized_tool_list_is_served_and_built_off_the_event_loop(
-        proxy: RunningProxy, standin: StandInServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        proxy: RunningProxy, standin: StandInServer, monkeypatch: pytest.MonkeyPatch, big: str) -> None:
     # About what a coding agent sends: 60 tools, 600 kB of schemas in all.
     built_on: list[str] = []
     real = lean.python_completion
@@ -75,6 +76,11 @@ def test_an_agent_sized_tool_list_is_served_and_built_off_the_event_loop(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(lean, "python_completion", recording)
+    if big == "text":  # a long conversation, no tools: 3 turns of 300 kB
+        turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"{i} " + "x" * 300_000} for i in range(3)]
+        proxy.client().chat.completions.create(model="gemini-1.5-flash", messages=turns)  # type: ignore[arg-type]
+        assert built_on and "event loop" not in built_on
+        return
     out = proxy.client().chat.completions.create(model="gemini-1.5-flash", messages=MSG,
                                                  tools=[_tool(i, 10_000) for i in range(60)])  # type: ignore[misc]
     assert out.choices[0].message is not None
