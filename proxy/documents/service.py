@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from proxy import metrics
@@ -268,10 +268,14 @@ class DocumentService:
     async def content(self, request: Request) -> Response:
         """GET /v1/files/{id}/content: the bytes as uploaded (``client.files.content(id)``)."""
         file_id = request.path_params["file_id"]
-        data = await run_in_threadpool(self.store.content, request.state.owner, file_id)
-        if data is None:
+        found = await run_in_threadpool(self.store.pieces, request.state.owner, file_id)
+        if found is None:
             raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
-        return Response(data, media_type="application/octet-stream")
+        size, pieces = found
+        # Read piece by piece in a thread, each only once the client has taken the one before (uvicorn's flow
+        # control holds the send): memory per download is a piece, whatever the file's size.
+        return StreamingResponse(iterate_in_threadpool(pieces), media_type="application/octet-stream",
+                                 headers={"content-length": str(size)})
 
     async def delete(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]

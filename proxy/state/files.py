@@ -27,6 +27,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -313,6 +314,37 @@ class FileStore:
         except FileNotFoundError:
             return None
 
+    def pieces(self, owner: str, file_id: str) -> tuple[int, Iterator[bytes]] | None:
+        """The uploaded bytes as (size, pieces of at most a megabyte), read as they are taken; None when
+        ``owner`` has no such file. A download is streamed from these, so a client that asks for a large file
+        and reads slowly, or never, costs the server a piece, not the file.
+
+        On SQLite the blob is opened here: a delete meanwhile unlinks it, and the open file still reads whole.
+        On Postgres each piece is one stored chunk, read in a transaction of its own.
+        """
+        with self.db.transaction() as tx:
+            rows = tx.execute("SELECT bytes FROM files WHERE id = ? AND owner = ?", (file_id, owner))
+            if not rows:
+                return None
+            size = int(rows[0][0])
+            parts = ([int(r[0]) for r in tx.execute("SELECT part FROM file_chunks WHERE file_id = ? ORDER BY part",
+                                                    (file_id,))] if self._blobs is None else [])
+        if self._blobs is None:
+            return size, self._chunk_pieces(file_id, parts)
+        try:
+            handle = self._blob(file_id).open("rb")
+        except FileNotFoundError:
+            return None
+        return size, _file_pieces(handle)
+
+    def _chunk_pieces(self, file_id: str, parts: builtins.list[int]) -> Iterator[bytes]:
+        for part in parts:
+            with self.db.transaction() as tx:
+                rows = tx.execute("SELECT data FROM file_chunks WHERE file_id = ? AND part = ?", (file_id, part))
+            if not rows:
+                return  # deleted meanwhile: the download ends short, and its length tells the client
+            yield bytes(rows[0][0])
+
     def delete(self, owner: str, file_id: str) -> bool:
         """Row first (with its chunks, on Postgres), then bytes: once the row is gone the file is gone for
         every reader."""
@@ -324,3 +356,11 @@ class FileStore:
         if self._blobs is not None:
             self._blob(file_id).unlink(missing_ok=True)
         return True
+
+
+def _file_pieces(handle: IO[bytes]) -> Iterator[bytes]:
+    try:
+        while piece := handle.read(_CHUNK):
+            yield piece
+    finally:
+        handle.close()
