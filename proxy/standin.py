@@ -87,6 +87,7 @@ class StandIn:
     """State shared by the stand-in's handlers: the request log, queued faults and a random fault rate."""
 
     requests: list[Recorded] = field(default_factory=list)
+    record: bool = True  # keep each request for inspection (tests); `serve --demo` keeps none
     faults: deque[Fault] = field(default_factory=deque)
     fault_rate: float = 0.0
     fault_status: int = 503
@@ -154,7 +155,8 @@ def build_app(state: StandIn) -> Starlette:
         model, _, action = target.partition(":")
         body = await request.json()
         stream = action == "streamGenerateContent"
-        state.requests.append(Recorded(model, stream, body, {k.lower(): v for k, v in request.headers.items()}))
+        if state.record:
+            state.requests.append(Recorded(model, stream, body, {k.lower(): v for k, v in request.headers.items()}))
         fault = state._take_fault(model)
         if fault is not None:
             if fault.kind == "status":
@@ -265,8 +267,8 @@ def free_port() -> int:
 class StandInServer:
     """Runs the stand-in in a background thread of the current process (for tests)."""
 
-    def __init__(self, port: int | None = None) -> None:
-        self.state = StandIn()
+    def __init__(self, port: int | None = None, *, record: bool = True) -> None:
+        self.state = StandIn(record=record)
         self.port = port or free_port()
         config = uvicorn.Config(build_app(self.state), host="127.0.0.1", port=self.port, log_level="error",
                                 lifespan="off", http=_Protocol)
