@@ -96,3 +96,19 @@ def test_tool_limits_are_validated(tmp_path: Any, key: str, value: Any) -> None:
 
     with pytest.raises(ConfigError, match=f"server.{key}"):
         settings_from_dict(base_config(tmp_path, server={key: value}))
+
+
+def test_a_body_of_too_many_json_values_is_refused_before_it_is_parsed(proxy: RunningProxy) -> None:
+    # 150,000 tiny properties: cheap to send, a quarter of a second of GIL to parse into objects.
+    schema = '{"type": "object", "properties": {' + ", ".join(f'"p{i}": {{}}' for i in range(150_000)) + "}}"
+    body = ('{"model": "gemini-1.5-flash", "messages": [{"role": "user", "content": "hi"}], '
+            '"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": ' + schema + "}}}")
+    http = proxy.http()
+    r = http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text[:300]
+    error = r.json()["error"]
+    assert error["code"] == "too_many_values" and "100000" in error["message"]
+    # Brackets and commas inside strings are text, not values: a long code listing is fine.
+    code = "function f(a, b) { return [a, b, {c: 1}]; }\n" * 20_000
+    r = http.post("/v1/route", json={"prompt": code})
+    assert r.status_code == 200, r.text[:300]
