@@ -188,6 +188,7 @@ class ServerSettings:
     limit_bodies_arriving: int | None = 256  # requests still sending their body (a separate, smaller budget)
     limit_bodies_arriving_per_key: int | None = 32
     limit_json_depth: int | None = 64  # nesting of objects and arrays in a JSON body
+    limit_json_values: int | None = 100_000  # objects, arrays and their items in a JSON body, counted unparsed
     limit_tools: int | None = 512  # tools (or functions) of one request
     limit_schema_bytes: int | None = 1_000_000  # tools + response_format schemas of one request, as JSON
     limit_header_bytes: int = 32_768  # request line and headers of one request
@@ -467,7 +468,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"server.port: {s.server.port} is not a TCP port")
     for key in ("limit_body_bytes", "limit_messages", "limit_content_chars", "limit_in_flight",
                 "limit_in_flight_per_key", "limit_bodies_arriving", "limit_bodies_arriving_per_key",
-                "limit_json_depth", "limit_requests_per_minute", "limit_tools", "limit_schema_bytes"):
+                "limit_json_depth", "limit_requests_per_minute", "limit_tools", "limit_schema_bytes", "limit_json_values"):
         v = getattr(s.server, key)
         if v is not None and v < 1:
             raise ConfigError(f"server.{key}: must be at least 1 (or null for unlimited)")

@@ -45,7 +45,8 @@ async def read_json(request: Request, limit: int | None) -> Any:
             raise PayloadTooLarge(f"request body exceeds this proxy's limit of {limit} bytes")
         chunks.append(chunk)
     settings = services(request).settings
-    return await parse_json(b"".join(chunks), limit_depth=settings.server.limit_json_depth)
+    return await parse_json(b"".join(chunks), limit_depth=settings.server.limit_json_depth,
+                            limit_values=settings.server.limit_json_values)
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
