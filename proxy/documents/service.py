@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from proxy import metrics
+from proxy import metrics, pools
 from proxy.documents.assemble import Document, DocumentInputError, PageIndex, decode_file_data, render_documents
 from proxy.documents.pdf import PdfError, PdfExecutor, PdfLimits, extract_document_async, sweep_orphans
 from proxy.documents.slots import FairSlots
@@ -131,23 +131,23 @@ class DocumentService:
                                           param=_where(part), code="documents_too_large")
                 docs[(part.message_index, part.part_index)] = doc
             dropped = {(p.message_index, p.part_index) for p in chat.files} - set(docs)
-            return await run_in_threadpool(self._render, chat, docs, dropped)
+            return await pools.run("documents", self._render, chat, docs, dropped)
 
     async def _load(self, owner: str, party: str, part: FilePart) -> Document:
         where = _where(part)
         if part.file_id is not None:
-            found = await run_in_threadpool(self.store.document, owner, part.file_id)
+            found = await pools.run("files", self.store.document, owner, part.file_id)
             if found is None:
                 raise NotFound(f"No such file: {part.file_id!r}", param=where, code="file_not_found")
             record, pages, index = found
             if index is None:  # stored before indexes were: built once, now, and kept
-                doc = await run_in_threadpool(Document.of, record.filename, pages)
-                await run_in_threadpool(self.store.set_index, owner, part.file_id, doc.index.dumps())
+                doc = await pools.run("documents", Document.of, record.filename, pages)
+                await pools.run("files", self.store.set_index, owner, part.file_id, doc.index.dumps())
                 return doc
             return Document(record.filename, pages, PageIndex.loads(index))
         assert part.file_data is not None and part.filename is not None
         try:
-            data = await run_in_threadpool(decode_file_data, part.file_data)
+            data = await pools.run("documents", decode_file_data, part.file_data)
         except DocumentInputError as exc:
             raise BadRequest(f"{where}.file_data: {exc}", param=f"{where}.file_data") from exc
         return await self.extract(data, part.filename, party)
@@ -216,13 +216,13 @@ class DocumentService:
             if len(filename) > FILENAME_CHARS:
                 raise BadRequest(f"the file's name is {len(filename)} characters long; at most {FILENAME_CHARS} are "
                                  "accepted", param="file", code="filename_too_long")
-            partial = spooled = (await run_in_threadpool(self.store.spool, upload.file, d.limit_bytes))[0]
+            partial = spooled = (await pools.run("files", self.store.spool, upload.file, d.limit_bytes))[0]
             size = spooled.stat().st_size
             if size > d.limit_bytes:
                 raise PayloadTooLarge(f"the file exceeds the {d.limit_bytes}-byte limit", param="file")
-            await run_in_threadpool(self.store.check_quota, owner, size, d.limit_storage_bytes)
+            await pools.run("files", self.store.check_quota, owner, size, d.limit_storage_bytes)
             doc = await self.extract(spooled, filename, request.state.party)
-            record = await run_in_threadpool(self.store.add, owner, filename, purpose, spooled, doc.pages,
+            record = await pools.run("files", self.store.add, owner, filename, purpose, spooled, doc.pages,
                                              index=doc.index.dumps(), quota=d.limit_storage_bytes)
             partial = None  # it is the stored file now
         except QuotaExceeded as exc:
@@ -248,7 +248,7 @@ class DocumentService:
         order: Literal["asc", "desc"] = "asc" if raw_order == "asc" else "desc"
         limit, after = int(raw_limit), q.get("after")
         try:
-            records = await run_in_threadpool(self.store.list, request.state.owner, purpose, limit=limit + 1,
+            records = await pools.run("files", self.store.list, request.state.owner, purpose, limit=limit + 1,
                                               after=after, order=order)
         except KeyError:
             raise BadRequest(f"`after` must be the id of one of your files; {after!r} is not"[:300],
@@ -260,7 +260,7 @@ class DocumentService:
 
     async def retrieve(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]
-        record = await run_in_threadpool(self.store.get, request.state.owner, file_id)
+        record = await pools.run("files", self.store.get, request.state.owner, file_id)
         if record is None:
             raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
         return JSONResponse(record.to_openai())
@@ -268,7 +268,7 @@ class DocumentService:
     async def content(self, request: Request) -> Response:
         """GET /v1/files/{id}/content: the bytes as uploaded (``client.files.content(id)``)."""
         file_id = request.path_params["file_id"]
-        found = await run_in_threadpool(self.store.pieces, request.state.owner, file_id)
+        found = await pools.run("files", self.store.pieces, request.state.owner, file_id)
         if found is None:
             raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
         size, pieces = found
@@ -279,7 +279,7 @@ class DocumentService:
 
     async def delete(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]
-        if not await run_in_threadpool(self.store.delete, request.state.owner, file_id):
+        if not await pools.run("files", self.store.delete, request.state.owner, file_id):
             raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
         return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
