@@ -112,3 +112,6 @@ def test_a_body_of_too_many_json_values_is_refused_before_it_is_parsed(proxy: Ru
     code = "function f(a, b) { return [a, b, {c: 1}]; }\n" * 20_000
     r = http.post("/v1/route", json={"prompt": code})
     assert r.status_code == 200, r.text[:300]
+    quoted = 'she said "a, b, c, d"\n' * 40_000  # escaped quotes inside the string, commas between them
+    r = http.post("/v1/route", json={"prompt": quoted})
+    assert r.status_code == 200, r.text[:300]
