@@ -99,6 +99,14 @@ class Overloaded(ProxyError):
     code = "overloaded"
 
 
+class InsufficientStorage(ProxyError):
+    """The disk under the file store is full: nothing was stored; deleting files frees space."""
+
+    status_code = 507
+    type = "server_error"
+    code = "insufficient_storage"
+
+
 class UpstreamError(ProxyError):
     """The upstream model failed after retries and fallback; status 502, 503 or 504."""
 

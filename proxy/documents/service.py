@@ -26,9 +26,9 @@ from proxy.documents.assemble import Document, DocumentInputError, PageIndex, de
 from proxy.documents.pdf import PdfError, PdfExecutor, PdfLimits, extract_document_async, sweep_orphans
 from proxy.documents.slots import FairSlots
 from proxy.edge.chat import ChatRequest, FilePart
-from proxy.errors import BadRequest, NotFound, PayloadTooLarge
+from proxy.errors import BadRequest, InsufficientStorage, NotFound, PayloadTooLarge
 from proxy.settings import Settings
-from proxy.state.files import FileStore, QuotaExceeded
+from proxy.state.files import FileStore, QuotaExceeded, StorageFull, is_full
 
 PURPOSES = {"user_data", "assistants", "batch", "fine-tune", "vision", "evals"}
 FILENAME_CHARS = 255
@@ -227,6 +227,9 @@ class DocumentService:
             partial = None  # it is the stored file now
         except QuotaExceeded as exc:
             raise PayloadTooLarge(str(exc), param="file", code="storage_quota_exceeded") from exc
+        except StorageFull as exc:
+            raise InsufficientStorage("the proxy's file storage is full: nothing was stored; delete files you no "
+                                      "longer need, or retry later", param="file") from exc
         finally:
             await form.close()
             if partial is not None:
@@ -279,7 +282,13 @@ class DocumentService:
 
     async def delete(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]
-        if not await pools.run("files", self.store.delete, request.state.owner, file_id):
+        try:
+            deleted = await pools.run("files", self.store.delete, request.state.owner, file_id)
+        except Exception as exc:
+            if not is_full(exc):
+                raise
+            raise InsufficientStorage("the proxy's file storage is too full even to delete; retry later") from exc
+        if not deleted:
             raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
         return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
