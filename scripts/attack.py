@@ -617,6 +617,38 @@ def error_bodies(server: Server, standin: StandInServer) -> str:
     return f"{len(bodies)} error bodies, {len(leaks)} with internals" + (f": {leaks[0][:120]}" if leaks else "")
 
 
+def feedback_flood(server: Server) -> str:
+    """100 clients rating request ids that do not exist."""
+    with server.client(ATTACKER) as http:
+        return statuses(repeat(6, 100, lambda: http.post("/v1/feedback", json={
+            "request_id": f"req-{time.monotonic_ns()}", "rating": "good"}).status_code))
+
+
+def unread_downloads(server: Server, mb: int = 8, clients: int = 40) -> Callable[[], str]:
+    data = many_pages_pdf(["a file to download"], padding=mb * 1_000_000)
+    with server.client(NORMAL) as http:  # the attacker's quota is spent by the quota row
+        file_id = http.post("/v1/files", files={"file": ("dl.pdf", data)}, data={"purpose": "user_data"}).json()["id"]
+
+    def run() -> str:
+        socks = []
+        for _ in range(clients):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(f"GET /v1/files/{file_id}/content HTTP/1.1\r\nhost: x\r\n"
+                      f"authorization: Bearer {NORMAL}\r\n\r\n".encode())
+            socks.append(s)
+        time.sleep(6)
+        codes = []
+        for s in socks:
+            try:
+                codes.append(int(s.recv(12).split()[1]))
+            except (OSError, ValueError, IndexError):
+                codes.append(0)
+            s.close()
+        return f"{statuses(codes)} (never read)"
+    return run
+
+
 def per_address(server: Server) -> Row:
     def burst(source: str, n: int) -> list[int]:
         with httpx.Client(base_url=server.url, timeout=30,
@@ -689,6 +721,10 @@ def main() -> int:
          lambda: broken_streams(server, standin)),
         ("every upstream fault kind, streamed and not: bodies scanned", "fixed texts, scrubbed",
          lambda: error_bodies(server, standin)),
+        ("100 clients rating unknown request ids, 6 s", "feedback's own thread share (8)",
+         lambda: feedback_flood(server)),
+        ("40 clients downloading an 8 MB file, never reading, 6 s", "streamed from disk in 64 kB pieces",
+         unread_downloads(server)),
     ]
     def chosen(attack: str) -> bool:
         return not args.only or attack == plans[0][0] or any(words in attack for words in args.only)

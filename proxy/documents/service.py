@@ -276,7 +276,7 @@ class DocumentService:
             raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
         size, pieces = found
         # Read piece by piece in a thread, each only once the client has taken the one before (uvicorn's flow
-        # control holds the send): memory per download is a piece, whatever the file's size.
+        # control holds the send): memory per download is a piece or two, whatever the file's size.
         return StreamingResponse(iterate_in_threadpool(pieces), media_type="application/octet-stream",
                                  headers={"content-length": str(size)})
 

@@ -379,7 +379,7 @@ class FileStore:
             return None
 
     def pieces(self, owner: str, file_id: str) -> tuple[int, Iterator[bytes]] | None:
-        """The uploaded bytes as (size, pieces of at most a megabyte), read as they are taken; None when
+        """The uploaded bytes as (size, pieces of :data:`DOWNLOAD_PIECE` bytes), read as they are taken; None when
         ``owner`` has no such file. A download is streamed from these, so a client that asks for a large file
         and reads slowly, or never, costs the server a piece, not the file.
 
@@ -407,7 +407,9 @@ class FileStore:
                 rows = tx.execute("SELECT data FROM file_chunks WHERE file_id = ? AND part = ?", (file_id, part))
             if not rows:
                 return  # deleted meanwhile: the download ends short, and its length tells the client
-            yield bytes(rows[0][0])
+            chunk = memoryview(rows[0][0])
+            for start in range(0, len(chunk), DOWNLOAD_PIECE):
+                yield bytes(chunk[start:start + DOWNLOAD_PIECE])
 
     def delete(self, owner: str, file_id: str) -> bool:
         """Delete a file; on a full disk, with the space of the reserve (then kept again when there is room)."""
@@ -433,9 +435,13 @@ class FileStore:
         return True
 
 
+#: A download's piece: what one slow reader holds (plus the transport's buffer of about as much).
+DOWNLOAD_PIECE = 64 * 1024
+
+
 def _file_pieces(handle: IO[bytes]) -> Iterator[bytes]:
     try:
-        while piece := handle.read(_CHUNK):
+        while piece := handle.read(DOWNLOAD_PIECE):
             yield piece
     finally:
         handle.close()
