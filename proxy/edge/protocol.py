@@ -31,7 +31,6 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # uvicorn[standard] is a dependency
 
-from proxy import metrics
 from proxy.errors import HeadersTooLarge, Overloaded, ProxyError
 from proxy.settings import Settings
 
@@ -127,6 +126,10 @@ class _HeadLimit:
         self._head_open = True
 
     def _refuse_head(self, own: bool) -> None:
+        # Imported here: the --workers supervisor imports this module for uvicorn_config, and must not declare the
+        # metrics (each process that does writes its own multiprocess files; the supervisor serves nothing).
+        from proxy import metrics
+
         budget = self._budget()
         if own:
             error: ProxyError = HeadersTooLarge(f"the request line and headers exceed this proxy's limit of "
