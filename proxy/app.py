@@ -32,7 +32,7 @@ from proxy.edge import stored
 from proxy.edge.admin import PinMiddleware, admin_reload
 from proxy.edge.admin_spend import admin_spend, admin_spend_reset
 from proxy.edge.feedback import post_feedback
-from proxy.edge.guard import GuardMiddleware
+from proxy.edge.guard import GuardMiddleware, InFlight
 from proxy.edge.messages_http import AnthropicEdge, MessagesHandler
 from proxy.edge.responses import ResponsesHandler
 from proxy.edge.routes import (
@@ -72,12 +72,18 @@ log = logging.getLogger("route_llm")
 CONFIG_ENV = "ROUTE_LLM_CONFIG"
 
 
+#: How long the lifespan's shutdown waits for cancelled requests to end (they only write a last event and a
+#: record). Within cli.SHUTDOWN_SLACK, the time allowed after server.timeout_shutdown.
+DRAIN_SECONDS = 2.0
+
+
 def create_app(settings: Settings, *, router: Router | None = None) -> Starlette:
     """Build the proxy. ``router`` may be passed in (tests share one); otherwise it is loaded at start-up."""
     chat = ChatHandler(settings)
     responses = ResponsesHandler(settings)
     messages = MessagesHandler(settings)
     traces = tracing.Tracing.from_env()  # None unless an OTLP endpoint is set (docs/observability.md)
+    in_flight = InFlight()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -138,6 +144,10 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
                                             reloader=reloader, router_version=reloader.current.version,
                                             budgets=budgets, responses=stored_responses)}
             finally:
+                # Requests cancelled at the shutdown deadline still write their ending and their record.
+                if not await in_flight.drained(DRAIN_SECONDS):
+                    log.warning("shutdown: %d requests still running after %.0f s; closing the stores under them",
+                                in_flight.count, DRAIN_SECONDS)
                 if hup:
                     reloader.remove_signal_handler()
                 documents.close()
@@ -175,7 +185,7 @@ def create_app(settings: Settings, *, router: Router | None = None) -> Starlette
         # refusals on /v1/messages in Anthropic's shape.
         middleware=[*([Middleware(tracing.TracingMiddleware, tracing=traces)] if traces is not None else []),
                     Middleware(AnthropicEdge), Middleware(PinMiddleware),
-                    Middleware(GuardMiddleware, settings=settings)],
+                    Middleware(GuardMiddleware, settings=settings, tracker=in_flight)],
         exception_handlers={ProxyError: handle_proxy_error, HTTPException: handle_http_exception,
                             StorageUnavailable: _storage_unavailable, Exception: handle_unexpected},
         lifespan=lifespan,

@@ -18,12 +18,15 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from proxy import __version__
 from proxy.settings import BREAKER_DB_ENV, LIMITS_DB_ENV, ConfigError, Settings, load_settings, tier_key
+
+if TYPE_CHECKING:
+    from proxy.standin import StandInServer
 
 log = logging.getLogger("route_llm")
 
@@ -276,7 +279,7 @@ def serve_cmd(config_path: str | None, host: str | None, port: int | None, worke
         sys.exit(EXIT_CONFIG)
     if demo:
         try:
-            url = start_demo_upstream(settings)
+            url = start_demo_upstream(settings).base_url
         except ConfigError as exc:
             click.echo(f"route-llm: --demo: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
@@ -300,12 +303,13 @@ def ignore_early_hangup() -> None:
     signal.signal(signal.SIGHUP, early)
 
 
-def start_demo_upstream(settings: Settings) -> str:
+def start_demo_upstream(settings: Settings) -> StandInServer:
     """Start the Gemini stand-in in this process and point LiteLLM's Gemini provider at it.
 
     Through the environment (``GEMINI_API_BASE``, ``GEMINI_API_KEY``) rather than the settings, because
     ``--workers`` processes rebuild their settings from the config file but inherit the environment. A real
-    key in the environment is replaced, so it is not sent anywhere in demo mode.
+    key in the environment is replaced, so it is not sent anywhere in demo mode. The stand-in keeps no request
+    (its log is for tests): a demo server would otherwise hold every body it was sent.
     """
     for tier, m in zip(settings.models.tiers, settings.models.entries):
         if not m.model.startswith("gemini/") or m.api_base is not None:
@@ -314,10 +318,10 @@ def start_demo_upstream(settings: Settings) -> str:
                               "so the demo needs gemini/ models without api_base")
     from proxy.demo.standin import StandInServer
 
-    standin = StandInServer().start()
+    standin = StandInServer(record=False).start()
     os.environ["GEMINI_API_BASE"] = standin.base_url
     os.environ["GEMINI_API_KEY"] = "route-llm-demo"
-    return standin.base_url
+    return standin
 
 
 @main.command("standin")

@@ -79,6 +79,14 @@ class PayloadTooLarge(ProxyError):
     code = "request_too_large"
 
 
+class HeadersTooLarge(ProxyError):
+    """The request line and headers exceed a limit; answered by the protocol or the guard, then closed."""
+
+    status_code = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
+
+
 class RateLimited(ProxyError):
     status_code = 429
     type = "rate_limit_error"
@@ -97,6 +105,14 @@ class Overloaded(ProxyError):
     status_code = 503
     type = "server_error"
     code = "overloaded"
+
+
+class InsufficientStorage(ProxyError):
+    """The disk under the file store is full: nothing was stored; deleting files frees space."""
+
+    status_code = 507
+    type = "server_error"
+    code = "insufficient_storage"
 
 
 class UpstreamError(ProxyError):

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from proxy.client_addr import parse_networks
 from router.policy import Tier, check_cuts, check_shares
 
 # down: towards cheaper tiers; up: towards dearer ones; both: nearest first, the cheaper on a tie.
@@ -331,7 +332,14 @@ class ServerSettings:
     limit_bodies_arriving: int | None = 256  # requests still sending their body (a separate, smaller budget)
     limit_bodies_arriving_per_key: int | None = 32
     limit_json_depth: int | None = 64  # nesting of objects and arrays in a JSON body
-    limit_requests_per_minute: int | None = None  # per proxy key
+    limit_json_values: int | None = 100_000  # objects, arrays and their items in a JSON body, counted unparsed
+    limit_tools: int | None = 512  # tools (or functions) of one request
+    limit_schema_bytes: int | None = 1_000_000  # tools + response_format schemas of one request, as JSON
+    limit_header_bytes: int = 32_768  # request line and headers of one request
+    limit_header_count: int = 100  # headers of one request
+    limit_header_bytes_total: int = 16_777_216  # unfinished request heads of all connections of one process
+    limit_requests_per_minute: int | None = None  # per proxy key (without keys: per client address)
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For names the client (proxy.edge.client_addr)
     timeout_header: float = 10.0  # from connection (or the end of the last response) to complete headers
     timeout_body: float = 30.0  # from complete headers to the last byte of the body
     timeout_keep_alive: float = 5.0  # an idle connection between requests
@@ -351,7 +359,8 @@ class ServerSettings:
             raise ConfigError(f"server.port: {self.port} is not a TCP port")
         for key in ("limit_body_bytes", "limit_messages", "limit_content_chars", "limit_in_flight",
                     "limit_in_flight_per_key", "limit_bodies_arriving", "limit_bodies_arriving_per_key",
-                    "limit_json_depth", "limit_requests_per_minute"):
+                    "limit_json_depth", "limit_requests_per_minute", "limit_tools", "limit_schema_bytes",
+                    "limit_json_values"):
             v = getattr(self, key)
             if v is not None and v < 1:
                 raise ConfigError(f"server.{key}: must be at least 1 (or null for unlimited)")
@@ -369,6 +378,11 @@ class ServerSettings:
         for key in ("timeout_header", "timeout_body", "timeout_keep_alive"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"server.{key}: must be positive (seconds)")
+        _check_header_limits(self)
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"server.trusted_proxies: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -753,6 +767,16 @@ def _normalise(s: Settings) -> Settings:
         s, router=dataclasses.replace(s.router.one_rule(default=True), fail_open_tier=fail_open.name),
         aliases={name: a.one_rule(default=False) for name, a in s.aliases.items()},
         upstream=dataclasses.replace(s.upstream, fallback=fallback))
+
+
+def _check_header_limits(server: ServerSettings) -> None:
+    """The head limits have no "unlimited": they are what bounds the memory of a client no one has
+    authenticated yet."""
+    for key, least in (("limit_header_bytes", 1024), ("limit_header_count", 1),
+                       ("limit_header_bytes_total", server.limit_header_bytes)):
+        v = getattr(server, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < least:
+            raise ConfigError(f"server.{key}: must be an integer of at least {least}, got {v!r}")
 
 
 def tier_key(s: Settings, tier: Tier) -> str:

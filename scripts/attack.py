@@ -1,4 +1,4 @@
-"""Attack the proxy the ways issue 15 found, and check that nobody else notices.
+"""Attack the proxy the ways issues 15 and 29 found, and check that nobody else notices.
 
 Starts the Gemini stand-in (in this process) and ``route-llm serve`` on loopback only, with two proxy keys:
 one attacks, the other sends a normal request (``POST /v1/route``) every 20 ms throughout each attack. For
@@ -7,10 +7,13 @@ latency p50/p99 (measured from a process of its own), and the server's RSS befor
 and after. Every attack is bounded in
 time and size; nothing leaves 127.0.0.1.
 
-The last two rows stop the server: streams at the shutdown deadline (SIGTERM with ``timeout_shutdown: 3``)
-and PDF extraction children of a SIGKILLed server (a second server is started for it).
+The last rows stop a server: streams at the shutdown deadline (SIGTERM with ``timeout_shutdown: 3``), the same
+under ``--workers 2`` (a server of its own), and PDF extraction children of a SIGKILLed server (another). The
+per-address limit row needs a server without proxy keys: it gets one of its own too.
 
-    python scripts/attack.py            # about 2-3 minutes on 2 cores
+Nothing here imports from ``tests/``: the stand-in is ``proxy.standin`` and the PDFs are written out here.
+
+    python scripts/attack.py            # about 5 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import base64
 import functools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -69,14 +73,19 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--probe"]:
     sys.exit(0)
 
 from proxy.demo.standin import Fault, StandInServer, free_port  # noqa: E402
-from scripts.pdfs import pdf_with_pages, slow_pdf  # noqa: E402  (small PDFs; fpdf2 is a dev dependency)
 
 ATTACKER, NORMAL = "sk-attacker", "sk-normal"
 SHUTDOWN, SIGKILL = "8 streams of ~9 s, then SIGTERM", "SIGKILL during 2 PDF extractions"
+SHUTDOWN_WORKERS = "8 streams of ~9 s, then SIGTERM, --workers 2"
+PER_ADDRESS = "no proxy keys, limit_requests_per_minute 20: 25 requests from one address, 5 from another"
 CONFIG: dict[str, Any] = {
     "server": {"api_keys": [ATTACKER, NORMAL], "timeout_shutdown": 3},
     "documents": {"limit_storage_bytes": 10_000_000},
+    "router": {"context": "conversation"},  # the turn-cache row needs it; /v1/route with a prompt is unaffected
 }
+#: What an error body must never show (issue 29 row 13): addresses and ports, reprs, LiteLLM's names, tracebacks.
+LEAKS = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b|localhost|object at 0x|SSLContext|litellm|Traceback|api_base",
+                   re.IGNORECASE)
 
 
 def many_pages_pdf(pages: list[str], padding: int = 0) -> bytes:
@@ -84,12 +93,26 @@ def many_pages_pdf(pages: list[str], padding: int = 0) -> bytes:
 
     ``padding`` bytes go into an object no page refers to: a file that big costs nothing to extract.
     """
-    n = len(pages)
+    return _pdf([b"BT /F1 10 Tf 72 720 Td (" + text.encode("ascii") + b") Tj ET" for text in pages], padding)
+
+
+def pdf_with_pages(pages: list[str]) -> bytes:
+    """A small PDF, one line of (ASCII) text per page."""
+    return many_pages_pdf(pages)
+
+
+def slow_pdf(lines: int = 50_000) -> bytes:
+    """One page of ``lines`` text-showing operators: seconds of extraction for pypdf."""
+    return _pdf([b"BT /F1 12 Tf 72 720 Td " + b"(lorem ipsum dolor) Tj 0 -1 Td\n" * lines + b"ET"])
+
+
+def _pdf(contents: list[bytes], padding: int = 0) -> bytes:
+    """A PDF with one page per content stream (Helvetica as F1)."""
+    n = len(contents)
     objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
                b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % (4 + 2 * i) for i in range(n)), n),
                b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
-    for i, text in enumerate(pages):
-        content = b"BT /F1 10 Tf 72 720 Td (" + text.encode("ascii") + b") Tj ET"
+    for i, content in enumerate(contents):
         objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R"
                        b" /Resources << /Font << /F1 3 0 R >> >> >>" % (5 + 2 * i))
         objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
@@ -125,8 +148,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Server:
-    def __init__(self, work: Path, standin: StandInServer, name: str = "proxy") -> None:
+    def __init__(self, work: Path, standin: StandInServer, name: str = "proxy", *, workers: int = 1,
+                 server: dict[str, Any] | None = None) -> None:
         cfg = json.loads(json.dumps(CONFIG))
+        cfg["server"].update(server or {})
         cfg["models"] = {t: {"name": n, "model": f"gemini/{n}", "api_base": standin.base_url, "api_key": "x",
                              "timeout": 30} for t, n in (("weak", "gemini-1.5-flash"), ("strong", "gemini-1.5-pro"))}
         cfg["documents"]["storage_dir"] = str(work / f"{name}-files")
@@ -137,7 +162,8 @@ class Server:
         env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
         env.pop("ROUTE_LLM_API_KEYS", None)
         self.log = work / f"{name}.log"
-        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("route-llm")), "serve", "--config", str(path)],
+        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("route-llm")), "serve", "--config", str(path),
+                                      "--workers", str(workers)],
                                      env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 300  # a busy shared machine can take minutes
@@ -382,7 +408,7 @@ def storage_quota(server: Server) -> str:
     return statuses(codes)
 
 
-def streams_at_shutdown(server: Server, standin: StandInServer) -> Row:
+def streams_at_shutdown(server: Server, standin: StandInServer, name: str = SHUTDOWN) -> Row:
     standin.state.faults.extend([Fault("slow_stream", seconds=3)] * 8)
     results: list[str] = []
     started: list[bool] = []
@@ -416,7 +442,7 @@ def streams_at_shutdown(server: Server, standin: StandInServer) -> Row:
     logged = sum(1 for line in server.log.read_text().splitlines()
                  if line.startswith('{"request_id"') and json.loads(line)["status"] == "shutdown")
     endings = ", ".join(f"{n}× {what}" for what, n in Counter(results).most_common())
-    return Row(SHUTDOWN, "server.timeout_shutdown 3 s",
+    return Row(name, "server.timeout_shutdown 3 s",
                f"{endings}; {logged} logged as \"shutdown\"")
 
 
@@ -459,6 +485,179 @@ def children_after_sigkill(work: Path, standin: StandInServer) -> Row:
         t.join(timeout=30)
     return Row(SIGKILL, "children exit with the server",
                f"{running} running before, {left} left 3 s after")
+
+
+# --- issue 29 ------------------------------------------------------------------------------------------
+
+def header_flood(server: Server, sockets: int = 10, seconds: float = 10) -> str:
+    """Unauthenticated connections sending 8 kB header lines as fast as they can, reconnecting when closed."""
+    line = b"x-filler: " + b"a" * 8000 + b"\r\n"
+    end = time.monotonic() + seconds
+    answers: list[int] = []
+    sent = [0]
+
+    def one() -> None:
+        while time.monotonic() < end:
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            s.settimeout(1)
+            try:
+                s.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n")
+                while time.monotonic() < end:
+                    sent[0] += s.send(line)
+            except OSError:
+                pass
+            try:
+                data = s.recv(4096)
+                answers.append(int(data.split()[1]) if data.startswith(b"HTTP/1.1") else 0)
+            except (OSError, ValueError, IndexError):
+                answers.append(0)
+            s.close()
+
+    threads = [threading.Thread(target=one) for _ in range(sockets)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return f"{statuses(answers)} over {len(answers)} connections; {sent[0] / 1e6:.0f} MB sent"
+
+
+def _tools(n: int, padding: int) -> list[dict[str, Any]]:
+    return [{"type": "function", "function": {"name": f"tool_{i}", "description": "does a thing", "parameters": {
+        "type": "object", "properties": {"path": {"type": "string", "description": "p" * padding}}}}}
+            for i in range(n)]
+
+
+def _body(**extra: Any) -> bytes:
+    return json.dumps({"model": "gemini-1.5-flash", "messages": [{"role": "user", "content": "hi"}],
+                       **extra}).encode()
+
+
+def tool_floods(server: Server) -> str:
+    big_schema = {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "d" * 120}
+                                                   for i in range(130_000)}}  # about 18 MB
+    bodies = [_body(tools=_tools(40_000, 60)),  # about 6 MB
+              _body(tools=[{"type": "function", "function": {"name": "f", "parameters": big_schema}}]),
+              _body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
+                  "type": "object", "properties": {f"p{i}": {"type": "string", "description": "d" * 120}
+                                                   for i in range(36_000)}}}})]  # about 5 MB
+    turn = [0]
+
+    def once(http: httpx.Client) -> int:
+        turn[0] += 1
+        return http.post("/v1/chat/completions", content=bodies[turn[0] % 3],
+                         headers={"content-type": "application/json"}).status_code
+
+    with server.client(ATTACKER) as http:
+        return statuses(repeat(8, 4, lambda: once(http)))
+
+
+def agent_tools(server: Server) -> str:
+    body = _body(tools=_tools(500, 1700))  # 500 tools, about 0.9 MB: just inside both limits
+    with server.client(ATTACKER) as http:
+        return statuses(repeat(8, 4, lambda: http.post("/v1/chat/completions", content=body, headers={
+            "content-type": "application/json"}).status_code))
+
+
+def big_turns(server: Server) -> str:
+    n = [0]
+
+    def once(http: httpx.Client) -> int:
+        n[0] += 1
+        turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"{n[0]}-{i} " + "x" * 480_000}
+                 for i in range(3)] + [{"role": "user", "content": f"{n[0]} and so?"}]
+        return chat_messages(http, turns)
+
+    with server.client(ATTACKER) as http:
+        return statuses(repeat(8, 4, lambda: once(http)))
+
+
+def chat_messages(http: httpx.Client, messages: list[dict[str, Any]]) -> int:
+    return http.post("/v1/chat/completions", json={"model": "auto", "messages": messages}).status_code
+
+
+def broken_streams(server: Server, standin: StandInServer) -> str:
+    standin.state.faults.extend([Fault("cut"), Fault("garbled")] * 100)
+    endings: list[str] = []
+
+    def once(http: httpx.Client) -> int:
+        with http.stream("POST", "/v1/chat/completions", json={
+                "model": "gemini-1.5-flash", "stream": True,
+                "messages": [{"role": "user", "content": "a story"}]}) as r:
+            lines = [line for line in r.iter_lines() if line]
+        last = lines[-2] if len(lines) >= 2 else ""
+        endings.append("error event" if '"error"' in last else "finish_reason stop" if '"stop"' in last else "other")
+        return r.status_code
+
+    try:
+        with server.client(ATTACKER) as http:
+            codes = repeat(6, 4, lambda: once(http))
+    finally:
+        standin.state.faults.clear()
+    ends = ", ".join(f"{n}× {what}" for what, n in Counter(endings).most_common())
+    return f"{statuses(codes)}; streams ended: {ends}"
+
+
+def error_bodies(server: Server, standin: StandInServer) -> str:
+    kinds = [Fault("status", status=s) for s in (400, 401, 403, 404, 429, 500, 503)] + [
+        Fault("reset"), Fault("body", body="<html>502 at 10.1.2.3:8443</html>")]
+    bodies: list[str] = []
+    try:
+        with server.client(ATTACKER) as http:
+            for _ in range(3):
+                for fault in kinds:
+                    standin.state.faults.extend([fault] * 6)  # past retries and the fallback
+                    for stream in (False, True):
+                        bodies.append(http.post("/v1/chat/completions", json={
+                            "model": "gemini-1.5-flash", "stream": stream,
+                            "messages": [{"role": "user", "content": "hi"}]}).text)
+                    standin.state.faults.clear()
+    finally:
+        standin.state.faults.clear()
+    leaks = [b for b in bodies if LEAKS.search(b)]
+    return f"{len(bodies)} error bodies, {len(leaks)} with internals" + (f": {leaks[0][:120]}" if leaks else "")
+
+
+def feedback_flood(server: Server) -> str:
+    """100 clients rating request ids that do not exist."""
+    with server.client(ATTACKER) as http:
+        return statuses(repeat(6, 100, lambda: http.post("/v1/feedback", json={
+            "request_id": f"req-{time.monotonic_ns()}", "rating": "good"}).status_code))
+
+
+def unread_downloads(server: Server, mb: int = 8, clients: int = 40) -> Callable[[], str]:
+    data = many_pages_pdf(["a file to download"], padding=mb * 1_000_000)
+    with server.client(NORMAL) as http:  # the attacker's quota is spent by the quota row
+        file_id = http.post("/v1/files", files={"file": ("dl.pdf", data)}, data={"purpose": "user_data"}).json()["id"]
+
+    def run() -> str:
+        socks = []
+        for _ in range(clients):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(f"GET /v1/files/{file_id}/content HTTP/1.1\r\nhost: x\r\n"
+                      f"authorization: Bearer {NORMAL}\r\n\r\n".encode())
+            socks.append(s)
+        time.sleep(6)
+        codes = []
+        for s in socks:
+            try:
+                codes.append(int(s.recv(12).split()[1]))
+            except (OSError, ValueError, IndexError):
+                codes.append(0)
+            s.close()
+        return f"{statuses(codes)} (never read)"
+    return run
+
+
+def per_address(server: Server) -> Row:
+    def burst(source: str, n: int) -> list[int]:
+        with httpx.Client(base_url=server.url, timeout=30,
+                          transport=httpx.HTTPTransport(local_address=source)) as http:
+            return [http.post("/v1/route", json={"prompt": "hi"}).status_code for _ in range(n)]
+
+    first, second = burst("127.0.0.2", 25), burst("127.0.0.3", 5)  # 127.0.0.1 keeps its budget for the next row
+    return Row(PER_ADDRESS, "per client address (server.trusted_proxies for X-Forwarded-For)",
+               f"first address: {statuses(first)}; second: {statuses(second)}")
 
 
 def _guarded(attack: str, limit: str, run: Callable[[], Row]) -> Row:
@@ -509,6 +708,23 @@ def main() -> int:
         (f"{args.uploads} concurrent {args.upload_mb} MB uploads", "spooled to disk; documents.limit_bytes 25 MB",
          lambda: big_uploads(server, args.uploads, args.upload_mb)),
         ("uploads of a 2 MB PDF until refused", "documents.limit_storage_bytes 10 MB", lambda: storage_quota(server)),
+        ("10 unauthenticated sockets flooding 8 kB header lines, 10 s",
+         "server.limit_header_bytes 32 kB (431), limit_header_bytes_total 16 MB (503)", lambda: header_flood(server)),
+        ("40,000 tools (6 MB) / one 18 MB schema / 5 MB response_format, 4 clients, 8 s",
+         "server.limit_json_values 100,000 (413), limit_tools 512 (400), limit_schema_bytes 1 MB (413)",
+         lambda: tool_floods(server)),
+        ("500 tools of 0.9 MB in all (inside the limits), 4 clients, 8 s", "built off the event loop",
+         lambda: agent_tools(server)),
+        ("router.context conversation: 3 turns of 480 kB + 1, 4 clients, 8 s", "turn cache keyed by digest",
+         lambda: big_turns(server)),
+        ("upstream streams cut mid-event or garbled, 4 clients, 6 s", "error event stream_broken",
+         lambda: broken_streams(server, standin)),
+        ("every upstream fault kind, streamed and not: bodies scanned", "fixed texts, scrubbed",
+         lambda: error_bodies(server, standin)),
+        ("100 clients rating unknown request ids, 6 s", "feedback's own thread share (8)",
+         lambda: feedback_flood(server)),
+        ("40 clients downloading an 8 MB file, never reading, 6 s", "streamed from disk in 64 kB pieces",
+         unread_downloads(server)),
     ]
     def chosen(attack: str) -> bool:
         return not args.only or attack == plans[0][0] or any(words in attack for words in args.only)
@@ -522,6 +738,17 @@ def main() -> int:
         if chosen(SHUTDOWN):
             rows.append(_guarded(SHUTDOWN, "server.timeout_shutdown 3 s",
                                  lambda: streams_at_shutdown(server, standin)))
+        if chosen(PER_ADDRESS) or chosen(SHUTDOWN_WORKERS):
+            second = Server(work, standin, "workers", workers=2,
+                            server={"api_keys": [], "limit_requests_per_minute": 20})
+            try:
+                if chosen(PER_ADDRESS):
+                    rows.append(_guarded(PER_ADDRESS, "per client address", lambda: per_address(second)))
+                if chosen(SHUTDOWN_WORKERS):
+                    rows.append(_guarded(SHUTDOWN_WORKERS, "server.timeout_shutdown 3 s",
+                                         lambda: streams_at_shutdown(second, standin, SHUTDOWN_WORKERS)))
+            finally:
+                second.stop()
         if chosen(SIGKILL):
             rows.append(_guarded(SIGKILL, "children exit with the server",
                                  lambda: children_after_sigkill(work, standin)))

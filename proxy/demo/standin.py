@@ -46,10 +46,13 @@ class Fault:
     kind: "status" (answer ``status`` with a Google-style error body), "delay" (sleep ``seconds`` then
     answer normally), "reset" (close the connection without answering), "midstream" (streaming only:
     send one chunk, then break the connection), "body" (answer 200 with ``body`` as ``content_type``, as a
-    gateway's error page or a cut connection gives: HTML, JSON cut short).
+    gateway's error page or a cut connection gives: HTML, JSON cut short), "cut" (streaming only: one chunk,
+    then half an event, then a clean end of the response, as a proxy in between that gives up does),
+    "garbled" (streaming only: one chunk, then an event that is not JSON, then the rest of the stream).
     """
 
     kind: str  # "status" | "delay" | "reset" | "midstream" | "slow_stream" (``seconds`` between chunks) | "body"
+    #            | "cut" | "garbled"
     status: int = 503
     seconds: float = 0.0
     retry_after: float | None = None
@@ -90,6 +93,7 @@ class StandIn:
     """State shared by the stand-in's handlers: the request log, queued faults and a random fault rate."""
 
     requests: list[Recorded] = field(default_factory=list)
+    record: bool = True  # keep each request for inspection (tests); `serve --demo` keeps none
     faults: deque[Fault] = field(default_factory=deque)
     fault_rate: float = 0.0
     fault_status: int = 503
@@ -178,7 +182,8 @@ def build_app(state: StandIn) -> Starlette:
         model, _, action = target.partition(":")
         body = await request.json()
         stream = action == "streamGenerateContent"
-        state.requests.append(Recorded(model, stream, body, {k.lower(): v for k, v in request.headers.items()}))
+        if state.record:
+            state.requests.append(Recorded(model, stream, body, {k.lower(): v for k, v in request.headers.items()}))
         if model in state.retired:
             return _not_found(model)
         fault = state._take_fault(model)
@@ -202,7 +207,9 @@ def build_app(state: StandIn) -> Starlette:
             })
         midstream = fault is not None and fault.kind == "midstream"
         pause = fault.seconds if fault is not None and fault.kind == "slow_stream" else 0.0
-        return StreamingResponse(_sse(state, model, parts, usage, midstream, pause), media_type="text/event-stream")
+        damage = fault.kind if fault is not None and fault.kind in ("cut", "garbled") else None
+        return StreamingResponse(_sse(state, model, parts, usage, midstream, pause, damage),
+                                 media_type="text/event-stream")
 
     async def list_models(request: Request) -> Response:
         """``GET /v1beta/models?pageSize=N&pageToken=T``: ``{"models": [...], "nextPageToken": T}``, as Google pages
@@ -270,7 +277,7 @@ class _Protocol(HttpToolsProtocol):
 
 
 async def _sse(state: StandIn, model: str, parts: list[dict[str, Any]], usage: dict[str, int], midstream: bool,
-               pause: float) -> AsyncIterator[str]:
+               pause: float, damage: str | None = None) -> AsyncIterator[str]:
     if "functionCall" in parts[0]:
         pieces: list[list[dict[str, Any]]] = [parts]
     else:
@@ -292,6 +299,12 @@ async def _sse(state: StandIn, model: str, parts: list[dict[str, Any]], usage: d
             if midstream and i == 0:
                 await asyncio.sleep(0.01)
                 raise ConnectionResetError("stand-in broke the stream")
+            if damage == "cut" and i == 0:
+                yield 'data: {"candidates": [{"content": {"role": "model", "parts": [{"te'
+                finished = True
+                return
+            if damage == "garbled" and i == 0:
+                yield "data: <html><body>502 Bad Gateway</body></html>\r\n\r\n"
             await asyncio.sleep(pause)
         finished = True
     finally:
@@ -308,8 +321,8 @@ def free_port() -> int:
 class StandInServer:
     """Runs the stand-in in a background thread of the current process (for tests)."""
 
-    def __init__(self, port: int | None = None) -> None:
-        self.state = StandIn()
+    def __init__(self, port: int | None = None, *, record: bool = True) -> None:
+        self.state = StandIn(record=record)
         self.port = port or free_port()
         config = uvicorn.Config(build_app(self.state), host="127.0.0.1", port=self.port, log_level="error",
                                 lifespan="off", http=_Protocol)

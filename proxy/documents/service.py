@@ -15,16 +15,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from starlette.concurrency import run_in_threadpool
-
-from proxy import metrics
+from proxy import metrics, pools
 from proxy.documents.assemble import Document, DocumentInputError, PageIndex, decode_file_data, render_documents
 from proxy.documents.pdf import PdfError, PdfExecutor, PdfLimits, extract_document_async, sweep_orphans
 from proxy.documents.slots import FairSlots
-from proxy.errors import BadRequest, NotFound, PayloadTooLarge
+from proxy.errors import BadRequest, InsufficientStorage, NotFound, PayloadTooLarge
 from proxy.request import ChatRequest, FilePart, text_of
 from proxy.settings import Settings
-from proxy.state.files import FileRecord, FileStore, QuotaExceeded
+from proxy.state.files import FileRecord, FileStore, QuotaExceeded, StorageFull
 
 
 class DocumentService:
@@ -54,17 +52,20 @@ class DocumentService:
         d = self.settings.documents
         partial: Path | None = None
         try:
-            partial = spooled = (await run_in_threadpool(self.store.spool, file, d.limit_bytes))[0]
+            partial = spooled = (await pools.run("files", self.store.spool, file, d.limit_bytes))[0]
             size = spooled.stat().st_size
             if size > d.limit_bytes:
                 raise PayloadTooLarge(f"the file exceeds the {d.limit_bytes}-byte limit", param="file")
-            await run_in_threadpool(self.store.check_quota, owner, size, d.limit_storage_bytes)
+            await pools.run("files", self.store.check_quota, owner, size, d.limit_storage_bytes)
             doc = await self.extract(spooled, filename, party)
-            record = await run_in_threadpool(self.store.add, owner, filename, purpose, spooled, doc.pages,
+            record = await pools.run("files", self.store.add, owner, filename, purpose, spooled, doc.pages,
                                              index=doc.index.dumps(), quota=d.limit_storage_bytes)
             partial = None  # it is the stored file now
         except QuotaExceeded as exc:
             raise PayloadTooLarge(str(exc), param="file", code="storage_quota_exceeded") from exc
+        except StorageFull as exc:
+            raise InsufficientStorage("the proxy's file storage is full: nothing was stored; delete files you no "
+                                      "longer need, or retry later", param="file") from exc
         finally:
             if partial is not None:
                 partial.unlink(missing_ok=True)
@@ -128,23 +129,23 @@ class DocumentService:
                                           param=_where(part), code="documents_too_large")
                 docs[(part.message_index, part.part_index)] = doc
             dropped = {(p.message_index, p.part_index) for p in chat.files} - set(docs)
-            return await run_in_threadpool(self._render, chat, docs, dropped)
+            return await pools.run("documents", self._render, chat, docs, dropped)
 
     async def _load(self, owner: str, party: str, part: FilePart) -> Document:
         where = _where(part)
         if part.file_id is not None:
-            found = await run_in_threadpool(self.store.document, owner, part.file_id)
+            found = await pools.run("files", self.store.document, owner, part.file_id)
             if found is None:
                 raise NotFound(f"No such file: {part.file_id!r}", param=where, code="file_not_found")
             record, pages, index = found
             if index is None:  # stored before indexes were: built once, now, and kept
-                doc = await run_in_threadpool(Document.of, record.filename, pages)
-                await run_in_threadpool(self.store.set_index, owner, part.file_id, doc.index.dumps())
+                doc = await pools.run("documents", Document.of, record.filename, pages)
+                await pools.run("files", self.store.set_index, owner, part.file_id, doc.index.dumps())
                 return doc
             return Document(record.filename, pages, PageIndex.loads(index))
         assert part.file_data is not None and part.filename is not None
         try:
-            data = await run_in_threadpool(decode_file_data, part.file_data)
+            data = await pools.run("documents", decode_file_data, part.file_data)
         except DocumentInputError as exc:
             raise BadRequest(f"{where}.file_data: {exc}", param=f"{where}.file_data") from exc
         return await self.extract(data, part.filename, party)

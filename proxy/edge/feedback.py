@@ -13,11 +13,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from proxy import metrics
+from proxy import metrics, pools
 from proxy.edge.routes import read_json
 from proxy.errors import BadRequest, NotFound, ProxyError
 from proxy.services import services
@@ -68,7 +67,7 @@ async def post_feedback(request: Request) -> Response:
         raise NotFound("feedback is switched off on this proxy (feedback.enabled: false)", code="feedback_disabled")
     owner: str = request.state.owner
     try:
-        fb = await run_in_threadpool(store.rate, owner, request_id, rating, score, comment)
+        fb = await pools.run("feedback", store.rate, owner, request_id, rating, score, comment)
     except UnknownRequest:
         days = store.retention / 86400.0
         raise NotFound(f"no chat request with id {request_id!r} for this key: it is unknown, older than "

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from proxy.errors import BadRequest, NotFound
+from proxy import pools
+from proxy.errors import BadRequest, InsufficientStorage, NotFound
 from proxy.services import services
+from proxy.state.files import is_full
 
 PURPOSES = {"user_data", "assistants", "batch", "fine-tune", "vision", "evals"}
 FILENAME_CHARS = 255
@@ -85,7 +87,7 @@ async def list_files(request: Request) -> Response:
     limit, after = int(raw_limit), q.get("after")
     store = services(request).documents.store
     try:
-        records = await run_in_threadpool(store.list, request.state.owner, purpose, limit=limit + 1,
+        records = await pools.run("files", store.list, request.state.owner, purpose, limit=limit + 1,
                                           after=after, order=order)
     except KeyError:
         raise BadRequest(f"`after` must be the id of one of your files; {after!r} is not"[:300],
@@ -98,7 +100,7 @@ async def list_files(request: Request) -> Response:
 
 async def retrieve(request: Request) -> Response:
     file_id = request.path_params["file_id"]
-    record = await run_in_threadpool(services(request).documents.store.get, request.state.owner, file_id)
+    record = await pools.run("files", services(request).documents.store.get, request.state.owner, file_id)
     if record is None:
         raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
     return JSONResponse(record.to_openai())
@@ -107,15 +109,25 @@ async def retrieve(request: Request) -> Response:
 async def content(request: Request) -> Response:
     """GET /v1/files/{id}/content: the bytes as uploaded (``client.files.content(id)``)."""
     file_id = request.path_params["file_id"]
-    data = await run_in_threadpool(services(request).documents.store.content, request.state.owner, file_id)
-    if data is None:
+    found = await pools.run("files", services(request).documents.store.pieces, request.state.owner, file_id)
+    if found is None:
         raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
-    return Response(data, media_type="application/octet-stream")
+    size, pieces = found
+    # Read piece by piece in a thread, each only once the client has taken the one before (uvicorn's flow
+    # control holds the send): memory per download is a piece or two, whatever the file's size.
+    return StreamingResponse(iterate_in_threadpool(pieces), media_type="application/octet-stream",
+                             headers={"content-length": str(size)})
 
 
 async def delete(request: Request) -> Response:
     file_id = request.path_params["file_id"]
-    if not await run_in_threadpool(services(request).documents.store.delete, request.state.owner, file_id):
+    try:
+        deleted = await pools.run("files", services(request).documents.store.delete, request.state.owner, file_id)
+    except Exception as exc:
+        if not is_full(exc):
+            raise
+        raise InsufficientStorage("the proxy's file storage is too full even to delete; retry later") from exc
+    if not deleted:
         raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 

@@ -28,8 +28,10 @@ from typing import IO
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy import metrics, tracing
+from proxy.client_addr import client_address, parse_networks
 from proxy.edge.limits import LimitStoreDown, make_limiter
 from proxy.errors import (
+    HeadersTooLarge,
     Overloaded,
     PayloadTooLarge,
     ProxyError,
@@ -59,6 +61,28 @@ class Life:
 
     disconnected: bool = False  # the client went away (an http.disconnect arrived)
     ending: bytes = b""  # what a stream cut at the shutdown deadline still sends: an error event and its end
+
+
+class InFlight:
+    """How many requests the guard has let in and not yet seen end; shared with the app's lifespan.
+
+    At the shutdown deadline uvicorn cancels what still runs and goes straight on to the lifespan's shutdown,
+    without waiting for the cancelled requests to end: closing the stores (and, under ``--workers N``, the
+    process) under them lost their last words, the ``shutting_down`` event and the decision record. The
+    lifespan waits here, briefly, until every request has ended, whatever runs the app.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no request is in flight (True) or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + timeout
+        while self.count > 0:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
 
 class _Body:
@@ -108,9 +132,10 @@ class _Refused(Exception):
 
 
 class GuardMiddleware:
-    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, *, settings: Settings, tracker: InFlight | None = None) -> None:
         self.app = app
         self.settings = settings
+        self.tracker = tracker or InFlight()
         s = settings.server
         named = settings.named_keys()
         self.keys = [k.key.encode() for k in named]
@@ -120,6 +145,7 @@ class GuardMiddleware:
         self.limit_arriving = s.limit_bodies_arriving
         self.limit_arriving_per_key = s.limit_bodies_arriving_per_key
         self.rpm = s.limit_requests_per_minute
+        self.trusted_proxies = parse_networks(s.trusted_proxies)
         # Built here, not in the lifespan: the guard runs before any handler; a Redis client connects lazily.
         self.limiter = make_limiter(s.limit_requests_per_minute, s.resolved_redis_url(), failure=s.redis_failure,
                                     timeout=s.timeout_redis)
@@ -129,6 +155,15 @@ class GuardMiddleware:
         self._arriving_by: Counter[str] = Counter()
 
     # --- checks --------------------------------------------------------------------------------------
+    def _address(self, scope: Scope) -> str:
+        """The client's address: the peer's, or the one a trusted proxy forwarded (``proxy.client_addr``)."""
+        client = scope.get("client")
+        peer = client[0] if client else ""
+        if not self.trusted_proxies:
+            return peer
+        forwarded = [value for name, value in scope.get("headers", []) if name == b"x-forwarded-for"]
+        return client_address(peer, b",".join(forwarded) if forwarded else None, self.trusted_proxies)
+
     def _authenticate(self, scope: Scope) -> str | None:
         """Return the matching key, or raise. Every key is compared, in constant time."""
         header = b""
@@ -156,7 +191,8 @@ class GuardMiddleware:
         except LimitStoreDown as exc:
             raise Overloaded(f"{exc}; retry", code="rate_limit_unavailable", headers={"retry-after": "1"}) from None
         if wait is not None:
-            raise RateLimited(f"this key is limited to {self.rpm} requests per minute",
+            who = "client address" if key.startswith("addr:") else "key"
+            raise RateLimited(f"this {who} is limited to {self.rpm} requests per minute",
                               headers={"retry-after": str(max(1, int(wait) + 1))})
 
     def _too_large(self, scope: Scope, size: int | None) -> tuple[int | None, PayloadTooLarge]:
@@ -268,6 +304,13 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit_headers = self.settings.server.limit_header_count
+        if len(scope.get("headers", [])) > limit_headers:
+            # Bytes were bounded by the protocol (proxy.edge.protocol); the count is known only now.
+            metrics.REJECTED.labels("headers_too_large").inc()
+            await self._refuse(HeadersTooLarge(f"the request has more than {limit_headers} headers, this proxy's "
+                                               "limit"), scope, receive, send, close=True)
+            return
         path: str = scope["path"]
         guarded = path.startswith("/v1/") or (path == "/metrics" and not self.settings.server.open_metrics)
         life = Life()
@@ -277,8 +320,9 @@ class GuardMiddleware:
             key = self._authenticate(scope) if (guarded and self.keys) else None
             state["owner"] = owner_of(key)
             state["key_name"] = self.names.get(key) if key is not None else None
+            who = key if key is not None else f"addr:{self._address(scope)}"
             if guarded and self.limiter is not None:
-                await self._rate_limit(key or "")
+                await self._rate_limit(who)
         except ProxyError as exc:
             # Refused before any handler ran, so route_llm_requests_total never sees these.
             reason = ("unauthorized" if isinstance(exc, Unauthorized) else
@@ -289,8 +333,6 @@ class GuardMiddleware:
         if not path.startswith("/v1/"):  # health probes and scrapes: neither limited nor counted in flight
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        who = key if key is not None else f"addr:{client[0] if client else ''}"
         state["party"] = state["owner"] or who  # the fairness key handlers share work by, never the key itself
         body: _Body | None = None
         try:
@@ -312,9 +354,11 @@ class GuardMiddleware:
                 body.close()
             await self._refuse(error, scope, receive, send, close=True)
             return
+        self.tracker.count += 1
         try:
             await self._run(scope, self._replay(body, receive, life), send, life)
         finally:
+            self.tracker.count -= 1
             self._give(who, arriving=False)
             if body is not None:
                 body.close()

@@ -29,13 +29,14 @@ from proxy.errors import (
     RateLimited,
     UpstreamError,
 )
+from proxy.edge.schema_limits import check_schemas
 from proxy.request import ChatRequest
 from proxy.routing.budget import BudgetRoute, apply_budget, budget_headers
 from proxy.routing.decider import Decision, Target
 from proxy.routing.render import decision_headers, decision_view
 from proxy.services import Services, services
 from proxy.settings import Settings
-from proxy.upstream.calls import Attempts, client_message
+from proxy.upstream.calls import GENERIC, Attempts, StreamCut, client_message
 from router.policy import Tier
 
 log = logging.getLogger("route_llm")
@@ -55,7 +56,8 @@ async def read_json(request: Request, limit: int | None) -> Any:
             raise PayloadTooLarge(f"request body exceeds this proxy's limit of {limit} bytes")
         chunks.append(chunk)
     settings = services(request).settings
-    return await parse_json(b"".join(chunks), limit_depth=settings.server.limit_json_depth)
+    return await parse_json(b"".join(chunks), limit_depth=settings.server.limit_json_depth,
+                            limit_values=settings.server.limit_json_values)
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -185,6 +187,8 @@ class ChatHandler:
         try:
             body = await read_json(request, self.settings.server.limit_body_bytes)
             chat = await self.load(request, body, o.request_id)
+            await check_schemas(chat.params, limit_tools=self.settings.server.limit_tools,
+                                limit_bytes=self.settings.server.limit_schema_bytes)
             o.dropped = chat.dropped
             texts = state.decider.texts(chat.messages)
             o.text = texts[-1]
@@ -291,8 +295,9 @@ class ChatHandler:
         except Exception as exc:  # after the first byte the status is sent: report in-band, then end
             o.status, o.error_reason = "upstream_error", "stream_broken"
             log.warning("stream from %s broke after the first chunk: %s", model_name, exc)
-            err = UpstreamError(f"upstream {model_name} failed mid-stream: {client_message(exc, 300)}",
-                                reason="stream_broken")
+            what = str(exc) if isinstance(exc, StreamCut) else client_message(exc, 300,
+                                                                              generic=GENERIC["stream_broken"])
+            err = UpstreamError(f"upstream {model_name} failed mid-stream: {what}", reason="stream_broken")
             yield fmt.error(err)
             if o.attempts is not None:
                 o.attempts.errors.append((o.attempts.served_tier or o.attempts.requested_tier, "stream_broken"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 import sys
@@ -34,8 +35,14 @@ RouteLLM_PREFIX = "router-bert-"
 
 #: Earlier user turns whose scores are remembered, so a conversation's history is not scored again on every
 #: follow-up. Scores are deterministic per text (the classifier runs each sequence alone), so a cached score is
-#: the score; the cache belongs to one Decider and so to one loaded router model.
+#: the score; the cache belongs to one Decider and so to one loaded router model. Entries are keyed by a 16-byte
+#: digest of the text, never the text: a turn may be megabytes, and 4,096 of them were gigabytes per worker. An
+#: entry costs the same (about 150 bytes) whatever its turn's length, so the cache stays under a megabyte.
 LIMIT_SCORE_CACHE = 4096
+
+
+def _turn_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 #: The interpreter's GIL switch interval while the proxy serves (CPython's default is 5 ms). The router thread
@@ -130,7 +137,7 @@ class Decider:
         assert fail_open is not None  # settings checked it
         self.fail_open = fail_open
         self.conversation = settings.router.context == "conversation"
-        self._cache: OrderedDict[str, float] = OrderedDict()
+        self._cache: OrderedDict[bytes, float] = OrderedDict()
         self._batcher = _MicroBatcher(router, window=settings.router.batch_window_ms / 1000.0,
                                       limit=settings.router.limit_batch)
 
@@ -211,18 +218,19 @@ class Decider:
         """Scores for ``texts`` in one batched run: the last text always fresh (so a single-turn request is
         scored exactly as before), earlier turns from the cache where a previous request scored them."""
         earlier = list(texts[:-1])
-        known = {t: self._cache[t] for t in earlier if t in self._cache}
+        keys = {t: _turn_key(t) for t in earlier} if self.conversation else {}
+        known = {t: self._cache[keys[t]] for t in earlier if t in keys and keys[t] in self._cache}
         missing = list(dict.fromkeys(t for t in earlier if t not in known))
         fresh = await self._batcher.score_many([*missing, texts[-1]])
         for text, value in zip([*missing, texts[-1]], fresh):
             known[text] = value
             if self.conversation:
-                self._remember(text, value)
+                self._remember(keys.get(text) or _turn_key(text), value)
         return [*(known[t] for t in earlier), fresh[-1]]
 
-    def _remember(self, text: str, value: float) -> None:
-        self._cache[text] = value
-        self._cache.move_to_end(text)
+    def _remember(self, key: bytes, value: float) -> None:
+        self._cache[key] = value
+        self._cache.move_to_end(key)
         if len(self._cache) > LIMIT_SCORE_CACHE:
             self._cache.popitem(last=False)
 

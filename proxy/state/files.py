@@ -20,13 +20,16 @@ path.
 from __future__ import annotations
 
 import builtins
+import errno
 import json
 import os
 import re
 import secrets
 import shutil
+import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -134,6 +137,29 @@ def _sweep_spools() -> None:
             pass
 
 
+class StorageFull(Exception):
+    """The disk under the file store is full (or the reserve kept for deletes could not be set aside)."""
+
+
+#: Space set aside beside the blob directory (SQLite store, ``<storage_dir>/.reserve``) so that deletes can always run: SQLite needs room for its
+#: journal even to delete. A full disk releases it for the delete; the next write that finds room keeps it again,
+#: and uploads are refused while it cannot be kept.
+RESERVE_BYTES = 1 << 20
+_RESERVE = ".reserve"
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the disk or the quota is full."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(seen, sqlite3.OperationalError) and "full" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class FileStore:
     """Files of many owners in ``db``; on SQLite the bytes go to ``blobs`` (a directory), on Postgres into the
     database. ``spool_dir`` holds uploads while they are extracted (on SQLite, the blob directory itself, so that
@@ -149,6 +175,7 @@ class FileStore:
         if self._blobs is not None:
             self._blobs.mkdir(parents=True, exist_ok=True)
             self._spool = self._blobs
+            self.keep_reserve()
         else:
             _sweep_spools()
             self._spool = Path(tempfile.mkdtemp(prefix=f"{_SPOOL_PREFIX}{os.getpid()}-"))
@@ -164,12 +191,41 @@ class FileStore:
         assert self._blobs is not None
         return self._blobs / file_id
 
+    def keep_reserve(self) -> bool:
+        """Set the delete reserve aside if it is not (SQLite store only); False when there is no room for it."""
+        if self._blobs is None:
+            return True
+        path = self._blobs.parent / _RESERVE
+        try:
+            if path.stat().st_size >= RESERVE_BYTES:
+                return True
+        except FileNotFoundError:
+            pass
+        try:
+            with path.open("wb") as out:
+                out.write(bytes(RESERVE_BYTES))
+                out.flush()
+                os.fsync(out.fileno())
+            return True
+        except OSError:
+            path.unlink(missing_ok=True)
+            return False
+
+    def _release_reserve(self) -> bool:
+        if self._blobs is None or not (self._blobs.parent / _RESERVE).exists():
+            return False
+        (self._blobs.parent / _RESERVE).unlink(missing_ok=True)
+        return True
+
     def spool(self, source: IO[bytes], limit: int) -> tuple[Path, int]:
         """Copy ``source`` in chunks to a new partial file here; stop a chunk past ``limit`` bytes.
 
         Returns the path and the bytes copied; the caller hands the path to :meth:`add` or deletes it. On a
-        failure part-way (a full disk) the partial file is removed here.
+        failure part-way the partial file is removed here; a full disk (or no room for the delete reserve) is
+        :class:`StorageFull`.
         """
+        if not self.keep_reserve():
+            raise StorageFull("the file store's disk is full")
         partial = self._spool / f"upload-{secrets.token_hex(12)}.partial"
         size = 0
         try:
@@ -177,8 +233,10 @@ class FileStore:
                 while size <= limit and (chunk := source.read(_CHUNK)):
                     out.write(chunk)
                     size += len(chunk)
-        except BaseException:
+        except BaseException as exc:
             partial.unlink(missing_ok=True)
+            if is_full(exc):
+                raise StorageFull("the file store's disk is full") from exc
             raise
         return partial, size
 
@@ -209,7 +267,12 @@ class FileStore:
             created_at=int(time.time()),
             page_count=len(pages),
         )
-        blob = self._put_blob(record.id, data) if self._blobs is not None else None
+        try:
+            blob = self._put_blob(record.id, data) if self._blobs is not None else None
+        except OSError as exc:
+            if is_full(exc):
+                raise StorageFull("the file store's disk is full") from exc
+            raise
         try:
             # The quota is checked again inside the insert's transaction, under a per-owner lock: two uploads
             # may race, on two workers or two replicas.
@@ -221,9 +284,11 @@ class FileStore:
                             record.page_count, json.dumps(pages, ensure_ascii=False), index))
                 if blob is None:
                     self._put_chunks(tx, record.id, data)
-        except BaseException:
+        except BaseException as exc:
             if blob is not None:
                 blob.unlink(missing_ok=True)
+            if is_full(exc):
+                raise StorageFull("the file store's disk is full") from exc
             raise
         if isinstance(data, Path):
             data.unlink(missing_ok=True)  # Postgres: copied in; SQLite: already renamed, so gone
@@ -313,7 +378,51 @@ class FileStore:
         except FileNotFoundError:
             return None
 
+    def pieces(self, owner: str, file_id: str) -> tuple[int, Iterator[bytes]] | None:
+        """The uploaded bytes as (size, pieces of :data:`DOWNLOAD_PIECE` bytes), read as they are taken; None when
+        ``owner`` has no such file. A download is streamed from these, so a client that asks for a large file
+        and reads slowly, or never, costs the server a piece, not the file.
+
+        On SQLite the blob is opened here: a delete meanwhile unlinks it, and the open file still reads whole.
+        On Postgres each piece is one stored chunk, read in a transaction of its own.
+        """
+        with self.db.transaction() as tx:
+            rows = tx.execute("SELECT bytes FROM files WHERE id = ? AND owner = ?", (file_id, owner))
+            if not rows:
+                return None
+            size = int(rows[0][0])
+            parts = ([int(r[0]) for r in tx.execute("SELECT part FROM file_chunks WHERE file_id = ? ORDER BY part",
+                                                    (file_id,))] if self._blobs is None else [])
+        if self._blobs is None:
+            return size, self._chunk_pieces(file_id, parts)
+        try:
+            handle = self._blob(file_id).open("rb")
+        except FileNotFoundError:
+            return None
+        return size, _file_pieces(handle)
+
+    def _chunk_pieces(self, file_id: str, parts: builtins.list[int]) -> Iterator[bytes]:
+        for part in parts:
+            with self.db.transaction() as tx:
+                rows = tx.execute("SELECT data FROM file_chunks WHERE file_id = ? AND part = ?", (file_id, part))
+            if not rows:
+                return  # deleted meanwhile: the download ends short, and its length tells the client
+            chunk = memoryview(rows[0][0])
+            for start in range(0, len(chunk), DOWNLOAD_PIECE):
+                yield bytes(chunk[start:start + DOWNLOAD_PIECE])
+
     def delete(self, owner: str, file_id: str) -> bool:
+        """Delete a file; on a full disk, with the space of the reserve (then kept again when there is room)."""
+        try:
+            return self._delete(owner, file_id)
+        except Exception as exc:
+            if not is_full(exc) or not self._release_reserve():
+                raise
+            return self._delete(owner, file_id)
+        finally:
+            self.keep_reserve()
+
+    def _delete(self, owner: str, file_id: str) -> bool:
         """Row first (with its chunks, on Postgres), then bytes: once the row is gone the file is gone for
         every reader."""
         with self.db.transaction() as tx:
@@ -324,3 +433,15 @@ class FileStore:
         if self._blobs is not None:
             self._blob(file_id).unlink(missing_ok=True)
         return True
+
+
+#: A download's piece: what one slow reader holds (plus the transport's buffer of about as much).
+DOWNLOAD_PIECE = 64 * 1024
+
+
+def _file_pieces(handle: IO[bytes]) -> Iterator[bytes]:
+    try:
+        while piece := handle.read(DOWNLOAD_PIECE):
+            yield piece
+    finally:
+        handle.close()

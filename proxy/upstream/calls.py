@@ -155,13 +155,13 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 _LITELLM_PREFIX = re.compile(r"(?:litellm\.\w+:\s*|\w+Exception(?:\s+\w+Error)?\s*-\s*)")
 
 
-def client_message(exc: BaseException, limit: int = 500) -> str:
-    """An upstream error's text as clients may see it.
+def provider_message(exc: BaseException) -> str | None:
+    """The upstream's own error message (``stand-in injected 503 (UNAVAILABLE)``), when its JSON error body is
+    in the exception; None when the text is LiteLLM's or the transport's.
 
     LiteLLM prefixes its class names and the provider's exception name, wraps the provider's JSON error
     body as a string (sometimes as a bytes repr), and appends a traceback with server paths to some
-    messages. The client gets the provider's own message and status (``stand-in injected 503
-    (UNAVAILABLE)``) or, when there is no such body, LiteLLM's text without the prefixes.
+    messages.
     """
     text = str(getattr(exc, "message", "") or exc).split("\nTraceback (most recent call last)", 1)[0].strip()
     while match := _LITELLM_PREFIX.match(text):
@@ -171,31 +171,132 @@ def client_message(exc: BaseException, limit: int = 500) -> str:
     try:
         body = json.loads(text)
     except ValueError:
-        body = None
+        return None
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         status = error.get("status")
-        text = error["message"] + (f" ({status})" if isinstance(status, str) and status != "UNKNOWN" else "")
+        return error["message"] + (f" ({status})" if isinstance(status, str) and status != "UNKNOWN" else "")
+    return None
+
+
+def _litellm_text(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", "") or exc).split("\nTraceback (most recent call last)", 1)[0].strip()
+    while match := _LITELLM_PREFIX.match(text):
+        text = text[match.end():]
+    return text
+
+
+# What a client may not see in a message: addresses (with their ports), URLs, object reprs, LiteLLM's name.
+_INTERNAL = re.compile(r"https?://\S+|\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?|\blocalhost(?::\d+)?|"
+                       r"<[^<>]*\bat 0x[0-9a-fA-F]+>|\[[^\]]*\('[^']*', \d+\)\]|\blitellm\.\w+[:.]?|\bLiteLLM\b",
+                       re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """``text`` without hosts, ports, URLs, reprs or LiteLLM's names: they are the proxy's insides."""
+    return re.sub(r"\s{2,}", " ", _INTERNAL.sub("", text)).strip(" :;,-")
+
+
+def client_message(exc: BaseException, limit: int = 500, *, generic: str | None = None) -> str:
+    """An upstream error's text as clients may see it.
+
+    The upstream's own message when it sent one; else ``generic`` (a fixed text for the kind of failure: the
+    transport's text names hosts, ports and TLS objects, and a client can do nothing with it); else, for
+    LiteLLM's own complaints about the request (the client needs those), LiteLLM's text, scrubbed.
+    """
+    own = provider_message(exc)
+    if own is not None:
+        text = scrub(own)
+    elif generic is not None:
+        text = generic
+    else:
+        text = scrub(_litellm_text(exc))
     return text[:limit] or "no details given"
 
 
+#: What the client is told for a failure whose text is not the upstream's own (see client_message).
+GENERIC = {
+    "timeout": "the upstream did not answer in time",
+    "rate_limited": "the upstream is limiting this proxy's requests",
+    "connection": "the upstream could not be reached",
+    "unavailable": "the upstream is unavailable",
+    "server_error": "the upstream failed with a server error",
+    "auth": "the upstream refused this proxy's credentials",
+    "not_found": "the upstream does not serve this model",
+    "error": "the upstream call failed",
+    "stream_broken": "the upstream's stream broke off",
+    "bad_response": "the upstream answered with a body that is not a valid response",
+}
+
+
+class StreamCut(Exception):
+    """The upstream's stream ended without its last event: cut mid-event, or past an event that was not JSON.
+
+    LiteLLM reads either as a normal end and makes up a final chunk with ``finish_reason: "stop"``, so the
+    client would take a partial answer for a whole one. A stream is complete only when the upstream itself
+    said why it finished: :func:`proxy.upstream.lean.note_finishes` has LiteLLM's Gemini reader note that.
+    Streams of other providers' readers are not checked.
+    """
+
+
+class CheckedStream:
+    """LiteLLM's stream, raising :class:`StreamCut` instead of passing on a finish the upstream never sent."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __aiter__(self) -> CheckedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        return self.checked(await self.inner.__anext__())
+
+    def checked(self, chunk: Any) -> Any:
+        choices = getattr(chunk, "choices", None) or []
+        if any(getattr(c, "finish_reason", None) for c in choices):
+            reader = getattr(self.inner, "completion_stream", None)
+            if getattr(reader, "upstream_finished", None) is False:
+                raise StreamCut("the upstream's stream ended before its last event")
+        return chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 def _classify(exc: BaseException) -> _Failure:
-    msg = client_message(exc)
+    if isinstance(exc, StreamCut):
+        return _Failure("stream_broken", True, 502, str(exc))
+    f = _classify_kind(exc)
+    # A request the upstream (or LiteLLM, building it) refused: its text is about the request. Anything else is
+    # told in the upstream's own words, or a fixed text: never the transport's (hosts, ports, TLS objects).
+    generic = GENERIC.get(f.reason, GENERIC["error"])
+    if f.reason == "bad_response":  # the decoder's complaint is LiteLLM's internals, whatever it says
+        f.message = generic
+    elif f.status == 400:
+        f.message = client_message(exc)
+    else:
+        f.message = client_message(exc, generic=generic)
+        if f.reason == "auth" and f.message != generic:
+            f.message = f"{generic}: {f.message}"
+    return f
+
+
+def _classify_kind(exc: BaseException) -> _Failure:
+    msg = ""  # the client's text is chosen by _classify
     if isinstance(exc, (llm_errors.Timeout, asyncio.TimeoutError, httpx.TimeoutException)):
-        return _Failure("timeout", True, 504, msg or "upstream timed out")
+        return _Failure("timeout", True, 504, msg)
     if isinstance(exc, llm_errors.RateLimitError):
         return _Failure("rate_limited", True, 429, msg, _retry_after(exc))
     if _unreadable_answer(exc):
-        # The upstream's fault, perhaps a passing one (a proxy's error page): retried, then the next tier. The
-        # decoder's text is LiteLLM's internals, not something the client can act on.
-        return _Failure("bad_response", True, 502, "the upstream answered with a body that is not a valid response")
+        # The upstream's fault, perhaps a passing one (a proxy's error page): retried, then the next tier.
+        return _Failure("bad_response", True, 502, msg)
     if isinstance(exc, llm_errors.APIConnectionError) and _built_nothing(exc):
         # A request too deep for LiteLLM's recursive conversion fails the same on every model: no fallback.
         return _Failure("bad_request", False, 400, msg, local=not _caused_by(exc, RecursionError))
     if getattr(exc, "status_code", None) in (401, 403):
         # LiteLLM reports Gemini's 403 (key refused, API not enabled) as a BadRequestError: it is the proxy's
         # credentials that failed, not the client's request, so it is a 502 and the other tier is tried.
-        return _Failure("auth", False, 502, f"the upstream refused this proxy's credentials: {msg}")
+        return _Failure("auth", False, 502, msg)
     if isinstance(exc, (llm_errors.APIConnectionError, httpx.TransportError, ConnectionError)):
         return _Failure("connection", True, 502, msg)
     if isinstance(exc, llm_errors.ServiceUnavailableError):
@@ -214,7 +315,7 @@ def _classify(exc: BaseException) -> _Failure:
     status = getattr(exc, "status_code", None)
     if isinstance(status, int) and status >= 500:
         return _Failure("server_error", True, 502, msg)
-    return _Failure("error", False, 502, msg or type(exc).__name__)
+    return _Failure("error", False, 502, msg)
 
 
 def not_served_message(settings: Settings, tier: Tier, provider_says: str, current: str | None) -> str:
@@ -391,8 +492,8 @@ class Upstream:
 
         async def call(m: ModelSettings, timeout: float) -> tuple[Any, AsyncIterator[Any]]:
             forwarded, journal.dropped = for_model(params, m.model)
-            response = await lean.acompletion(messages=messages, stream=True, **forwarded,
-                                                 **self._kwargs(m, timeout))
+            response = CheckedStream(await lean.acompletion(messages=messages, stream=True, **forwarded,
+                                                            **self._kwargs(m, timeout)))
             try:
                 first = await response.__anext__()
             except StopAsyncIteration:

@@ -10,6 +10,13 @@ parameter translation, the same provider transformation and the same pooled HTTP
 wrapper is gone. Errors are mapped to LiteLLM's exception classes the way ``acompletion`` maps them, so
 :func:`proxy.upstream.calls._classify` sees what it always saw.
 
+The one part of ``acompletion``'s wrapper that is kept is the thread, for requests that carry tools or a
+response schema (:data:`THREADED_PARAMS`): ``completion`` translates those into the provider's form there,
+schema by schema, which for a few hundred tools is a tenth of a second and more of CPU; on the event loop that
+froze every other request; and for messages of more than :data:`THREADED_TEXT_CHARS` characters. Plain
+chats, the common case, are still built on the loop (a thread hop costs more
+than their build). The sizes that reach the thread are bounded at the edge (:mod:`proxy.edge.schema_limits`).
+
 Other providers keep ``litellm.acompletion``: some of them do blocking work (credential look-ups, SDK
 clients) while building a request, which must not run on the event loop.
 
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import inspect
 import uuid
 from typing import Any
@@ -37,6 +45,22 @@ from litellm.main import completion as python_completion  # litellm.completion i
 #: Providers whose request building in ``completion(acompletion=True)`` does no I/O: it returns the provider's
 #: coroutine, and all network work happens when that is awaited.
 LEAN_PROVIDERS = frozenset({"gemini"})
+
+#: Parameters whose translation is CPU work in proportion to their size: with any of them, the build is threaded.
+THREADED_PARAMS = ("tools", "functions", "response_format")
+#: Messages with more text than this are built in the thread too (LiteLLM copies and converts every part).
+THREADED_TEXT_CHARS = 256 * 1024
+
+
+def _text_chars(messages: list[dict[str, Any]]) -> int:
+    total = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    return total
 
 
 class _DeferredEncoding:
@@ -72,6 +96,50 @@ _MISSING = object()
 defer_encoding()
 
 
+def note_finishes() -> bool:
+    """Make LiteLLM's Gemini stream reader note when the upstream itself says a stream is finished.
+
+    Its chunk parser maps a chunk without ``finishReason`` to ``finish_reason: "stop"`` like one with it, and
+    a stream that simply ends is then closed with a made-up final chunk: a stream cut mid-event, or past an
+    event that was not JSON, reads as a complete answer. The wrapped parser sets ``upstream_finished`` on the
+    reader when a raw chunk carries a ``finishReason`` (or a prompt ``blockReason``), which
+    :class:`proxy.upstream.calls.CheckedStream` reads. The class is LiteLLM's private
+    ``ModelResponseIterator``: if a release renames it, nothing is wrapped and no stream is checked.
+    """
+    try:
+        from litellm.llms.vertex_ai.gemini import vertex_and_google_ai_studio_gemini as gemini
+    except ImportError:
+        return False
+    reader = getattr(gemini, "ModelResponseIterator", None)
+    parse = getattr(reader, "chunk_parser", None)
+    if reader is None or parse is None:
+        return False
+    if getattr(parse, "notes_finishes", False):
+        return True
+
+    def chunk_parser(self: Any, chunk: Any) -> Any:
+        if _says_finished(chunk):
+            self.upstream_finished = True
+        return parse(self, chunk)
+
+    chunk_parser.notes_finishes = True  # type: ignore[attr-defined]
+    reader.chunk_parser = chunk_parser
+    reader.upstream_finished = False
+    return True
+
+
+def _says_finished(chunk: Any) -> bool:
+    if not isinstance(chunk, dict):
+        return False
+    candidates = chunk.get("candidates")
+    feedback = chunk.get("promptFeedback")
+    return (isinstance(candidates, list) and any(isinstance(c, dict) and c.get("finishReason") for c in candidates)
+            or isinstance(feedback, dict) and bool(feedback.get("blockReason")))
+
+
+note_finishes()
+
+
 def provider_of(model: str) -> str:
     return model.split("/", 1)[0] if "/" in model else ""
 
@@ -87,9 +155,12 @@ async def acompletion(*, model: str, messages: list[dict[str, Any]], stream: boo
     logging_obj.update_environment_variables(model=model, user="", optional_params={},
                                              litellm_params={"api_base": ""},
                                              stream_options=kwargs.get("stream_options"))
+    build = functools.partial(python_completion, model=model, messages=messages, stream=stream, acompletion=True,
+                              litellm_call_id=call_id, litellm_logging_obj=logging_obj, **kwargs)
     try:
-        result = python_completion(model=model, messages=messages, stream=stream, acompletion=True,
-                                    litellm_call_id=call_id, litellm_logging_obj=logging_obj, **kwargs)
+        threaded = (any(kwargs.get(k) is not None for k in THREADED_PARAMS)
+                    or _text_chars(messages) > THREADED_TEXT_CHARS)
+        result = await asyncio.to_thread(build) if threaded else build()
         if inspect.isawaitable(result):
             result = await result
     except Exception as exc:

@@ -5,6 +5,7 @@ follow-up in a hard conversation keeps its tier. Expectations come from the ship
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,24 @@ def test_earlier_turns_are_scored_once_in_one_batch_then_cached(router: Router, 
 def test_bad_context_settings_fail_naming_the_key(tmp_path: Path, router_keys: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         settings_from_dict(base_config(tmp_path, router=router_keys))
+
+
+def test_the_turn_cache_holds_no_text_so_big_turns_cost_no_more_than_small_ones(router: Router,
+                                                                                 tmp_path: Path) -> None:
+    from proxy.routing.decider import LIMIT_SCORE_CACHE
+
+    counting = _CountingRouter(router)
+    settings = settings_from_dict(base_config(tmp_path, router={"context": "conversation"}))
+    decider = Decider(settings, counting)  # type: ignore[arg-type]
+    target = decider.resolve("auto")
+    turns = [f"turn {i} " + "x" * 480_000 for i in range(4)]  # 4 × 480 kB, as the attack sent
+
+    async def run() -> None:
+        await decider.decide(target, turns)
+        await decider.decide(target, [*turns[:3], "a new last turn"])
+
+    asyncio.run(run())
+    assert counting.calls[1] == ["a new last turn"]  # still cached
+    held = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in decider._cache.items())
+    assert held <= len(decider._cache) * 200  # a fixed size per entry, whatever the turn's length
+    assert LIMIT_SCORE_CACHE * 200 <= 2 * 1024 * 1024  # so the whole cache stays within 2 MB

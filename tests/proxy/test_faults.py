@@ -197,3 +197,32 @@ def test_missing_upstream_key_gives_clear_error_but_routing_works(make_proxy: An
     assert "GEMINI_API_KEY" in err.value.response.json()["error"]["message"]
     assert proxy.http().post("/v1/route", json={"prompt": "hi"}).status_code == 200
     assert standin.state.requests == []
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbled"])
+def test_a_cut_or_garbled_upstream_stream_ends_with_an_error_event_not_stop(proxy: RunningProxy,
+                                                                           standin: StandInServer,
+                                                                           damage: str) -> None:
+    from prometheus_client import REGISTRY
+
+    def broken() -> float:
+        return REGISTRY.get_sample_value("route_llm_upstream_errors_total",
+                                         {"routed_model": "gemini-1.5-flash", "reason": "stream_broken"}) or 0.0
+
+    before = broken()
+    standin.state.stream_chunks = 3
+    standin.state.faults.append(Fault(damage))
+    with proxy.http() as http, http.stream("POST", "/v1/chat/completions", json={
+            "model": "gemini-1.5-flash", "stream": True, "messages": MSG}) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(line[6:]) for line in lines[:-1]]
+    assert events[-1]["error"]["code"] == "stream_broken", events[-1]
+    assert all(c.get("finish_reason") is None for e in events[:-1] for c in e.get("choices", [])), events
+    assert broken() - before == 1
+    # The same through the official SDK: the error event is raised, not a normal end.
+    standin.state.faults.append(Fault(damage))
+    with pytest.raises(openai.APIError):
+        for _ in proxy.client().chat.completions.create(model="gemini-1.5-flash", messages=MSG, stream=True):
+            pass

@@ -96,3 +96,23 @@ def test_a_tool_schema_without_a_valid_value_still_gets_an_answer(proxy: Running
     answer = ask(proxy, "go", tools=tools, tool_choice="required")
     [call] = answer.choices[0].message.tool_calls
     assert call.function.name == "odd" and isinstance(json.loads(call.function.arguments), dict)
+
+
+def test_the_demo_stand_in_keeps_no_request_bodies(tmp_path: Any, monkeypatch: Any) -> None:
+    import httpx
+
+    from proxy.cli import start_demo_upstream
+    from proxy.settings import settings_from_dict
+    from tests.conftest import base_config
+
+    monkeypatch.setenv("GEMINI_API_BASE", "unused")  # start_demo_upstream replaces both
+    monkeypatch.setenv("GEMINI_API_KEY", "unused")
+    demo = start_demo_upstream(settings_from_dict(base_config(tmp_path)))
+    try:
+        body = {"contents": [{"role": "user", "parts": [{"text": "x" * 500_000}]}]}
+        for _ in range(5):
+            r = httpx.post(f"{demo.base_url}/v1beta/models/gemini-1.5-flash:generateContent", json=body, timeout=30)
+            assert r.status_code == 200 and r.json()["candidates"]
+        assert demo.state.requests == []  # a demo is not a test: nothing is kept for inspection
+    finally:
+        demo.stop()

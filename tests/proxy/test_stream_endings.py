@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -27,11 +28,12 @@ MSG = [{"role": "user", "content": "tell me a long story"}]
 
 @pytest.mark.slow
 
-def test_streams_at_the_shutdown_deadline_end_with_an_error_event_and_done(tmp_path: Path,
-                                                                           standin: StandInServer) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_streams_at_the_shutdown_deadline_end_with_an_error_event_and_done(tmp_path: Path, standin: StandInServer,
+                                                                           workers: int) -> None:
     port = free_port()
     log = tmp_path / "serve.log"
-    proc = _serve(_write_config(tmp_path, standin, server={"timeout_shutdown": 1}), port, log)
+    proc = _serve(_write_config(tmp_path, standin, server={"timeout_shutdown": 1}), port, log, workers=workers)
     results: dict[int, tuple[int, str]] = {}
     first_chunk = threading.Barrier(4)
     try:
@@ -65,7 +67,7 @@ def test_streams_at_the_shutdown_deadline_end_with_an_error_event_and_done(tmp_p
     assert len(results) == 3
     for status, body in results.values():
         events = [line for line in body.splitlines() if line]
-        assert status == 200 and events[-1] == "data: [DONE]", body
+        assert status == 200 and events[-1] == "data: [DONE]", body + "\n" + log.read_text()[-3000:]
         error = json.loads(events[-2][len("data: "):])["error"]
         assert error["code"] == "shutting_down" and set(error) == {"message", "type", "param", "code"}
         assert json.loads(events[0][len("data: "):])["object"] == "chat.completion.chunk"
@@ -73,6 +75,9 @@ def test_streams_at_the_shutdown_deadline_end_with_an_error_event_and_done(tmp_p
     assert [a["status"] for a in access] == ["shutdown"] * 3, log.read_text()
     # One plain line per stream cut, not uvicorn's "Exception in ASGI application" with a traceback.
     assert log.read_text().count("cut at the shutdown deadline") == 3, log.read_text()
+    # Each decision record was stored before the store closed.
+    with sqlite3.connect(tmp_path / "files" / "feedback.db") as db:
+        assert [row[0] for row in db.execute("SELECT status FROM decisions")] == ["shutdown"] * 3
     assert "Traceback" not in log.read_text() and "Exception in ASGI" not in log.read_text()
 
 
