@@ -77,11 +77,12 @@ class MessagesHandler(ChatHandler):
         messages = chat.messages
         if chat.files:
             try:
-                messages, _ = await state.documents.expand(request, chat)
+                messages, _ = await state.documents.expand(chat, owner=request.state.owner,
+                                                           party=request.state.party)
             except ProxyError as exc:
                 client_paths(exc, chat.document_paths)
                 raise
-        decision = await state.decider.decide(target, state.decider.texts(chat.messages))
+        decision = await state.decider.decide(target, state.decider.texts(chat.messages), document=bool(chat.files))
         model = settings.models.model(decision.tier)
         count = await run_in_threadpool(count_input_tokens, model.model, messages, chat.params.get("tools"))
         return JSONResponse({"input_tokens": count}, headers={"x-route-llm-tier": decision.tier.name,
