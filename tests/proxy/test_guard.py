@@ -19,6 +19,7 @@ import pytest
 
 from proxy.settings import settings_from_dict
 from tests.conftest import base_config, start_proxy, stop_proxy
+from tests.helpers import read_raw_response as _read_response
 from tests.standin import Fault, StandInServer
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -36,25 +37,6 @@ def _open(port: int, key: str, *, first: bytes = b"{", length: int = 100_000) ->
     sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n"
                  f"content-type: application/json\r\ncontent-length: {length}\r\n\r\n".encode() + first)
     return sock
-
-
-def _read_response(sock: socket.socket, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and body of one response, reading until the server closes the connection."""
-    sock.settimeout(timeout)
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (TimeoutError, ConnectionResetError):
-            break
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1]) if lines and lines[0] else 0
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return status, headers, body
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> bool:

@@ -18,7 +18,7 @@ import pytest
 
 from proxy.settings import settings_from_dict
 from tests.conftest import RunningProxy, base_config, start_proxy, stop_proxy
-from tests.proxy.test_guard import _read_response
+from tests.helpers import read_raw_response as _read_response
 
 PARSERS = ["httptools", "h11"]
 
