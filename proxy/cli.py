@@ -496,7 +496,7 @@ def report_cmd(config_path: str | None, since: str, out_path: str, model_dir: st
         click.echo(f"route-llm report: {exc}", err=True)
         sys.exit(EXIT_INPUT)
     tiers = settings.models.tiers
-    cuts = policy_for(settings.router, len(tiers), _router(model_dir).meta.quantiles).cuts
+    cuts = policy_for(settings.router, _router(model_dir).meta.quantiles).cuts
     page = render(Inputs(records=records, ratings=ratings, tiers=[t.name for t in tiers],
                          prices=prices_of(settings.models.entries), cuts=cuts, since=until - window, until=until))
     with click.open_file(out_path, "w", encoding="utf-8") as out:

@@ -333,11 +333,16 @@ async def route_only(request: Request) -> Response:
     model = body.get("model", next(iter(settings.aliases)))
     decider = state.decider
     target = decider.resolve(model)
+    document = body.get("document", False)
+    if not isinstance(document, bool):
+        raise BadRequest("`document` must be true or false: whether the question is asked about an attached "
+                         "document (the chat path knows it from the message's file parts)", param="document")
     if "messages" in body:
         chat = parse_chat_request({"model": model, "messages": body["messages"]},
                                   limit_messages=settings.server.limit_messages,
                                   limit_content_chars=settings.server.limit_content_chars)
         texts = decider.texts(chat.messages)
+        document = document or bool(chat.files)
     elif isinstance(body.get("prompt"), str):
         texts = [body["prompt"]]
     else:
@@ -348,7 +353,8 @@ async def route_only(request: Request) -> Response:
                                                  settings.router.budget_steer.start)
     except BudgetExceeded:
         route = None  # a dry run shows the refusal instead of raising it
-    d: Decision = await decider.decide(route.target if route else target, texts, steer=route.steer if route else 0)
+    d: Decision = await decider.decide(route.target if route else target, texts, steer=route.steer if route else 0,
+                                       document=document)
     budget = None
     if status is not None:
         action = ("refuse" if route is None else "cheapest" if route.cheapest else

@@ -50,9 +50,13 @@ def ask(proxy: RunningProxy, part: dict[str, Any], question: str = QUESTION, *, 
         model=model, messages=[{"role": "user", "content": [part, {"type": "text", "text": question}]}])
 
 
-def route_score(proxy: RunningProxy, prompt: str, api_key: str | None = None) -> str:
+def route_score(proxy: RunningProxy, prompt: str, api_key: str | None = None, model: str = "auto") -> str:
+    """The dry run's score of ``prompt`` asked about a document: the chat path must route on the question, not
+    on the document's text (which the upstream receives). The document head's score is placed against the
+    alias's own cut, so the dry run asks with the same ``model``."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    d = proxy.http().post("/v1/route", json={"model": "auto", "prompt": prompt}, headers=headers).json()
+    d = proxy.http().post("/v1/route", json={"model": model, "prompt": prompt, "document": True},
+                          headers=headers).json()
     return f"{d['score']:.4f}"
 
 
@@ -186,7 +190,7 @@ def test_ask_by_inline_file_data_sends_delimited_text(proxy: RunningProxy, stand
     assert '<page number="1">' in text and "Zephyrine Widgets" in text
     assert '<page number="2">' in text and "twelve million euros" in text
     assert raw.headers["x-route-llm-document-pages"] == "inline report.pdf:1,2"
-    assert raw.headers["x-route-llm-score"] == route_score(proxy, QUESTION)
+    assert raw.headers["x-route-llm-score"] == route_score(proxy, QUESTION, model="auto-cheap")
     after = metric_values(proxy)
     assert delta(before, after, UPLOADED) == 0  # inline documents are not stored
     assert delta(before, after, "route_llm_document_pages_extracted_total") == 2
@@ -406,3 +410,10 @@ def test_unknown_file_id_in_chat_is_404(proxy: RunningProxy, standin: StandInSer
     assert r.status_code == 404 and r.json()["error"]["code"] == "file_not_found"
     assert standin.state.requests == []
     assert_still_serving(proxy, standin)
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None, [True]])
+def test_a_dry_run_document_flag_must_be_a_boolean(proxy: RunningProxy, bad: Any) -> None:
+    r = proxy.http().post("/v1/route", json={"model": "auto", "prompt": QUESTION, "document": bad})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "document"
+    assert proxy.http().post("/v1/route", json={"prompt": QUESTION, "document": True}).status_code == 200
