@@ -378,7 +378,8 @@ def test_a_lone_rater_under_the_default_cap_is_refused_saying_how_to_lift_it(tmp
 @pytest.mark.parametrize("bad", ["0", "1.5", "nan", "inf", "-1", "half", ""])
 def test_a_bad_max_key_share_exits_2_naming_the_option(tmp_path: Path, bad: str) -> None:
     result = _cli("--feedback", str(_feedback(tmp_path)), "--max-key-share", bad)
-    assert result.exit_code == 2 and "Invalid value for '--max-key-share'" in result.output  # type: ignore[attr-defined]
+    output = result.output  # type: ignore[attr-defined]
+    assert result.exit_code == 2 and "Invalid value for '--max-key-share'" in output  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("rater", "message"), [(7, "rater must be a string"), ("", "rater must be a string")])
