@@ -178,10 +178,11 @@ def cap_raters(rows: list[data.Row], share: float | None) -> tuple[list[data.Row
     unnamed = len(rows) - sum(counts.values())
     kept = rows if share is None else [rows[i] for i in cap_share(raters, [r.extra["order"] for r in rows], share)]
     left = Counter(r.extra["rater"] for r in kept if r.extra.get("rater"))
-    parts = [f"feedback from {len(counts)} raters (proxy keys)"]
+    parts = []
     if counts:
         top, most = max(counts.items(), key=lambda item: (item[1], item[0]))
-        parts.append(f"the most from one: {most} of {len(rows)}, from {names[top]}")
+        parts.append(f"feedback from {len(counts)} raters (proxy keys); the most from one: {most} of {len(rows)}, "
+                     f"from {names[top]}")
     if unnamed:
         parts.append(f"{unnamed} rows name no rater (an older export, or a proxy without keys): kept, never cut")
     if len(kept) < len(rows):
@@ -460,7 +461,8 @@ def retrain(data_dir: Path | None, feedback_paths: list[Path], *, current_dir: s
                  f"({config.feedback_holdout:.0%}, chosen by a hash of the prompt) to judge the candidate")
     used = dict(Counter(r.extra.get("rater") or "" for r in feedback))
     if len(train_feedback) < MIN_TRAIN_ROWS:
-        raise RetrainError(f"{rows_line} ({raters_line}); the fit needs at least {MIN_TRAIN_ROWS} to train on. "
+        who = f" ({raters_line})" if raters_line else ""
+        raise RetrainError(f"{rows_line}{who}; the fit needs at least {MIN_TRAIN_ROWS} to train on. "
                            "Rate more answers (with feedback.store_prompts: true) and export again.")
 
     head_path = directory / current.meta.head_file
@@ -546,7 +548,7 @@ def retrain(data_dir: Path | None, feedback_paths: list[Path], *, current_dir: s
     results["checks"] = [asdict(c) for c in checks]
     explanation = "\n".join([
         rows_line + f" (the fit needs at least {MIN_TRAIN_ROWS} to train on)",
-        raters_line,
+        *([raters_line] if raters_line else []),
         base_line,
         f"rule: refused if the APGR on the held-out feedback drops and its {CONFIDENCE:.0%} bootstrap interval "
         f"({config.bootstrap} resamples) lies below zero, or if a base source falls more than --tolerance "

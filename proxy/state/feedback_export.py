@@ -102,12 +102,14 @@ class ExportSummary:
         cases = ", ".join(f"{case}: {n}" for case, n in sorted(self.by_case.items())) or "none"
         read = self.written + self.no_prompt + self.dropped + self.failed + self.unknown_tier + self.capped
         lines = [f"{read} ratings read; {self.written} training rows written ({cases})"]
-        if self.written:
-            keyed = {rater: n for rater, n in self.by_rater.items() if rater}
-            top = max(keyed.values(), default=0)
+        keyed = {rater: n for rater, n in self.by_rater.items() if rater}
+        if keyed:
+            top = max(keyed.values())
             lines.append(f"rows from {len(keyed)} raters (proxy keys); the most from one: {top} "
                          f"({top / self.written:.0%})" + (f"; {self.by_rater['']} rows name no rater (no proxy key)"
                                                           if self.by_rater[""] else ""))
+        elif self.written:
+            lines.append("no row names a rater: the rated requests were made without a proxy key")
         if self.capped:
             lines.append(f"{self.capped} rows of the largest raters left out by --max-key-share "
                          f"{self.max_key_share:g}, so that no key gives more than that share of the rows")
