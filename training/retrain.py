@@ -178,7 +178,7 @@ def cap_raters(rows: list[data.Row], share: float | None) -> tuple[list[data.Row
     unnamed = len(rows) - sum(counts.values())
     kept = rows if share is None else [rows[i] for i in cap_share(raters, [r.extra["order"] for r in rows], share)]
     left = Counter(r.extra["rater"] for r in kept if r.extra.get("rater"))
-    parts = []
+    parts: list[str] = []
     if counts:
         top, most = max(counts.items(), key=lambda item: (item[1], item[0]))
         parts.append(f"feedback from {len(counts)} raters (proxy keys); the most from one: {most} of {len(rows)}, "

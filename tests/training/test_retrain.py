@@ -388,3 +388,9 @@ def test_a_bad_rater_field_exits_4_naming_the_line(tmp_path: Path, rater: object
     bad.write_text(json.dumps({"prompt": "p", "weak_score": 0, "strong_score": 1, "rater": rater}) + "\n")
     result = _cli("--feedback", str(bad), "--model-dir", str(_format2(tmp_path)))
     assert result.exit_code == 4 and message in result.output and "bad.jsonl:1" in result.output  # type: ignore
+
+
+def test_the_command_caps_one_key_at_half_by_default(tmp_path: Path) -> None:
+    result = _cli("--feedback", str(_two_raters(tmp_path, 60, 0)), "--model-dir", str(_format2(tmp_path)))
+    output = result.output  # type: ignore[attr-defined]
+    assert result.exit_code == 4 and "one key gave every rated row" in output and "--max-key-share 1" in output
