@@ -505,6 +505,32 @@ def report_cmd(config_path: str | None, since: str, out_path: str, model_dir: st
                err=True)
 
 
+class KeyShare(click.ParamType):
+    """``--max-key-share``: a number above 0 and at most 1 (click's FloatRange lets NaN through: every comparison
+    with NaN is false)."""
+
+    name = "share"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        from router.rater_share import check_share
+
+        try:
+            share = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"must be a number above 0 and at most 1, got {value!r}", param, ctx)
+        try:
+            return check_share(share)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _rater_names(settings: Settings | None) -> dict[str, str]:
+    """Owner hash -> configured key name, so exported rows can name their rater (never the key)."""
+    from proxy.edge.guard import owner_of
+
+    return {owner_of(k.key): k.name for k in settings.named_keys()} if settings is not None else {}
+
+
 @main.group("feedback")
 def feedback_group() -> None:
     """Ratings clients sent through POST /v1/feedback."""
@@ -520,8 +546,11 @@ def feedback_group() -> None:
               help="what a good rating of a tier above the cheapest becomes: dropped, or a soft target of 0.5")
 @click.option("--tiers", "tier_names", default=None, metavar="A,B,...",
               help="the tier names, cheapest first (default: the configuration's models)")
+@click.option("--max-key-share", type=KeyShare(), default=None, metavar="F",
+              help="no proxy key gives more than this share (0 < F <= 1) of the rows written; the largest raters "
+                   "are cut, deterministically (default: no cap)")
 def feedback_export_cmd(config_path: str | None, store_dir: str | None, out_path: str, strong_good: str,
-                        tier_names: str | None) -> None:
+                        tier_names: str | None, max_key_share: float | None) -> None:
     """Write stored ratings as training rows {"prompt", "weak_score", "strong_score"} (see the README's mapping)."""
     import sqlite3
 
@@ -536,8 +565,11 @@ def feedback_export_cmd(config_path: str | None, store_dir: str | None, out_path
             click.echo(f"route-llm feedback export: --tiers needs two or more distinct names, cheapest first, "
                        f"separated by commas; got {tier_names!r}", err=True)
             sys.exit(EXIT_CONFIG)
-    else:
-        tiers = [t.name for t in (settings or _load(config_path)).models.tiers]
+    # the configuration, when there is one to read, also names the keys that rated
+    named = settings or (_load(config_path) if tier_names is None or config_path else None)
+    if tier_names is None:
+        assert named is not None
+        tiers = [t.name for t in named.models.tiers]
     try:
         db = _open_records(settings, store_dir)
         try:
@@ -548,7 +580,8 @@ def feedback_export_cmd(config_path: str | None, store_dir: str | None, out_path
         click.echo(f"route-llm feedback export: {exc}", err=True)
         sys.exit(EXIT_INPUT)
     with click.open_file(out_path, "w", encoding="utf-8") as out:
-        summary = export_rows(ratings, out, tiers=tiers, strong_good=strong_good)  # type: ignore[arg-type]
+        summary = export_rows(ratings, out, tiers=tiers, strong_good=strong_good,  # type: ignore[arg-type]
+                              names=_rater_names(named), max_key_share=max_key_share)
     from training.retrain import MIN_JUDGE_ROWS, MIN_TRAIN_ROWS
 
     click.echo("route-llm feedback export: " + summary.describe().replace("\n", "\n  "), err=True)
@@ -587,9 +620,12 @@ EXIT_NOT_BETTER = 5  # retrain: the candidate was refused (worse, or too little 
               "cores, where the default head refit takes one or two)")
 @click.option("--epochs", type=click.FloatRange(0.01, 20.0), default=1.0, show_default=True,
               help="--full: passes over the base sample and the feedback")
+@click.option("--max-key-share", type=KeyShare(), default=0.5, show_default=True, metavar="F",
+              help="no proxy key (the rows' rater) gives more than this share (0 < F <= 1) of the feedback rows; "
+                   "the largest raters are cut, deterministically; 1: no cap")
 def retrain_cmd(feedback_paths: tuple[str, ...], data_dir: str | None, model_dir: str | None, out_dir: str,
                 work_dir: str, base_per_source: int, tolerance: float, accept: bool, holdout_seed: int, threads: int,
-                words: str, full: bool, epochs: float) -> None:
+                words: str, full: bool, epochs: float, max_key_share: float) -> None:
     """Refit the routing head on the current encoder with feedback added (--full: the encoder too); keep the
     candidate unless it is worse beyond noise."""
     from training.retrain import RetrainConfig, RetrainError, retrain
@@ -605,7 +641,8 @@ def retrain_cmd(feedback_paths: tuple[str, ...], data_dir: str | None, model_dir
                        f"{exc}", err=True)
             sys.exit(EXIT_FAILURE)
     config = RetrainConfig(base_per_source=base_per_source or None, tolerance=tolerance, accept=accept,
-                           holdout_seed=holdout_seed, threads=threads, words=words, full=full, full_epochs=epochs)
+                           holdout_seed=holdout_seed, threads=threads, words=words, full=full, full_epochs=epochs,
+                           max_key_share=max_key_share)
     try:
         result = retrain(Path(data_dir) if data_dir else None, [Path(p) for p in feedback_paths],
                          current_dir=model_dir, out_dir=Path(out_dir), work_dir=Path(work_dir), config=config)

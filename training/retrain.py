@@ -10,7 +10,12 @@ beyond the base dependencies (numpy does the fit and the evaluation). The steps:
    group as in training (:func:`training.data.assign_split`) and, because embedding all 23k base prompts costs
    about 20 minutes on two busy cores, sampled: up to ``base_per_source`` training and ``val_per_source``
    validation rows of every source by a seeded shuffle (the same rows every run, so their embeddings come from the
-   cache). Feedback rows (``route-llm feedback export``) are split by a hash of the prompt: ``feedback_holdout``
+   cache). Feedback rows (``route-llm feedback export``) are first capped per rater: no proxy key (the row's
+   ``rater``) gives more than ``max_key_share`` of them (default 0.5, ``--max-key-share``; the rule and which rows
+   stay: :mod:`router.rater_share`; rows that name no rater are kept, uncut). A half is the default because the
+   fit cannot tell one key's opinion from a deployment's: with it, one key at least needs another key's agreement
+   in numbers to steer the router, and a deployment whose ratings all come from one key must say so with
+   ``--max-key-share 1``. Then they are split by a hash of the prompt: ``feedback_holdout``
    of them are held out to judge the candidate, the rest train; at least :data:`MIN_TRAIN_ROWS` must train.
 2. Fit. The head starts from the current weights and is trained by full-batch Adam on the weighted soft-target
    cross-entropy of base rows + feedback, plus ``proximity`` times the squared distance to the current weights
@@ -45,6 +50,7 @@ import json
 import logging
 import math
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +61,7 @@ import numpy as np
 from router.classifier import META_FILE, MODEL_FILE, Router
 from router.head import Head, gelu
 from router.lexical import Lexical
+from router.rater_share import cap_share
 from training import base_rows, data, encoder, evaluate
 from training.base_rows import BaseRows, BaseRowsError, RowSet, Terms, head_logits
 from training.metrics import auroc, routing_curve
@@ -91,6 +98,7 @@ class RetrainConfig:
     steps: int = 1000
     lr: float = 3e-3
     tolerance: float = 0.01  # largest APGR drop beyond noise allowed on any labelled base validation source
+    max_key_share: float | None = 0.5  # most of the feedback rows one rater (proxy key) may give (None: no cap)
     accept: bool = False  # take a candidate whose held-out feedback is too small to judge
     bootstrap: int = 1000  # resamples behind every interval
     seed: int = 13
@@ -115,6 +123,7 @@ class RetrainResult:
     version: str | None = None
     explanation: str = ""  # which rows were used and the rule, in words, with the numbers
     candidate: Head | None = None  # the fitted head, kept or not (the simulation scores refused ones too)
+    feedback_raters: dict[str, int] = dataclasses.field(default_factory=dict)  # rows used per rater ("": none named)
 
 
 def sample_rows(rows: list[data.Row], limit: int | None, seed: int) -> list[data.Row]:
@@ -150,8 +159,41 @@ def load_feedback(paths: list[Path]) -> list[data.Row]:
             if not isinstance(prompt, str) or not prompt:
                 raise RetrainError(f"{where}: prompt must be a non-empty string")
             weak, strong = _score(raw_weak, "weak_score", where), _score(raw_strong, "strong_score", where)
-            rows.append(data.Row(prompt, "feedback", Path(path).name, prompt, weak, strong))
+            rater, name = r.get("rater"), r.get("rater_name")
+            if rater is not None and (not isinstance(rater, str) or not rater):
+                raise RetrainError(f"{where}: rater must be a string (the rating key's owner hash) or null, not "
+                                   f"{json.dumps(rater)[:40]}")
+            fid = r.get("feedback_id")
+            rows.append(data.Row(prompt, "feedback", Path(path).name, prompt, weak, strong,
+                                 extra={"rater": rater, "rater_name": name if isinstance(name, str) else None,
+                                        "order": fid if isinstance(fid, str) and fid else prompt}))
     return rows
+
+
+def cap_raters(rows: list[data.Row], share: float | None) -> tuple[list[data.Row], str]:
+    """The rows with no rater above ``share`` of them (:mod:`router.rater_share`) and a line saying what was cut."""
+    raters = [r.extra.get("rater") for r in rows]
+    names = {r.extra["rater"]: r.extra.get("rater_name") or r.extra["rater"][:12] for r in rows if r.extra.get("rater")}
+    counts = Counter(rater for rater in raters if rater)
+    unnamed = len(rows) - sum(counts.values())
+    kept = rows if share is None else [rows[i] for i in cap_share(raters, [r.extra["order"] for r in rows], share)]
+    left = Counter(r.extra["rater"] for r in kept if r.extra.get("rater"))
+    parts: list[str] = []
+    if counts:
+        top, most = max(counts.items(), key=lambda item: (item[1], item[0]))
+        parts.append(f"feedback from {len(counts)} raters (proxy keys); the most from one: {most} of {len(rows)}, "
+                     f"from {names[top]}")
+    if unnamed:
+        parts.append(f"{unnamed} rows name no rater (an older export, or a proxy without keys): kept, never cut")
+    if len(kept) < len(rows):
+        cut = ", ".join(f"{names[k]} {left[k]} of {n}" for k, n in sorted(counts.items()) if left[k] < n)
+        parts.append(f"{len(rows) - len(kept)} rows of the largest raters left out (--max-key-share {share:g}: no "
+                     f"key gives more than that share; kept: {cut})")
+    line = "; ".join(parts)
+    if not kept and len(counts) == 1:
+        raise RetrainError(f"{line}: one key gave every rated row, and no key may give more than {share:g} of "
+                           "them. If that key is the deployment's only one, pass --max-key-share 1")
+    return kept, line
 
 
 def _score(value: object, field: str, where: str) -> float:
@@ -413,13 +455,15 @@ def retrain(data_dir: Path | None, feedback_paths: list[Path], *, current_dir: s
     if config.full and data_dir is None:
         raise RetrainError("--full fine-tunes the encoder, so the base rows must be embedded again from their "
                            "prompts, which do not ship: pass --data-dir with the base training data")
-    feedback = load_feedback(feedback_paths)
+    feedback, raters_line = cap_raters(load_feedback(feedback_paths), config.max_key_share)
     train_feedback, held = split_feedback(feedback, config.feedback_holdout, config.holdout_seed)
     rows_line = (f"{len(feedback)} feedback rows: {len(train_feedback)} to train on, {len(held)} held out "
                  f"({config.feedback_holdout:.0%}, chosen by a hash of the prompt) to judge the candidate")
+    used = dict(Counter(r.extra.get("rater") or "" for r in feedback))
     if len(train_feedback) < MIN_TRAIN_ROWS:
-        raise RetrainError(f"{rows_line}; the fit needs at least {MIN_TRAIN_ROWS} to train on. Rate more answers "
-                           "(with feedback.store_prompts: true) and export again.")
+        who = f" ({raters_line})" if raters_line else ""
+        raise RetrainError(f"{rows_line}{who}; the fit needs at least {MIN_TRAIN_ROWS} to train on. "
+                           "Rate more answers (with feedback.store_prompts: true) and export again.")
 
     head_path = directory / current.meta.head_file
     current_head = Head.load(head_path)
@@ -504,6 +548,7 @@ def retrain(data_dir: Path | None, feedback_paths: list[Path], *, current_dir: s
     results["checks"] = [asdict(c) for c in checks]
     explanation = "\n".join([
         rows_line + f" (the fit needs at least {MIN_TRAIN_ROWS} to train on)",
+        *([raters_line] if raters_line else []),
         base_line,
         f"rule: refused if the APGR on the held-out feedback drops and its {CONFIDENCE:.0%} bootstrap interval "
         f"({config.bootstrap} resamples) lies below zero, or if a base source falls more than --tolerance "
@@ -512,7 +557,8 @@ def retrain(data_dir: Path | None, feedback_paths: list[Path], *, current_dir: s
     ])
     log.info("retrain: %s", verdict)
     if not accepted:
-        return RetrainResult(False, verdict, table, results, explanation=explanation, candidate=candidate)
+        return RetrainResult(False, verdict, table, results, explanation=explanation, candidate=candidate,
+                             feedback_raters=used)
 
     sampled = _concat(base.train, base.val)
     current_scores = sigmoid(head_logits(current_head, sampled))
@@ -533,7 +579,9 @@ def retrain(data_dir: Path | None, feedback_paths: list[Path], *, current_dir: s
         "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "retrain": {"parent_version": meta.get("version"), "config": asdict(config), "verdict": verdict,
                     "comparison": results, "feedback_rows": len(feedback), "base_rows": origin,
-                    "feedback_files": [Path(p).name for p in feedback_paths]},
+                    "feedback_files": [Path(p).name for p in feedback_paths],
+                    "feedback_largest_rater_share": round(max((n for k, n in used.items() if k), default=0)
+                                                           / max(1, len(feedback)), 4)},
     })
     # the rows used, so the next retrain needs no data either (with --full: embedded by the new encoder)
     meta["base_rows"] = base_rows.write(tmp / base_rows.FILE, c_train, c_val, model_dir=tmp,
@@ -545,4 +593,4 @@ def retrain(data_dir: Path | None, feedback_paths: list[Path], *, current_dir: s
     out = out_dir / version
     tmp.rename(out)
     log.info("retrain: wrote %s", out)
-    return RetrainResult(True, verdict, table, results, out, version, explanation, candidate)
+    return RetrainResult(True, verdict, table, results, out, version, explanation, candidate, used)

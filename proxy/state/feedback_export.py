@@ -32,17 +32,25 @@ observation of that tier on that prompt as a routed one, and is exported the sam
 failed (no answer, or a stream cut short: status other than ``ok``) says nothing about a model's answer and is
 counted and skipped. Only ratings of requests recorded with ``feedback.store_prompts: true`` carry their prompt;
 the others have a hash only and cannot train a router, so they are counted and skipped.
+
+Every row names its rater: ``rater`` is the owner hash of the proxy key that made the rated request (a key can
+rate only its own requests, so this is also the key that rated; never the key itself), null on a proxy without
+keys, and ``rater_name`` is the key's configured name when the export is given the configuration (else null).
+``max_key_share`` (``--max-key-share F``, default: no cap) keeps any one rater to at most that share of the rows
+written, by :func:`router.rater_share.cap_share` (the largest raters are cut to a common count, the rows kept
+chosen by a hash of their feedback id); ``route-llm retrain`` applies the same rule to what it reads.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
 from proxy.state.records import Feedback
+from router.rater_share import cap_share
 
 StrongGood = Literal["drop", "soft"]
 Place = Literal["cheapest", "between", "dearest"]
@@ -84,13 +92,27 @@ class ExportSummary:
     dropped: int = 0  # good ratings of a tier above the cheapest, with --strong-good drop
     failed: int = 0  # the rated request was not answered (status other than "ok")
     unknown_tier: int = 0  # a tier the list does not know, or none (the request failed before one was chosen)
+    capped: int = 0  # usable rows left out by max_key_share
+    max_key_share: float | None = None
     by_case: Counter[str] = field(default_factory=Counter)
+    by_rater: Counter[str] = field(default_factory=Counter)  # rows written per rater ("" names none)
 
     def describe(self) -> str:
         """What was written and, a line each, what was skipped, why, and what would change it."""
         cases = ", ".join(f"{case}: {n}" for case, n in sorted(self.by_case.items())) or "none"
-        read = self.written + self.no_prompt + self.dropped + self.failed + self.unknown_tier
+        read = self.written + self.no_prompt + self.dropped + self.failed + self.unknown_tier + self.capped
         lines = [f"{read} ratings read; {self.written} training rows written ({cases})"]
+        keyed = {rater: n for rater, n in self.by_rater.items() if rater}
+        if keyed:
+            top = max(keyed.values())
+            lines.append(f"rows from {len(keyed)} raters (proxy keys); the most from one: {top} "
+                         f"({top / self.written:.0%})" + (f"; {self.by_rater['']} rows name no rater (no proxy key)"
+                                                          if self.by_rater[""] else ""))
+        elif self.written:
+            lines.append("no row names a rater: the rated requests were made without a proxy key")
+        if self.capped:
+            lines.append(f"{self.capped} rows of the largest raters left out by --max-key-share "
+                         f"{self.max_key_share:g}, so that no key gives more than that share of the rows")
         if self.no_prompt:
             lines.append(f"{self.no_prompt} ratings skipped because their prompt was not stored: their requests were "
                          "recorded with feedback.store_prompts off (the default, so that no prompt text is kept). "
@@ -109,9 +131,12 @@ class ExportSummary:
 
 
 def export_rows(ratings: Iterable[Feedback], out: TextIO, *, tiers: Sequence[str] = TWO_TIERS,
-                strong_good: StrongGood = "drop") -> ExportSummary:
-    """Write one JSON line per usable rating; return what was written and skipped. ``tiers``: cheapest first."""
-    summary = ExportSummary()
+                strong_good: StrongGood = "drop", names: Mapping[str, str] | None = None,
+                max_key_share: float | None = None) -> ExportSummary:
+    """Write one JSON line per usable rating; return what was written and skipped. ``tiers``: cheapest first;
+    ``names``: owner hash -> configured key name; ``max_key_share``: see the module docstring."""
+    summary = ExportSummary(max_key_share=max_key_share)
+    rows: list[dict[str, Any]] = []
     for fb in ratings:
         if fb.status != "ok":
             summary.failed += 1
@@ -131,8 +156,17 @@ def export_rows(ratings: Iterable[Feedback], out: TextIO, *, tiers: Sequence[str
                                "tier": fb.tier, "tier_place": place, "routed": fb.routed, "rating": fb.rating,
                                "rating_score": fb.rating_score,
                                "request_id": fb.request_id, "feedback_id": fb.id,
-                               "router_version": fb.router_version, "created_at": round(fb.created_at, 3)}
+                               "router_version": fb.router_version, "created_at": round(fb.created_at, 3),
+                               "rater": fb.owner or None,
+                               "rater_name": (names or {}).get(fb.owner) if fb.owner else None}
+        rows.append(row)
+    if max_key_share is not None:
+        kept = cap_share([r["rater"] for r in rows], [r["feedback_id"] for r in rows], max_key_share)
+        summary.capped = len(rows) - len(kept)
+        rows = [rows[i] for i in kept]
+    for row in rows:
         out.write(json.dumps(row, ensure_ascii=False) + "\n")
         summary.written += 1
-        summary.by_case[f"{fb.tier}/{fb.rating}"] += 1
+        summary.by_case[f"{row['tier']}/{row['rating']}"] += 1
+        summary.by_rater[row["rater"] or ""] += 1
     return summary

@@ -167,6 +167,7 @@ class Feedback:
     routed: bool = True
     status: str = "ok"  # the rated request's outcome: only "ok" answers can train a router
     http_status: int = 200
+    owner: str = ""  # the rater: the hash of the proxy key that made the rated request ("" without keys)
 
 
 class StoreError(Exception):
@@ -360,7 +361,8 @@ class RecordStore:
                           alias=str(alias), score=d_score, threshold=threshold,  # type: ignore[arg-type]
                           fallback=bool(fallback), router_version=str(version),
                           prompt=prompt, prompt_hash=str(p_hash),  # type: ignore[arg-type]
-                          routed=bool(routed), status=str(status), http_status=int(http_status))  # type: ignore[call-overload]
+                          routed=bool(routed), status=str(status), http_status=int(http_status),  # type: ignore[call-overload]
+                          owner=owner)
             with db.transaction() as tx:
                 tx.execute(_INSERT_FEEDBACK, (fb.id, owner, request_id, fb.created_at, rating, score, comment,
                                               decided_at, fb.alias, fb.score, fb.threshold, fb.tier, fb.model,
@@ -385,12 +387,12 @@ def read_feedback(db: Database) -> Iterator[Feedback]:
     with db.transaction() as tx:
         rows = tx.execute("SELECT id, request_id, created_at, rating, rating_score, comment, tier, model, alias, "
                           "score, threshold, fallback, router_version, prompt, prompt_hash, routed, status, "
-                          "http_status FROM feedback ORDER BY created_at")
+                          "http_status, owner FROM feedback ORDER BY created_at")
     for r in rows:
         yield Feedback(id=r[0], request_id=r[1], created_at=r[2], rating=r[3], rating_score=r[4], comment=r[5],
                        tier=r[6], model=r[7], alias=r[8], score=r[9], threshold=r[10], fallback=bool(r[11]),
                        router_version=r[12], prompt=r[13], prompt_hash=r[14], routed=bool(r[15]), status=r[16],
-                       http_status=r[17])
+                       http_status=r[17], owner=r[18])
 
 
 def read_decisions(db: Database, since: float) -> list[DecisionRecord]:

@@ -205,6 +205,26 @@ def test_a_key_can_rate_only_its_own_requests(make_proxy: Any, standin: StandInS
     assert _rate(proxy, {"request_id": request_id, "rating": "bad"}, key="key-a").status_code == 200
 
 
+def test_a_stored_rating_names_the_key_that_made_and_rated_the_request(make_proxy: Any,
+                                                                      standin: StandInServer) -> None:
+    """What `feedback export` writes as each row's rater: the owner hash of the request's own key."""
+    from proxy.edge.guard import owner_of
+    from proxy.state.records import read_feedback
+
+    proxy = make_proxy(server={"api_keys": ["key-a", "key-b"]}, feedback={"store_prompts": True})
+    for key in ("key-a", "key-b", "key-a"):
+        request_id, _ = _chat(proxy, key=key, content=f"{PROMPT} ({key})")
+        assert _rate(proxy, {"request_id": request_id, "rating": "bad"}, key=key).status_code == 200
+    databases = open_databases(proxy.settings)
+    try:
+        assert databases.records is not None
+        owners = sorted(fb.owner for fb in read_feedback(databases.records) if fb.prompt and "(key-" in fb.prompt)
+    finally:
+        databases.close()
+    assert owners == sorted([owner_of("key-a"), owner_of("key-a"), owner_of("key-b")])
+    assert "key-a" not in owners and "key-b" not in owners
+
+
 @pytest.mark.parametrize(("body", "param"), [
     (b"{not json", None),
     ([], None),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +204,62 @@ def test_records_still_queued_at_shutdown_are_all_written(tmp_path: Path) -> Non
         [(stored,)] = tx.execute("SELECT COUNT(*) FROM decisions WHERE request_id LIKE 'req-close-%'")
     db.close()
     assert stored == count
+
+
+KEYS = [{"name": "heavy-app", "key": "sk-heavy-secret-0001"}, {"name": "light-app", "key": "sk-light-secret-0002"}]
+
+
+def _two_keys_store(tmp_path: Path) -> Path:
+    """400 ratings from one key, 50 from another, in the SQLite store under ``tmp_path``; returns a config naming
+    both keys."""
+    from proxy.edge.guard import owner_of
+
+    db = SqliteDatabase(tmp_path / DB_FILE)
+    store = RecordStore(db, retention_days=30, limit_records=None)
+    rated = [(owner_of(k["key"]), f"{k['name']}-{i}") for k, n in zip(KEYS, (400, 50), strict=True) for i in range(n)]
+    for owner, request_id in rated:
+        store.add(dataclasses.replace(_record(request_id, "weak", f"prompt {request_id}"), owner=owner))
+    store.flush()
+    for owner, request_id in rated:
+        store.rate(owner, request_id, "bad", None, None)
+    store.close()
+    db.close()
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(base_config(tmp_path, server={"api_keys": KEYS},
+                                                 feedback={"storage_dir": str(tmp_path)})))
+    return config
+
+
+def test_each_exported_row_names_the_key_that_rated_it_never_the_key_itself(tmp_path: Path) -> None:
+    from proxy.edge.guard import owner_of
+
+    config = _two_keys_store(tmp_path)
+    rows, output = _export(tmp_path, [], "--config", str(config))
+    raters = Counter((r["rater"], r["rater_name"]) for r in rows)
+    assert raters == {(owner_of("sk-heavy-secret-0001"), "heavy-app"): 400,
+                      (owner_of("sk-light-secret-0002"), "light-app"): 50}
+    assert "secret" not in (tmp_path / "rows.jsonl").read_text()
+    assert "2 raters" in output and "400 (89%)" in output  # the operator sees one key dominate
+
+
+def test_without_the_configuration_a_row_names_its_rater_by_hash_only(tmp_path: Path) -> None:
+    _two_keys_store(tmp_path)
+    rows, _ = _export(tmp_path, [], "--tiers", "weak,strong")
+    assert {r["rater_name"] for r in rows} == {None} and len({r["rater"] for r in rows}) == 2
+
+
+def test_max_key_share_caps_the_largest_rater(tmp_path: Path) -> None:
+    config = _two_keys_store(tmp_path)
+    rows, output = _export(tmp_path, [], "--config", str(config), "--max-key-share", "0.5")
+    assert Counter(r["rater_name"] for r in rows) == {"heavy-app": 50, "light-app": 50}
+    assert "350 rows of the largest raters left out by --max-key-share 0.5" in output
+    again, _ = _export(tmp_path, [], "--config", str(config), "--max-key-share", "0.5")
+    assert [r["feedback_id"] for r in again] == [r["feedback_id"] for r in rows]  # the same rows every time
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "nan", "inf", "-0.2", "half", ""])
+def test_a_bad_max_key_share_exits_2_naming_the_option(tmp_path: Path, bad: str) -> None:
+    _export(tmp_path, [])
+    result = CliRunner().invoke(main, ["feedback", "export", "--store", str(tmp_path), "--tiers", "weak,strong",
+                                       "--max-key-share", bad])
+    assert result.exit_code == 2 and "Invalid value for '--max-key-share'" in result.output, result.output

@@ -329,3 +329,68 @@ def test_the_interval_brackets_the_change_and_collapses_for_identical_scorers() 
     change, low, high = change_interval(rows.weak, rows.strong, current, candidate, rounds=300, seed=0)
     assert low <= change <= high and high - low > 0.01
     assert change_interval(rows.weak, rows.strong, current, current, rounds=300, seed=0) == (0.0, 0.0, 0.0)
+
+
+def _two_raters(tmp: Path, heavy: int = 400, light: int = 50) -> Path:
+    """Exported rows: ``heavy`` from one key, ``light`` from another (the rows of tests.helpers.retrain_feedback)."""
+    rows = [json.loads(line) for line in _feedback(tmp, n=heavy + light).read_text().splitlines()]
+    path = tmp / "two-raters.jsonl"
+    with path.open("w") as out:
+        for i, row in enumerate(rows):
+            rater, name = ("a" * 32, "heavy-app") if i < heavy else ("b" * 32, "light-app")
+            out.write(json.dumps({**row, "rater": rater, "rater_name": name, "feedback_id": f"fb-{i}"}) + "\n")
+    return path
+
+
+def test_max_key_share_keeps_one_key_to_at_most_its_share_of_the_feedback(tmp_path: Path) -> None:
+    current = _model_with_base_rows(tmp_path)
+    result = retrain(None, [_two_raters(tmp_path)], current_dir=current, out_dir=tmp_path / "models",
+                     work_dir=tmp_path / "work", config=RetrainConfig(tolerance=1.0, threads=1, max_key_share=0.5))
+    assert result.feedback_raters == {"a" * 32: 50, "b" * 32: 50}  # at most half from the key that gave 400
+    assert "100 feedback rows" in result.explanation
+    assert "350 rows of the largest raters left out (--max-key-share 0.5" in result.explanation
+    assert "heavy-app" in result.explanation  # the operator is told which key was cut
+
+
+def test_the_default_caps_one_key_at_half_and_one_lifts_the_cap(tmp_path: Path) -> None:
+    assert RetrainConfig().max_key_share == 0.5
+    current = _model_with_base_rows(tmp_path)
+    result = retrain(None, [_two_raters(tmp_path)], current_dir=current, out_dir=tmp_path / "models",
+                     work_dir=tmp_path / "work", config=RetrainConfig(tolerance=1.0, threads=1, max_key_share=1.0))
+    assert result.feedback_raters == {"a" * 32: 400, "b" * 32: 50}
+
+
+def test_rows_that_name_no_rater_are_kept_and_counted_apart(tmp_path: Path) -> None:
+    """Older exports, hand-made rows and a proxy without keys name no rater: no key can be capped there."""
+    current = _model_with_base_rows(tmp_path)
+    result = retrain(None, [_feedback(tmp_path)], current_dir=current, out_dir=tmp_path / "models",
+                     work_dir=tmp_path / "work", config=RetrainConfig(tolerance=1.0, threads=1))
+    assert result.feedback_raters == {"": 200}
+    assert "200 rows name no rater" in result.explanation
+
+
+def test_a_lone_rater_under_the_default_cap_is_refused_saying_how_to_lift_it(tmp_path: Path) -> None:
+    with pytest.raises(RetrainError, match=r"one key gave every rated row.*--max-key-share 1"):
+        retrain(None, [_two_raters(tmp_path, 60, 0)], current_dir=_model_with_base_rows(tmp_path),
+                out_dir=tmp_path / "models", work_dir=tmp_path / "work", config=RetrainConfig(threads=1))
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "nan", "inf", "-1", "half", ""])
+def test_a_bad_max_key_share_exits_2_naming_the_option(tmp_path: Path, bad: str) -> None:
+    result = _cli("--feedback", str(_feedback(tmp_path)), "--max-key-share", bad)
+    output = result.output  # type: ignore[attr-defined]
+    assert result.exit_code == 2 and "Invalid value for '--max-key-share'" in output  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("rater", "message"), [(7, "rater must be a string"), ("", "rater must be a string")])
+def test_a_bad_rater_field_exits_4_naming_the_line(tmp_path: Path, rater: object, message: str) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "weak_score": 0, "strong_score": 1, "rater": rater}) + "\n")
+    result = _cli("--feedback", str(bad), "--model-dir", str(_format2(tmp_path)))
+    assert result.exit_code == 4 and message in result.output and "bad.jsonl:1" in result.output  # type: ignore
+
+
+def test_the_command_caps_one_key_at_half_by_default(tmp_path: Path) -> None:
+    result = _cli("--feedback", str(_two_raters(tmp_path, 60, 0)), "--model-dir", str(_format2(tmp_path)))
+    output = result.output  # type: ignore[attr-defined]
+    assert result.exit_code == 4 and "one key gave every rated row" in output and "--max-key-share 1" in output
