@@ -52,7 +52,7 @@ def base_config(tmp: Path, **sections: dict[str, Any]) -> dict[str, Any]:
         "router": {"threshold": 0.5},
         "aliases": {"auto": {}, "auto-cheap": {"threshold": 0.99}, "auto-quality": {"threshold": 0.01}},
         # No circuit breaker unless a test asks for one: tests sharing a proxy count upstream calls exactly, and
-        # failures injected by one test must not open a breaker for the next (tests/proxy/test_breaker.py).
+        # failures injected by one test must not open a breaker for the next (tests/proxy/upstream/test_breaker.py).
         "upstream": {"retries": 1, "backoff_base": 0.01, "backoff_max": 0.05, "timeout_total": 10,
                      "breaker": {"failures": None}},
         "documents": {"storage_dir": str(tmp / "files"), "timeout_extract": 10},

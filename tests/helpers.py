@@ -200,7 +200,7 @@ def wait_for_workers(proc: subprocess.Popen[bytes], log: Path, workers: int, tim
         time.sleep(0.2)
 
 
-# --- documents end to end: a report, uploads and file parts (from tests/proxy/test_files_e2e.py) -----------------
+# --- documents end to end: a report, uploads and file parts (from tests/proxy/documents/test_files_e2e.py) -------
 
 COMPANY = "The company's name is Zephyrine Widgets Ltd, registered in Lyon."
 
@@ -233,7 +233,7 @@ def sent_text(standin: StandInServer) -> str:
     return "\n".join(p.get("text", "") for c in request.body["contents"] for p in c["parts"])
 
 
-# --- fuzzing: Hypothesis settings, strategies and the never-5xx property (from tests/proxy/test_fuzz.py) ---------
+# --- fuzzing: Hypothesis settings, strategies and the never-5xx property (from tests/proxy/edge/test_fuzz.py) ----
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -32,7 +32,7 @@ from proxy.request import ChatRequest
 from proxy.state.responses import ResponseStore, Stored
 from proxy.upstream.params import integer, of_type, one_of
 
-# Request keys of OpenAI's Responses API (tests/proxy/test_responses.py compares them with the installed SDK).
+# Request keys of OpenAI's Responses API (tests/proxy/edge/test_responses.py compares them with the installed SDK).
 # Copied to the chat request under the same name; the chat checks and proxy.upstream.params' rule apply to them.
 SAME_NAME = ("temperature", "top_p", "parallel_tool_calls", "metadata", "user", "safety_identifier",
              "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "service_tier", "top_logprobs",

@@ -1,5 +1,5 @@
 // Drives route-llm with the official OpenAI Node SDK and prints what it saw as one JSON object.
-// Usage: node client_check.mjs <base URL ending in /v1>. Run by tests/proxy/test_node_sdk.py, which asserts
+// Usage: node client_check.mjs <base URL ending in /v1>. Run by tests/proxy/edge/test_node_sdk.py, which asserts
 // on the output; this script only reports, so a failure shows up there with the whole report.
 import OpenAI from "openai";
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
@@ -57,7 +56,7 @@ PAGES = [
     "1,284.6.\nOperating profit: 2019 61.2; 2020 58.9; 2021 70.3; 2022 74.8; 2023 49.1.",
 ]
 REPORT = pdf_with_pages(PAGES)
-DOCUMENTS = Path(__file__).resolve().parents[1] / "router" / "data" / "documents.jsonl"
+DOCUMENTS = ROOT / "tests" / "router" / "data" / "documents.jsonl"
 ROWS = [r for r in map(json.loads, DOCUMENTS.read_text(encoding="utf-8").splitlines()) if r.get("e2e")]
 LOOKUPS = [r["prompt"] for r in ROWS if r["label"] == 0]
 ANALYSES = [r["prompt"] for r in ROWS if r["label"] == 1]

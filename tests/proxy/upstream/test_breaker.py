@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from proxy.settings import BreakerSettings, ConfigError, settings_from_dict
 from proxy.upstream.breaker import Breakers
 from router.policy import Tier
-from tests.conftest import RunningProxy, base_config, wait_until
+from tests.conftest import ROOT, RunningProxy, base_config, wait_until
 from tests.standin import Fault, StandInServer
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -154,7 +154,7 @@ def test_workers_share_the_breakers_through_the_servers_file(tmp_path: Path) -> 
     here.failed(strong)
     here.failed(strong)
     other = subprocess.run([sys.executable, "-c", _OTHER_WORKER, str(path)], capture_output=True, text=True,
-                           timeout=120, cwd=Path(__file__).resolve().parents[2])
+                           timeout=120, cwd=ROOT)
     assert other.returncode == 0, other.stderr
     assert other.stdout.split() == ["open", "False", "True"]
     assert here.row(weak).failures == 1

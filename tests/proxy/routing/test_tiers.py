@@ -32,7 +32,7 @@ THIRDS = [1 / 3, 1 / 3, 1 / 3]
 
 # A mixed prompt set drawn the way the router's quantile table is (README: each source weighted equally): 10
 # prompts each from the MMLU/GSM8K training set, the math set and the Arena-Hard set, under 1200 characters.
-PROMPTS = [json.loads(line)["prompt"] for line in (Path(__file__).parent / "data" / "mixed_prompts.jsonl")
+PROMPTS = [json.loads(line)["prompt"] for line in (ROOT / "tests" / "proxy" / "data" / "mixed_prompts.jsonl")
            .read_text(encoding="utf-8").splitlines()]
 
 
