@@ -82,18 +82,17 @@ _INDEX = "CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions (created_at)
 _OUTCOME = tuple(f"ALTER TABLE {table} ADD COLUMN {column}" for table in ("decisions", "feedback")
                  for column in ("routed INTEGER NOT NULL DEFAULT 1", "status TEXT NOT NULL DEFAULT 'ok'",
                                 "http_status INTEGER NOT NULL DEFAULT 200"))
-# Version 4 (`route-llm report`): what a request cost and why it failed. Numbered 4 because issue 28's budgets
-# take 3 on another branch; the one who merges both renumbers if needed (a gap is harmless: versions only rise).
+# Version 3 (`route-llm report`): what a request cost and why it failed.
 _ACCOUNTING = tuple(f"ALTER TABLE decisions ADD COLUMN {column}" for column in (
     "prompt_tokens INTEGER NOT NULL DEFAULT 0", "completion_tokens INTEGER NOT NULL DEFAULT 0", "cost_usd {real}",
     "error_reason TEXT NOT NULL DEFAULT ''"))
 _SQLITE = (Migration(1, tuple(t.format(seq="", real="REAL") for t in (_DECISIONS, _INDEX, _FEEDBACK))),
            Migration(2, _OUTCOME),
-           Migration(4, tuple(s.format(real="REAL") for s in _ACCOUNTING)))
+           Migration(3, tuple(s.format(real="REAL") for s in _ACCOUNTING)))
 _POSTGRES = (Migration(1, tuple(t.format(seq="seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,", real="DOUBLE PRECISION")
                                 for t in (_DECISIONS, _INDEX, _FEEDBACK))),
              Migration(2, _OUTCOME),
-             Migration(4, tuple(s.format(real="DOUBLE PRECISION") for s in _ACCOUNTING)))
+             Migration(3, tuple(s.format(real="DOUBLE PRECISION") for s in _ACCOUNTING)))
 _DECISION_COLUMNS = ("owner, request_id, created_at, alias, score, threshold, tier, model, fallback, router_error, "
                      "router_version, prompt, prompt_hash, routed, status, http_status")
 # What a record row holds; ratings copy the first part (_DECISION_COLUMNS), the report reads it all.
