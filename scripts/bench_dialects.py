@@ -135,7 +135,7 @@ async def amain(args: argparse.Namespace) -> None:
     for name in ("ROUTE_LLM_API_KEYS", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(name, None)
     sp, port = free_port(), free_port()
-    standin = start([sys.executable, str(ROOT / "tests" / "standin.py"), "--port", str(sp)], env, tmp / "standin.log")
+    standin = start([sys.executable, "-m", "proxy.demo.standin", "--port", str(sp)], env, tmp / "standin.log")
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     for tier in ("weak", "strong"):
         cfg["models"][tier].update(api_base=f"http://127.0.0.1:{sp}", api_key="bench-upstream-key")

@@ -1,7 +1,7 @@
 """Benchmark the proxy against the Gemini stand-in called directly and, when installed, the LiteLLM proxy.
 
 Everything runs on loopback in subprocesses started here and killed on exit: the stand-in
-(``tests/standin.py``), ``route-llm serve`` with 1 and 2 workers, and ``litellm --config`` with an
+(``python -m proxy.demo.standin``), ``route-llm serve`` with 1 and 2 workers, and ``litellm --config`` with an
 equivalent two-model config (both models' ``api_base`` on the stand-in, a literal key). For each target,
 in one run: time to ready, sequential p50/p99, a fixed number of requests with N in flight (req/s,
 p50/p99, errors), streaming time to first and last byte, server CPU per request and RSS after warm-up
@@ -334,7 +334,7 @@ async def amain(args: argparse.Namespace) -> int:
             base = Target("stand-in direct", f"{standin_url}/v1beta/models/gemini-1.5-flash:generateContent",
                           f"{standin_url}/v1beta/models/gemini-1.5-flash:streamGenerateContent?alt=sse",
                           gemini_body, ready_url=None)
-            sp_proc = start([sys.executable, str(ROOT / "tests" / "standin.py"), "--port", str(sp)], env,
+            sp_proc = start([sys.executable, "-m", "proxy.demo.standin", "--port", str(sp)], env,
                             tmp / "standin.log")
             procs.append(sp_proc)
             base.proc = sp_proc
@@ -505,7 +505,7 @@ async def responses_overhead(args: argparse.Namespace) -> int:
     path = tmp / "route-llm.yaml"
     path.write_text(yaml.safe_dump(cfg))
     model = yaml.safe_load((ROOT / "config.yaml").read_text())["models"]["weak"]["name"] if args.concrete else "auto"
-    procs = [start([sys.executable, str(ROOT / "tests" / "standin.py"), "--port", str(sp)], env, tmp / "standin.log")]
+    procs = [start([sys.executable, "-m", "proxy.demo.standin", "--port", str(sp)], env, tmp / "standin.log")]
     samples: dict[str, list[float]] = {"chat": [], "responses, stateless": [], "responses, chained": []}
     per_round: dict[str, list[float]] = {k: [] for k in samples}
     cpu: dict[str, list[float]] = {k: [] for k in samples}  # server CPU ms per request, per round

@@ -1,7 +1,7 @@
 """Soak the proxy: N concurrent clients for a set time, with upstream faults injected at a chosen rate.
 
 Without ``--url`` it starts everything itself, on loopback only: the Gemini stand-in
-(``tests/standin.py --fault-rate F``) and ``route-llm serve`` with a config pointing both tiers at it. Clients
+(``python -m proxy.demo.standin --fault-rate F``) and ``route-llm serve`` with a config pointing both tiers at it. Clients
 mix streaming and plain requests across ``auto``, ``gemini-1.5-flash`` and ``gemini-1.5-pro``. Every request is
 classified as answered, a clean error (an HTTP error in OpenAI's shape, or an in-band stream error event
 followed by ``[DONE]``), lost (connection dropped, unparseable answer, stream cut without ``[DONE]``) or hung
@@ -273,7 +273,7 @@ def start_stack(args: argparse.Namespace, work: Path) -> tuple[list[str], list[s
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     for name in ("ROUTE_LLM_API_KEYS", "ROUTE_LLM_DATABASE_URL", "ROUTE_LLM_REDIS_URL"):
         env.pop(name, None)
-    standin = subprocess.Popen([sys.executable, str(ROOT / "tests" / "standin.py"), "--port", str(standin_port),
+    standin = subprocess.Popen([sys.executable, "-m", "proxy.demo.standin", "--port", str(standin_port),
                                 "--fault-rate", str(args.fault_rate), *(["--fault-mix"] if args.fault_mix else [])],
                                env=env,
                                stdout=subprocess.DEVNULL, stderr=(work / "standin.log").open("wb"))

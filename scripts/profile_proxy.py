@@ -116,7 +116,7 @@ def main() -> int:
     sp, port = free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "standin.py"), "--port", str(sp)],
+        procs.append(subprocess.Popen([sys.executable, "-m", "proxy.demo.standin", "--port", str(sp)],
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       start_new_session=True))
         cfg = yaml.safe_load(Path(args.config).read_text())
