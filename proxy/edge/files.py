@@ -7,8 +7,6 @@ plain values (the key's owner hash, the guard's fairness key), so nothing below 
 
 from __future__ import annotations
 
-from typing import Literal
-
 from starlette.concurrency import iterate_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -16,6 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from proxy import pools
+from proxy.edge.paging import list_params
 from proxy.errors import BadRequest, InsufficientStorage, NotFound
 from proxy.services import services
 from proxy.state.files import is_full
@@ -74,17 +73,8 @@ async def upload(request: Request) -> Response:
 
 async def list_files(request: Request) -> Response:
     """GET /v1/files: OpenAI's list, newest first by default, ``limit`` (1-10000), ``order``, an ``after`` cursor."""
-    q = request.query_params
-    purpose = q.get("purpose")
-    raw_limit = q.get("limit", str(LIST_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT:
-        raise BadRequest(f"`limit` must be an integer between 1 and {LIST_LIMIT}; got {raw_limit!r}"[:300],
-                         param="limit")
-    raw_order = q.get("order", "desc")
-    if raw_order not in ("asc", "desc"):
-        raise BadRequest(f"`order` must be 'asc' or 'desc'; got {raw_order!r}"[:300], param="order")
-    order: Literal["asc", "desc"] = "asc" if raw_order == "asc" else "desc"
-    limit, after = int(raw_limit), q.get("after")
+    purpose = request.query_params.get("purpose")
+    limit, order, after = list_params(request, default=LIST_LIMIT, maximum=LIST_LIMIT)
     store = services(request).documents.store
     try:
         records = await pools.run("files", store.list, request.state.owner, purpose, limit=limit + 1,

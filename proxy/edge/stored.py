@@ -9,13 +9,14 @@ nothing is stored, ``previous_response_id`` is a 400 that says so, and the endpo
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from proxy.edge.paging import Order, list_params
 from proxy.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge
 from proxy.services import services
 from proxy.state.responses import QuotaExceeded, ResponseStore, Stored
@@ -163,19 +164,7 @@ async def delete(request: Request) -> Response:
     return JSONResponse({"id": response_id, "object": "response", "deleted": True})
 
 
-def _page_args(request: Request) -> tuple[int, Literal["asc", "desc"], str | None]:
-    q = request.query_params
-    raw_limit = q.get("limit", str(LIST_DEFAULT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT:
-        raise BadRequest(f"`limit` must be an integer between 1 and {LIST_LIMIT}; got {raw_limit!r}"[:300],
-                         param="limit")
-    raw_order = q.get("order", "desc")
-    if raw_order not in ("asc", "desc"):
-        raise BadRequest(f"`order` must be 'asc' or 'desc'; got {raw_order!r}"[:300], param="order")
-    return int(raw_limit), "asc" if raw_order == "asc" else "desc", q.get("after")
-
-
-def page(items: list[dict[str, Any]], *, limit: int, order: Literal["asc", "desc"], after: str | None
+def page(items: list[dict[str, Any]], *, limit: int, order: Order, after: str | None
          ) -> dict[str, Any]:
     """OpenAI's list object over the items: ``order`` (desc: newest first, OpenAI's default), then the items
     following the one whose id is ``after``, at most ``limit`` of them."""
@@ -193,7 +182,7 @@ def page(items: list[dict[str, Any]], *, limit: int, order: Literal["asc", "desc
 
 async def input_items(request: Request) -> Response:
     """GET /v1/responses/{id}/input_items: the whole input context, earlier turns of the chain included."""
-    limit, order, after = _page_args(request)
+    limit, order, after = list_params(request, default=LIST_DEFAULT, maximum=LIST_LIMIT)
     found = await _found(request)
     return JSONResponse(page(found.items, limit=limit, order=order, after=after))
 
