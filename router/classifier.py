@@ -7,6 +7,7 @@ in :mod:`router.policy`; this module never decides a tier.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -26,6 +27,10 @@ from router.head import Head
 from router.policy import Quantiles, check_quantiles
 
 MODEL_FILE = "model.onnx"
+#: A pruned e5 encoder keeps its word-embedding tables beside the graph, as ONNX external data (the graph names
+#: this file). onnxruntime maps such a file instead of copying it into each process, so workers share its pages
+#: and only the rows that text uses are ever read; and neither file grows past the repository's per-file limit.
+EMBEDDING_FILE = "embedding.bin"
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "router.json"
 #: Format 1: the ONNX graph is a classifier with logits. Format 2: it is a sentence encoder, and a numpy head
@@ -198,6 +203,24 @@ class ModelMeta:
             lexical=lexical,
             text_prefix=text_prefix,
         )
+
+
+def encoder_files(directory: Path) -> list[Path]:
+    """The files that hold an encoder's weights: ``model.onnx``, and ``embedding.bin`` when the graph keeps its
+    embedding tables outside (a pruned e5 encoder)."""
+    return [directory / name for name in (MODEL_FILE, EMBEDDING_FILE) if name == MODEL_FILE
+            or (directory / name).is_file()]
+
+
+def encoder_sha256(directory: Path) -> bytes:
+    """SHA-256 over the encoder's weight files in order: what embeddings computed with it are keyed by.
+
+    For a graph with its weights inside (no ``embedding.bin``) it is the plain SHA-256 of ``model.onnx``, so caches
+    and base rows keyed before the embedding could live outside stay valid."""
+    digest = hashlib.sha256()
+    for path in encoder_files(directory):
+        digest.update(path.read_bytes())
+    return digest.digest()
 
 
 def _require_file(path: Path, what: str) -> None:

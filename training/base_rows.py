@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from router import lexical
-from router.classifier import MODEL_FILE
+from router.classifier import MODEL_FILE, encoder_sha256
 from router.head import Head
 from training import data
 
@@ -188,8 +188,8 @@ class BaseRows:
 
 
 def encoder_digest(model_dir: Path) -> str:
-    """SHA-256 of the model directory's encoder file, which the stored embeddings were computed with."""
-    return hashlib.sha256((model_dir / MODEL_FILE).read_bytes()).hexdigest()
+    """SHA-256 of the model directory's encoder files, which the stored embeddings were computed with."""
+    return encoder_sha256(model_dir).hex()
 
 
 def _quantise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ from router.classifier import (
     TOKENIZER_FILE,
     Classifier,
     ModelMeta,
+    encoder_sha256,
     load_session,
     load_tokenizer,
 )
@@ -180,7 +181,7 @@ def cached_inputs(clf: Classifier, prompts: list[str], cache_dir: Path, encoder_
     settings = [clf.meta.max_length, clf.meta.head_fraction, list(clf.meta.features)]
     if clf.meta.text_prefix:  # appended only when set, so caches of prefix-less encoders keep their names
         settings.append(clf.meta.text_prefix)
-    encoder_digest = hashlib.sha256((encoder_dir / MODEL_FILE).read_bytes()).digest()
+    encoder_digest = encoder_sha256(encoder_dir)
     keys = [hashlib.sha256(prompt.encode("utf-8", "replace")).digest() for prompt in prompts]
     store = _PromptStore(cache_dir, encoder_digest, json.dumps(settings).encode())
     legacy = cache_dir / f"inputs-{_list_digest(encoder_digest, settings, keys)}.npy"
@@ -215,7 +216,7 @@ def carry_cached_inputs(cache_dir: Path, clf: Classifier, source_dir: Path, targ
     if clf.meta.text_prefix:
         settings.append(clf.meta.text_prefix)
     packed = json.dumps(settings).encode()
-    digest = {d: hashlib.sha256((d / MODEL_FILE).read_bytes()).digest() for d in (source_dir, target_dir)}
+    digest = {d: encoder_sha256(d) for d in (source_dir, target_dir)}
     source, target = _PromptStore(cache_dir, digest[source_dir], packed), _PromptStore(cache_dir, digest[target_dir],
                                                                                         packed)
     keys = [hashlib.sha256(prompt.encode("utf-8", "replace")).digest() for prompt in prompts]

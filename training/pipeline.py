@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from router import lexical
-from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE, Classifier
+from router.classifier import META_FILE, MODEL_FILE, TOKENIZER_FILE, Classifier, encoder_files
 from router.doc_head import FILE as DOC_HEAD_FILE
 from router.features import FEATURES
 from router.head import Head
@@ -56,7 +56,8 @@ def stage_dir(encoder_dir: Path, head: Head, tmp: Path) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    shutil.copy(encoder_dir / MODEL_FILE, tmp / MODEL_FILE)
+    for path in encoder_files(encoder_dir):  # model.onnx, and embedding.bin where the graph keeps its tables outside
+        shutil.copy(path, tmp / path.name)
     shutil.copy(encoder_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
     if (encoder_dir / encoder.ENCODER_FILE).is_file():  # the encoder's provenance and licences ship with it
         shutil.copy(encoder_dir / encoder.ENCODER_FILE, tmp / encoder.ENCODER_FILE)

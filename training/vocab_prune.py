@@ -114,19 +114,26 @@ def select(vocab: list[list[Any]], used: set[int], specials: set[int]) -> Select
     return Selection(keep=np.array(sorted(keep), dtype=np.int64), counts=counts, vocabulary=n)
 
 
-def fill(selection: Selection, counts: dict[int, int], limit: int) -> Selection:
-    """``selection`` plus the most frequent pieces of ``counts`` (id → occurrences in a wider text) not yet kept,
-    up to ``limit`` pieces in all (ties by id). The wider text only adds pieces: it never removes one the sample
-    uses, so the sample's tokenization stays exact."""
+def fill(selection: Selection, ranking: dict[int, float], limit: int,
+         reason: str = "frequent_in_wider_text") -> Selection:
+    """``selection`` plus the highest-ranked pieces of ``ranking`` (id → occurrences in a wider text, or the
+    tokenizer's own score) not yet kept, up to ``limit`` pieces in all (ties by id). Filling only adds pieces: it
+    never removes one the sample uses, so the sample's tokenization stays exact."""
     have = set(selection.keep.tolist())
     room = limit - len(have)
     if room < 0:
         raise PruneError(f"the sample alone needs {len(have)} pieces, more than the limit of {limit}")
-    ranked = sorted((i for i in counts if i not in have and 0 <= i < selection.vocabulary),
-                    key=lambda i: (-counts[i], i))
+    ranked = sorted((i for i in ranking if i not in have and 0 <= i < selection.vocabulary),
+                    key=lambda i: (-ranking[i], i))
     added = ranked[:room]
     return Selection(keep=np.array(sorted(have | set(added)), dtype=np.int64),
-                     counts={**selection.counts, "frequent_in_wider_text": len(added)}, vocabulary=selection.vocabulary)
+                     counts={**selection.counts, reason: len(added)}, vocabulary=selection.vocabulary)
+
+
+def piece_scores(vocab: list[list[Any]]) -> dict[int, float]:
+    """Each piece's Unigram score: its log-probability in the corpus the tokenizer was trained on (XLM-R's:
+    CommonCrawl in 100 languages), the widest text there is to rank pieces by without fetching any."""
+    return {i: float(score) for i, (_piece, score) in enumerate(vocab)}
 
 
 def piece_counts(tokenizer: Any, texts: Iterable[str], prefix: str = "") -> dict[int, int]:
@@ -212,6 +219,22 @@ def prune_graph(model: Any, selection: Selection, tables: tuple[str, ...] = EMBE
     if missing:
         raise PruneError(f"the graph has no initializer(s) {missing}: not an e5 graph from training.e5_export")
     return out
+
+
+def externalize(model: Any, location: str, tables: tuple[str, ...] = EMBEDDING_TABLES) -> Any:
+    """Mark the embedding initializers of ``model`` to be written to ``location`` (ONNX external data, a file beside
+    the graph) when the model is saved with ``onnx.save``; the graph itself is unchanged."""
+    from onnx.external_data_helper import set_external_data
+
+    found = set()
+    for init in model.graph.initializer:
+        if init.name in tables:
+            set_external_data(init, location=location)
+            found.add(init.name)
+    missing = sorted(set(tables) - found)
+    if missing:
+        raise PruneError(f"the graph has no initializer(s) {missing}: not an e5 graph from training.e5_export")
+    return model
 
 
 def same_tokens(old: Any, new: Any, selection: Selection, texts: list[str], prefix: str = "") -> list[int]:

@@ -1,8 +1,10 @@
-"""Prune the multilingual encoder's vocabulary to the pieces its training text uses (model.onnx 77 → 40 MB).
+"""Prune the multilingual encoder's vocabulary to the pieces real text uses (76.6 MB of weights in one file → a
+22.6 MB graph and a 25.9 MB embedding table beside it, at 120,000 pieces).
 
     python scripts/data/prune_encoder_vocab.py --encoder-dir ../models/e5-int8 \\
         --data-dir ../shared/data/router --extra-dir ../data/router-extra \\
-        --mirror-root /work/.mirror --max-pieces 80000 --out ../models/e5-int8-pruned
+        --mirror-root /work/.mirror --max-pieces 120000 --carry-cache ../models/e5-work/cache \\
+        --out ../models/e5-p120k
 
 The sample is the prompt of every row of every ``*.jsonl`` in ``--data-dir`` and ``--extra-dir`` (the training
 data, never an evaluation set), each tokenized with the encoder's text prefix as the runtime does. Kept: the pieces
@@ -12,10 +14,14 @@ graph are sliced to the kept pieces, so the output is a drop-in encoder director
 --encoder-dir``.
 
 The training rows are short and hold few words of most languages, so text outside them (a greeting in Hindi) loses
-pieces it would have used and is split finer. ``--mirror-root`` widens the vocabulary without touching the exactness:
-the full texts (every question and every passage) of the repositories the extra rows are drawn from
-(``training.extra_build.SOURCES``, read at their pinned commits) are tokenized too, and their most frequent pieces
-the sample does not already keep are added until ``--max-pieces`` (80,000 keeps model.onnx under 40 MB).
+pieces it would have used and is split finer. ``--max-pieces`` widens the vocabulary without touching the exactness:
+first, with ``--mirror-root``, every piece used by the full texts (every question and every passage) of the
+repositories the extra rows are drawn from (``training.extra_build.SOURCES``, read at their pinned commits), most
+frequent first; then the pieces the tokenizer itself scores most probable (its Unigram log-probabilities, learned
+on XLM-R's CommonCrawl corpus in 100 languages), until ``--max-pieces``.
+
+The embedding tables are written beside the graph as ONNX external data (``embedding.bin``), which onnxruntime
+maps rather than copies: a worker's memory holds only the rows text touches, and workers share them.
 
 Checked before anything is written: every sample text gets the same pieces from both tokenizers (the old ids
 renumbered); and both encoders embed the reference sentences of :mod:`training.e5_check` (14 languages) and every
@@ -37,7 +43,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from router.classifier import MODEL_FILE, TOKENIZER_FILE, load_tokenizer
+from router.classifier import EMBEDDING_FILE, MODEL_FILE, TOKENIZER_FILE, encoder_files, load_tokenizer
 from training import e5_check, vocab_prune
 from training.encoder import ENCODER_FILE, classifier, encoder_settings
 
@@ -126,22 +132,29 @@ def prune(source: Path, out: Path, files: list[Path], *, check_every: int, max_l
     selection = vocab_prune.select(vocab, vocab_prune.used_ids(tokenizer, texts, prefix),
                                    vocab_prune.special_ids(tokenizer_json))
     wider: dict[str, Any] | None = None
-    if mirror_root is not None and max_pieces is not None:
-        more, read = source_texts(mirror_root)
-        if not read:
-            raise vocab_prune.PruneError(f"no source snapshot under {mirror_root}")
-        selection = vocab_prune.fill(selection, vocab_prune.piece_counts(tokenizer, more, prefix), max_pieces)
-        wider = {"sources": read, "texts": len(more), "max_pieces": max_pieces,
-                 "rule": "the most frequent pieces of these texts not already kept, up to max_pieces in all"}
-    elif max_pieces is not None and len(selection.keep) > max_pieces:
-        raise vocab_prune.PruneError(f"the sample needs {len(selection.keep)} pieces, more than --max-pieces")
+    if max_pieces is not None:
+        wider = {"max_pieces": max_pieces, "rule": []}
+        if mirror_root is not None:
+            more, read = source_texts(mirror_root)
+            if not read:
+                raise vocab_prune.PruneError(f"no source snapshot under {mirror_root}")
+            selection = vocab_prune.fill(selection, vocab_prune.piece_counts(tokenizer, more, prefix), max_pieces)
+            wider.update({"sources": read, "texts": len(more)})
+            wider["rule"].append("the pieces these texts use, most frequent first")
+        # then, while there is room, by the tokenizer's own estimate of how common a piece is
+        selection = vocab_prune.fill(selection, vocab_prune.piece_scores(vocab), max_pieces,
+                                     reason="highest_unigram_score")
+        wider["rule"].append("the pieces with the highest Unigram score (log-probability in the tokenizer's own "
+                             "training corpus)")
+        wider["rule"] = "; then ".join(wider["rule"]) + ", up to max_pieces in all, never dropping a sample piece"
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         work = Path(tmp)
         (work / "raw.json").write_text(json.dumps(vocab_prune.prune_tokenizer(tokenizer_json, selection),
                                                   ensure_ascii=False), encoding="utf-8")
         load_tokenizer(work / "raw.json").save(str(work / TOKENIZER_FILE))  # the library's own layout
-        onnx.save(vocab_prune.prune_graph(onnx.load(str(source / MODEL_FILE)), selection), str(work / MODEL_FILE))
+        graph = vocab_prune.prune_graph(onnx.load(str(source / MODEL_FILE)), selection)
+        onnx.save(vocab_prune.externalize(graph, EMBEDDING_FILE), str(work / MODEL_FILE))
         if (source / ENCODER_FILE).is_file():
             (work / ENCODER_FILE).write_bytes((source / ENCODER_FILE).read_bytes())
         probe = texts[::check_every] if check_every > 0 else []
@@ -165,9 +178,10 @@ def prune(source: Path, out: Path, files: list[Path], *, check_every: int, max_l
             "built": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "builder": "scripts/data/prune_encoder_vocab.py",
         }
-        info["files"] = {name: sha256(work / name) for name in (MODEL_FILE, TOKENIZER_FILE)}
+        (work / EMBEDDING_FILE).chmod(0o644)  # onnx writes it owner-only; it ships like the graph beside it
+        info["files"] = {name: sha256(work / name) for name in (MODEL_FILE, EMBEDDING_FILE, TOKENIZER_FILE)}
         (work / ENCODER_FILE).write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        for name in (MODEL_FILE, TOKENIZER_FILE, ENCODER_FILE):
+        for name in (MODEL_FILE, EMBEDDING_FILE, TOKENIZER_FILE, ENCODER_FILE):
             (work / name).replace(out / name)
     return info
 
@@ -197,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--carry-cache", type=Path, metavar="CACHE_DIR", help="train_router's embedding cache "
                    "(<work-dir>/cache): copy the sample prompts' cached inputs to the pruned encoder (they are "
                    "identical, checked above), so training on it embeds nothing again")
-    p.add_argument("--max-pieces", type=int, help="pieces to keep at most (with --mirror-root: fill up to it)")
+    p.add_argument("--max-pieces", type=int, help="fill the vocabulary up to this many pieces (from --mirror-root's texts, then by score)")
     args = p.parse_args(argv)
     if args.max_pieces is not None and args.max_pieces < 5:
         p.error("--max-pieces must be at least 5 (the special tokens)")
@@ -223,7 +237,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"carried {carry(args.carry_cache, args.encoder_dir, args.out, files, args.max_length)} cached prompts")
     print(f"kept {pruning['kept']:,} of {pruning['from']['vocabulary']:,} pieces {pruning['kept_by_reason']}")
     print(json.dumps(pruning["check"]))
-    for name in (MODEL_FILE, TOKENIZER_FILE):
+    before = sum(path.stat().st_size for path in encoder_files(args.encoder_dir))
+    print(f"encoder weights: {before / 1e6:.1f} MB -> " + ", ".join(
+        f"{path.name} {path.stat().st_size / 1e6:.1f} MB" for path in encoder_files(args.out)))
+    for name in (TOKENIZER_FILE,):
         print(f"{name}: {(args.encoder_dir / name).stat().st_size / 1e6:.1f} MB -> "
               f"{(args.out / name).stat().st_size / 1e6:.1f} MB")
 

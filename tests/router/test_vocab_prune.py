@@ -4,6 +4,8 @@ is not in CI)."""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,7 +16,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from router.classifier import MODEL_FILE, TOKENIZER_FILE, load_tokenizer
+from router.classifier import (
+    EMBEDDING_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    encoder_files,
+    encoder_sha256,
+    load_session,
+    load_tokenizer,
+)
 from tests.router.conftest import SHIPPED_MODEL_DIR
 from training import vocab_prune
 from training.encoder import ENCODER_FILE, classifier
@@ -112,6 +122,18 @@ def test_fill_adds_the_most_frequent_pieces_up_to_the_limit_and_never_drops_one(
         vocab_prune.fill(selection, {}, n - 1)
 
 
+def test_fill_by_score_adds_the_most_probable_pieces_and_names_its_reason() -> None:
+    data = tiny_tokenizer_json()
+    selection = selection_for(data, ["hello"])
+    n = len(selection.keep)
+    scores = vocab_prune.piece_scores(vocab_prune.unigram_vocab(data))
+    filled = vocab_prune.fill(selection, scores, n + 2, reason="highest_unigram_score")
+    added = set(filled.keep.tolist()) - set(selection.keep.tolist())
+    # "▁world" (-2.5) and "▁help" (-3.0) are the best-scoring pieces "hello" does not use
+    assert added == {len(SPECIAL) + 1, len(SPECIAL) + 2}
+    assert filled.counts["highest_unigram_score"] == 2 and "frequent_in_wider_text" not in filled.counts
+
+
 def gather_graph(rows: int) -> onnx.ModelProto:
     """out = concat(emb.word.packed[ids], emb.word.scale[ids]): the two tables the e5 graph gathers by token id."""
     rng = np.random.default_rng(0)
@@ -150,6 +172,41 @@ def test_the_graph_keeps_exactly_the_rows_of_the_kept_pieces() -> None:
     new_ids = selection.old_to_new()[old_ids].tolist()
     assert new_ids == [0, 4, 5, 3, 4]
     assert np.array_equal(run(full, old_ids), run(pruned, new_ids))
+
+
+def test_externalized_tables_live_in_their_own_file_and_run_the_same(tmp_path: Path) -> None:
+    """The pruned graph with its tables in ``embedding.bin``: a small model.onnx, the same outputs, the encoder's
+    digest covering both files, and a directory missing the table file refused with its name."""
+    selection = vocab_prune.Selection(keep=np.array([0, 1, 2, 3, 7, 11]), counts={}, vocabulary=12)
+    pruned = vocab_prune.prune_graph(gather_graph(14), selection)
+    inline = tmp_path / "inline"
+    inline.mkdir()
+    onnx.save(pruned, str(inline / MODEL_FILE))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    onnx.save(vocab_prune.externalize(copy.deepcopy(pruned), EMBEDDING_FILE), str(outside / MODEL_FILE))
+    stored = onnx.load(str(outside / MODEL_FILE), load_external_data=False)
+    tables = [i for i in stored.graph.initializer if i.name in vocab_prune.EMBEDDING_TABLES]
+    assert len(tables) == 2 and all(i.data_location == TensorProto.EXTERNAL and not i.raw_data for i in tables)
+    assert (outside / EMBEDDING_FILE).stat().st_size == 6 * 2 * 4 + 6 * 2 * 2  # uint8 rows and fp16 scales
+    assert [p.name for p in encoder_files(outside)] == [MODEL_FILE, EMBEDDING_FILE]
+    assert [p.name for p in encoder_files(inline)] == [MODEL_FILE]
+    ids = [0, 4, 5, 3]
+    session = ort.InferenceSession(str(outside / MODEL_FILE), providers=["CPUExecutionProvider"])
+    got = session.run(["out"], {"input_ids": np.array([ids], dtype=np.int64)})[0]
+    assert np.array_equal(got, run(pruned, ids))
+    # the digest: model.onnx alone where the tables are inside (old caches stay valid), both files otherwise
+    assert encoder_sha256(inline) == hashlib.sha256((inline / MODEL_FILE).read_bytes()).digest()
+    before = encoder_sha256(outside)
+    table = bytearray((outside / EMBEDDING_FILE).read_bytes())
+    table[0] ^= 1
+    (outside / EMBEDDING_FILE).write_bytes(bytes(table))
+    assert encoder_sha256(outside) != before
+    (outside / EMBEDDING_FILE).unlink()
+    with pytest.raises(Exception, match=EMBEDDING_FILE):
+        load_session(outside / MODEL_FILE)
+    with pytest.raises(vocab_prune.PruneError, match="no initializer"):
+        vocab_prune.externalize(copy.deepcopy(pruned), EMBEDDING_FILE, tables=("emb.word.packed", "missing"))
 
 
 def test_a_graph_without_the_embedding_tables_or_with_too_few_rows_is_refused() -> None:
