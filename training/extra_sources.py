@@ -227,7 +227,8 @@ def fairytaleqa(mirror: Mirror) -> Iterator[Item]:
             sections: dict[str, str] = {}
             story_path = f"{FAIRYTALEQA_STORIES}/{book.rsplit('/', 1)[-1]}/{story}-story.csv"
             try:
-                sections = {r["section"].strip(): r["text"] for r in csv.DictReader(io.StringIO(mirror.show(story_path)))}
+                table = csv.DictReader(io.StringIO(mirror.show(story_path)))
+                sections = {r["section"].strip(): r["text"] for r in table}
             except FileNotFoundError:
                 pass  # the questions stand without their passage (no excerpt can be shown)
             for row in csv.DictReader(io.StringIO(mirror.show(path))):
@@ -236,4 +237,5 @@ def fairytaleqa(mirror: Mirror) -> Iterator[Item]:
                     continue
                 cited = [sections[s.strip()] for s in row.get("cor_section", "").split(",") if s.strip() in sections]
                 kind = "document_analysis" if target >= 0.5 else "document_lookup"
-                yield Item(_clean(row["question"]), "\n\n".join(cited), target, kind, "fairytaleqa:" + story, "en", path)
+                group = "fairytaleqa:" + story
+                yield Item(_clean(row["question"]), "\n\n".join(cited), target, kind, group, "en", path)
