@@ -11,6 +11,8 @@ from each source's own annotation, and written beside the reader.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import subprocess
@@ -191,3 +193,49 @@ def gaokao_reading(mirror: Mirror) -> Iterator[Item]:
             continue
         question = _clean(q["question"]) + "\n" + "\n".join(q.get("options") or [])
         yield Item(question, q["passage"], 0.85, "document_analysis", f"gaokao:chinese:{number}", "zh", GAOKAO_READING)
+
+
+#: FairytaleQA: education experts' questions over children's stories from Project Gutenberg, each tagged with the
+#: sections that hold its evidence ("local": one section; "summary": several) and, by each of two annotators, whether
+#: the answer is stated ("explicit") or must be inferred ("implicit"). A question answered by a statement in one
+#: section is a lookup; one whose answer is inferred from several sections is a synthesis across the document, an
+#: analysis (a mild one: the stories are short). The mixed cases (one section but inferred, several but stated, the
+#: annotators disagreeing) are left out. Unlike every other source here it has both labels within one kind of
+#: document, with the same question words on both sides ("Why did ...?"), so a head cannot learn "stories are
+#: analyses" (SQuALITY) or "why means analysis" from it. The story is the group.
+FAIRYTALEQA_QUESTIONS = "data-by-origin/questions"
+FAIRYTALEQA_STORIES = "data-by-origin/section-stories"
+
+
+def _fairytaleqa_target(row: dict[str, str]) -> float | None:
+    tags = {row.get("ex-or-im1", "").strip(), row.get("ex-or-im2", "").strip()} - {""}
+    scope = row.get("local-or-sum", "").strip()
+    if scope == "local" and tags == {"explicit"}:
+        return 0.1
+    if scope == "summary" and tags == {"implicit"}:
+        return 0.7
+    return None
+
+
+def fairytaleqa(mirror: Mirror) -> Iterator[Item]:
+    """Questions over a story's sections, typed by where their evidence lies and whether it is stated."""
+    for book in mirror.ls(FAIRYTALEQA_QUESTIONS):
+        for path in mirror.ls(book):
+            if not path.endswith("-questions.csv"):
+                continue
+            story = path.rsplit("/", 1)[-1].removesuffix("-questions.csv")
+            sections: dict[str, str] = {}
+            story_path = f"{FAIRYTALEQA_STORIES}/{book.rsplit('/', 1)[-1]}/{story}-story.csv"
+            try:
+                table = csv.DictReader(io.StringIO(mirror.show(story_path)))
+                sections = {r["section"].strip(): r["text"] for r in table}
+            except FileNotFoundError:
+                pass  # the questions stand without their passage (no excerpt can be shown)
+            for row in csv.DictReader(io.StringIO(mirror.show(path))):
+                target = _fairytaleqa_target(row)
+                if target is None or not row.get("question", "").strip():
+                    continue
+                cited = [sections[s.strip()] for s in row.get("cor_section", "").split(",") if s.strip() in sections]
+                kind = "document_analysis" if target >= 0.5 else "document_lookup"
+                group = "fairytaleqa:" + story
+                yield Item(_clean(row["question"]), "\n\n".join(cited), target, kind, group, "en", path)

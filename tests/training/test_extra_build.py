@@ -133,6 +133,54 @@ def test_build_writes_rows_with_provenance_and_balanced_labels(
     assert tatqa_mirror.commit[:12] in (tmp_path / "out" / "SOURCES.md").read_text(encoding="utf-8")
 
 
+FAIRYTALE_HEADER = "question_id,local-or-sum,cor_section,attribute1,attribute2,question,ex-or-im1,answer1,ex-or-im2\n"
+
+
+@pytest.fixture
+def fairytaleqa_mirror(tmp_path: Path) -> Mirror:
+    root = tmp_path / "fqa"
+    files = {}
+    for n in range(6):
+        book = f"book{n % 2}"
+        files[f"{src.FAIRYTALEQA_QUESTIONS}/{book}/tale{n}-questions.csv"] = FAIRYTALE_HEADER + "".join([
+            f"1,local,1,character,,Who found the goose in tale {n}?,explicit,a,explicit\n",
+            f'2,summary,"1,2",causal relationship,,Why did the king relent in tale {n}?,implicit,b,\n',
+            f"3,local,2,feeling,,How did the miller feel in tale {n}?,implicit,c,\n",  # one section, inferred
+            f'4,summary,"1,2",action,,What did they do in tale {n}?,explicit,d,\n',  # several, stated
+            f"5,local,1,action,,Where did he go in tale {n}?,explicit,e,implicit\n",  # annotators disagree
+        ])  # fmt: skip
+        files[f"{src.FAIRYTALEQA_STORIES}/{book}/tale{n}-story.csv"] = (
+            f'section,text\n1,"Once upon a time in tale {n}."\n2,"The king relented, and the miller wept."\n'
+        )
+    return Mirror(str(root / ".git"), "example/fqa", commit_repo(root, files))
+
+
+def test_fairytaleqa_stated_one_section_answers_are_lookups_and_inferred_several_section_ones_analyses(
+    fairytaleqa_mirror: Mirror,
+) -> None:
+    items = list(src.fairytaleqa(fairytaleqa_mirror))
+    assert len(items) == 12  # the three mixed cases of each tale are left out
+    assert {i.question.split(" in ")[0]: (i.kind, i.target) for i in items} == {
+        "Who found the goose": ("document_lookup", 0.1),
+        "Why did the king relent": ("document_analysis", 0.7),
+    }
+    assert {i.group for i in items} == {f"fairytaleqa:tale{n}" for n in range(6)}
+    why = next(i for i in items if i.question.startswith("Why") and i.group == "fairytaleqa:tale3")
+    assert why.passage == "Once upon a time in tale 3.\n\nThe king relented, and the miller wept."  # its sections
+
+
+def test_a_later_family_leaves_the_published_rows_as_they_were(
+    tatqa_mirror: Mirror, conditionalqa_mirror: Mirror, fairytaleqa_mirror: Mirror
+) -> None:
+    config = build.BuildConfig(excerpt_share=0.5)
+    mirrors = {"tatqa": tatqa_mirror, "conditionalqa": conditionalqa_mirror}
+    before = build.build(mirrors, config)
+    after = build.build({**mirrors, "fairytaleqa": fairytaleqa_mirror}, config)
+    assert after["doc_qa"] == before["doc_qa"] and after["multilingual"] == before["multilingual"]
+    assert before["doc_qa_more"] == [] and {r["source"] for r in after["doc_qa_more"]} == {"fairytaleqa"}
+    assert {r["license"] for r in after["doc_qa_more"]} == {"Apache-2.0 (stories: Project Gutenberg, public domain)"}
+
+
 def test_length_matching_leaves_each_bin_with_as_many_rows_of_either_label() -> None:
     rng = random.Random(0)
     rows = [{"prompt": "x" * rng.randint(10, 200), "target": 0.0} for _ in range(400)]

@@ -102,12 +102,6 @@ def test_lookups_about_an_uploaded_report_go_to_the_weak_tier(shipped_point: Run
     assert sum(tier == "weak" for tier, _, _ in answers) >= 8, answers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not reached: with the document head (router/doc_head.py, 2026-12-07) 7 of 10 analyses go strong (the "
-    "general head alone: 0 of 10 at the shipped cut 0.638) and 9 of 10 lookups weak; remove the mark when a model "
-    "passes",
-)
 def test_analyses_of_an_uploaded_report_go_to_the_strong_tier(shipped_point: RunningProxy, router: Router) -> None:
     answers = _tiers(shipped_point, router, ANALYSES)
     assert sum(tier == "strong" for tier, _, _ in answers) >= 8, answers
