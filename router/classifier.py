@@ -24,7 +24,7 @@ from router import lexical as lexical_terms
 from router.doc_head import FILE as DOC_HEAD_FILE
 from router.doc_head import DocHead
 from router.head import Head
-from router.policy import Quantiles, check_quantiles
+from router.policy import Quantiles, check_quantiles, document_score
 
 MODEL_FILE = "model.onnx"
 #: A pruned e5 encoder keeps its word-embedding tables beside the graph, as ONNX external data (the graph names
@@ -408,9 +408,13 @@ class Classifier:
         """
         if self._meta.format == 1:
             return [self._run(row) for row in self.token_ids(texts)]
+        return self.head_scores(self.head_inputs(texts), texts)
+
+    def head_scores(self, inputs: np.ndarray, texts: Sequence[str]) -> list[float]:
+        """The routing head's p(strong) for head inputs already computed (:meth:`head_inputs` of ``texts``)."""
         if self._routing_head is None:
             raise InferenceError("this format-2 classifier was built without a routing head")
-        logits = self._routing_head.logits(self.head_inputs(texts), texts)
+        logits = self._routing_head.logits(inputs, texts)
         if not np.all(np.isfinite(logits)):
             raise InferenceError("routing head produced non-finite logits")
         # a logistic of a clipped logit: exp cannot overflow, and 1e-300 steps are irrelevant to a routing score
@@ -532,8 +536,27 @@ class Router:
         return self._classifier
 
     def score(self, texts: Sequence[str]) -> list[float]:
-        """Return p(strong model needed) in [0, 1] for each text, in order."""
-        return self._classifier.score(texts)
+        """Return p(strong model needed) in [0, 1] for each text, in order.
+
+        With a gated document head (:mod:`router.doc_head`), a text the gate reads as a question about a document
+        gets the document head's p(analysis) placed on the general scale instead (:func:`router.policy.document_score`
+        at the gate's ``general_cut``): the general head orders such questions poorly, and a caller scoring prompts
+        without their documents (``route-llm score``) has no other way to say what they are. Both heads read the
+        same embedding, so this costs no second encoder run.
+        """
+        gate = self.doc_head.gate if self.doc_head is not None else None
+        if gate is None:
+            return self._classifier.score(texts)
+        inputs = self._classifier.head_inputs(texts)
+        general = self._classifier.head_scores(inputs, texts)
+        width = self.doc_head.weight.size  # type: ignore[union-attr]
+        gated = gate.probabilities(inputs[:, :width]) >= gate.cut
+        if not gated.any():
+            return general
+        analysis = self.doc_head.probabilities(inputs[:, :width])  # type: ignore[union-attr]
+        cut = self.doc_head.cut_probability  # type: ignore[union-attr]
+        return [document_score(analysis[i], cut, gate.general_cut) if gated[i] else score
+                for i, score in enumerate(general)]
 
     def document_scores(self, texts: Sequence[str]) -> list[float]:
         """p(analysis) of each text read as a question about an attached document (the document head); raises

@@ -87,3 +87,57 @@ def test_a_bad_document_head_is_a_load_error_naming_the_file(model_copy: Path, d
         DocHead(weight=head.weight * np.nan, bias=head.bias, cut=head.cut, meta=head.meta).save(path)
     with pytest.raises(ModelLoadError, match=FILE):
         Router.load(model_copy)
+
+
+# --- the gate: a bare question about a document, scored through Router.score --------------------------------------
+
+
+def test_the_shipped_gate_reads_a_bare_document_question_and_leaves_other_prompts_alone(router: Router) -> None:
+    """``Router.score`` gives a question the gate recognises the document head's score placed at the gate's
+    ``general_cut``, and every other prompt the general head's score, bit for bit."""
+    head = router.doc_head
+    assert head is not None and head.gate is not None
+    prompts = ["According to the annual report attached above, who audited these accounts?",
+               "What is the capital of France?", "Prove that there are infinitely many primes."]
+    inputs = router.classifier.head_inputs(prompts)
+    width = head.weight.size
+    gate_p = head.gate.probabilities(inputs[:, :width])
+    general = router.classifier.score(prompts)
+    analysis = head.probabilities(inputs[:, :width])
+    got = router.score(prompts)
+    assert gate_p[0] >= head.gate.cut, gate_p
+    assert got[0] == document_score(analysis[0], head.cut_probability, head.gate.general_cut) != general[0]
+    assert got[0] < head.gate.general_cut  # a lookup: below the operating point's cut
+    for i in (1, 2):
+        assert gate_p[i] < head.gate.cut and got[i] == general[i]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ({"gate_cut": np.array(1.0)}, "strictly between 0 and 1"),
+        ({"general_cut": np.array(0.0)}, "strictly between 0 and 1"),
+        ({"gate_weight": np.full(3, 0.1)}, "gate_weight"),
+        ({"gate_weight": np.full(384, np.nan)}, "gate_weight"),
+        ({"gate_bias": np.array(np.inf)}, "gate_bias"),
+        ("drop_cut", "a gate needs all of"),
+    ],
+)
+def test_a_bad_gate_is_refused_with_the_array_named(tmp_path: Path, damage: object, message: str) -> None:
+    with np.load(SHIPPED_MODEL_DIR / FILE, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    if damage == "drop_cut":
+        del arrays["gate_cut"]
+    else:
+        arrays.update(damage)  # type: ignore[arg-type]
+    np.savez(tmp_path / FILE, **arrays)
+    with pytest.raises(ValueError, match=message):
+        DocHead.load(tmp_path / FILE)
+
+
+def test_a_document_head_without_a_gate_scores_every_prompt_with_the_general_head(tmp_path: Path) -> None:
+    head = DocHead.load(SHIPPED_MODEL_DIR / FILE)
+    plain = DocHead(weight=head.weight, bias=head.bias, cut=head.cut, meta=head.meta)
+    plain.save(tmp_path / FILE)
+    again = DocHead.load(tmp_path / FILE)
+    assert again.gate is None and np.array_equal(again.weight, head.weight)
