@@ -290,6 +290,15 @@ class ChatHandler:
                 if line := event(chunk):  # a format may have nothing to send for a chunk
                     yield line
             async for chunk in iterator:
+                if life.disconnected:
+                    # The client went away, yet nothing else stops this loop when the upstream always has the next
+                    # chunk ready: uvicorn drops what is sent to a gone client without an error, and the disconnect
+                    # listener's cancellation (anyio) only reaches a task waiting on an unfinished future, which
+                    # such a task never is. It then read the whole answer for nobody, parsing it on the event loop
+                    # while LiteLLM kept every chunk (20 clients of 10 MB: seconds of freeze, +250 MB). Stop here;
+                    # ``finally`` closes the upstream's stream.
+                    o.status = "client_disconnected"
+                    return
                 if line := event(chunk):
                     yield line
         except Exception as exc:  # after the first byte the status is sent: report in-band, then end
