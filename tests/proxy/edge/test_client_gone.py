@@ -2,19 +2,28 @@
 
 The slow-stream tests beside this one (``test_chat_e2e.py``, ``test_stream_endings.py``) leave a stream whose
 upstream pauses between chunks. Here the upstream has the next event ready every time the proxy asks: the case
-where the proxy used to read the whole answer to its end for nobody, holding LiteLLM's copy of it.
+where the proxy used to read the whole answer to its end for nobody, holding LiteLLM's copy of it. The last two
+tests drive the stream over an upstream whose chunks have always arrived, so that what the event loop does is
+certain: the stream stops at the next chunk once the client left, and it gives other tasks turns meanwhile (such a
+stream never waits on its own: before, it held the loop until its end).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 from prometheus_client import REGISTRY
 
-from tests.conftest import RunningProxy
+from proxy.edge.accounting import Outcome
+from proxy.edge.guard import Life
+from proxy.edge.routes import ChatHandler, ChatStream
+from proxy.settings import settings_from_dict
+from tests.conftest import RunningProxy, base_config
 from tests.standin import Fault, StandInServer
 
 
@@ -52,3 +61,62 @@ def test_leaving_a_fast_long_stream_closes_the_upstream_stream(proxy: RunningPro
     answer = proxy.client().chat.completions.create(model="gemini-1.5-flash",
                                                     messages=[{"role": "user", "content": "hi"}])
     assert (answer.choices[0].message.content or "").startswith("answer from gemini-1.5-flash")
+
+
+class _Arrived:
+    """An upstream stream whose next chunk has always arrived: ``__anext__`` never waits for anything."""
+
+    def __init__(self, chunks: int) -> None:
+        self.left, self.read, self.closed = chunks, 0, False
+
+    def __aiter__(self) -> _Arrived:
+        return self
+
+    async def __anext__(self) -> Any:
+        from litellm.types.utils import Delta, ModelResponseStream, StreamingChoices
+
+        if self.left == 0:
+            raise StopAsyncIteration
+        self.left, self.read = self.left - 1, self.read + 1
+        return ModelResponseStream(choices=[StreamingChoices(index=0, delta=Delta(content="x" * 10_000))])
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _passed_on(tmp_path: Path, upstream: _Arrived, leave_after: int | None = None) -> tuple[list[int], Outcome]:
+    """Run ChatHandler's stream over ``upstream`` (the client leaving after ``leave_after`` events, if given) beside a
+    task that notes how many events had gone out when it first ran."""
+    handler = ChatHandler(settings_from_dict(base_config(tmp_path)))
+    o, life = Outcome(request_id="req-gone"), Life()
+    sent: list[int] = [0]
+    other: list[int] = []
+
+    async def run() -> None:
+        async def note() -> None:
+            other.append(sent[0])
+
+        noted = asyncio.ensure_future(note())  # runs at the first turn the stream gives the loop
+        async for _ in handler._sse(None, upstream, "gemini-1.5-flash", o, time.perf_counter(), ChatStream(False),
+                                    life):
+            sent[0] += 1
+            if sent[0] == leave_after:
+                life.disconnected = True  # what the guard notes when the http.disconnect arrives
+        await noted
+
+    asyncio.run(run())
+    return other, o
+
+
+def test_a_stream_whose_chunks_have_always_arrived_gives_other_tasks_turns(tmp_path: Path) -> None:
+    upstream = _Arrived(100)  # 1 MB
+    other, o = _passed_on(tmp_path, upstream)
+    assert upstream.read == 100 and o.status != "client_disconnected"
+    # Another task ran before the stream was through (before the fix: only after all 100 events and [DONE]).
+    assert other and other[0] < 10
+
+
+def test_a_stream_stops_reading_the_upstream_at_the_next_chunk_once_the_client_left(tmp_path: Path) -> None:
+    upstream = _Arrived(100)
+    _, o = _passed_on(tmp_path, upstream, leave_after=3)
+    assert upstream.read == 4 and upstream.closed and o.status == "client_disconnected"
