@@ -48,17 +48,20 @@ class Fault:
     send one chunk, then break the connection), "body" (answer 200 with ``body`` as ``content_type``, as a
     gateway's error page or a cut connection gives: HTML, JSON cut short), "cut" (streaming only: one chunk,
     then half an event, then a clean end of the response, as a proxy in between that gives up does),
-    "garbled" (streaming only: one chunk, then an event that is not JSON, then the rest of the stream).
+    "garbled" (streaming only: one chunk, then an event that is not JSON, then the rest of the stream), "long"
+    (streaming only: ``events`` events of 10 kB, sent as fast as the reader takes them, as a long answer from an
+    upstream faster than its reader is).
     """
 
     kind: str  # "status" | "delay" | "reset" | "midstream" | "slow_stream" (``seconds`` between chunks) | "body"
-    #            | "cut" | "garbled"
+    #            | "cut" | "garbled" | "long"
     status: int = 503
     seconds: float = 0.0
     retry_after: float | None = None
     model: str | None = None  # None matches any model
     body: str = ""
     content_type: str = "text/html"
+    events: int = 0  # "long": how many events the stream has
 
 
 # A "midstream" fault breaks a stream after its first chunk; a plain request given one answers normally.
@@ -205,6 +208,8 @@ def build_app(state: StandIn) -> Starlette:
                 "usageMetadata": usage,
                 "modelVersion": model,
             })
+        if fault is not None and fault.kind == "long":
+            return StreamingResponse(_long_sse(state, model, fault.events, usage), media_type="text/event-stream")
         midstream = fault is not None and fault.kind == "midstream"
         pause = fault.seconds if fault is not None and fault.kind == "slow_stream" else 0.0
         damage = fault.kind if fault is not None and fault.kind in ("cut", "garbled") else None
@@ -309,6 +314,31 @@ async def _sse(state: StandIn, model: str, parts: list[dict[str, Any]], usage: d
         finished = True
     finally:
         if not finished and not midstream:
+            state.streams_closed_early += 1
+
+
+async def _long_sse(state: StandIn, model: str, events: int, usage: dict[str, int]) -> AsyncIterator[str]:
+    """``events`` events of 10 kB each, numbered (LiteLLM refuses a stream that repeats one chunk) and built from one
+    text, so that the stand-in outruns any reader; the last one says STOP. A reader that leaves first is counted in
+    ``streams_closed_early``."""
+    text = "lorem ipsum " * 850
+
+    def event(i: int, last: bool) -> str:
+        chunk: dict[str, Any] = {"candidates": [{"content": {"role": "model", "parts": [{"text": f"{i} {text}"}]},
+                                                 "index": 0}], "modelVersion": model}
+        if last:
+            chunk["candidates"][0]["finishReason"] = "STOP"
+            chunk["usageMetadata"] = usage
+        return f"data: {json.dumps(chunk)}\r\n\r\n"
+
+    finished = False
+    try:
+        for i in range(events):
+            yield event(i, i == events - 1)
+            await asyncio.sleep(0)
+        finished = True
+    finally:
+        if not finished:
             state.streams_closed_early += 1
 
 
