@@ -7,7 +7,9 @@ while LiteLLM translated it on the event loop, again on every retry.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
+import json
 from typing import Any
 
 import openai
@@ -15,6 +17,7 @@ import pytest
 
 from proxy.upstream import lean
 from tests.conftest import RunningProxy
+from tests.helpers import read_raw_response
 from tests.standin import StandInServer
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -115,3 +118,23 @@ def test_a_body_of_too_many_json_values_is_refused_before_it_is_parsed(proxy: Ru
     quoted = 'she said "a, b, c, d"\n' * 40_000  # escaped quotes inside the string, commas between them
     r = http.post("/v1/route", json={"prompt": quoted})
     assert r.status_code == 200, r.text[:300]
+
+
+def test_a_body_of_too_many_values_is_refused_while_it_arrives_not_once_read_whole(proxy: RunningProxy) -> None:
+    # The head announces 8 MB; only its first 0.4 MB (150,000 values) is sent and the socket stays open. The 413
+    # must come from a count of what has arrived: reading 8 MB (or, here, waiting for it) first held the memory
+    # of every such body at once, and counting them whole held the GIL.
+    prefix = (b'{"model": "gemini-1.5-flash", "messages": [{"role": "user", "content": "hi"}], "tools": ['
+              + b",".join([b"{}"] * 150_000))
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: 8000000\r\n\r\n" + prefix)
+        status, headers, body = read_raw_response(sock, timeout=8)
+    assert status == 413, (status, body[:300])
+    error = json.loads(body)["error"]
+    assert error["code"] == "too_many_values" and "100000" in error["message"]
+    assert headers.get("connection") == "close"
+    # Inside strings they are text, and a body under the limit arrives whole and is served.
+    with proxy.http() as http:
+        r = http.post("/v1/route", json={"prompt": "{}, [], " * 60_000})
+        assert r.status_code == 200, r.text[:300]
