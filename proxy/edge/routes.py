@@ -56,8 +56,9 @@ async def read_json(request: Request, limit: int | None) -> Any:
             raise PayloadTooLarge(f"request body exceeds this proxy's limit of {limit} bytes")
         chunks.append(chunk)
     settings = services(request).settings
+    counted = getattr(request.state, "values_counted", False)  # the guard counted them as the body arrived
     return await parse_json(b"".join(chunks), limit_depth=settings.server.limit_json_depth,
-                            limit_values=settings.server.limit_json_values)
+                            limit_values=None if counted else settings.server.limit_json_values)
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
