@@ -207,7 +207,8 @@ class ChatHandler:
             steer = o.budget_route.steer if o.budget_route is not None else 0.0
             with tracing.span("route_llm.route", **{"route_llm.requested_model": target.requested}) as traced:
                 o.decision = decision = await state.decider.decide(target, texts, steer=steer,
-                                                                      document=bool(chat.files))
+                                                                      document=bool(chat.files),
+                                                                      party=request.state.party)
                 traced.routed(decision, state.router_version)
             o.attempts = attempts = Attempts(requested_tier=decision.tier)
             if chat.stream:
@@ -355,7 +356,7 @@ async def route_only(request: Request) -> Response:
     except BudgetExceeded:
         route = None  # a dry run shows the refusal instead of raising it
     d: Decision = await decider.decide(route.target if route else target, texts, steer=route.steer if route else 0,
-                                       document=document)
+                                       document=document, party=request.state.party)
     budget = None
     if status is not None:
         action = ("refuse" if route is None else "cheapest" if route.cheapest else

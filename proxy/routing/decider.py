@@ -16,7 +16,7 @@ import logging
 import math
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -139,7 +139,7 @@ class Decider:
         self.conversation = settings.router.context == "conversation"
         self._cache: OrderedDict[bytes, float] = OrderedDict()
         self._batcher = _MicroBatcher(router, window=settings.router.batch_window_ms / 1000.0,
-                                      limit=settings.router.limit_batch)
+                                      limit=settings.router.limit_batch, tokens=router.meta.max_length)
 
     def model_names(self) -> list[str]:
         return [*self.alias_policies, *self.models]
@@ -186,10 +186,11 @@ class Decider:
         return TierPolicy(steer_cuts(policy.cuts, fraction, self.router.meta.quantiles))
 
     async def decide(self, target: Target, texts: Sequence[str], *, steer: float = 0.0,
-                     document: bool = False) -> Decision:
+                     document: bool = False, party: str = "") -> Decision:
         """The decision for ``target``; ``steer`` (0 to 1) moves a routed target's cuts toward the cheapest tier.
         ``document``: the request carries a document, so a model with a document head decides by that head
-        (lookup vs analysis at its own calibrated cut, :func:`router.policy.document_score`)."""
+        (lookup vs analysis at its own calibrated cut, :func:`router.policy.document_score`). ``party``: who
+        asks (the guard's fairness key); parties waiting for the router take turns."""
         if target.tier is not None:
             return Decision(target.tier, None, None, 0.0)
         assert target.policy is not None
@@ -198,7 +199,7 @@ class Decider:
             assert target.policy is not None
         start = time.perf_counter()
         try:
-            scores = await self._scores(texts)
+            scores = await self._scores(texts, party)
         except Exception:
             log.exception("router inference failed; sending the request to the %s tier", self.fail_open.name)
             return Decision(self.fail_open, None, target.policy.cuts, time.perf_counter() - start, failed=True)
@@ -214,14 +215,14 @@ class Decider:
                 log.exception("document head failed; deciding by the general score")
         return Decision(tier, score, target.policy.cuts, time.perf_counter() - start, turn_score=scores[-1])
 
-    async def _scores(self, texts: Sequence[str]) -> list[float]:
+    async def _scores(self, texts: Sequence[str], party: str = "") -> list[float]:
         """Scores for ``texts`` in one batched run: the last text always fresh (so a single-turn request is
         scored exactly as before), earlier turns from the cache where a previous request scored them."""
         earlier = list(texts[:-1])
         keys = {t: _turn_key(t) for t in earlier} if self.conversation else {}
         known = {t: self._cache[keys[t]] for t in earlier if t in keys and keys[t] in self._cache}
         missing = list(dict.fromkeys(t for t in earlier if t not in known))
-        fresh = await self._batcher.score_many([*missing, texts[-1]])
+        fresh = await self._batcher.score_many([*missing, texts[-1]], party)
         for text, value in zip([*missing, texts[-1]], fresh):
             known[text] = value
             if self.conversation:
@@ -239,35 +240,76 @@ class Decider:
 
 
 class _MicroBatcher:
-    """Runs the classifier off the event loop, one ONNX run for all prompts waiting at that moment.
+    """Runs the classifier off the event loop, one call of the router thread for the prompts waiting then.
 
     A single worker task drains the queue: when a prompt arrives and nothing is running it is scored at
     once (no added wait), and prompts that arrive while a run is in progress form the next batch. So
-    sequential traffic pays nothing and concurrent traffic needs fewer ONNX runs than requests.
+    sequential traffic pays nothing and concurrent traffic makes fewer hops to the router thread than requests.
     ``window`` optionally holds the first prompt of a batch a little longer to gather more of them.
+
+    A batch is bounded by cost, not only by count: the encoder reads each text alone, up to ``max_length``
+    tokens, and a text that long costs a full run (tens of milliseconds). A batch holds texts worth at most
+    ``tokens`` (``max_length``) tokens, counting a character as a token (never fewer tokens than characters,
+    as CJK text has) and any text as at most ``max_length``; so a long text runs alone, and a prompt waits for
+    at most the run in progress and its own. Parties (the guard's fairness key) take turns: each batch starts
+    with the party after the one that started the previous batch, taking their oldest texts one by one, so one
+    party's queue of long conversation turns costs another party's prompt one run, not the whole queue.
     """
 
-    def __init__(self, router: Router, *, window: float, limit: int) -> None:
+    def __init__(self, router: Router, *, window: float, limit: int, tokens: int) -> None:
         self.router = router
         self.window = window
         self.limit = limit
-        self._pending: list[tuple[str, asyncio.Future[float]]] = []
+        self.tokens = tokens
+        self._pending: OrderedDict[str, deque[tuple[str, asyncio.Future[float]]]] = OrderedDict()
         self._worker: asyncio.Task[None] | None = None
 
-    async def score_many(self, texts: Sequence[str]) -> list[float]:
-        """Queue all of one request's texts at once, so they share a run (and a batch) with each other."""
+    async def score_many(self, texts: Sequence[str], party: str = "") -> list[float]:
+        """Queue all of one request's texts at once, in order, under ``party``."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[float]] = [loop.create_future() for _ in texts]
-        self._pending.extend(zip(texts, futures))
+        self._pending.setdefault(party, deque()).extend(zip(texts, futures))
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
         return list(await asyncio.gather(*futures))
 
+    def _cost(self, text: str) -> int:
+        return max(1, min(len(text), self.tokens))
+
+    def _waiting(self) -> int:
+        return sum(len(queue) for queue in self._pending.values())
+
+    def _next_batch(self) -> list[tuple[str, asyncio.Future[float]]]:
+        """Texts from the waiting parties in turn, oldest first per party, within ``limit`` and ``tokens``; the
+        party that led goes to the back of the order."""
+        batch: list[tuple[str, asyncio.Future[float]]] = []
+        spent = 0
+        leader = next(iter(self._pending), None)
+        while self._pending and len(batch) < self.limit:
+            took = False
+            for party in list(self._pending):
+                queue = self._pending[party]
+                cost = self._cost(queue[0][0])
+                if batch and spent + cost > self.tokens:
+                    continue
+                batch.append(queue.popleft())
+                spent += cost
+                took = True
+                if not queue:
+                    del self._pending[party]
+                if len(batch) >= self.limit:
+                    break
+            if not took:
+                break
+        if leader in self._pending:
+            self._pending.move_to_end(leader)
+        return batch
+
     async def _drain(self) -> None:
         while self._pending:
-            if self.window > 0 and len(self._pending) < self.limit:
+            if self.window > 0 and self._waiting() < self.limit:
                 await asyncio.sleep(self.window)
-            batch, self._pending = self._pending[: self.limit], self._pending[self.limit:]
+            batch = self._next_batch()
             texts = [t for t, _ in batch]
             try:
                 scores = await _score_off_loop(self.router, texts)

@@ -180,7 +180,8 @@ def test_the_turn_cache_holds_no_text_so_big_turns_cost_no_more_than_small_ones(
         await decider.decide(target, [*turns[:3], "a new last turn"])
 
     asyncio.run(run())
-    assert counting.calls[1] == ["a new last turn"]  # still cached
+    assert counting.calls[-1] == ["a new last turn"]  # still cached
+    assert sum(map(len, counting.calls)) == 5  # each long turn scored once (one run each: they are long)
     held = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in decider._cache.items())
     assert held <= len(decider._cache) * 200  # a fixed size per entry, whatever the turn's length
     assert LIMIT_SCORE_CACHE * 200 <= 2 * 1024 * 1024  # so the whole cache stays within 2 MB
