@@ -20,11 +20,14 @@ from typing import Literal, TypeVar
 import anyio
 import anyio.to_thread
 
-Kind = Literal["feedback", "files", "documents"]
+Kind = Literal["feedback", "files", "documents", "build"]
 T = TypeVar("T")
 
-#: Threads each kind may hold at once.
-SHARES: dict[Kind, int] = {"feedback": 8, "files": 8, "documents": 8}
+#: Threads each kind may hold at once. ``build``: LiteLLM building an upstream request with tools, a response
+#: schema or a long text (:mod:`proxy.upstream.lean`). A build is pure Python and holds the GIL throughout, so two
+#: at once finish no sooner than one after the other, and every extra one is another thread the event loop waits
+#: behind for the GIL: one lane per worker.
+SHARES: dict[Kind, int] = {"feedback": 8, "files": 8, "documents": 8, "build": 1}
 
 _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Kind, anyio.CapacityLimiter]] = (
     weakref.WeakKeyDictionary())
