@@ -20,14 +20,15 @@ from typing import Literal, TypeVar
 import anyio
 import anyio.to_thread
 
-Kind = Literal["feedback", "files", "documents", "build"]
+Kind = Literal["feedback", "files", "documents", "cpu"]
 T = TypeVar("T")
 
-#: Threads each kind may hold at once. ``build``: LiteLLM building an upstream request with tools, a response
-#: schema or a long text (:mod:`proxy.upstream.lean`). A build is pure Python and holds the GIL throughout, so two
-#: at once finish no sooner than one after the other, and every extra one is another thread the event loop waits
-#: behind for the GIL: one lane per worker.
-SHARES: dict[Kind, int] = {"feedback": 8, "files": 8, "documents": 8, "build": 1}
+#: Threads each kind may hold at once. ``cpu``: pure-Python work in proportion to a request's size, done off the
+#: event loop (parsing a large JSON body, measuring its schemas, LiteLLM building the upstream request with
+#: tools, a response schema or long text). Such work holds the GIL throughout, so two at once finish no sooner
+#: than one after the other, and every extra one is another thread the event loop waits behind for the GIL
+#: (each forces a switch every ``sys.getswitchinterval()``): one lane per worker.
+SHARES: dict[Kind, int] = {"feedback": 8, "files": 8, "documents": 8, "cpu": 1}
 
 _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Kind, anyio.CapacityLimiter]] = (
     weakref.WeakKeyDictionary())

@@ -16,13 +16,13 @@ limit (about a thousand levels) is refused as too deep, not as unparseable.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Any
 
 import numpy as np
 
+from proxy import pools
 from proxy.errors import BadRequest, PayloadTooLarge
 
 # Parsing and walking a body this large on the event loop would stall every other request for milliseconds.
@@ -158,9 +158,10 @@ def _parse(raw: bytes, limit_depth: int | None, limit_values: int | None = None)
 
 
 async def parse_json(raw: bytes, *, limit_depth: int | None, limit_values: int | None = None) -> Any:
-    """Parse and check ``raw``; large bodies in a thread, so the event loop keeps serving others."""
+    """Parse and check ``raw``; large bodies in the worker's lane for CPU work (``proxy.pools``, kind ``cpu``),
+    so the event loop keeps serving others and competes for the GIL with one such thread at most."""
     if not raw.strip():
         raise BadRequest("The request body is empty; send a JSON object.")
     if len(raw) > THREAD_BYTES:
-        return await asyncio.to_thread(_parse, raw, limit_depth, limit_values)
+        return await pools.run("cpu", _parse, raw, limit_depth, limit_values)
     return _parse(raw, limit_depth, limit_values)

@@ -16,7 +16,7 @@ schema by schema, which for a few hundred tools is tens of milliseconds of CPU; 
 froze every other request; and for messages of more than :data:`THREADED_TEXT_CHARS` characters. Plain
 chats, the common case, are still built on the loop (a thread hop costs more
 than their build). The sizes that reach the thread are bounded at the edge (:mod:`proxy.edge.schema_limits`).
-Builds take the worker's one build lane (``proxy.pools``, kind ``build``): a thread still holds the GIL, and
+Builds take the worker's one lane for such work (``proxy.pools``, kind ``cpu``): a thread still holds the GIL, and
 the event loop competes with one such thread, not with one per request being built.
 
 Other providers keep ``litellm.acompletion``: some of them do blocking work (credential look-ups, SDK
@@ -200,7 +200,7 @@ async def acompletion(*, model: str, messages: list[dict[str, Any]], stream: boo
     try:
         threaded = (any(kwargs.get(k) is not None for k in THREADED_PARAMS)
                     or _text_chars(messages) > THREADED_TEXT_CHARS)
-        result = await pools.run("build", build) if threaded else build()
+        result = await pools.run("cpu", build) if threaded else build()
         if inspect.isawaitable(result):
             result = await result
     except Exception as exc:
