@@ -71,15 +71,24 @@ def router_thread() -> ThreadPoolExecutor:
 
     Not starlette's thread pool: its threads and its 40-token limiter are shared with file uploads, feedback
     writes and reloads, so a burst of those could hold a routing decision back, and its hop costs more CPU
-    than a plain executor's. One thread is enough: the micro-batcher runs one batch at a time, and onnxruntime
-    spreads a run over ``router.threads`` threads of its own. The ONNX run and the tokenizer release the GIL,
-    so the event loop keeps serving while a prompt is scored.
+    than a plain executor's. One thread is enough: the micro-batcher runs one batch at a time here (and short
+    prompts beside it on :func:`express_thread`), and onnxruntime spreads a run over ``router.threads`` threads
+    of its own. The ONNX run and the tokenizer release the GIL, so the event loop keeps serving while a prompt
+    is scored.
     """
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="route-llm-router")
 
 
-async def _score_off_loop(router: Router, texts: Sequence[str]) -> list[float]:
-    return await asyncio.get_running_loop().run_in_executor(router_thread(), router.score, texts)
+@functools.cache
+def express_thread() -> ThreadPoolExecutor:
+    """A second classifier thread, for short prompts only (:class:`_MicroBatcher`): a run of the encoder cannot
+    be interrupted, and one over a long text takes tens of milliseconds; on this thread a short prompt does not
+    wait for it. onnxruntime runs a session from several threads at once."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="route-llm-router-express")
+
+
+async def _score_off_loop(router: Router, texts: Sequence[str], lane: ThreadPoolExecutor | None = None) -> list[float]:
+    return await asyncio.get_running_loop().run_in_executor(lane or router_thread(), router.score, texts)
 
 
 @dataclass(frozen=True)
@@ -240,7 +249,7 @@ class Decider:
 
 
 class _MicroBatcher:
-    """Runs the classifier off the event loop, one call of the router thread for the prompts waiting then.
+    """Runs the classifier off the event loop, one call of a router thread for the prompts waiting then.
 
     A single worker task drains the queue: when a prompt arrives and nothing is running it is scored at
     once (no added wait), and prompts that arrive while a run is in progress form the next batch. So
@@ -250,10 +259,12 @@ class _MicroBatcher:
     A batch is bounded by cost, not only by count: the encoder reads each text alone, up to ``max_length``
     tokens, and a text that long costs a full run (tens of milliseconds). A batch holds texts worth at most
     ``tokens`` (``max_length``) tokens, counting a character as a token (never fewer tokens than characters,
-    as CJK text has) and any text as at most ``max_length``; so a long text runs alone, and a prompt waits for
-    at most the run in progress and its own. Parties (the guard's fairness key) take turns: each batch starts
-    with the party after the one that started the previous batch, taking their oldest texts one by one, so one
-    party's queue of long conversation turns costs another party's prompt one run, not the whole queue.
+    as CJK text has) and any text as at most ``max_length``; so a long text runs alone. Parties (the guard's
+    fairness key) take turns: each batch starts with the party after the one that started the previous batch,
+    taking their oldest texts one by one. And while a batch runs on the router thread, short texts (at most
+    half of ``max_length`` characters, a batch of them at most as much) run on the express thread
+    (:func:`express_thread`): one party's queue of long conversation turns then costs another party's short
+    prompt nothing but its own run.
     """
 
     def __init__(self, router: Router, *, window: float, limit: int, tokens: int) -> None:
@@ -263,6 +274,7 @@ class _MicroBatcher:
         self.tokens = tokens
         self._pending: OrderedDict[str, deque[tuple[str, asyncio.Future[float]]]] = OrderedDict()
         self._worker: asyncio.Task[None] | None = None
+        self._arrived: asyncio.Event | None = None  # set when texts arrive while the worker waits on a run
 
     async def score_many(self, texts: Sequence[str], party: str = "") -> list[float]:
         """Queue all of one request's texts at once, in order, under ``party``."""
@@ -271,6 +283,8 @@ class _MicroBatcher:
         self._pending.setdefault(party, deque()).extend(zip(texts, futures))
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
+        elif self._arrived is not None:
+            self._arrived.set()
         return list(await asyncio.gather(*futures))
 
     def _cost(self, text: str) -> int:
@@ -279,53 +293,80 @@ class _MicroBatcher:
     def _waiting(self) -> int:
         return sum(len(queue) for queue in self._pending.values())
 
-    def _next_batch(self) -> list[tuple[str, asyncio.Future[float]]]:
-        """Texts from the waiting parties in turn, oldest first per party, within ``limit`` and ``tokens``; the
-        party that led goes to the back of the order."""
+    def _next_batch(self, budget: int, *, short: bool = False) -> list[tuple[str, asyncio.Future[float]]]:
+        """Texts from the waiting parties in turn, oldest first per party, within ``limit`` and ``budget``
+        (``short``: only texts that cost at most ``budget`` each, and only then); the party that led goes to
+        the back of the order."""
         batch: list[tuple[str, asyncio.Future[float]]] = []
         spent = 0
         leader = next(iter(self._pending), None)
+        led = False
         while self._pending and len(batch) < self.limit:
             took = False
             for party in list(self._pending):
                 queue = self._pending[party]
                 cost = self._cost(queue[0][0])
-                if batch and spent + cost > self.tokens:
+                if (batch or short) and spent + cost > budget:
                     continue
                 batch.append(queue.popleft())
                 spent += cost
                 took = True
+                led = led or party == leader
                 if not queue:
                     del self._pending[party]
                 if len(batch) >= self.limit:
                     break
             if not took:
                 break
-        if leader in self._pending:
+        if led and leader in self._pending:
             self._pending.move_to_end(leader)
         return batch
 
     async def _drain(self) -> None:
-        while self._pending:
-            if self.window > 0 and self._waiting() < self.limit:
-                await asyncio.sleep(self.window)
-            batch = self._next_batch()
-            texts = [t for t, _ in batch]
-            try:
-                scores = await _score_off_loop(self.router, texts)
-            except Exception as exc:
-                if len(batch) == 1:  # its waiter applies the fail-open tier
-                    _settle(batch[0][1], exc=exc)
+        """Keep the router thread busy with fair batches, and the express thread with short ones."""
+        arrived = self._arrived = asyncio.Event()
+        running: dict[ThreadPoolExecutor, asyncio.Task[None]] = {}
+        main, express = router_thread(), express_thread()
+        try:
+            while self._pending or running:
+                arrived.clear()
+                if main not in running and self._pending:
+                    if self.window > 0 and self._waiting() < self.limit:
+                        await asyncio.sleep(self.window)
+                    running[main] = asyncio.create_task(self._run(self._next_batch(self.tokens), main))
+                if express not in running and self._pending:
+                    batch = self._next_batch(self.tokens // 2, short=True)
+                    if batch:
+                        running[express] = asyncio.create_task(self._run(batch, express))
+                if not running:
                     continue
-                # One bad prompt must not fail the others that happened to share its run: retry one by one.
-                for text, fut in batch:
-                    try:
-                        _settle(fut, value=(await _score_off_loop(self.router, [text]))[0])
-                    except Exception as one:
-                        _settle(fut, exc=one)
-                continue
-            for (_, fut), value in zip(batch, scores):
-                _settle(fut, value=value)
+                wake = asyncio.create_task(arrived.wait())
+                await asyncio.wait([*running.values(), wake], return_when=asyncio.FIRST_COMPLETED)
+                wake.cancel()
+                for lane, task in list(running.items()):
+                    if task.done():
+                        del running[lane]
+        finally:
+            if self._arrived is arrived:
+                self._arrived = None
+
+    async def _run(self, batch: list[tuple[str, asyncio.Future[float]]], lane: ThreadPoolExecutor) -> None:
+        texts = [t for t, _ in batch]
+        try:
+            scores = await _score_off_loop(self.router, texts, lane)
+        except Exception as exc:
+            if len(batch) == 1:  # its waiter applies the fail-open tier
+                _settle(batch[0][1], exc=exc)
+                return
+            # One bad prompt must not fail the others that happened to share its run: retry one by one.
+            for text, fut in batch:
+                try:
+                    _settle(fut, value=(await _score_off_loop(self.router, [text], lane))[0])
+                except Exception as one:
+                    _settle(fut, exc=one)
+            return
+        for (_, fut), value in zip(batch, scores):
+            _settle(fut, value=value)
 
 
 def _settle(fut: asyncio.Future[float], *, value: float = 0.0, exc: BaseException | None = None) -> None:

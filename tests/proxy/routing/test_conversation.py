@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -129,9 +130,11 @@ class _CountingRouter:
         self._router = router
         self.meta = router.meta
         self.calls: list[list[str]] = []
+        self.threads: list[str] = []
 
     def score(self, texts: Sequence[str]) -> list[float]:
         self.calls.append(list(texts))
+        self.threads.append(threading.current_thread().name)
         return self._router.score(texts)
 
 
@@ -192,7 +195,7 @@ def test_a_party_with_many_long_turns_queued_does_not_hold_back_anothers_prompt(
     # Every text of max_length tokens and more costs a full encoder run. One party's 6 long turns (3 requests in
     # conversation mode) used to go into one run of the router thread together with another party's short
     # prompt, which waited for all of them. Now a run holds at most max_length tokens' worth of text (a long
-    # text alone), and the parties waiting take turns: the other party's prompt is in the run after the first.
+    # text alone), the parties waiting take turns, and a short prompt runs beside a long run (express thread).
     counting = _CountingRouter(router)
     settings = settings_from_dict(base_config(tmp_path, router={"context": "conversation"}))
     decider = Decider(settings, counting)  # type: ignore[arg-type]
@@ -208,8 +211,9 @@ def test_a_party_with_many_long_turns_queued_does_not_hold_back_anothers_prompt(
         return await other
 
     decision = asyncio.run(run())
-    assert len(counting.calls) >= 6 and all(len(call) == 1 for call in counting.calls[:6])
-    assert counting.calls[1] == [prompt]
+    assert len(counting.calls) == 7 and all(len(call) == 1 for call in counting.calls)
+    assert [prompt] in counting.calls[:2]  # beside the first long run, not after the queue
+    assert counting.threads[counting.calls.index([prompt])].startswith("route-llm-router-express")
     assert decision.score == pytest.approx(router.score([prompt])[0], abs=1e-12)  # scored as alone
     # Short prompts still share a run.
     counting.calls.clear()
