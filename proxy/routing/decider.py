@@ -318,7 +318,7 @@ class _MicroBatcher:
                     break
             if not took:
                 break
-        if led and leader in self._pending:
+        if led and leader is not None and leader in self._pending:
             self._pending.move_to_end(leader)
         return batch
 

@@ -452,7 +452,8 @@ _LONG_TEXTS = {
                         f"and requested a plan before the meeting on day {i % 28 + 1}." for i in range(400)),
     "chinese": "".join(f"第{i}章：委员会审查了预算，询问成本为何上升了百分之{i % 17}，并要求在会议前提交计划。"
                        for i in range(1500)),
-    "japanese": "".join(f"第{i}節では、東京の天気について説明します。明日は晴れ、気温は{i % 30}度です。" for i in range(1500)),
+    "japanese": "".join(f"第{i}節では、東京の天気について説明します。明日は晴れ、気温は{i % 30}度です。"
+                        for i in range(1500)),
     "code": "\n".join(f"def handler_{i}(request):\n    return {{'id': {i}, 'items': [x * {i} for x in range(10)]}}"
                       for i in range(600)),
 }
