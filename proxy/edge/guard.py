@@ -27,7 +27,7 @@ from typing import IO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy import metrics, tracing
+from proxy import metrics, pools, tracing
 from proxy.client_addr import client_address, parse_networks
 from proxy.edge.jsonbody import ValueCount, too_many_values_error
 from proxy.edge.limits import LimitStoreDown, make_limiter
@@ -352,6 +352,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         state["party"] = state["owner"] or who  # the fairness key handlers share work by, never the key itself
+        pools.PARTY.set(state["party"])  # this request's task: its work in a fair pool waits in this party's line
         body: _Body | None = None
         try:
             if self._has_body(scope):
