@@ -223,3 +223,22 @@ def test_a_party_with_many_long_turns_queued_does_not_hold_back_anothers_prompt(
 
     asyncio.run(short())
     assert counting.calls == [["hi 0", "hi 1", "hi 2", "hi 3"]]
+
+
+def test_texts_of_a_request_that_went_away_are_not_scored(router: Router, tmp_path: Path) -> None:
+    counting = _CountingRouter(router)
+    decider = Decider(settings_from_dict(base_config(tmp_path)), counting)  # type: ignore[arg-type]
+    target = decider.resolve("auto")
+    running, gone = "a long question " * 40, "another long question " * 40
+
+    async def run() -> None:
+        first = asyncio.create_task(decider.decide(target, [running], party="a"))
+        left = asyncio.create_task(decider.decide(target, [gone], party="b"))
+        await asyncio.sleep(0.001)  # the first runs; the second waits (too long for the express thread)
+        left.cancel()
+        await first
+        await asyncio.gather(left, return_exceptions=True)
+        await decider.decide(target, ["and then"], party="c")  # the router still serves
+
+    asyncio.run(run())
+    assert counting.calls == [[running], ["and then"]]
