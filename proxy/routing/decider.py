@@ -297,6 +297,12 @@ class _MicroBatcher:
         """Texts from the waiting parties in turn, oldest first per party, within ``limit`` and ``budget``
         (``short``: only texts that cost at most ``budget`` each, and only then); the party that led goes to
         the back of the order."""
+        for party in list(self._pending):  # texts whose request went away (its waiter cancelled) are not scored
+            queue = self._pending[party]
+            while queue and queue[0][1].done():
+                queue.popleft()
+            if not queue:
+                del self._pending[party]
         batch: list[tuple[str, asyncio.Future[float]]] = []
         spent = 0
         leader = next(iter(self._pending), None)
@@ -333,7 +339,9 @@ class _MicroBatcher:
                 if main not in running and self._pending:
                     if self.window > 0 and self._waiting() < self.limit:
                         await asyncio.sleep(self.window)
-                    running[main] = asyncio.create_task(self._run(self._next_batch(self.tokens), main))
+                    batch = self._next_batch(self.tokens)
+                    if batch:
+                        running[main] = asyncio.create_task(self._run(batch, main))
                 if express not in running and self._pending:
                     batch = self._next_batch(self.tokens // 2, short=True)
                     if batch:
