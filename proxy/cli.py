@@ -207,7 +207,7 @@ def serve(settings: Settings, *, workers: int = 1, config_path: str | None = Non
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
         from proxy.edge.protocol import uvicorn_config
 
-        config = uvicorn_config(create_app(settings, router=router), settings, host=host, port=port,
+        config = uvicorn_config(create_app(settings, router=router, freeze_heap=True), settings, host=host, port=port,
                                 log_level="warning", log_config=_log_config(), access_log=False)
         bounded_server(config, settings.server.timeout_shutdown + SHUTDOWN_SLACK).run()
         # What is left is the interpreter's own exit, whose final garbage collection walks every object the

@@ -96,7 +96,8 @@ def precreate(requested: list[str], tiers: list[tuple[str, str]]) -> None:
 
     ``tiers`` is the configured list, cheapest first, as ``(tier name, model name)`` pairs.
     """
-    for reason in ("unauthorized", "rate_limited", "overloaded", "too_large", "body_timeout", "headers_too_large"):
+    for reason in ("unauthorized", "rate_limited", "overloaded", "too_large", "body_timeout", "headers_too_large",
+                   "too_many_values"):
         REJECTED.labels(reason)
     for outcome in ("allowed", "refused"):
         LIMIT_STORE_ERRORS.labels(outcome)

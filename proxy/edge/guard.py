@@ -27,8 +27,9 @@ from typing import IO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy import metrics, tracing
+from proxy import metrics, pools, tracing
 from proxy.client_addr import client_address, parse_networks
+from proxy.edge.jsonbody import ValueCount, too_many_values_error
 from proxy.edge.limits import LimitStoreDown, make_limiter
 from proxy.errors import (
     HeadersTooLarge,
@@ -122,6 +123,11 @@ class _Body:
         self._chunks = []
 
 
+def _is_upload(scope: Scope) -> bool:
+    """A file upload (multipart, up to ``documents.limit_bytes``), not a JSON body."""
+    return bool(scope["path"] == "/v1/files" and scope["method"] == "POST")
+
+
 class _Refused(Exception):
     """Raised while reading a body: answer ``error`` and close the connection."""
 
@@ -197,7 +203,7 @@ class GuardMiddleware:
 
     def _too_large(self, scope: Scope, size: int | None) -> tuple[int | None, PayloadTooLarge]:
         """The body limit for this request, and the error for a body over it (``size``: as declared)."""
-        if scope["path"] == "/v1/files" and scope["method"] == "POST":
+        if _is_upload(scope):
             limit = self.settings.documents.limit_bytes
             told = f"upload of {size} bytes" if size is not None else "the upload"
             return limit + UPLOAD_OVERHEAD, PayloadTooLarge(f"{told} exceeds the {limit}-byte file limit",
@@ -246,8 +252,15 @@ class GuardMiddleware:
 
     # --- the body ------------------------------------------------------------------------------------
     async def _read_body(self, scope: Scope, receive: Receive, life: Life) -> _Body | None:
-        """The whole body, read within ``timeout_body``; None when the client went away first."""
+        """The whole body, read within ``timeout_body``; None when the client went away first.
+
+        A JSON body's values are counted as it arrives (:class:`proxy.edge.jsonbody.ValueCount`): one over
+        ``server.limit_json_values`` is refused as soon as a chunk crosses the limit, so such a body costs a few
+        megabytes read, never its whole size in memory and a count of all of it. Uploads are not JSON.
+        """
         limit, _ = self._too_large(scope, None)
+        limit_values = self.settings.server.limit_json_values
+        values = None if limit_values is None or _is_upload(scope) else ValueCount()
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and limit is not None and int(value) > limit:
                 raise _Refused(self._too_large(scope, int(value))[1], "too_large")
@@ -265,10 +278,15 @@ class GuardMiddleware:
                     life.disconnected = True
                     body.close()
                     return None
-                body.add(message.get("body", b""))
+                data = message.get("body", b"")
+                body.add(data)
                 if limit is not None and body.size > limit:
                     raise _Refused(self._too_large(scope, None)[1], "too_large")
+                if values is not None and limit_values is not None and values.add(data) > limit_values:
+                    raise _Refused(too_many_values_error(limit_values), "too_many_values")
                 if not message.get("more_body", False):
+                    # The handler's parse need not count again (proxy.edge.routes.read_json).
+                    scope.setdefault("state", {})["values_counted"] = values is not None
                     body.rewind()
                     return body
         except BaseException:
@@ -334,6 +352,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         state["party"] = state["owner"] or who  # the fairness key handlers share work by, never the key itself
+        pools.PARTY.set(state["party"])  # this request's task: its work in a fair pool waits in this party's line
         body: _Body | None = None
         try:
             if self._has_body(scope):

@@ -16,13 +16,13 @@ limit (about a thousand levels) is refused as too deep, not as unparseable.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Any
 
 import numpy as np
 
+from proxy import pools
 from proxy.errors import BadRequest, PayloadTooLarge
 
 # Parsing and walking a body this large on the event loop would stall every other request for milliseconds.
@@ -33,6 +33,8 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # Opening brackets become +1, closing ones -1 (as int8); every other byte is deleted.
 _STEPS = bytes.maketrans(b"{[}]", b"\x01\x01\xff\xff")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{[}]")
+# Every byte but quotes and the three that begin a value: deleted before a value count (ValueCount).
+_NOT_COUNTED = bytes(b for b in range(256) if b not in b'",{[')
 
 
 def too_deep(raw: bytes, limit: int) -> bool:
@@ -53,21 +55,57 @@ def too_deep(raw: bytes, limit: int) -> bool:
     return steps.size > 0 and int(np.cumsum(steps, dtype=np.int32).max()) > limit
 
 
-def too_many_values(raw: bytes, limit: int) -> bool:
-    """Whether ``raw`` holds more than ``limit`` JSON values (objects, arrays, and the members and elements
-    in them), without parsing it.
+class ValueCount:
+    """The JSON values of a body (commas and opening brackets outside strings), counted chunk by chunk.
 
     Parsing costs time in proportion to the values it makes, not the bytes: an 18 MB schema of tiny
-    properties is seconds of GIL, an 18 MB base64 string milliseconds. Values are counted as commas and
-    opening brackets, first in the raw bytes (two counts; a body under the limit is done), then only outside
-    strings (as ``too_deep`` cuts them), so text full of brackets and commas is not refused.
+    properties is seconds of GIL, an 18 MB base64 string milliseconds. The guard counts a body as it arrives,
+    so one over ``server.limit_json_values`` is refused after the chunk that crossed the limit, before the rest
+    is read (or held, or counted) at all. Each chunk costs a few bytes methods at C speed; what carries over
+    from one chunk to the next is whether it ended inside a string and whether on a backslash that escapes the
+    next chunk's first byte. Invalid JSON may be miscounted; the parser that follows refuses it anyway.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._in_string = False
+        self._escaped = False  # the previous chunk ended on a backslash (inside a string) that escapes the next byte
+
+    def add(self, chunk: bytes) -> int:
+        """Count ``chunk`` in; the count so far."""
+        if self._escaped and chunk:
+            chunk, self._escaped = chunk[1:], False
+        if b"\\" in chunk:
+            # Escaped backslashes go first, so that ``\\"`` ends a string and ``\"`` does not; a backslash
+            # left at the very end escapes the first byte of the next chunk.
+            chunk = chunk.replace(b"\\\\", b"")
+            if chunk.endswith(b"\\"):
+                chunk, self._escaped = chunk[:-1], True
+            chunk = chunk.replace(b'\\"', b"")
+        # Only quotes and the bytes counted are kept (a few per value, not the text): splitting what is left at the
+        # quotes makes few, short pieces, and what lies outside strings is then counted by its length.
+        pieces = chunk.translate(None, _NOT_COUNTED).split(b'"')
+        self.count += len(b"".join(pieces[1 if self._in_string else 0::2]))
+        self._in_string ^= (len(pieces) - 1) % 2 == 1
+        return self.count
+
+
+def too_many_values(raw: bytes, limit: int) -> bool:
+    """Whether ``raw`` holds more than ``limit`` JSON values (objects, arrays, and the members and elements
+    in them), without parsing it (see :class:`ValueCount`).
+
+    A body under the limit in its raw bytes (two counts, strings and all) is done at once; only one over it is
+    counted outside its strings, so text full of brackets and commas is not refused.
     """
     if raw.count(b",") + raw.count(b"{") + raw.count(b"[") <= limit:
         return False
-    # Each copy of a body this size is megabytes: escapes are removed only when there are any.
-    plain = raw.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in raw else raw
-    outside = b"".join(plain.split(b'"')[::2])
-    return outside.count(b",") + outside.count(b"{") + outside.count(b"[") > limit
+    counter = ValueCount()
+    return counter.add(raw) > limit
+
+
+def too_many_values_error(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body holds more than {limit} JSON values (objects, arrays and their items), "
+                           "this proxy's limit", code="too_many_values")
 
 
 def _where(path: str) -> str:
@@ -103,8 +141,7 @@ def _surrogate(path: str) -> None:
 
 def _parse(raw: bytes, limit_depth: int | None, limit_values: int | None = None) -> Any:
     if limit_values is not None and too_many_values(raw, limit_values):
-        raise PayloadTooLarge(f"the request body holds more than {limit_values} JSON values (objects, arrays and "
-                              "their items), this proxy's limit", code="too_many_values")
+        raise too_many_values_error(limit_values)
     deep = limit_depth is not None and too_deep(raw, limit_depth)
     try:
         value = json.loads(raw)
@@ -124,9 +161,10 @@ def _parse(raw: bytes, limit_depth: int | None, limit_values: int | None = None)
 
 
 async def parse_json(raw: bytes, *, limit_depth: int | None, limit_values: int | None = None) -> Any:
-    """Parse and check ``raw``; large bodies in a thread, so the event loop keeps serving others."""
+    """Parse and check ``raw``; large bodies in the worker's lane for CPU work (``proxy.pools``, kind ``cpu``),
+    so the event loop keeps serving others and competes for the GIL with one such thread at most."""
     if not raw.strip():
         raise BadRequest("The request body is empty; send a JSON object.")
     if len(raw) > THREAD_BYTES:
-        return await asyncio.to_thread(_parse, raw, limit_depth, limit_values)
+        return await pools.run("cpu", _parse, raw, limit_depth, limit_values)
     return _parse(raw, limit_depth, limit_values)

@@ -82,7 +82,8 @@ class MessagesHandler(ChatHandler):
             except ProxyError as exc:
                 client_paths(exc, chat.document_paths)
                 raise
-        decision = await state.decider.decide(target, state.decider.texts(chat.messages), document=bool(chat.files))
+        decision = await state.decider.decide(target, state.decider.texts(chat.messages), document=bool(chat.files),
+                                              party=request.state.party)
         model = settings.models.model(decision.tier)
         count = await run_in_threadpool(count_input_tokens, model.model, messages, chat.params.get("tools"))
         return JSONResponse({"input_tokens": count}, headers={"x-route-llm-tier": decision.tier.name,

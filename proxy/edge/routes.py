@@ -56,8 +56,9 @@ async def read_json(request: Request, limit: int | None) -> Any:
             raise PayloadTooLarge(f"request body exceeds this proxy's limit of {limit} bytes")
         chunks.append(chunk)
     settings = services(request).settings
+    counted = getattr(request.state, "values_counted", False)  # the guard counted them as the body arrived
     return await parse_json(b"".join(chunks), limit_depth=settings.server.limit_json_depth,
-                            limit_values=settings.server.limit_json_values)
+                            limit_values=None if counted else settings.server.limit_json_values)
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -210,7 +211,8 @@ class ChatHandler:
             steer = o.budget_route.steer if o.budget_route is not None else 0.0
             with tracing.span("route_llm.route", **{"route_llm.requested_model": target.requested}) as traced:
                 o.decision = decision = await state.decider.decide(target, texts, steer=steer,
-                                                                      document=bool(chat.files))
+                                                                      document=bool(chat.files),
+                                                                      party=request.state.party)
                 traced.routed(decision, state.router_version)
             o.attempts = attempts = Attempts(requested_tier=decision.tier)
             if chat.stream:
@@ -375,7 +377,7 @@ async def route_only(request: Request) -> Response:
     except BudgetExceeded:
         route = None  # a dry run shows the refusal instead of raising it
     d: Decision = await decider.decide(route.target if route else target, texts, steer=route.steer if route else 0,
-                                       document=document)
+                                       document=document, party=request.state.party)
     budget = None
     if status is not None:
         action = ("refuse" if route is None else "cheapest" if route.cheapest else

@@ -7,15 +7,15 @@ GIL, so the size itself is bounded here, before routing, with an error that name
 leave room for agent clients (Claude Code sends a few dozen tools, some with schemas of several kB).
 
 Measuring the bytes means serialising the schemas again, which for a body of many megabytes is itself too
-slow for the event loop: it runs in a thread too.
+slow for the event loop: it runs in the worker's lane for CPU work (``proxy.pools``) too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
+from proxy import pools
 from proxy.errors import BadRequest, PayloadTooLarge
 
 #: The chat parameters whose values LiteLLM translates schema by schema.
@@ -48,4 +48,4 @@ async def check_schemas(params: dict[str, Any], *, limit_tools: int | None, limi
     """Raise the 400 (too many tools) or 413 (schemas too large) for ``params``; measure in a thread."""
     check_tool_count(params, limit_tools)
     if limit_bytes is not None and any(params.get(k) is not None for k in SCHEMA_PARAMS):
-        check_schema_bytes(await asyncio.to_thread(schema_bytes, params), limit_bytes)
+        check_schema_bytes(await pools.run("cpu", schema_bytes, params), limit_bytes)

@@ -16,7 +16,7 @@ import logging
 import math
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,15 +71,24 @@ def router_thread() -> ThreadPoolExecutor:
 
     Not starlette's thread pool: its threads and its 40-token limiter are shared with file uploads, feedback
     writes and reloads, so a burst of those could hold a routing decision back, and its hop costs more CPU
-    than a plain executor's. One thread is enough: the micro-batcher runs one batch at a time, and onnxruntime
-    spreads a run over ``router.threads`` threads of its own. The ONNX run and the tokenizer release the GIL,
-    so the event loop keeps serving while a prompt is scored.
+    than a plain executor's. One thread is enough: the micro-batcher runs one batch at a time here (and short
+    prompts beside it on :func:`express_thread`), and onnxruntime spreads a run over ``router.threads`` threads
+    of its own. The ONNX run and the tokenizer release the GIL, so the event loop keeps serving while a prompt
+    is scored.
     """
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="route-llm-router")
 
 
-async def _score_off_loop(router: Router, texts: Sequence[str]) -> list[float]:
-    return await asyncio.get_running_loop().run_in_executor(router_thread(), router.score, texts)
+@functools.cache
+def express_thread() -> ThreadPoolExecutor:
+    """A second classifier thread, for short prompts only (:class:`_MicroBatcher`): a run of the encoder cannot
+    be interrupted, and one over a long text takes tens of milliseconds; on this thread a short prompt does not
+    wait for it. onnxruntime runs a session from several threads at once."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="route-llm-router-express")
+
+
+async def _score_off_loop(router: Router, texts: Sequence[str], lane: ThreadPoolExecutor | None = None) -> list[float]:
+    return await asyncio.get_running_loop().run_in_executor(lane or router_thread(), router.score, texts)
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,7 @@ class Decider:
         self.conversation = settings.router.context == "conversation"
         self._cache: OrderedDict[bytes, float] = OrderedDict()
         self._batcher = _MicroBatcher(router, window=settings.router.batch_window_ms / 1000.0,
-                                      limit=settings.router.limit_batch)
+                                      limit=settings.router.limit_batch, tokens=router.meta.max_length)
 
     def model_names(self) -> list[str]:
         return [*self.alias_policies, *self.models]
@@ -186,10 +195,11 @@ class Decider:
         return TierPolicy(steer_cuts(policy.cuts, fraction, self.router.meta.quantiles))
 
     async def decide(self, target: Target, texts: Sequence[str], *, steer: float = 0.0,
-                     document: bool = False) -> Decision:
+                     document: bool = False, party: str = "") -> Decision:
         """The decision for ``target``; ``steer`` (0 to 1) moves a routed target's cuts toward the cheapest tier.
         ``document``: the request carries a document, so a model with a document head decides by that head
-        (lookup vs analysis at its own calibrated cut, :func:`router.policy.document_score`)."""
+        (lookup vs analysis at its own calibrated cut, :func:`router.policy.document_score`). ``party``: who
+        asks (the guard's fairness key); parties waiting for the router take turns."""
         if target.tier is not None:
             return Decision(target.tier, None, None, 0.0)
         assert target.policy is not None
@@ -198,7 +208,7 @@ class Decider:
             assert target.policy is not None
         start = time.perf_counter()
         try:
-            scores = await self._scores(texts)
+            scores = await self._scores(texts, party)
         except Exception:
             log.exception("router inference failed; sending the request to the %s tier", self.fail_open.name)
             return Decision(self.fail_open, None, target.policy.cuts, time.perf_counter() - start, failed=True)
@@ -214,14 +224,14 @@ class Decider:
                 log.exception("document head failed; deciding by the general score")
         return Decision(tier, score, target.policy.cuts, time.perf_counter() - start, turn_score=scores[-1])
 
-    async def _scores(self, texts: Sequence[str]) -> list[float]:
+    async def _scores(self, texts: Sequence[str], party: str = "") -> list[float]:
         """Scores for ``texts`` in one batched run: the last text always fresh (so a single-turn request is
         scored exactly as before), earlier turns from the cache where a previous request scored them."""
         earlier = list(texts[:-1])
         keys = {t: _turn_key(t) for t in earlier} if self.conversation else {}
         known = {t: self._cache[keys[t]] for t in earlier if t in keys and keys[t] in self._cache}
         missing = list(dict.fromkeys(t for t in earlier if t not in known))
-        fresh = await self._batcher.score_many([*missing, texts[-1]])
+        fresh = await self._batcher.score_many([*missing, texts[-1]], party)
         for text, value in zip([*missing, texts[-1]], fresh):
             known[text] = value
             if self.conversation:
@@ -239,51 +249,132 @@ class Decider:
 
 
 class _MicroBatcher:
-    """Runs the classifier off the event loop, one ONNX run for all prompts waiting at that moment.
+    """Runs the classifier off the event loop, one call of a router thread for the prompts waiting then.
 
     A single worker task drains the queue: when a prompt arrives and nothing is running it is scored at
     once (no added wait), and prompts that arrive while a run is in progress form the next batch. So
-    sequential traffic pays nothing and concurrent traffic needs fewer ONNX runs than requests.
+    sequential traffic pays nothing and concurrent traffic makes fewer hops to the router thread than requests.
     ``window`` optionally holds the first prompt of a batch a little longer to gather more of them.
+
+    A batch is bounded by cost, not only by count: the encoder reads each text alone, up to ``max_length``
+    tokens, and a text that long costs a full run (tens of milliseconds). A batch holds texts worth at most
+    ``tokens`` (``max_length``) tokens, counting a character as a token (never fewer tokens than characters,
+    as CJK text has) and any text as at most ``max_length``; so a long text runs alone. Parties (the guard's
+    fairness key) take turns: each batch starts with the party after the one that started the previous batch,
+    taking their oldest texts one by one. And while a batch runs on the router thread, short texts (at most
+    half of ``max_length`` characters, a batch of them at most as much) run on the express thread
+    (:func:`express_thread`): one party's queue of long conversation turns then costs another party's short
+    prompt nothing but its own run.
     """
 
-    def __init__(self, router: Router, *, window: float, limit: int) -> None:
+    def __init__(self, router: Router, *, window: float, limit: int, tokens: int) -> None:
         self.router = router
         self.window = window
         self.limit = limit
-        self._pending: list[tuple[str, asyncio.Future[float]]] = []
+        self.tokens = tokens
+        self._pending: OrderedDict[str, deque[tuple[str, asyncio.Future[float]]]] = OrderedDict()
         self._worker: asyncio.Task[None] | None = None
+        self._arrived: asyncio.Event | None = None  # set when texts arrive while the worker waits on a run
 
-    async def score_many(self, texts: Sequence[str]) -> list[float]:
-        """Queue all of one request's texts at once, so they share a run (and a batch) with each other."""
+    async def score_many(self, texts: Sequence[str], party: str = "") -> list[float]:
+        """Queue all of one request's texts at once, in order, under ``party``."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[float]] = [loop.create_future() for _ in texts]
-        self._pending.extend(zip(texts, futures))
+        self._pending.setdefault(party, deque()).extend(zip(texts, futures))
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
+        elif self._arrived is not None:
+            self._arrived.set()
         return list(await asyncio.gather(*futures))
 
-    async def _drain(self) -> None:
-        while self._pending:
-            if self.window > 0 and len(self._pending) < self.limit:
-                await asyncio.sleep(self.window)
-            batch, self._pending = self._pending[: self.limit], self._pending[self.limit:]
-            texts = [t for t, _ in batch]
-            try:
-                scores = await _score_off_loop(self.router, texts)
-            except Exception as exc:
-                if len(batch) == 1:  # its waiter applies the fail-open tier
-                    _settle(batch[0][1], exc=exc)
+    def _cost(self, text: str) -> int:
+        return max(1, min(len(text), self.tokens))
+
+    def _waiting(self) -> int:
+        return sum(len(queue) for queue in self._pending.values())
+
+    def _next_batch(self, budget: int, *, short: bool = False) -> list[tuple[str, asyncio.Future[float]]]:
+        """Texts from the waiting parties in turn, oldest first per party, within ``limit`` and ``budget``
+        (``short``: only texts that cost at most ``budget`` each, and only then); the party that led goes to
+        the back of the order."""
+        for party in list(self._pending):  # texts whose request went away (its waiter cancelled) are not scored
+            queue = self._pending[party]
+            while queue and queue[0][1].done():
+                queue.popleft()
+            if not queue:
+                del self._pending[party]
+        batch: list[tuple[str, asyncio.Future[float]]] = []
+        spent = 0
+        leader = next(iter(self._pending), None)
+        led = False
+        while self._pending and len(batch) < self.limit:
+            took = False
+            for party in list(self._pending):
+                queue = self._pending[party]
+                cost = self._cost(queue[0][0])
+                if (batch or short) and spent + cost > budget:
                     continue
-                # One bad prompt must not fail the others that happened to share its run: retry one by one.
-                for text, fut in batch:
-                    try:
-                        _settle(fut, value=(await _score_off_loop(self.router, [text]))[0])
-                    except Exception as one:
-                        _settle(fut, exc=one)
-                continue
-            for (_, fut), value in zip(batch, scores):
-                _settle(fut, value=value)
+                batch.append(queue.popleft())
+                spent += cost
+                took = True
+                led = led or party == leader
+                if not queue:
+                    del self._pending[party]
+                if len(batch) >= self.limit:
+                    break
+            if not took:
+                break
+        if led and leader is not None and leader in self._pending:
+            self._pending.move_to_end(leader)
+        return batch
+
+    async def _drain(self) -> None:
+        """Keep the router thread busy with fair batches, and the express thread with short ones."""
+        arrived = self._arrived = asyncio.Event()
+        running: dict[ThreadPoolExecutor, asyncio.Task[None]] = {}
+        main, express = router_thread(), express_thread()
+        try:
+            while self._pending or running:
+                arrived.clear()
+                if main not in running and self._pending:
+                    if self.window > 0 and self._waiting() < self.limit:
+                        await asyncio.sleep(self.window)
+                    batch = self._next_batch(self.tokens)
+                    if batch:
+                        running[main] = asyncio.create_task(self._run(batch, main))
+                if express not in running and self._pending:
+                    batch = self._next_batch(self.tokens // 2, short=True)
+                    if batch:
+                        running[express] = asyncio.create_task(self._run(batch, express))
+                if not running:
+                    continue
+                wake = asyncio.create_task(arrived.wait())
+                await asyncio.wait([*running.values(), wake], return_when=asyncio.FIRST_COMPLETED)
+                wake.cancel()
+                for lane, task in list(running.items()):
+                    if task.done():
+                        del running[lane]
+        finally:
+            if self._arrived is arrived:
+                self._arrived = None
+
+    async def _run(self, batch: list[tuple[str, asyncio.Future[float]]], lane: ThreadPoolExecutor) -> None:
+        texts = [t for t, _ in batch]
+        try:
+            scores = await _score_off_loop(self.router, texts, lane)
+        except Exception as exc:
+            if len(batch) == 1:  # its waiter applies the fail-open tier
+                _settle(batch[0][1], exc=exc)
+                return
+            # One bad prompt must not fail the others that happened to share its run: retry one by one.
+            for text, fut in batch:
+                try:
+                    _settle(fut, value=(await _score_off_loop(self.router, [text], lane))[0])
+                except Exception as one:
+                    _settle(fut, exc=one)
+            return
+        for (_, fut), value in zip(batch, scores):
+            _settle(fut, value=value)
 
 
 def _settle(fut: asyncio.Future[float], *, value: float = 0.0, exc: BaseException | None = None) -> None:

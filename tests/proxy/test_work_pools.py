@@ -50,3 +50,41 @@ def test_blocked_feedback_lookups_leave_file_requests_served(make_proxy: Any,
         release.set()
         for client in flood:
             client.join(timeout=90)
+
+
+def test_the_cpu_lane_serves_waiting_parties_in_turn_one_at_a_time() -> None:
+    # One lane per worker for GIL-holding work (parsing big bodies, LiteLLM's builds): one party's pile of such
+    # requests must cost another party's one request a single turn, not the pile, and a cancelled waiter must
+    # not keep the lane.
+    import asyncio
+
+    from proxy import pools
+
+    order: list[str] = []
+    running = [0, 0]  # now, most
+
+    def work(name: str) -> None:
+        running[0] += 1
+        running[1] = max(running)
+        time.sleep(0.02)
+        order.append(name)
+        running[0] -= 1
+
+    async def job(party: str, name: str) -> None:
+        pools.PARTY.set(party)
+        await pools.run("cpu", work, name)
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(job("a", f"a{i}")) for i in range(4)]
+        await asyncio.sleep(0.005)  # a0 runs, a1-a3 wait
+        doomed = asyncio.create_task(job("c", "c0"))
+        tasks.append(asyncio.create_task(job("b", "b0")))
+        await asyncio.sleep(0.005)
+        doomed.cancel()
+        await asyncio.gather(*tasks)
+        await asyncio.gather(doomed, return_exceptions=True)
+        await asyncio.wait_for(pools.run("cpu", work, "after"), 5)  # the lane was given back
+
+    asyncio.run(main())
+    assert order == ["a0", "b0", "a1", "a2", "a3", "after"]
+    assert running[1] == 1

@@ -14,7 +14,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from router import Classifier, InferenceError, ModelLoadError, ModelMeta, Router
-from router.classifier import load_meta, load_session, load_tokenizer
+from router.classifier import CHARS_PER_TOKEN_BOUND, load_meta, load_session, load_tokenizer
 from tests.router.conftest import (
     SHIPPED_MODEL_DIR,
     MakeModelDir,
@@ -445,3 +445,30 @@ def test_shipped_model_batch_scores_equal_one_by_one() -> None:
         "Summarise: " + "The quick brown fox jumps over the lazy dog. " * 60,
     ]
     assert loaded.score(texts) == pytest.approx([loaded.score([t])[0] for t in texts], abs=1e-5)
+
+
+_LONG_TEXTS = {
+    "english": " ".join(f"Section {i}: the committee reviewed the budget, asked why costs rose by {i % 17} percent, "
+                        f"and requested a plan before the meeting on day {i % 28 + 1}." for i in range(400)),
+    "chinese": "".join(f"第{i}章：委员会审查了预算，询问成本为何上升了百分之{i % 17}，并要求在会议前提交计划。"
+                       for i in range(1500)),
+    "japanese": "".join(f"第{i}節では、東京の天気について説明します。明日は晴れ、気温は{i % 30}度です。"
+                        for i in range(1500)),
+    "code": "\n".join(f"def handler_{i}(request):\n    return {{'id': {i}, 'items': [x * {i} for x in range(10)]}}"
+                      for i in range(600)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_LONG_TEXTS))
+def test_the_shipped_router_scores_a_long_text_as_it_would_untruncated(router: Router, kind: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only max_length tokens of a text reach the encoder (head and tail), so the router tokenizes only
+    # CHARS_PER_TOKEN_BOUND characters per token of each end. On long real text of several scripts (CJK has no
+    # spaces: one token per character or two) that cut gives the very ids, and the score, of the whole text.
+    text = _LONG_TEXTS[kind]
+    classifier = router.classifier
+    assert len(text) > 4 * classifier.meta.max_length * CHARS_PER_TOKEN_BOUND  # really cut
+    cut_ids, cut_score = classifier.token_ids([text]), router.score([text])
+    monkeypatch.setattr(classifier, "_char_limit", len(text))  # tokenize all of it
+    assert classifier.token_ids([text]) == cut_ids
+    assert router.score([text]) == cut_score

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from proxy.edge.jsonbody import check_json, too_deep
+from proxy.edge.jsonbody import ValueCount, check_json, too_deep, too_many_values
 from proxy.errors import BadRequest
 from tests.conftest import RunningProxy
 from tests.standin import StandInServer
@@ -142,3 +142,31 @@ def test_the_raw_byte_depth_check_agrees_with_the_walk(value: Any, limit: int, i
         except BadRequest:
             walked = True
     assert too_deep(raw, limit) == walked
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_json_values, cuts=st.lists(st.integers(0, 400), max_size=6), indent=st.sampled_from([None, 1]))
+def test_values_counted_as_they_arrive_agree_with_the_whole_body_count(value: Any, cuts: list[int],
+                                                                        indent: int | None) -> None:
+    # The guard counts a body chunk by chunk as it arrives; wherever the chunks are cut (inside a string, between
+    # a backslash and what it escapes, between two backslashes), the count is the one of the whole body.
+    raw = json.dumps(value, indent=indent).encode()
+    whole = ValueCount()
+    whole.add(raw)
+    pieces = ValueCount()
+    start = 0
+    for cut in sorted(cuts):
+        pieces.add(raw[start:cut])
+        start = max(start, cut)
+    pieces.add(raw[start:])
+    assert pieces.count == whole.count
+    for limit in range(whole.count - 1, whole.count + 2):
+        assert too_many_values(raw, limit) == (whole.count > limit)
+
+
+def test_the_value_count_skips_strings_and_escaped_quotes() -> None:
+    counter = ValueCount()
+    # cut between the two backslashes of an escaped backslash, and between a backslash and the quote it escapes
+    for chunk in [b'{"a": "x, [y]\\', b'\\", "b": "q\\', b'", {z}", "c": [1, 2]}']:
+        counter.add(chunk)
+    assert counter.count == 5  # outside the strings: {  ,  ,  [  ,

@@ -7,6 +7,8 @@ while LiteLLM translated it on the event loop, again on every retry.
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import threading
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 
 from proxy.upstream import lean
 from tests.conftest import RunningProxy
+from tests.helpers import read_raw_response
 from tests.standin import StandInServer
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -115,3 +118,73 @@ def test_a_body_of_too_many_json_values_is_refused_before_it_is_parsed(proxy: Ru
     quoted = 'she said "a, b, c, d"\n' * 40_000  # escaped quotes inside the string, commas between them
     r = http.post("/v1/route", json={"prompt": quoted})
     assert r.status_code == 200, r.text[:300]
+
+
+def test_a_body_of_too_many_values_is_refused_while_it_arrives_not_once_read_whole(proxy: RunningProxy) -> None:
+    # The head announces 8 MB; only its first 0.4 MB (150,000 values) is sent and the socket stays open. The 413
+    # must come from a count of what has arrived: reading 8 MB (or, here, waiting for it) first held the memory
+    # of every such body at once, and counting them whole held the GIL.
+    prefix = (b'{"model": "gemini-1.5-flash", "messages": [{"role": "user", "content": "hi"}], "tools": ['
+              + b",".join([b"{}"] * 150_000))
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: 8000000\r\n\r\n" + prefix)
+        status, headers, body = read_raw_response(sock, timeout=8)
+    assert status == 413, (status, body[:300])
+    error = json.loads(body)["error"]
+    assert error["code"] == "too_many_values" and "100000" in error["message"]
+    assert headers.get("connection") == "close"
+    # Inside strings they are text, and a body under the limit arrives whole and is served.
+    with proxy.http() as http:
+        r = http.post("/v1/route", json={"prompt": "{}, [], " * 60_000})
+        assert r.status_code == 200, r.text[:300]
+
+
+def test_builds_with_tools_run_one_at_a_time_and_read_the_schema_fields_once(
+        proxy: RunningProxy, standin: StandInServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A build holds the GIL for its whole length: four at once ran no faster than one after another, and gave the
+    # event loop four threads to wait behind for the GIL instead of one. And LiteLLM re-read its Gemini Schema's
+    # type hints for every tool schema, more than half of a build's time.
+    import sys
+    import typing
+
+    running, most, hint_reads = [0], [0], [0]
+    lock = threading.Lock()
+    real = lean.python_completion
+
+    def counting(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code is typing.get_type_hints.__code__:
+            hint_reads[0] += 1
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            threading.Event().wait(0.05)  # a build that takes a while, without holding the GIL
+            sys.setprofile(counting)
+            try:
+                return real(*args, **kwargs)
+            finally:
+                sys.setprofile(None)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(lean, "python_completion", recording)
+    tools = [_tool(i, 100) for i in range(40)]
+    tools[0]["function"]["parameters"]["additionalProperties"] = False  # not a field of Gemini's Schema
+
+    async def four() -> list[Any]:
+        client = proxy.async_client()
+        return await asyncio.gather(*(client.chat.completions.create(model="gemini-1.5-flash", messages=MSG,
+                                                                     tools=tools) for _ in range(4)))
+
+    answers = asyncio.run(four())
+    assert all(a.choices[0].message is not None for a in answers)
+    assert most[0] == 1
+    assert hint_reads[0] == 0  # 40 tools × 4 builds read them 160 times
+    declarations = standin.state.requests[-1].body["tools"][0]
+    first = declarations.get("functionDeclarations", declarations.get("function_declarations"))[0]
+    assert first["parameters"]["properties"]["path"]["description"] == "p" * 100
+    assert "additionalProperties" not in first["parameters"]

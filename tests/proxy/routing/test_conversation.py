@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -129,9 +130,11 @@ class _CountingRouter:
         self._router = router
         self.meta = router.meta
         self.calls: list[list[str]] = []
+        self.threads: list[str] = []
 
     def score(self, texts: Sequence[str]) -> list[float]:
         self.calls.append(list(texts))
+        self.threads.append(threading.current_thread().name)
         return self._router.score(texts)
 
 
@@ -180,7 +183,62 @@ def test_the_turn_cache_holds_no_text_so_big_turns_cost_no_more_than_small_ones(
         await decider.decide(target, [*turns[:3], "a new last turn"])
 
     asyncio.run(run())
-    assert counting.calls[1] == ["a new last turn"]  # still cached
+    assert counting.calls[-1] == ["a new last turn"]  # still cached
+    assert sum(map(len, counting.calls)) == 5  # each long turn scored once (one run each: they are long)
     held = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in decider._cache.items())
     assert held <= len(decider._cache) * 200  # a fixed size per entry, whatever the turn's length
     assert LIMIT_SCORE_CACHE * 200 <= 2 * 1024 * 1024  # so the whole cache stays within 2 MB
+
+
+def test_a_party_with_many_long_turns_queued_does_not_hold_back_anothers_prompt(router: Router,
+                                                                                 tmp_path: Path) -> None:
+    # Every text of max_length tokens and more costs a full encoder run. One party's 6 long turns (3 requests in
+    # conversation mode) used to go into one run of the router thread together with another party's short
+    # prompt, which waited for all of them. Now a run holds at most max_length tokens' worth of text (a long
+    # text alone), the parties waiting take turns, and a short prompt runs beside a long run (express thread).
+    counting = _CountingRouter(router)
+    settings = settings_from_dict(base_config(tmp_path, router={"context": "conversation"}))
+    decider = Decider(settings, counting)  # type: ignore[arg-type]
+    target = decider.resolve("auto")
+    long_turns = [[f"request {r} turn {i} " + "lorem ipsum dolor sit amet " * 2_000 for i in range(2)]
+                  for r in range(3)]
+    prompt = "What is the capital of France?"
+
+    async def run() -> Any:
+        many = [asyncio.create_task(decider.decide(target, turns, party="a")) for turns in long_turns]
+        other = asyncio.create_task(decider.decide(target, [prompt], party="b"))
+        await asyncio.gather(*many)
+        return await other
+
+    decision = asyncio.run(run())
+    assert len(counting.calls) == 7 and all(len(call) == 1 for call in counting.calls)
+    assert [prompt] in counting.calls[:2]  # beside the first long run, not after the queue
+    assert counting.threads[counting.calls.index([prompt])].startswith("route-llm-router-express")
+    assert decision.score == pytest.approx(router.score([prompt])[0], abs=1e-12)  # scored as alone
+    # Short prompts still share a run.
+    counting.calls.clear()
+
+    async def short() -> None:
+        await asyncio.gather(*(decider.decide(target, [f"hi {i}"], party=str(i)) for i in range(4)))
+
+    asyncio.run(short())
+    assert counting.calls == [["hi 0", "hi 1", "hi 2", "hi 3"]]
+
+
+def test_texts_of_a_request_that_went_away_are_not_scored(router: Router, tmp_path: Path) -> None:
+    counting = _CountingRouter(router)
+    decider = Decider(settings_from_dict(base_config(tmp_path)), counting)  # type: ignore[arg-type]
+    target = decider.resolve("auto")
+    running, gone = "a long question " * 40, "another long question " * 40
+
+    async def run() -> None:
+        first = asyncio.create_task(decider.decide(target, [running], party="a"))
+        left = asyncio.create_task(decider.decide(target, [gone], party="b"))
+        await asyncio.sleep(0.001)  # the first runs; the second waits (too long for the express thread)
+        left.cancel()
+        await first
+        await asyncio.gather(left, return_exceptions=True)
+        await decider.decide(target, ["and then"], party="c")  # the router still serves
+
+    asyncio.run(run())
+    assert counting.calls == [[running], ["and then"]]
