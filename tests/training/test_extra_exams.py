@@ -61,8 +61,8 @@ def mirror(tmp_path: Path) -> Mirror:
                     "info": {"language": "Italian"}}),  # fmt: skip  # no options
         json.dumps({"id": "q5"}),  # no question, no info
     ]
-    return exams_mirror(tmp_path / "exams", {"train": lines, "dev": [], "test": [json.dumps(question("q6", "Arabic",
-                        "ما السبب الرئيسي لسقوط الدولة العباسية في بغداد؟"))]})  # fmt: skip
+    arabic = json.dumps(question("q6", "Arabic", "ما السبب الرئيسي لسقوط الدولة العباسية في بغداد؟"))
+    return exams_mirror(tmp_path / "exams", {"train": lines, "dev": [], "test": [arabic]})
 
 
 def test_exam_questions_of_the_read_languages_are_hard_items_with_their_options(mirror: Mirror) -> None:
