@@ -45,6 +45,10 @@ class Source:
     family: str  # doc_qa or multilingual: the output file and the training source
     read: Callable[[Mirror], Iterator[Item]]
     note: str = ""
+    #: Composed with a random stream of its own (seeded by the seed and the name) instead of the shared one: a
+    #: source added after a published build then leaves the other family's rows exactly as they were (the same
+    #: rows, so the same cached embeddings and comparable figures); its own family is re-balanced with it.
+    own_stream: bool = False
 
 
 SOURCES = (
@@ -77,6 +81,8 @@ SOURCES = (
     Source("fairytaleqa", "uci-soe/FairytaleQAData", "a24ddc17364666b7c13a425b9970c87368b03417",
            "Apache-2.0 (stories: Project Gutenberg, public domain)", "doc_qa_more", src.fairytaleqa,
            "data-by-origin files: local stated answers as lookups, inferred answers across sections as analyses"),
+    Source("exams", "mhardalov/exams-qa", "f859e665de6c370f6214ca5f36a34ace36ada6cb", "CC BY-SA 4.0", "multilingual",
+           lang.exams, "multilingual train, dev and test files; ar, de, es, fr, it, tr, vi", own_stream=True),
 )  # fmt: skip
 
 #: ``doc_qa_more`` holds document sources added after ``doc_qa.jsonl`` was published. It is its own file, balanced on
@@ -296,5 +302,6 @@ def build(mirrors: dict[str, Mirror], config: BuildConfig) -> dict[str, list[dic
     raw: dict[str, list[dict[str, Any]]] = {f: [] for f in FAMILIES}
     for source in SOURCES:
         if source.name in mirrors:
-            raw[source.family] += rows_of(source, mirrors[source.name], config, rngs[source.family])
+            stream = random.Random(f"{config.seed}:{source.name}") if source.own_stream else rngs[source.family]
+            raw[source.family] += rows_of(source, mirrors[source.name], config, stream)
     return {family: balance(rows, family, config, rngs[family]) for family, rows in raw.items()}

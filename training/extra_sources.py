@@ -31,12 +31,16 @@ class Mirror:
 
     def show(self, path: str) -> str:
         """The text of ``path`` at the pinned commit."""
+        return self.blob(path).decode("utf-8")
+
+    def blob(self, path: str) -> bytes:
+        """The bytes of ``path`` at the pinned commit (for compressed files; :meth:`show` decodes text)."""
         out = subprocess.run(
             ["git", "--git-dir", self.git_dir, "show", f"{self.commit}:{path}"], capture_output=True, check=False
         )
         if out.returncode:
             raise FileNotFoundError(f"{self.repo}@{self.commit[:10]}:{path}: {out.stderr.decode().strip()}")
-        return out.stdout.decode("utf-8")
+        return out.stdout
 
     def ls(self, folder: str) -> list[str]:
         """Paths of the files directly under ``folder`` at the pinned commit."""
