@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from router import lexical
 from router.head import Head
 from router.lexical import Lexical
-from tests.conftest import RunningProxy, base_config
+from tests.conftest import LOOPBACK_TLS, RunningProxy, base_config
 from tests.proxy.pdfs import pdf_with_pages
 from tests.router.conftest import build_tokenizer, default_meta
 from tests.standin import StandInServer, free_port
@@ -178,11 +178,11 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: flo
         if proc.poll() is not None:
             pytest.fail(f"server exited with {proc.returncode} during start-up:\n{log.read_text()}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2, verify=LOOPBACK_TLS).status_code == 200:
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.05)  # a poll is cheap (no TLS set-up), and every test that serves waits here
     proc.kill()
     pytest.fail(f"server not ready after {timeout}s:\n{log.read_text()}")
 
@@ -197,7 +197,7 @@ def wait_for_workers(proc: subprocess.Popen[bytes], log: Path, workers: int, tim
             pytest.fail(f"route-llm serve exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
         if time.monotonic() > deadline:
             pytest.fail(f"workers not ready in {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 # --- documents end to end: a report, uploads and file parts (from tests/proxy/documents/test_files_e2e.py) -------
@@ -312,7 +312,8 @@ class Replica:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self, key: str = "k1") -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0, timeout=60)
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0, timeout=60,
+                             http_client=openai.DefaultHttpxClient(verify=LOOPBACK_TLS))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -347,7 +348,7 @@ def start_replicas(shared: Shared, tmp: Path, names: list[str]) -> list[Replica]
         for replica in replicas:
             while not replica_ready(replica):
                 assert time.monotonic() < deadline, f"not ready in 300 s:\n{replica.log.read_text(errors='replace')}"
-                time.sleep(0.2)
+                time.sleep(0.05)
     except BaseException:
         for replica in replicas:
             replica.stop()
@@ -359,7 +360,7 @@ def replica_ready(replica: Replica) -> bool:
     if replica.proc.poll() is not None:
         pytest.fail(f"a replica exited with {replica.proc.returncode}:\n{replica.log.read_text(errors='replace')}")
     try:
-        return httpx.get(replica.base_url + "/health/ready", timeout=5).status_code == 200
+        return httpx.get(replica.base_url + "/health/ready", timeout=5, verify=LOOPBACK_TLS).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -20,7 +20,7 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import base_config
+from tests.conftest import LOOPBACK_TLS, base_config
 from tests.helpers import QUESTION, REPORT, Replica, Shared, file_part_by_id, start_replicas, upload
 from tests.proxy.pdfs import pdf_with_pages
 from tests.services import Services, fresh_redis, fresh_schema
@@ -125,7 +125,8 @@ def test_the_requests_per_minute_limit_holds_across_replicas(pair: tuple[Replica
     statuses = []
     for i in range(LIMIT + 4):
         replica = a if i % 2 else b
-        r = httpx.get(replica.base_url + "/v1/models", headers={"authorization": "Bearer k3"}, timeout=30)
+        r = httpx.get(replica.base_url + "/v1/models", headers={"authorization": "Bearer k3"}, timeout=30,
+                      verify=LOOPBACK_TLS)
         statuses.append(r.status_code)
     # One process each, counting alone, would have allowed 2 x LIMIT.
     assert statuses == [200] * LIMIT + [429] * 4

@@ -121,11 +121,10 @@ def test_requests_past_the_shutdown_deadline_get_a_503_and_the_process_still_exi
 
 def _corrupt_model(tmp_path: Path) -> Path:
     """A model dir with valid metadata and tokenizer but an ONNX file that is not one."""
-    from router.classifier import Router
-
-    shipped = Router.load().path
+    from tests.router.conftest import SHIPPED_MODEL_DIR as shipped  # its path: no need to load it
     broken = tmp_path / "corrupt-model"
-    shutil.copytree(shipped, broken)
+    # Not the 76 MB encoder (replaced below) nor the training rows (not read by a start).
+    shutil.copytree(shipped, broken, ignore=shutil.ignore_patterns("model.onnx", "base_rows.npz"))
     (broken / "model.onnx").write_bytes(b"this is not an onnx model")
     return broken
 

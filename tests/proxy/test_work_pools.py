@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from proxy.state.records import RecordStore
-from tests.conftest import ClientThread, wait_until
+from tests.conftest import LOOPBACK_TLS, ClientThread, wait_until
 
 
 def test_blocked_feedback_lookups_leave_file_requests_served(make_proxy: Any,
@@ -30,7 +30,7 @@ def test_blocked_feedback_lookups_leave_file_requests_served(make_proxy: Any,
     def rate() -> None:
         try:
             httpx.post(proxy.base_url + "/v1/feedback", json={"request_id": "req-unknown", "rating": "good"},
-                       timeout=90)
+                       timeout=90, verify=LOOPBACK_TLS)
         except httpx.HTTPError:
             pass
 

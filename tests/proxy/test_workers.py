@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import cli, metrics
 from proxy.settings import settings_from_dict
-from tests.conftest import base_config
+from tests.conftest import LOOPBACK_TLS, base_config
 from tests.helpers import wait_for_workers as _wait_for_workers
 from tests.standin import StandInServer, free_port
 
@@ -39,7 +39,7 @@ def _write_config(tmp: Path, standin: StandInServer, **server: Any) -> Path:
 
 
 def _post(base_url: str, i: int) -> int:
-    with httpx.Client(base_url=base_url, timeout=30) as http:  # a new connection each time
+    with httpx.Client(base_url=base_url, timeout=30, verify=LOOPBACK_TLS) as http:  # a new connection each time
         r = http.post("/v1/chat/completions", json={"model": "auto" if i % 2 else "gemini-1.5-flash",
                                                    "messages": [{"role": "user", "content": f"question {i}"}]})
         return r.status_code

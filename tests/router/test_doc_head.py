@@ -45,9 +45,9 @@ def test_document_score_refuses_bad_values(p: object, d: float, c: float, messag
         document_score(p, d, c)  # type: ignore[arg-type]
 
 
-def test_the_shipped_document_head_orders_a_plain_lookup_below_an_analysis() -> None:
-    """Questions written for this test (not from the evaluation sets), far apart on purpose."""
-    router = Router.load()
+def test_the_shipped_document_head_orders_a_plain_lookup_below_an_analysis(router: Router) -> None:
+    """Questions written for this test (not from the evaluation sets), far apart on purpose. ``router``: the
+    session's shipped one (tests/conftest.py)."""
     assert router.doc_head is not None
     lookups = ["What is the invoice number?", "On which page is the table of contents?",
                "What date was the contract signed?"]
@@ -60,8 +60,13 @@ def test_the_shipped_document_head_orders_a_plain_lookup_below_an_analysis() -> 
 
 @pytest.fixture()
 def model_copy(tmp_path: Path) -> Path:
+    """The shipped model's small files copied (the tests damage them); the encoder and tokenizer (93 MB, never
+    written here) linked, not copied for every case."""
     out = tmp_path / "model"
-    shutil.copytree(SHIPPED_MODEL_DIR, out, ignore=shutil.ignore_patterns("base_rows.npz"))
+    big = ("model.onnx", "tokenizer.json")
+    shutil.copytree(SHIPPED_MODEL_DIR, out, ignore=shutil.ignore_patterns("base_rows.npz", *big))
+    for name in big:
+        (out / name).symlink_to(SHIPPED_MODEL_DIR / name)
     return out
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,14 @@ def _chars(rows: list[EvalRow]) -> list[float]:
     return [float(len(r.prompt)) for r in rows]
 
 
+@cache
+def _tokenizer() -> Tokenizer:
+    """Read once: the file is 17 MB, and four tests count tokens with it."""
+    return Tokenizer.from_file(str(TOKENIZER))
+
+
 def _tokens(rows: list[EvalRow]) -> list[float]:
-    tokenizer = Tokenizer.from_file(str(TOKENIZER))
+    tokenizer = _tokenizer()
     return [float(len(e.ids)) for e in tokenizer.encode_batch([r.prompt for r in rows])]
 
 
@@ -110,8 +117,9 @@ def test_prompt_length_alone_scores_within_the_band_in_every_language() -> None:
 
 
 @pytest.fixture(scope="module")
-def shipped() -> Router:
-    return Router.load()
+def shipped(router: Router) -> Router:
+    """The session's shipped router (tests/conftest.py), not a second load of the same files."""
+    return router
 
 
 def test_shipped_router_meets_the_documents_floor(shipped: Router) -> None:

@@ -30,8 +30,8 @@ def test_the_suite_cannot_be_passed_by_prompt_length() -> None:
 
 
 @pytest.fixture(scope="module")
-def pair_scores() -> list[tuple[float, float]]:
-    router = Router.load()
+def pair_scores(router: Router) -> list[tuple[float, float]]:
+    """Scored by the session's shipped router (tests/conftest.py), not a second load of the same files."""
     easy = router.score([p["easy"] for p in PAIRS])
     hard = router.score([p["hard"] for p in PAIRS])
     return list(zip(easy, hard))

@@ -16,7 +16,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from tests.conftest import ROOT, RunningProxy
+from tests.conftest import LOOPBACK_TLS, ROOT, RunningProxy
 from tests.proxy.pdfs import pdf_with_pages
 from tests.helpers import FUZZ, junk, text
 from tests.helpers import fuzz_dumps as _dumps
@@ -34,7 +34,8 @@ CLAUDE_CODE_HEADERS = {"anthropic-version": "2023-06-01",
 
 
 def client(proxy: RunningProxy, api_key: str = "unused", **kw: Any) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=proxy.base_url, api_key=api_key, max_retries=0, timeout=30.0, **kw)
+    return anthropic.Anthropic(base_url=proxy.base_url, api_key=api_key, max_retries=0, timeout=30.0,
+                               http_client=anthropic.DefaultHttpxClient(verify=LOOPBACK_TLS), **kw)
 
 
 def requests_total(**labels: str) -> float:

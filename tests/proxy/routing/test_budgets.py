@@ -35,7 +35,7 @@ from proxy.settings import ApiKeySettings, BudgetSettings, ConfigError, settings
 from router import Router
 from router.budget import steer_cuts, steer_fraction
 from router.policy import NEVER_STRONG, Tier, TierPolicy
-from tests.conftest import RunningProxy, base_config
+from tests.conftest import LOOPBACK_TLS, RunningProxy, base_config
 from tests.services import Services, fresh_schema
 from tests.standin import StandInServer
 
@@ -67,7 +67,8 @@ def _requests(status: str, requested: str = "auto") -> float:
 
 
 def _admin(base_url: str, key: str | None = ADMIN) -> httpx.Client:
-    return httpx.Client(base_url=base_url, timeout=30, headers={"authorization": f"Bearer {key}"} if key else {})
+    return httpx.Client(base_url=base_url, timeout=30, headers={"authorization": f"Bearer {key}"} if key else {},
+                        verify=LOOPBACK_TLS)
 
 
 def _spend(base_url: str) -> dict[str, dict[str, Any]]:
@@ -79,7 +80,8 @@ def _spend(base_url: str) -> dict[str, dict[str, Any]]:
 
 def _ask(base_url: str, key: str, prompt: str = PROMPT) -> Any:
     """One chat call through the SDK with its default retries (2): a refused call must not be retried."""
-    client = openai.OpenAI(base_url=base_url + "/v1", api_key=key, timeout=60)
+    client = openai.OpenAI(base_url=base_url + "/v1", api_key=key, timeout=60,
+                           http_client=openai.DefaultHttpxClient(verify=LOOPBACK_TLS))
     return client.chat.completions.with_raw_response.create(model="auto",
                                                             messages=[{"role": "user", "content": prompt}])
 

@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from proxy.routing.reload import model_version
 from proxy.settings import load_settings
 from router import Router
-from tests.conftest import RunningProxy, base_config, start_proxy, stop_proxy, until_upstream_has
+from tests.conftest import LOOPBACK_TLS, RunningProxy, base_config, start_proxy, stop_proxy, until_upstream_has
 from tests.helpers import point_at_standin as _on_standin
 from tests.helpers import serve_on_free_port as _serve
 from tests.helpers import wait_for_workers as _wait_for_workers
@@ -81,7 +81,8 @@ def _client(proxy: RunningProxy) -> Any:
     """
     import openai
 
-    return openai.AsyncOpenAI(base_url=proxy.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai.AsyncOpenAI(base_url=proxy.base_url + "/v1", api_key="unused", max_retries=0, timeout=120,
+                              http_client=openai.DefaultAsyncHttpxClient(verify=LOOPBACK_TLS))
 
 
 async def _one(client: Any, i: int) -> str:
@@ -230,7 +231,7 @@ def test_reload_needs_an_admin_key(reloadable: Any, make_proxy: Any) -> None:
 def _versions(base_url: str, n: int) -> set[str]:
     seen = set()
     for i in range(n):
-        with httpx.Client(base_url=base_url, timeout=30) as http:  # a new connection: any worker may answer
+        with httpx.Client(base_url=base_url, timeout=30, verify=LOOPBACK_TLS) as http:  # new connection: any worker
             r = http.post("/v1/chat/completions", json={"model": "auto",
                                                         "messages": [{"role": "user", "content": f"q {i}"}]})
             assert r.status_code == 200, r.text
