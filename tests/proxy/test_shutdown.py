@@ -124,7 +124,7 @@ def _corrupt_model(tmp_path: Path) -> Path:
     from tests.router.conftest import SHIPPED_MODEL_DIR as shipped  # its path: no need to load it
     broken = tmp_path / "corrupt-model"
     # Not the 76 MB encoder (replaced below) nor the training rows (not read by a start).
-    shutil.copytree(shipped, broken, ignore=shutil.ignore_patterns("model.onnx", "base_rows.npz"))
+    shutil.copytree(shipped, broken, ignore=shutil.ignore_patterns("model.onnx", "embedding.bin", "base_rows.npz"))
     (broken / "model.onnx").write_bytes(b"this is not an onnx model")
     return broken
 

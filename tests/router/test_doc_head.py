@@ -60,10 +60,10 @@ def test_the_shipped_document_head_orders_a_plain_lookup_below_an_analysis(route
 
 @pytest.fixture()
 def model_copy(tmp_path: Path) -> Path:
-    """The shipped model's small files copied (the tests damage them); the encoder and tokenizer (93 MB, never
+    """The shipped model's small files copied (the tests damage them); the encoder and tokenizer (56 MB, never
     written here) linked, not copied for every case."""
     out = tmp_path / "model"
-    big = ("model.onnx", "tokenizer.json")
+    big = ("model.onnx", "embedding.bin", "tokenizer.json")
     shutil.copytree(SHIPPED_MODEL_DIR, out, ignore=shutil.ignore_patterns("base_rows.npz", *big))
     for name in big:
         (out / name).symlink_to(SHIPPED_MODEL_DIR / name)
