@@ -443,3 +443,16 @@ def read_raw_response(sock: socket.socket, timeout: float = 10) -> tuple[int, di
     status = int(lines[0].split()[1]) if lines and lines[0] else 0
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     return status, headers, body
+
+
+def commit_repo(root: Path, files: dict[str, str]) -> str:
+    """A git repository at ``root`` holding ``files`` in one commit; returns the commit's hash."""
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text, encoding="utf-8")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "data"]):
+        subprocess.run(["git", *args], cwd=root, env=env, check=True)
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, check=True, text=True)
+    return out.stdout.strip()

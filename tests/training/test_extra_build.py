@@ -5,32 +5,18 @@ lengths of the two labels matched, translations kept in one group."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import commit_repo
 from tests.training import script_main
 from training import extra_build as build
 from training import extra_languages as lang
 from training import extra_manifest as manifest_module
 from training import extra_sources as src
 from training.extra_sources import Item, Mirror
-
-
-def commit_repo(root: Path, files: dict[str, str]) -> str:
-    """A git repository at ``root`` holding ``files`` in one commit; returns the commit's hash."""
-    for path, text in files.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text, encoding="utf-8")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "data"]):
-        subprocess.run(["git", *args], cwd=root, env=env, check=True)
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, check=True, text=True)
-    return out.stdout.strip()
 
 
 def tatqa_doc(uid: str, answer_types: list[str]) -> dict[str, object]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.test_extra_build import commit_repo
+from tests.helpers import commit_repo
 from training import extra_build as build
 from training import extra_languages as lang
 from training.extra_sources import Item, Mirror
