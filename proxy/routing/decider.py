@@ -261,7 +261,7 @@ class _MicroBatcher:
     ``tokens`` (``max_length``) tokens, counting a character as a token (never fewer tokens than characters,
     as CJK text has) and any text as at most ``max_length``; so a long text runs alone. Parties (the guard's
     fairness key) take turns: each batch starts with the party after the one that started the previous batch,
-    taking their oldest texts one by one. And while a batch runs on the router thread, short texts (at most
+    taking their oldest texts one by one. And while a long text runs on the router thread, short texts (at most
     half of ``max_length`` characters, a batch of them at most as much) run on the express thread
     (:func:`express_thread`): one party's queue of long conversation turns then costs another party's short
     prompt nothing but its own run.
@@ -333,6 +333,7 @@ class _MicroBatcher:
         arrived = self._arrived = asyncio.Event()
         running: dict[ThreadPoolExecutor, asyncio.Task[None]] = {}
         main, express = router_thread(), express_thread()
+        main_cost = 0  # the longest text of the batch running on the router thread (its cost)
         try:
             while self._pending or running:
                 arrived.clear()
@@ -342,7 +343,10 @@ class _MicroBatcher:
                     batch = self._next_batch(self.tokens)
                     if batch:
                         running[main] = asyncio.create_task(self._run(batch, main))
-                if express not in running and self._pending:
+                        main_cost = max(self._cost(text) for text, _ in batch)
+                # The express thread only beside a long run: two short runs at once would just share the cores
+                # (each onnxruntime run spreads over router.threads threads) and cost CPU, not latency.
+                if express not in running and self._pending and main_cost > self.tokens // 2:
                     batch = self._next_batch(self.tokens // 2, short=True)
                     if batch:
                         running[express] = asyncio.create_task(self._run(batch, express))
