@@ -544,18 +544,17 @@ class Router:
         without their documents (``route-llm score``) has no other way to say what they are. Both heads read the
         same embedding, so this costs no second encoder run.
         """
-        gate = self.doc_head.gate if self.doc_head is not None else None
-        if gate is None:
+        doc = self.doc_head
+        if doc is None or doc.gate is None:
             return self._classifier.score(texts)
         inputs = self._classifier.head_inputs(texts)
         general = self._classifier.head_scores(inputs, texts)
-        width = self.doc_head.weight.size  # type: ignore[union-attr]
-        gated = gate.probabilities(inputs[:, :width]) >= gate.cut
+        embeddings = inputs[:, : doc.weight.size]
+        gated = doc.gate.probabilities(embeddings) >= doc.gate.cut
         if not gated.any():
             return general
-        analysis = self.doc_head.probabilities(inputs[:, :width])  # type: ignore[union-attr]
-        cut = self.doc_head.cut_probability  # type: ignore[union-attr]
-        return [document_score(analysis[i], cut, gate.general_cut) if gated[i] else score
+        analysis = doc.probabilities(embeddings)
+        return [document_score(analysis[i], doc.cut_probability, doc.gate.general_cut) if gated[i] else score
                 for i, score in enumerate(general)]
 
     def document_scores(self, texts: Sequence[str]) -> list[float]:
