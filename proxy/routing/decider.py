@@ -72,7 +72,7 @@ def router_thread() -> ThreadPoolExecutor:
     Not starlette's thread pool: its threads and its 40-token limiter are shared with file uploads, feedback
     writes and reloads, so a burst of those could hold a routing decision back, and its hop costs more CPU
     than a plain executor's. One thread is enough: the micro-batcher runs one batch at a time here (and short
-    prompts beside it on :func:`express_thread`), and onnxruntime spreads a run over ``router.threads`` threads
+    prompts beside a long one on :func:`express_thread`), and onnxruntime spreads a run over ``router.threads`` threads
     of its own. The ONNX run and the tokenizer release the GIL, so the event loop keeps serving while a prompt
     is scored.
     """
@@ -81,9 +81,10 @@ def router_thread() -> ThreadPoolExecutor:
 
 @functools.cache
 def express_thread() -> ThreadPoolExecutor:
-    """A second classifier thread, for short prompts only (:class:`_MicroBatcher`): a run of the encoder cannot
-    be interrupted, and one over a long text takes tens of milliseconds; on this thread a short prompt does not
-    wait for it. onnxruntime runs a session from several threads at once."""
+    """A second classifier thread, for short prompts while a long text runs on :func:`router_thread`
+    (:class:`_MicroBatcher`): a run of the encoder cannot be interrupted, and one over a long text takes tens of
+    milliseconds; on this thread a short prompt does not wait for it. Beside short runs it stays idle (two runs at
+    once would only share the cores). onnxruntime runs a session from several threads at once."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="route-llm-router-express")
 
 
