@@ -103,6 +103,7 @@ class StandIn:
     fault_mix: bool = False  # random faults of every kind instead of ``fault_status`` only
     reply_words: int = 8
     streams_closed_early: int = 0  # streams whose reader went away before the last chunk
+    long_streams_ended: int = 0  # "long" streams over, sent whole or left by their reader
     stream_chunks: int = 3
     served: list[str] = field(default_factory=lambda: list(SERVED_MODELS))  # listed by GET /v1beta/models
     retired: set[str] = field(default_factory=set)  # not listed, and their calls answer 404 NOT_FOUND
@@ -115,6 +116,7 @@ class StandIn:
         self.faults.clear()
         self.fault_rate = 0.0
         self.streams_closed_early = 0
+        self.long_streams_ended = 0
         self.served = list(SERVED_MODELS)
         self.retired.clear()
         self.listings.clear()
@@ -340,6 +342,7 @@ async def _long_sse(state: StandIn, model: str, events: int, usage: dict[str, in
     finally:
         if not finished:
             state.streams_closed_early += 1
+        state.long_streams_ended += 1
 
 
 def free_port() -> int:

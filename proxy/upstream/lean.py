@@ -180,6 +180,64 @@ def read_schema_fields_once() -> bool:
 read_schema_fields_once()
 
 
+class _RecentChunks(list):  # type: ignore[type-arg]  # LiteLLM's list of chunks, typed there
+    """LiteLLM's record of a stream's chunks, holding only the chunks it reads back (see :func:`bound_history`).
+
+    It keeps the first chunk, the latest chunk that carries usage (the upstream's usage is cumulative: LiteLLM
+    itself reads only the most recent), the latest that names a service tier, and the last :attr:`TAIL` chunks
+    (its repetition check compares the last two). Older chunks are dropped as new ones arrive.
+    """
+
+    TAIL = 4
+
+    def append(self, chunk: Any) -> None:
+        super().append(chunk)
+        if len(self) <= 2 * self.TAIL:
+            return
+        keep = {0, *range(len(self) - self.TAIL, len(self))}
+        for name in ("usage", "service_tier"):
+            latest = next((i for i in range(len(self) - 1, 0, -1) if getattr(self[i], name, None)), None)
+            if latest is not None:
+                keep.add(latest)
+        self[:] = [c for i, c in enumerate(self) if i in keep]
+
+
+class _TextTail(str):
+    """LiteLLM's running text of a stream (``response_uptil_now``), holding only its last :attr:`LIMIT` characters.
+
+    LiteLLM grows it with ``+=`` for every chunk (a copy of the whole answer each time: quadratic in its length) and
+    reads it only for callbacks' rules and a router's mid-stream fallback, neither of which the proxy uses.
+    """
+
+    LIMIT = 4096
+
+    def __add__(self, other: str) -> _TextTail:
+        return _TextTail((str(self) + other)[-self.LIMIT:])
+
+
+def bound_history(stream: Any) -> bool:
+    """Keep a LiteLLM stream's history of what it passed on bounded, whatever the length of the answer.
+
+    LiteLLM's stream wrapper appends every chunk it hands out to ``chunks`` and every piece of text to
+    ``response_uptil_now``, to build a complete response for logging at the end and to hand a router what was
+    already said. The proxy reads neither: it relays each chunk and takes the usage from the last. A 10 MB answer
+    was held whole twice until the stream ended, and a client that stopped reading still made the proxy read (and
+    keep) as much as the sockets between them hold: 20 such clients grew a worker by about 170 MB. Both
+    attributes are private to LiteLLM's ``CustomStreamWrapper``; if a release renames them, or they are not a
+    list and a string, nothing is changed (True only when both are bounded). Used for the lean providers, whose
+    upstream reports usage in its events, so the dropped chunks are never needed to count tokens.
+    """
+    chunks = getattr(stream, "chunks", None)
+    text = getattr(stream, "response_uptil_now", None)
+    if type(chunks) is not list and not isinstance(chunks, _RecentChunks) or not isinstance(text, str):
+        return False
+    if not isinstance(chunks, _RecentChunks):
+        stream.chunks = _RecentChunks(chunks)
+    if not isinstance(text, _TextTail):
+        stream.response_uptil_now = _TextTail(text[-_TextTail.LIMIT:])
+    return True
+
+
 def provider_of(model: str) -> str:
     return model.split("/", 1)[0] if "/" in model else ""
 
@@ -211,4 +269,5 @@ async def acompletion(*, model: str, messages: list[dict[str, Any]], stream: boo
             completion_kwargs={}, extra_kwargs=kwargs)
     if isinstance(result, CustomStreamWrapper):
         result.set_logging_event_loop(loop=asyncio.get_running_loop())  # type: ignore[no-untyped-call]  # as acompletion does
+        bound_history(result)
     return result
