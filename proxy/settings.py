@@ -338,6 +338,7 @@ class ServerSettings:
     limit_header_bytes: int = 32_768  # request line and headers of one request
     limit_header_count: int = 100  # headers of one request
     limit_header_bytes_total: int = 16_777_216  # unfinished request heads of all connections of one process
+    send_buffer_bytes: int | None = 262_144  # kernel send buffer of each client connection; None: the kernel's
     limit_requests_per_minute: int | None = None  # per proxy key (without keys: per client address)
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For names the client (proxy.edge.client_addr)
     timeout_header: float = 10.0  # from connection (or the end of the last response) to complete headers
@@ -379,6 +380,10 @@ class ServerSettings:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"server.{key}: must be positive (seconds)")
         _check_header_limits(self)
+        v = self.send_buffer_bytes
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 4096):
+            raise ConfigError(f"server.send_buffer_bytes: must be an integer of at least 4096 (or null for the "
+                              f"kernel's own sizing), got {v!r}")
         try:
             parse_networks(self.trusted_proxies)
         except ValueError as exc:

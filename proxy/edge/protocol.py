@@ -16,6 +16,14 @@ and ``limit_header_bytes_total`` across every connection of the process. A reque
 it is read, however fast it sends. The number of headers is checked in ``proxy.edge.guard``, once the head is
 complete (its bytes bound it here).
 
+Each accepted connection's kernel send buffer is fixed at ``send_buffer_bytes``. Left to itself the kernel grows it
+while the client's window is open (to 4 MB by default), and the proxy reads, parses and serialises the upstream's
+answer until it is full, whether or not the client is still reading: a client that stops reading a fast stream made
+the proxy do megabytes of work for nobody, and 20 of them kept every core busy for seconds (issue 29, row 17). With
+the buffer fixed, such a stream costs a buffer's worth of work, then waits. A fixed buffer also bounds a
+connection's throughput to about ``send_buffer_bytes`` per round trip (256 kB at 100 ms: 2.5 MB/s), far above what a
+model's answer needs; ``null`` gives the sizing back to the kernel.
+
 ``uvicorn_config`` builds the one uvicorn configuration the CLI and the tests both use.
 """
 
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +67,16 @@ class _HeaderDeadline:
         if not self.transport.is_closing():
             # No response: the request is not known yet, and a client this slow is not waiting for one.
             self.transport.close()
+
+
+def _fix_send_buffer(transport: asyncio.Transport, config: Any) -> None:
+    size = getattr(config, "route_llm_send_buffer_bytes", None)
+    sock = transport.get_extra_info("socket")
+    if size is not None and sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        except OSError:  # a socket that takes no such option (not TCP): its buffer stays the kernel's
+            pass
 
 
 @dataclass
@@ -148,6 +167,7 @@ class HttpToolsWithDeadline(_HeadLimit, _HeaderDeadline, HttpToolsProtocol):
     """The protocol uvicorn picks by default (httptools), as the CLI runs it."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        _fix_send_buffer(transport, self.config)
         super().connection_made(transport)
         self._arm_header_deadline(self.config)
 
@@ -178,6 +198,7 @@ class H11WithDeadline(_HeadLimit, _HeaderDeadline, H11Protocol):
     """The same for uvicorn's pure-Python protocol (``uvicorn_config(..., http="h11")``)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        _fix_send_buffer(transport, self.config)
         super().connection_made(transport)
         self._arm_header_deadline(self.config)
 
@@ -223,6 +244,7 @@ def uvicorn_config(app: Any, settings: Settings, *, http: str = "httptools", **k
                             timeout_keep_alive=server.timeout_keep_alive,  # type: ignore[arg-type]
                             **kwargs)
     config.route_llm_timeout_header = server.timeout_header  # type: ignore[attr-defined]
+    config.route_llm_send_buffer_bytes = server.send_buffer_bytes  # type: ignore[attr-defined]
     config.route_llm_head_budget = HeadBudget(server.limit_header_bytes,  # type: ignore[attr-defined]
                                               server.limit_header_bytes_total)
     return config

@@ -72,7 +72,13 @@ def test_null_leaves_the_send_buffer_to_the_kernel(tmp_path: Path, router: Any, 
         stop_proxy(proxy)
 
 
-@pytest.mark.parametrize("value", [0, 100, -1, True, "big", 1.5])
-def test_send_buffer_bytes_is_validated(tmp_path: Path, value: Any) -> None:
-    with pytest.raises(ConfigError, match=r"server.send_buffer_bytes: must be an integer of at least 4096 \(or null"):
+@pytest.mark.parametrize("value,says", [(0, "must be an integer of at least 4096 (or null"),
+                                        (100, "must be an integer of at least 4096 (or null"),
+                                        (-1, "must be an integer of at least 4096 (or null"),
+                                        (True, "expected an integer, got True"),
+                                        ("big", "expected an integer, got 'big'"),
+                                        (1.5, "expected an integer, got 1.5")])
+def test_send_buffer_bytes_is_validated(tmp_path: Path, value: Any, says: str) -> None:
+    with pytest.raises(ConfigError) as raised:
         settings_from_dict(base_config(tmp_path, server={"send_buffer_bytes": value}))
+    assert str(raised.value).startswith(f"server.send_buffer_bytes: {says}")
