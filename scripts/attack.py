@@ -90,6 +90,10 @@ CONFIG: dict[str, Any] = {
     "server": {"api_keys": [ATTACKER, NORMAL], "timeout_shutdown": 3},
     "documents": {"limit_storage_bytes": 10_000_000},
     "router": {"context": "conversation"},  # the turn-cache row needs it; /v1/route with a prompt is unaffected
+    # No circuit breaker: the fault rows would open it (as they should), and the rows after them (the leaving
+    # streams, the shutdown) were then refused 503 without reaching the upstream, and the error-body row scanned the
+    # breaker's one body instead of each fault's. The breaker has its own tests (tests/proxy/upstream/test_breaker.py).
+    "upstream": {"breaker": {"failures": None}},
 }
 #: What an error body must never show (issue 29 row 13): addresses and ports, reprs, LiteLLM's names, tracebacks.
 LEAKS = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b|localhost|object at 0x|SSLContext|litellm|Traceback|api_base",
