@@ -3,11 +3,14 @@ question without a document keeps the general score. Real sockets, the official 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from proxy.routing.decider import Decider
 from proxy.settings import settings_from_dict
 from router import Router
 from router.policy import document_score
@@ -52,3 +55,30 @@ def test_a_document_question_is_scored_by_the_document_head(proxy: RunningProxy,
     assert with_document["x-route-llm-tier"] == ("strong" if p >= router.doc_head.cut_probability else "weak")
     without = _ask(proxy, question, None)
     assert without["x-route-llm-score"] == f"{router.score([question])[0]:.4f}"
+
+
+def test_a_document_question_runs_the_encoder_once(router: Router, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both heads read the same embedding: the decision for a request with a document must not run the encoder a
+    # second time on its last text for the document head (it did: the general score through the batcher, then
+    # Router.document_scores on the router thread).
+    assert router.doc_head is not None
+    embedded: list[int] = []
+    embed = router.classifier._embed
+
+    def counting(ids: list[int]) -> Any:
+        embedded.append(len(ids))
+        return embed(ids)
+
+    monkeypatch.setattr(router.classifier, "_embed", counting)
+    decider = Decider(settings_from_dict(base_config(tmp_path)), router)
+    question = QUESTIONS[1]
+    decision = asyncio.run(decider.decide(decider.resolve("auto"), [question], document=True))
+    assert len(embedded) == 1
+    # And the decision is the document head's, as before.
+    p = router.document_scores([question])[0]
+    assert decision.score == pytest.approx(document_score(p, router.doc_head.cut_probability, 0.5), abs=1e-12)
+    # Without a document: one run too, and the general score.
+    embedded.clear()
+    plain = asyncio.run(decider.decide(decider.resolve("auto"), [question]))
+    assert len(embedded) == 1 and plain.score == pytest.approx(router.score([question])[0], abs=1e-12)
