@@ -547,15 +547,31 @@ class Router:
         doc = self.doc_head
         if doc is None or doc.gate is None:
             return self._classifier.score(texts)
+        return self._scored(texts, analysis=False)[0]
+
+    def score_both(self, texts: Sequence[str]) -> tuple[list[float], list[float] | None]:
+        """:meth:`score` of each text, and the document head's p(analysis) of each (None where the model has no
+        document head), from one encoder run: what a request that carries a document needs."""
+        if self.doc_head is None:
+            return self._classifier.score(texts), None
+        general, analysis = self._scored(texts, analysis=True)
+        assert analysis is not None
+        return general, analysis
+
+    def _scored(self, texts: Sequence[str], *, analysis: bool) -> tuple[list[float], list[float] | None]:
+        doc = self.doc_head
+        assert doc is not None
         inputs = self._classifier.head_inputs(texts)
         general = self._classifier.head_scores(inputs, texts)
         embeddings = inputs[:, : doc.weight.size]
-        gated = doc.gate.probabilities(embeddings) >= doc.gate.cut
-        if not gated.any():
-            return general
-        analysis = doc.probabilities(embeddings)
-        return [document_score(analysis[i], doc.cut_probability, doc.gate.general_cut) if gated[i] else score
-                for i, score in enumerate(general)]
+        gated = (doc.gate.probabilities(embeddings) >= doc.gate.cut if doc.gate is not None
+                 else np.zeros(len(texts), dtype=bool))
+        p = doc.probabilities(embeddings) if analysis or gated.any() else None
+        if p is not None and gated.any():
+            assert doc.gate is not None
+            general = [document_score(p[i], doc.cut_probability, doc.gate.general_cut) if gated[i] else score
+                       for i, score in enumerate(general)]
+        return general, p
 
     def document_scores(self, texts: Sequence[str]) -> list[float]:
         """p(analysis) of each text read as a question about an attached document (the document head); raises

@@ -893,8 +893,8 @@ def main() -> int:
          lambda: feedback_flood(server)),
         ("40 clients downloading an 8 MB file, never reading, 6 s", "streamed from disk in 64 kB pieces",
          unread_downloads(server)),
-        ("20 clients leaving 10 MB streams after one event (held 3 s), all at once", "upstream stream closed at the next chunk",
-         lambda: leaving_streams(server, standin)),
+        ("20 clients leaving 10 MB streams after one event (held 3 s), all at once",
+         "upstream stream closed at the next chunk", lambda: leaving_streams(server, standin)),
     ]
     def chosen(attack: str) -> bool:
         return not args.only or attack == plans[0][0] or any(words in attack for words in args.only)

@@ -357,8 +357,9 @@ async def amain(args: argparse.Namespace) -> int:
             async def route_llm(workers: int, label: str, tree: str | None, suffix: str) -> None:
                 nonlocal soak_points
                 port = free_port()
-                # the shipped config.yaml (its timeouts, prices, router and upstream settings), pointed at the stand-in
-                cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+                # the shipped config.yaml (its timeouts, prices, router and upstream settings), pointed at the stand-in;
+                # a baseline tree's own (an older loader refuses keys added since)
+                cfg = yaml.safe_load(((Path(tree) if tree else ROOT) / "config.yaml").read_text())
                 for tier in models:
                     cfg["models"][tier].update(api_base=standin_url, api_key="bench-upstream-key")
                 cfg["server"].update(host="127.0.0.1", port=port, api_keys=[])

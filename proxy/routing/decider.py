@@ -88,8 +88,31 @@ def express_thread() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="route-llm-router-express")
 
 
-async def _score_off_loop(router: Router, texts: Sequence[str], lane: ThreadPoolExecutor | None = None) -> list[float]:
-    return await asyncio.get_running_loop().run_in_executor(lane or router_thread(), router.score, texts)
+@dataclass(frozen=True)
+class Scored:
+    """What one run of the classifier says of a text: its score, and the document head's p(analysis) where asked."""
+
+    score: float
+    analysis: float | None = None
+
+
+#: A text waiting for the router: its text, its waiter, and whether it also wants the document head's p(analysis).
+_Entry = tuple[str, "asyncio.Future[Scored]", bool]
+
+
+def _score(router: Router, texts: Sequence[str], analysis: bool) -> list[Scored]:
+    if not analysis:
+        return [Scored(score) for score in router.score(texts)]
+    scores, analyses = router.score_both(texts)
+    return [Scored(score, None if analyses is None else analyses[i]) for i, score in enumerate(scores)]
+
+
+async def _score_off_loop(router: Router, texts: Sequence[str], lane: ThreadPoolExecutor | None = None, *,
+                          analysis: bool = False) -> list[Scored]:
+    """Score ``texts`` on ``lane`` (the router thread); ``analysis``: with the document head's p(analysis) too,
+    from the same encoder run."""
+    return await asyncio.get_running_loop().run_in_executor(lane or router_thread(),
+                                                            functools.partial(_score, router, texts, analysis))
 
 
 @dataclass(frozen=True)
@@ -208,36 +231,37 @@ class Decider:
             target = Target(target.requested, policy=self.steered(target.policy, steer))
             assert target.policy is not None
         start = time.perf_counter()
+        head = self.router.doc_head if document else None
         try:
-            scores = await self._scores(texts, party)
+            # With a document, the document head's p(analysis) of the last text comes from the same encoder run.
+            scores, analysis = await self._scores(texts, party, analysis=head is not None)
         except Exception:
             log.exception("router inference failed; sending the request to the %s tier", self.fail_open.name)
             return Decision(self.fail_open, None, target.policy.cuts, time.perf_counter() - start, failed=True)
         tier, score = self.choose(target.policy, scores)
-        head = self.router.doc_head if document else None
         if head is not None:
-            try:
-                (p,) = await asyncio.get_running_loop().run_in_executor(
-                    router_thread(), self.router.document_scores, [texts[-1]])
-                score = document_score(p, head.cut_probability, target.policy.cuts[0])
+            if analysis is None:  # the general decision above stands
+                log.error("the document head gave no score; deciding by the general score")
+            else:
+                score = document_score(analysis, head.cut_probability, target.policy.cuts[0])
                 tier = self.tiers[target.policy.tier_index(score)]
-            except Exception:  # the general decision above stands
-                log.exception("document head failed; deciding by the general score")
         return Decision(tier, score, target.policy.cuts, time.perf_counter() - start, turn_score=scores[-1])
 
-    async def _scores(self, texts: Sequence[str], party: str = "") -> list[float]:
+    async def _scores(self, texts: Sequence[str], party: str = "", *,
+                      analysis: bool = False) -> tuple[list[float], float | None]:
         """Scores for ``texts`` in one batched run: the last text always fresh (so a single-turn request is
-        scored exactly as before), earlier turns from the cache where a previous request scored them."""
+        scored exactly as before), earlier turns from the cache where a previous request scored them; and with
+        ``analysis``, the document head's p(analysis) of the last text (else None)."""
         earlier = list(texts[:-1])
         keys = {t: _turn_key(t) for t in earlier} if self.conversation else {}
         known = {t: self._cache[keys[t]] for t in earlier if t in keys and keys[t] in self._cache}
         missing = list(dict.fromkeys(t for t in earlier if t not in known))
-        fresh = await self._batcher.score_many([*missing, texts[-1]], party)
+        fresh = await self._batcher.score_many([*missing, texts[-1]], party, analysis_of_last=analysis)
         for text, value in zip([*missing, texts[-1]], fresh):
-            known[text] = value
+            known[text] = value.score
             if self.conversation:
-                self._remember(keys.get(text) or _turn_key(text), value)
-        return [*(known[t] for t in earlier), fresh[-1]]
+                self._remember(keys.get(text) or _turn_key(text), value.score)
+        return [*(known[t] for t in earlier), fresh[-1].score], fresh[-1].analysis
 
     def _remember(self, key: bytes, value: float) -> None:
         self._cache[key] = value
@@ -246,7 +270,7 @@ class Decider:
             self._cache.popitem(last=False)
 
     async def score_many(self, texts: list[str]) -> list[float]:
-        return await _score_off_loop(self.router, texts)
+        return [s.score for s in await _score_off_loop(self.router, texts)]
 
 
 class _MicroBatcher:
@@ -273,15 +297,18 @@ class _MicroBatcher:
         self.window = window
         self.limit = limit
         self.tokens = tokens
-        self._pending: OrderedDict[str, deque[tuple[str, asyncio.Future[float]]]] = OrderedDict()
+        self._pending: OrderedDict[str, deque[_Entry]] = OrderedDict()
         self._worker: asyncio.Task[None] | None = None
         self._arrived: asyncio.Event | None = None  # set when texts arrive while the worker waits on a run
 
-    async def score_many(self, texts: Sequence[str], party: str = "") -> list[float]:
-        """Queue all of one request's texts at once, in order, under ``party``."""
+    async def score_many(self, texts: Sequence[str], party: str = "", *,
+                         analysis_of_last: bool = False) -> list[Scored]:
+        """Queue all of one request's texts at once, in order, under ``party`` (``analysis_of_last``: the last
+        one's run also gives the document head's p(analysis))."""
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[float]] = [loop.create_future() for _ in texts]
-        self._pending.setdefault(party, deque()).extend(zip(texts, futures))
+        futures: list[asyncio.Future[Scored]] = [loop.create_future() for _ in texts]
+        wants = [analysis_of_last and i == len(texts) - 1 for i in range(len(texts))]
+        self._pending.setdefault(party, deque()).extend(zip(texts, futures, wants))
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
         elif self._arrived is not None:
@@ -294,7 +321,7 @@ class _MicroBatcher:
     def _waiting(self) -> int:
         return sum(len(queue) for queue in self._pending.values())
 
-    def _next_batch(self, budget: int, *, short: bool = False) -> list[tuple[str, asyncio.Future[float]]]:
+    def _next_batch(self, budget: int, *, short: bool = False) -> list[_Entry]:
         """Texts from the waiting parties in turn, oldest first per party, within ``limit`` and ``budget``
         (``short``: only texts that cost at most ``budget`` each, and only then); the party that led goes to
         the back of the order."""
@@ -304,7 +331,7 @@ class _MicroBatcher:
                 queue.popleft()
             if not queue:
                 del self._pending[party]
-        batch: list[tuple[str, asyncio.Future[float]]] = []
+        batch: list[_Entry] = []
         spent = 0
         leader = next(iter(self._pending), None)
         led = False
@@ -344,7 +371,7 @@ class _MicroBatcher:
                     batch = self._next_batch(self.tokens)
                     if batch:
                         running[main] = asyncio.create_task(self._run(batch, main))
-                        main_cost = max(self._cost(text) for text, _ in batch)
+                        main_cost = max(self._cost(text) for text, _, _ in batch)
                 # The express thread only beside a long run: two short runs at once would just share the cores
                 # (each onnxruntime run spreads over router.threads threads) and cost CPU, not latency.
                 if express not in running and self._pending and main_cost > self.tokens // 2:
@@ -363,29 +390,31 @@ class _MicroBatcher:
             if self._arrived is arrived:
                 self._arrived = None
 
-    async def _run(self, batch: list[tuple[str, asyncio.Future[float]]], lane: ThreadPoolExecutor) -> None:
-        texts = [t for t, _ in batch]
+    async def _run(self, batch: list[_Entry], lane: ThreadPoolExecutor) -> None:
+        texts = [t for t, _, _ in batch]
+        analysis = any(wants for _, _, wants in batch)  # the document head too, for the texts that asked
         try:
-            scores = await _score_off_loop(self.router, texts, lane)
+            scores = await _score_off_loop(self.router, texts, lane, analysis=analysis)
         except Exception as exc:
             if len(batch) == 1:  # its waiter applies the fail-open tier
                 _settle(batch[0][1], exc=exc)
                 return
             # One bad prompt must not fail the others that happened to share its run: retry one by one.
-            for text, fut in batch:
+            for text, fut, wants in batch:
                 try:
-                    _settle(fut, value=(await _score_off_loop(self.router, [text], lane))[0])
+                    _settle(fut, value=(await _score_off_loop(self.router, [text], lane, analysis=wants))[0])
                 except Exception as one:
                     _settle(fut, exc=one)
             return
-        for (_, fut), value in zip(batch, scores):
+        for (_, fut, _), value in zip(batch, scores):
             _settle(fut, value=value)
 
 
-def _settle(fut: asyncio.Future[float], *, value: float = 0.0, exc: BaseException | None = None) -> None:
+def _settle(fut: asyncio.Future[Scored], *, value: Scored | None = None, exc: BaseException | None = None) -> None:
     if fut.done():  # the waiter went away (client disconnected)
         return
     if exc is not None:
         fut.set_exception(exc)
     else:
+        assert value is not None
         fut.set_result(value)
