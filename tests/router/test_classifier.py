@@ -241,10 +241,6 @@ def test_load_session_uses_only_the_cpu_provider(model_dir: Path) -> None:
     assert load_session(model_dir / "model.onnx", threads=2).get_providers() == ["CPUExecutionProvider"]
 
 
-def test_load_session_keeps_no_memory_arena(model_dir: Path) -> None:
-    # onnxruntime's CPU arena keeps the largest run's buffers for the life of the session: after one prompt of
-    # max_length tokens, 13-23 MB more per worker for good, with no measured gain in speed (docs/router.md).
-    assert load_session(model_dir / "model.onnx").get_session_options().enable_cpu_mem_arena is False
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.5, True])
