@@ -241,8 +241,6 @@ def test_load_session_uses_only_the_cpu_provider(model_dir: Path) -> None:
     assert load_session(model_dir / "model.onnx", threads=2).get_providers() == ["CPUExecutionProvider"]
 
 
-
-
 @pytest.mark.parametrize("threads", [0, -1, 1.5, True])
 def test_load_session_rejects_bad_thread_counts(model_dir: Path, threads: object) -> None:
     with pytest.raises(ValueError, match="threads"):
