@@ -240,11 +240,9 @@ class Decider:
             return Decision(self.fail_open, None, target.policy.cuts, time.perf_counter() - start, failed=True)
         tier, score = self.choose(target.policy, scores)
         if head is not None:
-            if analysis is None:  # the general decision above stands
-                log.error("the document head gave no score; deciding by the general score")
-            else:
-                score = document_score(analysis, head.cut_probability, target.policy.cuts[0])
-                tier = self.tiers[target.policy.tier_index(score)]
+            assert analysis is not None  # a router with a document head gives it (Router.score_both)
+            score = document_score(analysis, head.cut_probability, target.policy.cuts[0])
+            tier = self.tiers[target.policy.tier_index(score)]
         return Decision(tier, score, target.policy.cuts, time.perf_counter() - start, turn_score=scores[-1])
 
     async def _scores(self, texts: Sequence[str], party: str = "", *,
