@@ -120,4 +120,3 @@ def test_a_stream_stops_reading_the_upstream_at_the_next_chunk_once_the_client_l
     upstream = _Arrived(100)
     _, o = _passed_on(tmp_path, upstream, leave_after=3)
     assert upstream.read == 4 and upstream.closed and o.status == "client_disconnected"
-

@@ -138,11 +138,16 @@ class _CountingRouter:
         return self._router.score(texts)
 
 
-def test_earlier_turns_are_scored_once_in_one_batch_then_cached(router: Router, tmp_path: Path) -> None:
+def _conversation_decider(router: Router, tmp_path: Path) -> tuple[_CountingRouter, Decider, Any]:
+    """A decider in conversation mode over a counting copy of the shipped router, and its ``auto`` target."""
     counting = _CountingRouter(router)
-    settings = settings_from_dict(base_config(tmp_path, router={"context": "conversation"}))
-    decider = Decider(settings, counting)  # type: ignore[arg-type]
-    target = decider.resolve("auto")
+    decider = Decider(settings_from_dict(base_config(tmp_path, router={"context": "conversation"})),
+                      counting)  # type: ignore[arg-type]
+    return counting, decider, decider.resolve("auto")
+
+
+def test_earlier_turns_are_scored_once_in_one_batch_then_cached(router: Router, tmp_path: Path) -> None:
+    counting, decider, target = _conversation_decider(router, tmp_path)
     turns = ["first question", "second", "third", "fourth"]
 
     async def run() -> tuple[Any, Any]:
@@ -151,7 +156,7 @@ def test_earlier_turns_are_scored_once_in_one_batch_then_cached(router: Router, 
     cold, warm = asyncio.run(run())
     assert counting.calls == [turns, ["a new last turn"]]  # one batch, then only the new turn
     scores = router.score([*turns, "a new last turn"])
-    q, decay = router.meta.quantiles, settings.router.context_decay
+    q, decay = router.meta.quantiles, decider.settings.router.context_decay
     assert cold.score == pytest.approx(conversation_score(scores[:4], decay, q))
     assert warm.score == pytest.approx(conversation_score([*scores[:3], scores[4]], decay, q))
 
@@ -172,10 +177,7 @@ def test_the_turn_cache_holds_no_text_so_big_turns_cost_no_more_than_small_ones(
                                                                                  tmp_path: Path) -> None:
     from proxy.routing.decider import LIMIT_SCORE_CACHE
 
-    counting = _CountingRouter(router)
-    settings = settings_from_dict(base_config(tmp_path, router={"context": "conversation"}))
-    decider = Decider(settings, counting)  # type: ignore[arg-type]
-    target = decider.resolve("auto")
+    counting, decider, target = _conversation_decider(router, tmp_path)
     turns = [f"turn {i} " + "x" * 480_000 for i in range(4)]  # 4 × 480 kB, as the attack sent
 
     async def run() -> None:
@@ -196,10 +198,7 @@ def test_a_party_with_many_long_turns_queued_does_not_hold_back_anothers_prompt(
     # conversation mode) used to go into one run of the router thread together with another party's short
     # prompt, which waited for all of them. Now a run holds at most max_length tokens' worth of text (a long
     # text alone), the parties waiting take turns, and a short prompt runs beside a long run (express thread).
-    counting = _CountingRouter(router)
-    settings = settings_from_dict(base_config(tmp_path, router={"context": "conversation"}))
-    decider = Decider(settings, counting)  # type: ignore[arg-type]
-    target = decider.resolve("auto")
+    counting, decider, target = _conversation_decider(router, tmp_path)
     long_turns = [[f"request {r} turn {i} " + "lorem ipsum dolor sit amet " * 2_000 for i in range(2)]
                   for r in range(3)]
     prompt = "What is the capital of France?"
